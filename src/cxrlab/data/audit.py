@@ -1,0 +1,344 @@
+"""``cxrlab audit``: find what is wrong with a dataset, without touching it.
+
+Reads every file once (:mod:`cxrlab.data.scan`), then reports unreadable, empty, non-image
+and too-small files, exact and near duplicates (:mod:`cxrlab.data.duplicates`), copies that
+leak across splits or carry two labels, and format shortcuts (:mod:`cxrlab.data.shortcuts`).
+
+It writes, into its output folder only:
+
+* ``manifest.csv``: one row per file: ``status`` (``ok``, ``warning`` or ``excluded``),
+  ``reasons`` and the measured properties. Later commands read it (``--manifest``) to skip
+  excluded files.
+* ``audit.json`` and ``audit.md``: the summary, every duplicate group, the shortcut check.
+* ``duplicates.png`` and ``shortcuts.png``.
+
+Exclusion policy: unreadable and too-small files are excluded. Of a group of copies, the
+copy in the most final split is kept (test over val over train), so that leaked copies are
+removed from *training* and the test set stays as published; within one split the first
+copy is kept. Copies with different labels are excluded from train/val (which label is
+right is unknown) and flagged in test.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex, natural_key
+from cxrlab.data.duplicates import DEFAULT_THRESHOLD, exact_pairs, group_pairs, near_pairs
+from cxrlab.data.scan import ImageRecord, scan_dataset
+from cxrlab.data.shortcuts import FEATURES, ShortcutReport, shortcut_check
+from cxrlab.errors import CxrlabError
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_FIELDS = (
+    "path", "split", "class", "status", "reasons", "duplicate_group", "file_format", "mode",
+    "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
+)  # fmt: skip
+
+
+@dataclass
+class AuditConfig:
+    """Options of one audit run (saved in audit.json)."""
+
+    min_size: int = 64
+    near_threshold: float = DEFAULT_THRESHOLD
+    workers: int = 2
+    folds: int = 5
+    seed: int = 0
+
+
+@dataclass
+class DuplicateGroup:
+    """Files that are copies of one image."""
+
+    members: list[str]
+    splits: list[str]
+    classes: list[str]
+    exact: bool
+    min_similarity: float
+    cross_split: bool = False
+    label_conflict: bool = False
+
+
+@dataclass
+class AuditResult:
+    """Everything the audit found; ``statuses``/``reasons`` are aligned with ``records``."""
+
+    root: str
+    classes: list[str]
+    config: AuditConfig
+    records: list[ImageRecord]
+    statuses: list[str]
+    reasons: list[list[str]]
+    groups: list[DuplicateGroup]
+    group_of: dict[int, int]
+    shortcut: ShortcutReport | None
+    summary: dict[str, object] = field(default_factory=dict)
+
+
+def _split_rank(split: str) -> int:
+    return SPLIT_ORDER.index(split) if split in SPLIT_ORDER else -1
+
+
+def _resolve_groups(
+    records: list[ImageRecord],
+    classes: list[str],
+    groups: list[list[int]],
+    similarity: dict[tuple[int, int], float],
+    statuses: list[str],
+    reasons: list[list[str]],
+) -> list[DuplicateGroup]:
+    resolved = []
+    for group in groups:
+        group = sorted(group, key=lambda i: (-_split_rank(records[i].split), natural_key(records[i].path)))
+        labels = {records[i].label for i in group}
+        splits = {records[i].split for i in group}
+        sims = [similarity[(a, b)] for (a, b) in similarity if a in group and b in group]
+        conflict, cross = len(labels) > 1, len(splits) > 1
+        keeper = group[0]
+        keeper_split = records[keeper].split
+        for i in group:
+            record = records[i]
+            others = ", ".join(
+                f"{records[j].path} ({classes[records[j].label]})" for j in group if j != i
+            )
+            if conflict:
+                reasons[i].append(f"label_conflict: same image as {others}")
+                if record.split != "test":
+                    statuses[i] = "excluded"
+                elif statuses[i] == "ok":
+                    statuses[i] = "warning"
+            if i == keeper:
+                continue
+            if record.split != keeper_split:
+                reasons[i].append(f"leakage: copy of {keeper_split} file {records[keeper].path}")
+            else:
+                kind = "duplicate" if record.pixel_hash == records[keeper].pixel_hash else "near_duplicate"
+                reasons[i].append(f"{kind}: copy of {records[keeper].path}")
+            statuses[i] = "excluded"
+        resolved.append(
+            DuplicateGroup(
+                members=[records[i].path for i in group],
+                splits=[records[i].split for i in group],
+                classes=[classes[records[i].label] for i in group],
+                exact=len({records[i].pixel_hash for i in group}) == 1,
+                min_similarity=float(min(sims)) if sims else 1.0,
+                cross_split=cross,
+                label_conflict=conflict,
+            )
+        )
+    return resolved
+
+
+def audit_records(
+    index: DatasetIndex, records: list[ImageRecord], config: AuditConfig
+) -> AuditResult:
+    """Judge scanned records: statuses, reasons, duplicate groups and the shortcut check."""
+    statuses = ["ok"] * len(records)
+    reasons: list[list[str]] = [[] for _ in records]
+    for i, record in enumerate(records):
+        if not record.ok:
+            statuses[i] = "excluded"
+            reasons[i].append(f"unreadable: {record.status}: {record.error}")
+        elif min(record.width, record.height) < config.min_size:
+            statuses[i] = "excluded"
+            reasons[i].append(
+                f"too_small: {record.width}x{record.height} below {config.min_size} px"
+            )
+    pairs = exact_pairs(records) + near_pairs(records, config.near_threshold)
+    similarity = {(p.first, p.second): p.similarity for p in pairs}
+    groups_idx = group_pairs(len(records), pairs)
+    groups = _resolve_groups(records, index.classes, groups_idx, similarity, statuses, reasons)
+    group_of = {i: g for g, members in enumerate(groups_idx) for i in members}
+
+    kept = [r for r, status in zip(records, statuses) if status != "excluded"]
+    train = [r for r in kept if r.split == "train"]
+    test = [r for r in kept if r.split == "test"]
+    shortcut = shortcut_check(train, index.classes, test, folds=config.folds, seed=config.seed)
+    result = AuditResult(
+        root=str(index.root),
+        classes=index.classes,
+        config=config,
+        records=records,
+        statuses=statuses,
+        reasons=reasons,
+        groups=groups,
+        group_of=group_of,
+        shortcut=shortcut,
+    )
+    result.summary = summarize(result)
+    return result
+
+
+def summarize(result: AuditResult) -> dict[str, object]:
+    """Counts a person reads first."""
+    records = result.records
+    unreadable: dict[str, int] = {}
+    for record in records:
+        if not record.ok:
+            unreadable[record.status] = unreadable.get(record.status, 0) + 1
+
+    def count(prefix: str) -> int:
+        return sum(any(r.startswith(prefix) for r in reasons) for reasons in result.reasons)
+
+    exact = [g for g in result.groups if g.exact]
+    near = [g for g in result.groups if not g.exact]
+    leaking = [g for g in result.groups if g.cross_split]
+    status_counts = {s: result.statuses.count(s) for s in ("ok", "warning", "excluded")}
+    kept = {
+        split: sum(1 for r, s in zip(records, result.statuses) if r.split == split and s != "excluded")
+        for split in SPLIT_ORDER
+        if any(r.split == split for r in records)
+    }
+    return {
+        "files": len(records),
+        "status": status_counts,
+        "kept_per_split": kept,
+        "unreadable": unreadable,
+        "too_small": count("too_small"),
+        "exact_duplicate_groups": len(exact),
+        "exact_duplicate_files": sum(len(g.members) for g in exact),
+        "near_duplicate_groups": len(near),
+        "near_duplicate_files": sum(len(g.members) for g in near),
+        "leakage_groups": len(leaking),
+        "leakage_files": sum(len(g.members) for g in leaking),
+        "label_conflict_groups": sum(g.label_conflict for g in result.groups),
+        "excluded_as_duplicate": count("duplicate") + count("near_duplicate"),
+        "excluded_as_leakage": count("leakage"),
+        "shortcut_level": result.shortcut.level if result.shortcut else "not run",
+    }
+
+
+def write_manifest(result: AuditResult, path: Path) -> None:
+    """One CSV row per file; later commands read ``path`` and ``status``."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        for i, record in enumerate(result.records):
+            writer.writerow(
+                {
+                    "path": record.path,
+                    "split": record.split,
+                    "class": result.classes[record.label],
+                    "status": result.statuses[i],
+                    "reasons": " | ".join(result.reasons[i]),
+                    "duplicate_group": result.group_of.get(i, ""),
+                    "file_format": record.file_format,
+                    "mode": record.mode,
+                    "width": record.width,
+                    "height": record.height,
+                    "file_size": record.file_size,
+                    "mean": f"{record.mean:.2f}",
+                    "std": f"{record.std:.2f}",
+                    "border_fraction": f"{record.border_fraction:.4f}",
+                    "pixel_hash": record.pixel_hash,
+                }
+            )
+
+
+def read_manifest(path: str | Path) -> dict[str, str]:
+    """``{relative path: status}`` from a manifest written by :func:`write_manifest`."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise CxrlabError(f"{path}: manifest not found (run 'cxrlab audit DATA --out DIR' first)")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"path", "status"} <= set(reader.fieldnames):
+            raise CxrlabError(f"{path}: not a cxrlab manifest (needs 'path' and 'status' columns)")
+        return {row["path"]: row["status"] for row in reader}
+
+
+def write_report(result: AuditResult, out_dir: Path) -> None:
+    """audit.json, audit.md, manifest.csv and the two plots."""
+    from cxrlab.data.audit_plots import plot_duplicates, plot_shortcuts
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_manifest(result, out_dir / MANIFEST_NAME)
+    payload = {
+        "root": result.root,
+        "classes": result.classes,
+        "config": asdict(result.config),
+        "summary": result.summary,
+        "shortcut": result.shortcut.to_dict() if result.shortcut else None,
+        "duplicate_groups": [asdict(g) for g in result.groups],
+        "problems": [
+            {"path": r.path, "status": s, "reasons": why}
+            for r, s, why in zip(result.records, result.statuses, result.reasons)
+            if s != "ok"
+        ],
+    }
+    (out_dir / "audit.json").write_text(json.dumps(payload, indent=2))
+    plot_duplicates(result, out_dir / "duplicates.png")
+    plot_shortcuts(result, out_dir / "shortcuts.png")
+    (out_dir / "audit.md").write_text(markdown_report(result))
+
+
+def markdown_report(result: AuditResult) -> str:
+    s = result.summary
+    lines = [
+        f"# Data audit: `{result.root}`",
+        "",
+        f"{s['files']} files; status: {s['status']}; kept per split: {s['kept_per_split']}.",
+        "",
+        "| check | count |",
+        "|---|---|",
+        f"| unreadable (by kind) | {s['unreadable'] or 0} |",
+        f"| too small (< {result.config.min_size} px) | {s['too_small']} |",
+        f"| exact duplicate groups (files) | {s['exact_duplicate_groups']} ({s['exact_duplicate_files']}) |",
+        f"| near-duplicate groups (files), NCC >= {result.config.near_threshold} | {s['near_duplicate_groups']} ({s['near_duplicate_files']}) |",
+        f"| **groups leaking across splits (files)** | **{s['leakage_groups']} ({s['leakage_files']})** |",
+        f"| groups with conflicting labels | {s['label_conflict_groups']} |",
+        "",
+    ]
+    flagged = [g for g in result.groups if g.cross_split or g.label_conflict or not g.exact]
+    if flagged:
+        lines += ["## Leakage, label conflicts and near duplicates", "", "| files | splits | classes | min NCC |", "|---|---|---|---|"]
+        for g in flagged:
+            lines.append(
+                f"| {'<br>'.join(g.members)} | {', '.join(g.splits)} | {', '.join(g.classes)} | {g.min_similarity:.4f} |"
+            )
+        lines.append("")
+    lines += ["![duplicates](duplicates.png)", ""]
+    sc = result.shortcut
+    if sc:
+        lines += [
+            "## Shortcut check",
+            "",
+            f"A random forest on format features only ({', '.join(FEATURES)}), "
+            f"{sc.folds}-fold CV on {sc.n_train} train images:",
+            "",
+            f"- accuracy **{sc.cv_accuracy:.1%}** vs majority-class rate {sc.majority_rate:.1%}",
+            f"- balanced accuracy **{sc.cv_balanced_accuracy:.1%}** vs chance {sc.chance_balanced:.1%}",
+            f"- recall per class: {', '.join(f'{k} {v:.0%}' for k, v in sc.per_class_recall.items())}",
+        ]
+        if sc.test_accuracy is not None:
+            lines.append(
+                f"- trained on train, scored on test: accuracy {sc.test_accuracy:.1%}, "
+                f"balanced {sc.test_balanced_accuracy:.1%}"
+            )
+        lines += [f"- level: **{sc.level}**", ""] + [f"- {line}" for line in sc.explanation]
+        lines += ["", "![shortcuts](shortcuts.png)", ""]
+    problems = [(r.path, st, why) for r, st, why in zip(result.records, result.statuses, result.reasons) if st != "ok"]
+    if problems:
+        lines += ["## Files excluded or flagged", "", "| file | status | reasons |", "|---|---|---|"]
+        lines += [f"| {p} | {st} | {'; '.join(why)} |" for p, st, why in problems[:500]]
+        if len(problems) > 500:
+            lines.append(f"| ... {len(problems) - 500} more in manifest.csv | | |")
+    return "\n".join(lines) + "\n"
+
+
+def run_audit(
+    index: DatasetIndex, out_dir: str | Path, config: AuditConfig | None = None, *, progress: bool = True
+) -> AuditResult:
+    """Scan, judge and write the audit of ``index`` into ``out_dir``."""
+    config = config or AuditConfig()
+    records = scan_dataset(index, workers=config.workers, progress=progress)
+    result = audit_records(index, records, config)
+    write_report(result, Path(out_dir))
+    return result
+

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cxrlab.cli import run
+from cxrlab.errors import CxrlabError
+
+
+def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error:") and "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("demo") / "data"
+    args = ["demo-data", str(root), "--train-per-class", "6", "--test-per-class", "3", "--size", "96"]
+    assert run(args) == 0
+    return root
+
+
+def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("download", "demo-data", "audit", "analyze", "cache", "split", "demo"):
+        assert run([command, "--help"]) == 0
+        assert "Usage" in capsys.readouterr().out
+
+
+def test_audit_analyze_cache_split(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    audit_dir = tmp_path / "audit"
+    assert run(["audit", str(demo_root), "--out", str(audit_dir), "--no-progress", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "LEAKAGE" in out and "Shortcut check" in out
+    assert (audit_dir / "manifest.csv").is_file()
+    assert run(["analyze", str(demo_root), "--out", str(tmp_path / "an"), "--no-progress"]) == 0
+    assert (tmp_path / "an" / "summary.md").is_file()
+    assert run(["cache", str(demo_root), "--image-size", "32", "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert "unreadable" in capsys.readouterr().out
+    split_csv = tmp_path / "split.csv"
+    assert run(["split", str(demo_root), "--out", str(split_csv), "--manifest", str(audit_dir)]) == 0
+    text = split_csv.read_text()
+    assert "leak" not in text and "empty.jpg" not in text and ",test\n" in text
+
+
+def test_missing_folder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert run(["audit", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere: dataset folder does not exist" in one_line_error(capsys)
+
+
+def test_wrong_option_value_names_the_option(demo_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["cache", str(demo_root), "--resize", "crop"]) == 2
+    assert "--resize" in one_line_error(capsys)
+    assert run(["audit", str(demo_root), "--min-size", "0"]) == 2
+    assert "--min-size" in capsys.readouterr().err
+
+
+def test_debug_shows_the_exception(tmp_path: Path) -> None:
+    with pytest.raises(CxrlabError):
+        run(["--debug", "audit", str(tmp_path / "nowhere")])
+
+
+def test_download_offline_says_how_to_place_data(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import kagglehub
+
+    def offline(*args: object, **kwargs: object) -> str:
+        raise ConnectionError("Failed to resolve 'www.kaggle.com'")
+
+    monkeypatch.setattr(kagglehub, "dataset_download", offline)
+    assert run(["download", "--out", str(tmp_path / "kaggle")]) == 2
+    err = one_line_error(capsys)
+    assert "no internet connection" in err and "by hand" in err and "Data/train/<CLASS>" in err
+
+
+def test_download_calls_kagglehub_and_indexes(
+    monkeypatch: pytest.MonkeyPatch, demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import kagglehub
+
+    calls = {}
+
+    def fake(handle: str, **kwargs: object) -> str:
+        calls.update(kwargs, handle=handle)
+        return str(demo_root)
+
+    monkeypatch.setattr(kagglehub, "dataset_download", fake)
+    assert run(["download", "--out", str(tmp_path / "k")]) == 0
+    assert calls["handle"] == "prashant268/chest-xray-covid19-pneumonia"
+    assert calls["output_dir"] == str(tmp_path / "k")
+    assert "COVID19, NORMAL, PNEUMONIA" in capsys.readouterr().out
+
+
+def test_quick_start_demo(tmp_path: Path) -> None:
+    assert run(["demo", str(tmp_path / "demo"), "--no-progress"]) == 0
+    for rel in ("audit/audit.md", "analysis/summary.md", "split.csv"):
+        assert (tmp_path / "demo" / rel).is_file(), rel

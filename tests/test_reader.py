@@ -1,0 +1,135 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from cxrlab.data.reader import decode_image, read_grayscale, scale_to_uint8
+from cxrlab.errors import ImageReadError
+from conftest import save, smooth_image
+
+
+def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **extra: object) -> Path:
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    for key, value in extra.items():
+        setattr(ds, key, value)
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_jpeg_rgb_becomes_luma(tmp_path: Path) -> None:
+    rgb = np.zeros((40, 50, 3), dtype=np.uint8)
+    rgb[..., 0] = 200
+    path = save(tmp_path / "a.jpg", rgb, quality=100)
+    decoded = decode_image(path)
+    assert decoded.pixels.shape == (40, 50) and decoded.pixels.dtype == np.uint8
+    assert decoded.file_format == "JPEG" and decoded.mode == "RGB"
+    assert abs(int(decoded.pixels.mean()) - round(0.299 * 200)) <= 2
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".tif"])
+def test_lossless_8bit_formats_round_trip(tmp_path: Path, suffix: str) -> None:
+    pixels = smooth_image(1)
+    assert np.array_equal(read_grayscale(save(tmp_path / f"x{suffix}", pixels)), pixels)
+
+
+def test_png_16bit_is_scaled_min_to_max(tmp_path: Path) -> None:
+    values = np.linspace(1000, 4000, 64 * 64).reshape(64, 64).astype(np.uint16)
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    pixels = read_grayscale(path)
+    assert pixels.min() == 0 and pixels.max() == 255
+    assert np.array_equal(pixels, scale_to_uint8(values))
+
+
+def test_tiff_16bit(tmp_path: Path) -> None:
+    values = (np.arange(32 * 32).reshape(32, 32) * 7).astype(np.uint16)
+    path = tmp_path / "deep.tif"
+    Image.fromarray(values).save(path)
+    assert np.array_equal(read_grayscale(path), scale_to_uint8(values))
+
+
+def test_dicom_monochrome2_and_rescale(tmp_path: Path) -> None:
+    values = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))
+    path = write_dicom(tmp_path / "film.dcm", values, RescaleSlope=2, RescaleIntercept=-100)
+    decoded = decode_image(path)
+    assert decoded.file_format == "DICOM" and decoded.mode == "MONOCHROME2"
+    assert np.array_equal(decoded.pixels, scale_to_uint8(values * 2.0 - 100))
+
+
+def test_dicom_monochrome1_is_inverted_and_found_without_extension(tmp_path: Path) -> None:
+    values = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))
+    path = write_dicom(tmp_path / "film_no_ext", values, photometric="MONOCHROME1")
+    pixels = read_grayscale(path)
+    assert np.array_equal(pixels, 255 - scale_to_uint8(values))
+
+
+def test_dicom_window_is_applied(tmp_path: Path) -> None:
+    values = np.tile(np.arange(0, 4096, 64, dtype=np.uint16), (16, 1))
+    path = write_dicom(tmp_path / "w.dcm", values, WindowCenter=1024, WindowWidth=512)
+    pixels = read_grayscale(path)
+    # window 768..1280: below saturates black, above white, linear between
+    assert (pixels[:, :12] == 0).all() and (pixels[:, 21:] == 255).all()
+    assert 0 < pixels[0, 16] < 255
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    pixels = np.zeros((20, 60), dtype=np.uint8)
+    pixels[:, :10] = 255  # bright band on the left
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / "rot.jpg"
+    image.save(path, exif=exif, quality=100)
+    out = read_grayscale(path)
+    assert out.shape == (60, 20)
+    assert out[:10].mean() > 200  # the band is now on top
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [(b"", "empty"), (b"just some notes\n" * 10, "not_image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt")],
+)
+def test_bad_files_raise_naming_the_file(tmp_path: Path, content: bytes, kind: str) -> None:
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError) as info:
+        read_grayscale(path)
+    assert info.value.kind == kind
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_truncated_jpeg(tmp_path: Path) -> None:
+    good = save(tmp_path / "good.jpg", smooth_image(3, (200, 200)), quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ImageReadError) as info:
+        read_grayscale(cut)
+    assert info.value.kind == "truncated"
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = save(tmp_path / "big.png", np.zeros((300, 300), dtype=np.uint8))
+    with pytest.raises(ImageReadError) as info:
+        read_grayscale(path, max_pixels=50_000)
+    assert info.value.kind == "too_large" and "300x300" in str(info.value)
+
+
+def test_draft_decoding_keeps_requested_size(tmp_path: Path) -> None:
+    path = save(tmp_path / "big.jpg", smooth_image(4, (800, 1000)), quality=90)
+    pixels = decode_image(path, draft_size=200).pixels
+    assert min(pixels.shape) >= 200 and pixels.shape[0] < 800
+
