@@ -102,7 +102,7 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
         leaks = [g for g in result.groups if g.cross_split]
         lines = [" <-> ".join(g.members) for g in leaks[:10]]
         more = f"\n... and {len(leaks) - 10} more (audit.md)" if len(leaks) > 10 else ""
-        console.print(Panel(escape("\n".join(lines)) + more, title=f"LEAKAGE: {len(leaks)} image(s) in more than one split; the non-test copies are excluded", border_style="red"))
+        console.print(Panel(escape("\n".join(lines)) + more, title=f"LEAKAGE: {len(leaks)} image(s) in two splits; train copies excluded", border_style="red"))
     if s["label_conflict_groups"]:
         conflicts = [g for g in result.groups if g.label_conflict]
         lines = [" <-> ".join(f"{m} ({c})" for m, c in zip(g.members, g.classes)) for g in conflicts[:10]]
