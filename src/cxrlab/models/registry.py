@@ -1,0 +1,153 @@
+"""One model registry for every command: ImageNet CNNs adapted to grayscale chest films.
+
+Names: the torchvision models in :data:`TORCHVISION_MODELS`, and any timm model by its timm
+name (``timm:<name>`` forces timm, e.g. ``timm:resnet18``). Each is built with its
+ImageNet weights through the library's own mechanism (torchvision weight enums, cached in
+``$TORCH_HOME/hub/checkpoints``; timm ``pretrained=True``), or from a local file
+(``weights=PATH``), or from scratch (``pretrained=False``); then its last linear layer is
+replaced by a new head for the dataset's classes.
+
+Grayscale handling (documented once): :class:`CxrClassifier` takes ``(B, 1, H, W)`` images in
+0..1, repeats the channel three times and applies the weights' own mean/std normalisation,
+so the pretrained first convolution is used unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from cxrlab.errors import CxrlabError
+from cxrlab.models.weights import load_imagenet_state_dict, load_state_dict_file
+
+TORCHVISION_MODELS = (
+    "alexnet",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "mobilenet_v2",
+    "convnext_tiny",
+)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CxrClassifier(nn.Module):
+    """Grayscale film in, class logits out, around any ImageNet network."""
+
+    def __init__(
+        self,
+        network: nn.Module,
+        head_name: str,
+        arch: str,
+        classes: list[str],
+        mean: tuple[float, ...] = IMAGENET_MEAN,
+        std: tuple[float, ...] = IMAGENET_STD,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.head_name = head_name
+        self.arch = arch
+        self.classes = list(classes)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.network((images - self.mean) / self.std)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.network.get_submodule(self.head_name)
+
+    def head_parameters(self) -> Iterator[nn.Parameter]:
+        return self.head.parameters()
+
+    def backbone_parameters(self) -> Iterator[nn.Parameter]:
+        head_ids = {id(p) for p in self.head.parameters()}
+        return (p for p in self.network.parameters() if id(p) not in head_ids)
+
+
+def list_models() -> list[str]:
+    """Registered names (any timm name is accepted too)."""
+    return list(TORCHVISION_MODELS)
+
+
+def last_linear(network: nn.Module) -> str:
+    """Dotted name of the last ``nn.Linear`` (the ImageNet classifier) of a network."""
+    names = [name for name, module in network.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise CxrlabError(f"{type(network).__name__}: no linear classifier layer to replace")
+    return names[-1]
+
+
+def replace_head(network: nn.Module, head_name: str, num_classes: int) -> None:
+    old = network.get_submodule(head_name)
+    parent_name, _, child = head_name.rpartition(".")
+    parent = network.get_submodule(parent_name) if parent_name else network
+    setattr(parent, child, nn.Linear(old.in_features, num_classes))
+
+
+def _torchvision(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
+    network = torchvision.models.get_model(name, weights=None)
+    if weights is not None:
+        load_state_dict_file(network, weights, name)
+    elif pretrained:
+        enum = torchvision.models.get_model_weights(name).DEFAULT
+        network.load_state_dict(load_imagenet_state_dict(enum, name))
+    head = last_linear(network)
+    replace_head(network, head, len(classes))
+    return CxrClassifier(network, head, name, classes)
+
+
+def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
+    import timm
+
+    if name not in timm.list_models():
+        raise CxrlabError(
+            f"--models: unknown model '{name}' (registered: {', '.join(TORCHVISION_MODELS)}; or any timm name)"
+        )
+    try:
+        network = timm.create_model(name, pretrained=pretrained and weights is None)
+    except Exception as exc:  # hub/network errors come in many types
+        raise CxrlabError(
+            f"cannot fetch timm ImageNet weights for '{name}' ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
+            f"pass --weights PATH with a local state dict, or --no-pretrained"
+        ) from exc
+    if weights is not None:
+        load_state_dict_file(network, weights, name)
+    network.reset_classifier(len(classes))
+    head = last_linear(network)
+    cfg = getattr(network, "pretrained_cfg", {}) or {}
+    mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))
+    return CxrClassifier(network, head, f"timm:{name}", classes, mean, std)
+
+
+def create_model(
+    name: str,
+    classes: list[str] | int = 3,
+    *,
+    pretrained: bool = True,
+    weights: str | Path | None = None,
+) -> CxrClassifier:
+    """Build a registered (or timm) network with a new head for ``classes``.
+
+    ``weights`` (a local ImageNet state dict) wins over ``pretrained``; ``pretrained=False``
+    trains from scratch.
+    """
+    if isinstance(classes, int):
+        classes = [f"class{i}" for i in range(classes)]
+    if len(classes) < 2:
+        raise CxrlabError(f"need at least two classes, got {classes}")
+    path = Path(weights).expanduser() if weights is not None else None
+    if name.startswith("timm:"):
+        return _timm(name.removeprefix("timm:"), pretrained, path, classes)
+    if name in TORCHVISION_MODELS:
+        return _torchvision(name, pretrained, path, classes)
+    return _timm(name, pretrained, path, classes)
