@@ -1,0 +1,1 @@
+"""Test-set metrics, confidence intervals and paired tests."""

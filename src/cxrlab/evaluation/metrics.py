@@ -1,0 +1,171 @@
+"""Classification metrics on a test split, with bootstrap confidence intervals and McNemar's test.
+
+All functions take integer labels ``y_true`` of shape ``(n,)`` and class probabilities
+``probs`` of shape ``(n, k)`` (rows sum to 1); predictions are ``probs.argmax(1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.stats import binomtest, chi2
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE: confidence-weighted gap between top-class confidence and accuracy, equal-width bins."""
+    confidence = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y_true).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            ece += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(ece)
+
+
+def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> dict[int, float]:
+    """One-vs-rest ROC-AUC per class (NaN where a class is absent or alone)."""
+    aucs = {}
+    for k in range(probs.shape[1]):
+        positive = y_true == k
+        aucs[k] = float(roc_auc_score(positive, probs[:, k])) if 0 < positive.sum() < len(y_true) else float("nan")
+    return aucs
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, object]:
+    """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1 and AUC, confusion matrix, ECE."""
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs, dtype=np.float64)
+    labels = list(range(len(classes)))
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    aucs = roc_auc_ovr(y_true, probs)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_auc": float(np.nanmean(list(aucs.values()))),
+        "ece": expected_calibration_error(y_true, probs),
+        "per_class": {
+            name: {
+                "precision": float(precision[k]),
+                "recall": float(recall[k]),
+                "f1": float(f1[k]),
+                "auc": aucs[k],
+                "support": int(support[k]),
+            }
+            for k, name in enumerate(classes)
+        },
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap percentile interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    statistic: Callable[[np.ndarray, np.ndarray], float],
+    *,
+    n_boot: int = 2000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> Interval:
+    """Percentile bootstrap over test images (resampled with replacement), seeded."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    rng = np.random.default_rng(seed)
+    n = len(y_true)
+    values = np.empty(n_boot)
+    for b in range(n_boot):
+        idx = rng.integers(0, n, n)
+        values[b] = statistic(y_true[idx], y_pred[idx])
+    values = values[np.isfinite(values)]
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha]) if len(values) else (np.nan, np.nan)
+    return Interval(float(statistic(y_true, y_pred)), float(low), float(high))
+
+
+def recall_of(label: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Statistic: recall of one class (NaN if the resample has none of it)."""
+
+    def recall(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        positive = y_true == label
+        return float((y_pred[positive] == label).mean()) if positive.any() else float("nan")
+
+    return recall
+
+
+def headline_intervals(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, Interval]:
+    """95% bootstrap CIs for accuracy, macro-F1 and each class's recall."""
+    y_pred = np.asarray(probs).argmax(axis=1)
+    labels = list(range(len(classes)))
+
+    def macro_f1(t: np.ndarray, p: np.ndarray) -> float:
+        return float(f1_score(t, p, labels=labels, average="macro", zero_division=0))
+
+    def accuracy(t: np.ndarray, p: np.ndarray) -> float:
+        return float((t == p).mean())
+
+    out = {
+        "accuracy": bootstrap_ci(y_true, y_pred, accuracy, n_boot=n_boot, seed=seed),
+        "macro_f1": bootstrap_ci(y_true, y_pred, macro_f1, n_boot=n_boot, seed=seed),
+    }
+    for k, name in enumerate(classes):
+        out[f"recall_{name}"] = bootstrap_ci(y_true, y_pred, recall_of(k), n_boot=n_boot, seed=seed)
+    return out
+
+
+@dataclass(frozen=True)
+class McNemarResult:
+    """Discordant counts and the p-value of McNemar's test (exact binomial when small)."""
+
+    only_a_right: int
+    only_b_right: int
+    statistic: float
+    p_value: float
+    exact: bool
+
+
+def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, exact_below: int = 25) -> McNemarResult:
+    """McNemar's test of two classifiers on the same images.
+
+    With fewer than ``exact_below`` discordant pairs, the exact two-sided binomial test;
+    otherwise the chi-squared statistic with continuity correction, ``(|b - c| - 1)^2 / (b + c)``.
+    """
+    y_true, pred_a, pred_b = map(np.asarray, (y_true, pred_a, pred_b))
+    right_a, right_b = pred_a == y_true, pred_b == y_true
+    b = int((right_a & ~right_b).sum())
+    c = int((~right_a & right_b).sum())
+    if b + c == 0:
+        return McNemarResult(b, c, 0.0, 1.0, True)
+    if b + c < exact_below:
+        return McNemarResult(b, c, float(min(b, c)), float(binomtest(min(b, c), b + c, 0.5).pvalue), True)
+    stat = (abs(b - c) - 1.0) ** 2 / (b + c)
+    return McNemarResult(b, c, float(stat), float(chi2.sf(stat, df=1)), False)
