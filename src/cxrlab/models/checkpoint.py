@@ -9,6 +9,7 @@ import torch
 from cxrlab import __version__
 from cxrlab.errors import CxrlabError
 from cxrlab.models.registry import CxrClassifier, create_model
+from cxrlab.models.weights import safe_load
 
 CHECKPOINT_FORMAT = "cxrlab-model-v1"
 
@@ -34,12 +35,7 @@ def load_checkpoint(
 ) -> CxrClassifier:
     """Rebuild a model from a checkpoint; refuse one made for another architecture or class set."""
     path = Path(path)
-    if not path.is_file():
-        raise CxrlabError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CxrlabError(f"{path}: not a loadable checkpoint ({type(exc).__name__})") from exc
+    payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CxrlabError(f"{path}: not a cxrlab model checkpoint (use --weights for plain state dicts)")
     if arch is not None and payload["arch"] != arch:

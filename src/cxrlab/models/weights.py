@@ -29,14 +29,19 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
         ) from exc
 
 
+def safe_load(path: Path, what: str) -> object:
+    """``torch.load(weights_only=True)`` on CPU; a missing or foreign file is a one-line error."""
+    if not path.is_file():
+        raise CxrlabError(f"{what}: {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CxrlabError(f"{what}: {path} is not a PyTorch weights file ({type(exc).__name__})") from exc
+
+
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a file (``weights_only=True``); accepts ``{"state_dict": ...}`` wrappers."""
-    if not path.is_file():
-        raise CxrlabError(f"--weights: {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CxrlabError(f"--weights: {path} is not a PyTorch weights file ({type(exc).__name__})") from exc
+    payload = safe_load(path, "--weights")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
