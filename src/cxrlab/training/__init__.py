@@ -1,0 +1,1 @@
+"""Training: the frozen-backbone fast path and (with Lightning) fine-tuning."""
