@@ -21,6 +21,11 @@ from sklearn.metrics import (
 )
 
 
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of the per-class F1 over all ``n_classes`` (an absent class counts 0)."""
+    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+
+
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
     """ECE: confidence-weighted gap between top-class confidence and accuracy, equal-width bins."""
     confidence = probs.max(axis=1)
@@ -58,7 +63,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": macro_f1(y_true, y_pred, len(classes)),
         "macro_auc": float(np.nanmean(list(aucs.values()))),
         "ece": expected_calibration_error(y_true, probs),
         "per_class": {
@@ -125,17 +130,15 @@ def headline_intervals(
 ) -> dict[str, Interval]:
     """95% bootstrap CIs for accuracy, macro-F1 and each class's recall."""
     y_pred = np.asarray(probs).argmax(axis=1)
-    labels = list(range(len(classes)))
-
-    def macro_f1(t: np.ndarray, p: np.ndarray) -> float:
-        return float(f1_score(t, p, labels=labels, average="macro", zero_division=0))
+    def macro_f1_of(t: np.ndarray, p: np.ndarray) -> float:
+        return macro_f1(t, p, len(classes))
 
     def accuracy(t: np.ndarray, p: np.ndarray) -> float:
         return float((t == p).mean())
 
     out = {
         "accuracy": bootstrap_ci(y_true, y_pred, accuracy, n_boot=n_boot, seed=seed),
-        "macro_f1": bootstrap_ci(y_true, y_pred, macro_f1, n_boot=n_boot, seed=seed),
+        "macro_f1": bootstrap_ci(y_true, y_pred, macro_f1_of, n_boot=n_boot, seed=seed),
     }
     for k, name in enumerate(classes):
         out[f"recall_{name}"] = bootstrap_ci(y_true, y_pred, recall_of(k), n_boot=n_boot, seed=seed)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 
 from cxrlab.data.cache import ImageCache
 from cxrlab.data.datasets import CachedImageDataset
+from cxrlab.evaluation.metrics import macro_f1
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.progress import track
 
@@ -58,7 +58,7 @@ def cached_features(
     progress: bool = True,
 ) -> np.ndarray:
     """:func:`extract_features` for cache ``rows``, memoised in the cache folder."""
-    digest = hashlib.sha1(f"{model_key}|{np.asarray(rows).tobytes().hex()}".encode()).hexdigest()[:16]
+    digest = hashlib.sha1(model_key.encode() + b"|" + np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
     path = cache.folder / "features" / f"{digest}.npy"
     if path.is_file():
         return np.load(path)
@@ -86,8 +86,7 @@ def _epoch_stats(head: nn.Linear, x: torch.Tensor, y: torch.Tensor, loss_fn: nn.
         logits = head(x)
         pred = logits.argmax(1)
         loss = float(loss_fn(logits, y))
-    labels = list(range(head.out_features))
-    return loss, float((pred == y).float().mean()), float(f1_score(y, pred, labels=labels, average="macro", zero_division=0))
+    return loss, float((pred == y).float().mean()), macro_f1(y.numpy(), pred.numpy(), head.out_features)
 
 
 def train_head(
