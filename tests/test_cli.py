@@ -1,10 +1,11 @@
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 
-from cxrlab.cli import run
+from cxrlab.cli import expand_multi_values, run
 from cxrlab.errors import CxrlabError
 
 
@@ -96,5 +97,53 @@ def test_download_calls_kagglehub_and_indexes(
 
 def test_quick_start_demo(tmp_path: Path) -> None:
     assert run(["demo", str(tmp_path / "demo"), "--no-progress"]) == 0
-    for rel in ("audit/audit.md", "analysis/summary.md", "split.csv"):
+    for rel in ("audit/audit.md", "analysis/summary.md", "compare/report.html", "compare/results.csv"):
         assert (tmp_path / "demo" / rel).is_file(), rel
+    report = (tmp_path / "demo" / "compare" / "report.html").read_text()
+    assert "alexnet-finetune-scratch-s0" in report and "resnet18-finetune-scratch-s0" in report
+
+
+def test_multi_value_options_are_expanded() -> None:
+    argv = ["compare", "D", "--models", "a", "b", "--mode", "both", "--seeds", "0", "1"]
+    assert expand_multi_values(argv) == [
+        "compare", "D", "--models", "a", "--models", "b", "--mode", "both", "--seeds", "0", "--seeds", "1"
+    ]
+
+
+def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    args = ["train", str(demo_root), "--model", "resnet18", "--preset", "smoke", "--no-pretrained", "--image-size", "32"]
+    args += ["--out", str(run_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress", "--workers", "1"]
+    assert run(args) == 0
+    assert "accuracy" in capsys.readouterr().out
+    folder = tmp_path / "new"
+    folder.mkdir()
+    for name in ("a.jpg", "b.png"):
+        shutil.copy(next((demo_root / "Data" / "test" / "NORMAL").glob("*.jpg")), folder / name)
+    (folder / "broken.jpg").write_bytes(b"not a jpeg")
+    out_csv = tmp_path / "p.csv"
+    assert run(["predict", str(run_dir / "model.pt"), str(folder), "--out", str(out_csv), "--no-progress"]) == 0
+    rows = out_csv.read_text().splitlines()
+    assert rows[0] == "path,predicted,p_COVID19,p_NORMAL,p_PNEUMONIA" and len(rows) == 3
+    assert "broken.jpg" in capsys.readouterr().err
+    assert run(["predict", str(out_csv), str(folder)]) == 2
+    assert "p.csv" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "{data}", "--mode", "half"], "--mode"),
+        (["train", "{data}", "--weights", "missing.pth"], "missing.pth"),
+        (["train", "{data}", "--resume"], "--resume"),
+        (["train", "{data}", "--preset", "fast"], "--preset"),
+        (["compare", "{data}", "--models", "alexnet", "--weights", "resnet18=x.pth"], "--weights"),
+        (["compare", "{data}", "--mode", "half"], "--mode"),
+    ],
+)
+def test_training_options_fail_in_one_line(
+    demo_root: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert run([a.format(data=demo_root) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1

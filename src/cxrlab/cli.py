@@ -126,7 +126,7 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
 @app.command()
 def audit(
     data: DataArg,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/<DATA>/audit].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/audit].")] = None,
     min_size: Annotated[int, typer.Option("--min-size", min=1, help="Smallest acceptable image side in pixels.")] = 64,
     near_threshold: Annotated[float, typer.Option("--near-threshold", min=0.5, max=1.0, help="64x64 NCC above which two images are copies.")] = 0.98,
     workers: WorkersOpt = 2,
@@ -148,7 +148,7 @@ def audit(
 @app.command()
 def analyze(
     data: DataArg,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder [default: runs/<DATA>/analysis].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/analysis].")] = None,
     samples_per_class: Annotated[int, typer.Option(min=1, help="Images per class in the sample grid.")] = 8,
     seed: Annotated[int, typer.Option(help="Seed for picking sample images.")] = 0,
     workers: WorkersOpt = 2,
@@ -176,7 +176,7 @@ def cache(
     data: DataArg,
     image_size: Annotated[int, typer.Option("--image-size", help="Side of the cached square images.")] = 224,
     resize: Annotated[str, typer.Option("--resize", help="squash (stretch to square) or pad (keep aspect, pad black).")] = "squash",
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache root [default: $CXRLAB_CACHE or ~/.cache/cxrlab].")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab].")] = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -222,18 +222,250 @@ def demo(
     out: Annotated[Path, typer.Argument(help="Folder for the demo data and every output.")] = Path("runs/demo"),
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """The quick start: synthetic data, then audit, analyze, cache and split on it."""
+    """The quick start: synthetic data, its audit and analysis, then AlexNet vs ResNet-18 (from
+    scratch, 64 px, 4 epochs) trained, tested and compared in one HTML report."""
     data = out / "data"
     demo_data(data)
     audit(data, out=out / "audit", no_progress=no_progress)
     analyze(data, out=out / "analysis", no_progress=no_progress)
-    cache(data, cache_dir=out / "cache", image_size=128, no_progress=no_progress)
-    split(data, out=out / "split.csv", manifest=out / "audit")
+    compare(
+        data, models=["alexnet", "resnet18"], mode="finetune", no_pretrained=True, image_size=64, epochs=4,
+        out=out / "compare", manifest=out / "audit", cache_dir=out / "cache", no_progress=no_progress,
+    )
+
+
+# Training options shared by `train` and `compare` (None = the preset's value).
+ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", help="Image side in pixels \\[preset: 224].")]
+ResizeOpt = Annotated[str, typer.Option("--resize", help="squash (stretch to square) or pad (keep aspect, pad black).")]
+EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (finetune/scratch runs).")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate of the new head (finetune: the backbone gets a tenth of it).")]
+OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")]
+BalanceOpt = Annotated[str | None, typer.Option("--balance", help="Class imbalance: weights (weighted loss), sampler (balanced batches) or none.")]
+AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="X-ray augmentations (rotation, shift, scale, brightness, contrast).")]
+FreezeBnOpt = Annotated[bool | None, typer.Option("--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed when fine-tuning.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (split, initialisation, order, augmentation).")]
+ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")]
+ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")]
+NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights (models without --weights).")]
+PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16-mixed on GPU, 32 on CPU), 32-true, 16-mixed, bf16-mixed.")]
+AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto, cpu or gpu.")]
+DevicesOpt = Annotated[str, typer.Option("--devices", help="Devices per node (a number or auto).")]
+LoaderWorkersOpt = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
+LoggerOpt = Annotated[str, typer.Option("--logger", help="Extra logger besides CSV: csv (none), tensorboard or mlflow.")]
+CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab].")]
+
+
+def _run_options(**options: object) -> dict[str, object]:
+    """Config overrides from CLI options (``None`` = keep the preset's value)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _parse_weights(items: list[str], models: list[str]) -> dict[str, str]:
+    """``--weights NAME=PATH`` (or a bare PATH when there is one model) into ``{model: path}``."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(models) != 1:
+                raise CxrlabError(f"--weights {item}: with several models write MODEL=PATH")
+            name, path = models[0], item
+        if not Path(path).expanduser().is_file():
+            raise CxrlabError(f"--weights: {path}: file not found")
+        parsed[name] = path
+    return parsed
+
+
+def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
+    m = result.metrics
+    test = m.get("test")
+    if not test:
+        console.print(f"Run {result.run_dir}: no test split, nothing tested")
+        return
+    ci = m["intervals"]
+    table = Table(title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})")
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    fmt = lambda k: f"{ci[k]['value']:.3f} [{ci[k]['low']:.3f}, {ci[k]['high']:.3f}]"  # noqa: E731
+    table.add_row("accuracy", fmt("accuracy"))
+    table.add_row("macro-F1", fmt("macro_f1"))
+    for name in m["classes"]:
+        table.add_row(f"recall {name}", fmt(f"recall_{name}"))
+    table.add_row("balanced accuracy", f"{test['balanced_accuracy']:.3f}")
+    table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
+    table.add_row("ECE", f"{test['ece']:.3f}")
+    console.print(table)
+    console.print(f"Run folder {result.run_dir} (model.pt, metrics.json, test_predictions.csv, history.csv)")
+
+
+@app.command()
+def train(
+    data: DataArg,
+    model: Annotated[str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")] = "resnet18",
+    preset_name: Annotated[str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch or smoke.")] = "finetune",
+    mode: Annotated[str | None, typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset].")] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Local ImageNet state dict for the model.")] = None,
+    no_pretrained: NoPretrainedOpt = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Run folder \\[default: runs/<DATA>/<run name>].")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = "squash",
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    balance: BalanceOpt = None,
+    augment: AugmentOpt = None,
+    freeze_bn: FreezeBnOpt = None,
+    seed: SeedOpt = 0,
+    val_fraction: ValFractionOpt = 0.15,
+    manifest: ManifestOpt = None,
+    precision: PrecisionOpt = "auto",
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    num_workers: LoaderWorkersOpt = 0,
+    logger: LoggerOpt = "csv",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train one model (validation picks the epoch), then test it once on the test split."""
+    from cxrlab.training.config import preset
+    from cxrlab.training.run import train_run
+
+    if weights is not None and not weights.expanduser().is_file():
+        raise CxrlabError(f"--weights: {weights}: file not found")
+    config = preset(
+        preset_name,
+        model=model,
+        **_run_options(
+            mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
+            batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
+            seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
+            accelerator=accelerator, devices=devices, num_workers=num_workers, logger=logger,
+        ),
+    )
+    if no_pretrained:
+        config = config.updated(pretrained=False)
+    if resume and out is None:
+        raise CxrlabError("--resume: name the run folder with --out")
+    run_dir = out or default_out(data, config.run_name)
+    console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
+    result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress)
+    _print_result(result)
+
+
+@app.command()
+def compare(
+    data: DataArg,
+    models: Annotated[list[str], typer.Option("--models", help="Models to compare (repeat, or space-separated).")] = ["alexnet", "resnet18"],  # noqa: B006
+    mode: Annotated[str, typer.Option("--mode", help="frozen, finetune or both.")] = "finetune",
+    weights: Annotated[list[str] | None, typer.Option("--weights", help="MODEL=PATH: a local ImageNet state dict (repeatable).")] = None,
+    no_pretrained: NoPretrainedOpt = False,
+    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds; each model and mode runs once per seed.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare].")] = None,
+    manifest: ManifestOpt = None,
+    no_audit: Annotated[bool, typer.Option("--no-audit", help="Skip the audit (no files excluded unless --manifest).")] = False,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = "squash",
+    epochs: EpochsOpt = None,
+    head_epochs: Annotated[int | None, typer.Option("--head-epochs", min=1, help="Epochs of head training in frozen mode.")] = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    balance: BalanceOpt = None,
+    augment: AugmentOpt = None,
+    freeze_bn: FreezeBnOpt = None,
+    val_fraction: ValFractionOpt = 0.15,
+    precision: PrecisionOpt = "auto",
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    num_workers: LoaderWorkersOpt = 0,
+    logger: LoggerOpt = "csv",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train and test several models under one protocol; write one HTML report with every plot."""
+    from cxrlab.training.compare import plan_runs, run_comparison
+
+    models = [name for item in models for name in item.split()]
+    shared = _run_options(
+        image_size=image_size, resize=resize, val_fraction=val_fraction, precision=precision, accelerator=accelerator,
+        devices=devices, num_workers=num_workers, logger=logger, balance=balance,
+    )
+    configs, notes = plan_runs(
+        models,
+        mode,
+        weights=_parse_weights(weights or [], models),
+        pretrained=not no_pretrained,
+        seeds=seeds or [0],
+        finetune_overrides=shared | _run_options(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment, freeze_bn=freeze_bn),
+        frozen_overrides=shared | _run_options(epochs=head_epochs),
+    )
+    for note in notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    out = out or default_out(data, "compare")
+    report = run_comparison(
+        data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers,
+        progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(escape(line)),
+    )
+    results_md = out / "results.md"
+    if results_md.is_file():
+        console.print(results_md.read_text())
+    console.print(f"Report: {report}")
+
+
+@app.command()
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", help="CSV file for the probabilities.")] = Path("predictions.csv"),
+    batch_size: BatchOpt = 32,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Class probabilities for images, printed and written as CSV (unreadable files are listed, not fatal)."""
+    from cxrlab.evaluation.predict import expand_image_paths, predict_files
+
+    result = predict_files(checkpoint, expand_image_paths(images), batch_size=batch_size or 32, device=device, progress=not no_progress)
+    result.write_csv(out)
+    table = Table(title=f"{len(result.paths)} image(s), {result.arch}")
+    table.add_column("image", overflow="fold")
+    table.add_column("predicted")
+    for name in result.classes:
+        table.add_column(f"p({name})", justify="right")
+    for path, row in list(zip(result.paths, result.probs))[:25]:
+        table.add_row(escape(str(path)), result.classes[int(row.argmax())], *(f"{v:.3f}" for v in row))
+    console.print(table)
+    if len(result.paths) > 25:
+        console.print(f"... {len(result.paths) - 25} more in {out}")
+    for path, error in result.errors.items():
+        err_console.print(f"skipped {escape(error)}", highlight=False)
+    console.print(f"Probabilities written to {out}")
+
+
+MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights")
+
+
+def expand_multi_values(argv: list[str]) -> list[str]:
+    """``--models a b c`` -> ``--models a --models b --models c`` (click takes one value per flag)."""
+    out: list[str] = []
+    current: str | None = None
+    for token in argv:
+        if token.startswith("-"):
+            current = token if token in MULTI_VALUE_OPTIONS else None
+            out.append(token)
+        elif current is not None and out[-1] != current:
+            out += [current, token]
+        else:
+            out.append(token)
+    return out
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; errors become one line on stderr."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in argv
     try:
         app(args=argv, prog_name="cxrlab")  # standalone: usage errors print and raise SystemExit

@@ -585,6 +585,7 @@ def analyze_dataset(
 ) -> dict:
     """Write the plots and summaries into out_dir; return the summary dict (JSON-serialisable)."""
     from cxrlab.data import analyze_plots as plots  # matplotlib only when drawing
+    from cxrlab.plotting import class_colours
 
     _check_records(index, records)
     out = Path(out_dir).expanduser()
@@ -598,7 +599,7 @@ def analyze_dataset(
     summary = _build_summary(index, records, _splits_of(index, records), ok_by_class)
     summary["findings"] = _findings(summary, ok_by_class)
 
-    colours = plots.class_colours(classes)
+    colours = class_colours(classes)
     plots.plot_class_counts(summary, colours, out / PLOTS["class_counts"])
     plots.plot_image_sizes(ok_by_class, colours, out / PLOTS["image_sizes"])
     plots.plot_intensity(ok_by_class, colours, out / PLOTS["intensity"])

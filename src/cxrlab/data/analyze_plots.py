@@ -10,11 +10,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import to_hex
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from PIL import Image
 
@@ -22,31 +17,9 @@ from cxrlab.data.analyze import most_common_size, pct
 from cxrlab.data.reader import read_grayscale
 from cxrlab.data.scan import HIST_BINS, ImageRecord
 from cxrlab.errors import CxrlabError
+from cxrlab.plotting import empty_panel, new_figure, save_figure
 
-DPI = 110
 SAMPLE_MAX_SIDE = 256  # sample images are shrunk to this before plotting
-
-
-def class_colours(classes: list[str]) -> dict[str, str]:
-    """One ``#rrggbb`` colour per class from tab10 (tab20 beyond ten classes)."""
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
-    return {c: to_hex(cmap(i % cmap.N)) for i, c in enumerate(classes)}
-
-
-def _new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save(figure: Figure, path: Path) -> None:
-    figure.savefig(path, dpi=DPI, format="png", facecolor="white")
-
-
-def _empty_panel(ax: Axes, text: str) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
-    ax.set_xticks([])
-    ax.set_yticks([])
 
 
 def plot_class_counts(summary: dict, colours: dict[str, str], path: Path) -> None:
@@ -54,11 +27,11 @@ def plot_class_counts(summary: dict, colours: dict[str, str], path: Path) -> Non
     classes = summary["dataset"]["classes"]
     splits = summary["dataset"]["splits"]
     counts = summary["counts"]
-    figure = _new_figure(max(6.0, 1.2 + 0.55 * len(classes) * max(len(splits), 1) + 0.6), 4.6)
+    figure = new_figure(max(6.0, 1.2 + 0.55 * len(classes) * max(len(splits), 1) + 0.6), 4.6)
     ax = figure.add_subplot()
     if not splits:
-        _empty_panel(ax, "no files")
-        _save(figure, path)
+        empty_panel(ax, "no files")
+        save_figure(figure, path)
         return
     width = 0.8 / len(classes)
     x = np.arange(len(splits))
@@ -77,7 +50,7 @@ def plot_class_counts(summary: dict, colours: dict[str, str], path: Path) -> Non
         title += f" (incl. {summary['not_ok']['total']} unreadable)"
     ax.set_title(title)
     ax.legend(title="class", frameon=False, loc="upper right")
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_image_sizes(
@@ -85,13 +58,13 @@ def plot_image_sizes(
 ) -> None:
     """Width against height (crowded exact sizes ringed) and the aspect ratio per class."""
     classes = list(ok_by_class)
-    figure = _new_figure(12.5, 5.2)
+    figure = new_figure(12.5, 5.2)
     ax_scatter, ax_aspect = figure.subplots(1, 2, width_ratios=[1.1, 1])
     ok_all = [r for recs in ok_by_class.values() for r in recs]
     if not ok_all:
-        _empty_panel(ax_scatter, "no readable images")
-        _empty_panel(ax_aspect, "no readable images")
-        _save(figure, path)
+        empty_panel(ax_scatter, "no readable images")
+        empty_panel(ax_aspect, "no readable images")
+        save_figure(figure, path)
         return
 
     # Width vs height; large classes first so that small ones stay visible on top.
@@ -165,7 +138,7 @@ def plot_image_sizes(
     ax_aspect.spines[["top", "right"]].set_visible(False)
     ax_aspect.legend(fontsize=8, frameon=False)
     figure.suptitle("Image sizes and shapes (readable images)", fontsize=13)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def plot_intensity(
@@ -173,7 +146,7 @@ def plot_intensity(
 ) -> None:
     """The mean intensity histogram per class, and box plots of the per-image mean intensity."""
     classes = list(ok_by_class)
-    figure = _new_figure(12.5, 4.8)
+    figure = new_figure(12.5, 4.8)
     ax_hist, ax_box = figure.subplots(1, 2, width_ratios=[1.3, 1])
     centres = (np.arange(HIST_BINS) + 0.5) * (256.0 / HIST_BINS)
     plotted = False
@@ -193,7 +166,7 @@ def plot_intensity(
         ax_hist.legend(fontsize=8, frameon=False)
         ax_hist.spines[["top", "right"]].set_visible(False)
     else:
-        _empty_panel(ax_hist, "no readable images")
+        empty_panel(ax_hist, "no readable images")
 
     data, positions, labels = [], [], []
     for i, (c, recs) in enumerate(ok_by_class.items()):
@@ -218,9 +191,9 @@ def plot_intensity(
         ax_box.set_title("Per-image mean intensity")
         ax_box.spines[["top", "right"]].set_visible(False)
     else:
-        _empty_panel(ax_box, "no readable images")
+        empty_panel(ax_box, "no readable images")
     figure.suptitle("Intensity (readable images)", fontsize=13)
-    _save(figure, path)
+    save_figure(figure, path)
 
 
 def _sample_pixels(root: Path, record: ImageRecord) -> np.ndarray:
@@ -257,7 +230,7 @@ def plot_samples(
     """One row of seeded random images per class; returns what was shown (class, path, size)."""
     cols = max(samples_per_class, 1)
     rows = max(len(ok_by_class), 1)
-    figure = _new_figure(1.55 * cols + 0.9, 1.85 * rows + 0.7)
+    figure = new_figure(1.55 * cols + 0.9, 1.85 * rows + 0.7)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
     rng = np.random.default_rng(seed)
     shown: list[dict] = []
@@ -290,7 +263,7 @@ def plot_samples(
         "Random readable images per class, each in its own aspect ratio (caption: width x height)",
         fontsize=11,
     )
-    _save(figure, path)
+    save_figure(figure, path)
     return shown
 
 
@@ -306,7 +279,7 @@ def plot_mean_images(
     show_diff = len(means) >= 2
     cols = max(len(ok_by_class), 1)
     rows = 2 if show_diff else 1
-    figure = _new_figure(max(2.6 * cols + 1.2, 5.0), 2.9 * rows + 0.8)
+    figure = new_figure(max(2.6 * cols + 1.2, 5.0), 2.9 * rows + 0.8)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
     if means:
         low = min(float(m.min()) for m in means.values())
@@ -323,7 +296,7 @@ def plot_mean_images(
         ax.set_title(f"{c} (n={len(recs)})", color=colours[c], fontweight="bold", fontsize=10)
         if c not in means:
             for row_ax, text in zip(axes[:, col], ["no readable images", ""]):
-                _empty_panel(row_ax, text)
+                empty_panel(row_ax, text)
                 row_ax.set_box_aspect(1)
             continue
         image = ax.imshow(means[c], cmap="gray", vmin=low, vmax=high, aspect="equal")
@@ -345,4 +318,4 @@ def plot_mean_images(
     if show_diff:
         title += " (red = brighter, blue = darker than average)"
     figure.suptitle(title, fontsize=11)
-    _save(figure, path)
+    save_figure(figure, path)

@@ -34,6 +34,13 @@ def load_checkpoint(
     path: str | Path, *, arch: str | None = None, classes: list[str] | None = None
 ) -> CxrClassifier:
     """Rebuild a model from a checkpoint; refuse one made for another architecture or class set."""
+    return load_checkpoint_with_extra(path, arch=arch, classes=classes)[0]
+
+
+def load_checkpoint_with_extra(
+    path: str | Path, *, arch: str | None = None, classes: list[str] | None = None
+) -> tuple[CxrClassifier, dict]:
+    """:func:`load_checkpoint` plus the ``extra`` saved with it (image size, resize mode, config)."""
     path = Path(path)
     payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -49,4 +56,4 @@ def load_checkpoint(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise CxrlabError(f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})") from exc
-    return model
+    return model, dict(payload.get("extra", {}))

@@ -1,0 +1,69 @@
+"""Benchmark: `cxrlab compare` on the real Kaggle data, AlexNet / ResNet-18 / MobileNetV2.
+
+    uv run python benchmarks/compare_real.py                 # the CPU budget (about an hour, 2 cores)
+    uv run python benchmarks/compare_real.py --image-size 224 --epochs 30 --num-workers 8   # on a GPU
+
+MobileNetV2 starts from the ImageNet weights in ../shared/weights (the one pretrained network
+available offline) and runs in both modes, frozen and finetune; AlexNet and ResNet-18 cannot
+download their weights here, so they train from scratch (finetune mode only: a frozen random
+backbone is meaningless). Prints the exact command, the machine, the wall time and the table;
+the report lands in OUT/report.html. Skips (exit 0, with a message) when the data is absent.
+Re-running reuses finished runs and resumes unfinished ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+DEFAULT_DATA = SHARED / "data" / "chest-xray-covid19-pneumonia"
+DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet-dequantized.pth"
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.platform()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/compare-real"))
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenet_v2"])
+    args = parser.parse_args()
+    for path, what in ((args.data, "dataset"), (args.weights, "MobileNetV2 weights")):
+        if not path.exists():
+            print(f"SKIP: {what} not found at {path} (place ../shared beside the repo)")
+            return 0
+    command = [
+        "cxrlab", "compare", str(args.data), "--models", *args.models, "--mode", "both",
+        "--weights", f"mobilenet_v2={args.weights}", "--no-pretrained",
+        "--image-size", str(args.image_size), "--epochs", str(args.epochs),
+        "--num-workers", str(args.num_workers), "--out", str(args.out), "--no-progress",
+    ]
+    for seed in args.seeds:
+        command += ["--seeds", str(seed)]
+    print("command:", shlex.join(command))
+    print("machine:", machine())
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cxrlab", *command[1:]], check=True)
+    print(f"wall time: {time.perf_counter() - started:.0f} s (budget: {args.image_size} px, {args.epochs} epochs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Figure conventions shared by every plot of cxrlab: Agg canvas, resolution, colours.
+
+Figures are drawn on their own Agg canvas (no pyplot), so nothing here touches the global
+matplotlib backend and plotting works on machines without a display.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
+
+DPI = 110
+
+
+def class_colours(names: list[str]) -> dict[str, str]:
+    """One ``#rrggbb`` colour per name from tab10 (tab20 beyond ten names)."""
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {c: to_hex(cmap(i % cmap.N)) for i, c in enumerate(names)}
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A constrained-layout figure on its own Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as a PNG on white; returns ``path``."""
+    figure.savefig(path, dpi=DPI, format="png", facecolor="white")
+    return path
+
+
+def empty_panel(ax: Axes, text: str) -> None:
+    """A panel with only a grey message in its centre."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
+    ax.set_xticks([])
+    ax.set_yticks([])

@@ -1,0 +1,129 @@
+"""Compare several models under one protocol: audit, analyse, train each, test each, report.
+
+``plan_runs`` turns model names and modes into one :class:`RunConfig` per run: ``frozen``
+uses the ``frozen`` preset and needs ImageNet weights (a model without them is skipped,
+since a frozen random backbone says nothing); ``finetune`` uses the ``finetune`` preset when
+the model has ImageNet weights and the ``scratch`` preset otherwise. Every run of one
+comparison shares the cache, the audit manifest and the split seed, so all models see the
+same training, validation and test images.
+
+A comparison folder can be re-run: finished runs are reused, unfinished ones resumed, and a
+run folder holding a different recipe is refused rather than overwritten.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from cxrlab.data.audit import AuditConfig, run_audit
+from cxrlab.data.analyze import analyze_dataset
+from cxrlab.data.discover import discover
+from cxrlab.errors import CxrlabError
+from cxrlab.training.config import RunConfig, preset
+from cxrlab.training.run import RunResult, train_run
+
+COMPARE_MODES = ("frozen", "finetune", "both")
+
+
+@dataclass
+class PlannedRun:
+    config: RunConfig
+    note: str = ""  # why a requested run was skipped (config is then unused)
+
+
+def plan_runs(
+    models: Sequence[str],
+    mode: str,
+    *,
+    weights: dict[str, str] | None = None,
+    pretrained: bool = True,
+    seeds: Sequence[int] = (0,),
+    finetune_overrides: dict[str, object] | None = None,
+    frozen_overrides: dict[str, object] | None = None,
+) -> tuple[list[RunConfig], list[str]]:
+    """Configs to run, and notes on requested runs that were skipped."""
+    if mode not in COMPARE_MODES:
+        raise CxrlabError(f"--mode: '{mode}' is not one of {', '.join(COMPARE_MODES)}")
+    if not models:
+        raise CxrlabError("--models: name at least one model")
+    weights = weights or {}
+    unknown = set(weights) - set(models)
+    if unknown:
+        raise CxrlabError(f"--weights: {', '.join(sorted(unknown))} is not among --models")
+    modes = ("frozen", "finetune") if mode == "both" else (mode,)
+    configs, notes = [], []
+    for model in models:
+        local = weights.get(model)
+        has_imagenet = local is not None or pretrained
+        source = dict(model=model, weights=local, pretrained=has_imagenet)
+        for run_mode in modes:
+            if run_mode == "frozen" and not has_imagenet:
+                notes.append(f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)")
+                continue
+            recipe = "frozen" if run_mode == "frozen" else ("finetune" if has_imagenet else "scratch")
+            overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
+            for seed in seeds:
+                configs.append(preset(recipe, **source, seed=seed).updated(**(overrides or {})))
+    names = [c.run_name for c in configs]
+    if len(set(names)) != len(names):
+        raise CxrlabError("--models: the same model is named twice")
+    return configs, notes
+
+
+def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
+    ignore = {"num_workers", "devices", "accelerator", "logger"}  # how it runs, not what it computes
+    left, right = asdict(a), asdict(b)
+    return all(left[k] == right[k] for k in left if k not in ignore)
+
+
+def run_comparison(
+    data: Path,
+    configs: Sequence[RunConfig],
+    out: Path,
+    *,
+    manifest: Path | None = None,
+    audit: bool = True,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+    command: str | None = None,
+    say: Callable[[str], None] = print,
+) -> Path:
+    """Audit and analyse ``data``, train and test every config, write the report; return its path."""
+    from cxrlab.data.scan import scan_dataset
+    from cxrlab.reporting.report import write_report
+
+    index = discover(data)
+    out.mkdir(parents=True, exist_ok=True)
+    if manifest is None and audit:
+        say("Auditing the data (duplicates, leakage, unreadable files) ...")
+        result = run_audit(index, out / "audit", AuditConfig(workers=workers), progress=progress)
+        manifest = out / "audit" / "manifest.csv"
+        records = result.records
+        excluded = result.summary["status"]["excluded"]
+        say(f"Audit: {excluded} file(s) excluded from training (see {out / 'audit' / 'audit.md'})")
+    else:
+        records = scan_dataset(index, workers=workers, progress=progress)
+    analyze_dataset(index, records, out / "analysis")
+
+    run_dirs = []
+    for position, config in enumerate(configs, 1):
+        config = config.updated(manifest=str(manifest) if manifest else None)
+        run_dir = out / "runs" / config.run_name
+        saved = run_dir / "config.json"
+        resume = saved.is_file()
+        if resume and not _same_recipe(RunConfig.load(saved), config):
+            raise CxrlabError(f"{run_dir}: holds a run with another recipe; use another --out or delete that folder")
+        state = "reusing finished" if (run_dir / "metrics.json").is_file() else ("resuming" if resume else "training")
+        say(f"[{position}/{len(configs)}] {state} {config.describe()}")
+        result: RunResult = train_run(
+            data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress
+        )
+        test = result.metrics.get("test", {})
+        if test:
+            say(f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})")
+        run_dirs.append(run_dir)
+    report = write_report(run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command)
+    return report

@@ -1,0 +1,115 @@
+"""One config object per run, saved with the run as ``config.json``; presets name whole recipes.
+
+A preset (``frozen``, ``finetune``, ``scratch``, ``smoke``) fills every field of a recipe;
+options given on the command line override single fields. ``RunConfig.describe()`` is what
+the README and the report quote, so a number can always be traced to its recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from cxrlab.errors import CxrlabError
+
+MODES = ("frozen", "finetune")
+OPTIMIZERS = ("adamw", "sgd")
+BALANCE = ("weights", "sampler", "none")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a training run's result."""
+
+    model: str = "resnet18"
+    mode: str = "finetune"  # frozen: only the new head trains; finetune: all layers
+    pretrained: bool = True
+    weights: str | None = None  # local ImageNet state dict, wins over `pretrained`
+    image_size: int = 224
+    resize: str = "squash"
+    val_fraction: float = 0.15
+    epochs: int = 10
+    batch_size: int = 32
+    optimizer: str = "adamw"
+    lr: float = 1e-3  # head learning rate
+    backbone_lr_scale: float = 0.1  # finetune: backbone lr = lr * scale
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    balance: str = "weights"  # class-weighted loss, balanced sampling, or neither
+    augment: bool = True
+    freeze_bn: bool = True  # finetune: keep BatchNorm statistics fixed (needed for fused weights)
+    patience: int = 5  # early stopping on validation macro-F1, in epochs
+    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    seed: int = 0
+    num_workers: int = 0
+    devices: str = "auto"
+    accelerator: str = "auto"
+    logger: str = "csv"  # csv, tensorboard or mlflow (CSV logs are always written)
+    manifest: str | None = None  # audit manifest: excluded files are left out
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.mode in MODES, "--mode", f"'{self.mode}' is not one of {', '.join(MODES)}"),
+            (self.optimizer in OPTIMIZERS, "--optimizer", f"'{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}"),
+            (self.balance in BALANCE, "--balance", f"'{self.balance}' is not one of {', '.join(BALANCE)}"),
+            (self.epochs >= 1, "--epochs", "must be at least 1"),
+            (self.batch_size >= 1, "--batch-size", "must be at least 1"),
+            (self.lr > 0, "--lr", "must be positive"),
+            (0 < self.val_fraction < 1, "--val-fraction", "must be between 0 and 1"),
+            (self.logger in ("csv", "tensorboard", "mlflow"), "--logger", f"'{self.logger}' is not csv, tensorboard or mlflow"),
+        ]
+        for ok, option, message in checks:
+            if not ok:
+                raise CxrlabError(f"{option}: {message}")
+
+    def updated(self, **changes: object) -> RunConfig:
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise CxrlabError(f"unknown config field(s): {', '.join(sorted(unknown))}")
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def run_name(self) -> str:
+        source = "imagenet" if (self.pretrained or self.weights) else "scratch"
+        return f"{self.model.replace(':', '-')}-{self.mode}-{source}-s{self.seed}"
+
+    def describe(self) -> str:
+        source = f"weights {Path(self.weights).name}" if self.weights else ("ImageNet" if self.pretrained else "from scratch")
+        return (
+            f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, {self.epochs} epochs, "
+            f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}, seed {self.seed}"
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        if not path.is_file():
+            raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+PRESETS: dict[str, dict[str, object]] = {
+    # The pretrained network unchanged, a new linear head trained on cached features.
+    "frozen": dict(mode="frozen", epochs=60, batch_size=256, lr=1e-3, augment=False, label_smoothing=0.0, patience=15, warmup_epochs=0.0),
+    # All layers trained, backbone at a tenth of the head's learning rate, BatchNorm frozen.
+    "finetune": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4),
+    # From random weights: one learning rate everywhere, BatchNorm trained.
+    "scratch": dict(mode="finetune", pretrained=False, epochs=15, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=False, patience=5),
+    # Seconds on a laptop: for checking a setup, not for numbers.
+    "smoke": dict(epochs=2, image_size=64, batch_size=16, patience=2),
+}
+
+
+def preset(name: str, **overrides: object) -> RunConfig:
+    """The named recipe with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise CxrlabError(f"--preset: '{name}' is not one of {', '.join(PRESETS)}")
+    return RunConfig().updated(**PRESETS[name]).updated(**overrides)

@@ -1,0 +1,153 @@
+"""The LightningModule: one classifier, its loss, optimiser, schedule and epoch metrics.
+
+``net`` is either a whole :class:`~cxrlab.models.registry.CxrClassifier` (finetune mode:
+backbone and head in two parameter groups, the backbone at ``lr * backbone_lr_scale``) or
+just the new linear head (frozen mode, fed with cached backbone features). Epoch metrics are
+torchmetrics objects, so they are exact under DDP too; each epoch's row is kept in
+``history`` and travels inside Lightning checkpoints, so a resumed run keeps its curves.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from cxrlab.models.registry import CxrClassifier
+from cxrlab.training.config import RunConfig
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def weighted_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor, label_smoothing: float = 0.0
+) -> torch.Tensor:
+    """Cross-entropy with each sample weighted by its true class, label smoothing unweighted.
+
+    (PyTorch's ``cross_entropy(weight=..., label_smoothing=...)`` also weights the smoothing
+    term by class, which pulls every prediction towards the rare class and ruins calibration.)
+    """
+    per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
+    weights = class_weights[target]
+    return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def parameter_groups(net: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> list[dict]:
+    """Head and backbone groups, each split into decayed weights and undecayed biases/norms."""
+    if isinstance(net, CxrClassifier):
+        parts = [(list(net.head_parameters()), lr), (list(net.backbone_parameters()), backbone_lr)]
+    else:
+        parts = [(list(net.parameters()), lr)]
+    groups = []
+    for params, group_lr in parts:
+        params = [p for p in params if p.requires_grad]
+        decay = [p for p in params if p.ndim > 1]
+        no_decay = [p for p in params if p.ndim <= 1]
+        groups += [
+            {"params": decay, "lr": group_lr, "weight_decay": weight_decay},
+            {"params": no_decay, "lr": group_lr, "weight_decay": 0.0},
+        ]
+    return [g for g in groups if g["params"]]
+
+
+def freeze_batchnorm_statistics(net: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: running statistics stay as loaded."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class ClassifierModule(L.LightningModule):
+    """Cross-entropy training with validation macro-F1 as the selection metric."""
+
+    def __init__(self, net: nn.Module, config: RunConfig, num_classes: int, class_weights: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.config = config
+        self.num_classes = num_classes
+        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
+        self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.history: list[dict[str, float]] = []
+        self._epoch_started = time.perf_counter()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def train(self, mode: bool = True) -> ClassifierModule:
+        super().train(mode)
+        if mode and self.config.mode == "finetune" and self.config.freeze_bn:
+            freeze_batchnorm_statistics(self.net)
+        return self
+
+    def on_train_epoch_start(self) -> None:
+        self.train()  # Lightning keeps each submodule's mode as found; this applies freeze_bn
+        self._epoch_started = time.perf_counter()
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
+        x, y = batch
+        logits = self(x)
+        loss = weighted_cross_entropy(logits, y, self.class_weights, self.config.label_smoothing)
+        self.train_loss.update(loss.detach(), weight=len(y))
+        self.train_acc.update(logits.detach(), y)
+        self.log("loss", loss.detach(), prog_bar=True, batch_size=len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
+        x, y = batch
+        logits = self(x).float()
+        self.val_loss.update(weighted_cross_entropy(logits, y, self.class_weights), weight=len(y))
+        self.val_acc.update(logits, y)
+        self.val_f1.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            for metric in (self.val_loss, self.val_acc, self.val_f1):
+                metric.reset()
+            return
+        row = {
+            "epoch": float(self.current_epoch),
+            "lr": float(self.optimizers().param_groups[0]["lr"]),
+            "train_loss": float(self.train_loss.compute()) if self.train_loss.update_called else math.nan,
+            "train_acc": float(self.train_acc.compute()) if self.train_acc.update_called else math.nan,
+            "val_loss": float(self.val_loss.compute()),
+            "val_acc": float(self.val_acc.compute()),
+            "val_macro_f1": float(self.val_f1.compute()),
+            "epoch_time_s": time.perf_counter() - self._epoch_started,
+        }
+        for metric in (self.train_loss, self.train_acc, self.val_loss, self.val_acc, self.val_f1):
+            metric.reset()
+        self.history.append(row)
+        self.log_dict({k: v for k, v in row.items() if k not in ("epoch", "val_macro_f1")})
+        self.log("val_macro_f1", row["val_macro_f1"], prog_bar=True)
+
+    def configure_optimizers(self) -> dict:
+        c = self.config
+        groups = parameter_groups(self.net, c.lr, c.lr * c.backbone_lr_scale, c.weight_decay)
+        if c.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=c.lr, momentum=0.9, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=c.lr)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = min(total - 1, round(c.warmup_epochs * total / c.epochs)) if c.warmup_epochs > 0 else 0
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cxrlab_history"] = list(self.history)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("cxrlab_history", []))

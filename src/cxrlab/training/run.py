@@ -1,0 +1,320 @@
+"""One training run, end to end: data → model → Lightning fit → test once → run folder.
+
+The run folder holds everything needed to trust, repeat or resume the run::
+
+    config.json            the RunConfig (recipe, seed, data options)
+    split.csv              the exact train/val/test files (path,class,subset)
+    history.csv            one row per epoch: lr, train/val loss and accuracy, val macro-F1
+    checkpoints/last.ckpt  Lightning state after the last finished epoch (for --resume)
+    checkpoints/best.ckpt  the epoch with the best validation macro-F1
+    model.pt               the best model as a cxrlab checkpoint (for ``cxrlab predict``)
+    test_predictions.csv   per test image: true class, predicted class, probabilities
+    metrics.json           test metrics with bootstrap CIs, timings, parameter counts
+    logs/                  Lightning's CSV logs (and TensorBoard/MLflow when asked)
+
+Protocol: the model is chosen on validation macro-F1 (carved from train); the test split is
+read once, after training, with the chosen checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, Logger
+from torch.utils.data import TensorDataset
+
+from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
+from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
+from cxrlab.data.discover import DatasetIndex, discover
+from cxrlab.data.split import class_weights, load_split, save_split
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
+from cxrlab.evaluation.predict import inference_speed, pick_device, predict_probs, write_predictions
+from cxrlab.models.checkpoint import save_checkpoint
+from cxrlab.models.registry import create_model
+from cxrlab.models.weights import safe_load
+from cxrlab.training.augment import xray_augmentation
+from cxrlab.training.config import RunConfig
+from cxrlab.training.datamodule import CxrDataModule
+from cxrlab.training.frozen import cached_features
+from cxrlab.training.module import ClassifierModule
+
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "epoch_time_s")
+
+
+@dataclass
+class PreparedData:
+    """A dataset opened for training: its cache, subsets and cache rows per subset."""
+
+    index: DatasetIndex
+    cache: ImageCache
+    subsets: dict[str, list[tuple[str, str]]]
+    rows: dict[str, np.ndarray]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.index.classes)
+
+    def labels(self, subset: str) -> np.ndarray:
+        return self.cache.labels[self.rows[subset]]
+
+
+def prepare_data(
+    data: Path,
+    config: RunConfig,
+    *,
+    split_file: Path | None = None,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> PreparedData:
+    """Discover, cache and split ``data``; reuse ``split_file`` when it exists."""
+    index = discover(data)
+    index.require("train")
+    cache = build_cache(
+        index, CacheSpec(config.image_size, config.resize), cache_root=cache_root, workers=workers, progress=progress
+    )
+    if split_file is not None and split_file.is_file():
+        subsets = load_split(split_file)
+    else:
+        subsets = make_split(index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest)
+    rows = {name: rows_for(cache, items) for name, items in subsets.items()}
+    for name in ("train", "val"):
+        present = set(cache.labels[rows.get(name, np.zeros(0, np.int64))].tolist())
+        missing = [c for k, c in enumerate(index.classes) if k not in present]
+        if missing:
+            raise CxrlabError(f"{data}: the {name} subset has no usable images of class {', '.join(missing)}")
+    return PreparedData(index, cache, subsets, rows)
+
+
+class HistoryWriter(Callback):
+    """Rewrite ``history.csv`` after every epoch (so a killed run keeps its curves)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+        if trainer.is_global_zero:
+            write_history(self.path, module.history)
+
+
+def write_history(path: Path, history: list[dict[str, float]]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: (int(row[k]) if k == "epoch" else f"{row[k]:.6g}") for k in HISTORY_FIELDS})
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="") as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
+    """CSV always (a resumed run logs into a new folder, keeping the old logs); TensorBoard or MLflow on request."""
+    versions = [p.name for p in (run_dir / "logs").glob("csv*")] if (run_dir / "logs").is_dir() else []
+    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version=f"csv-{len(versions)}" if versions else "csv")]
+    try:
+        if config.logger == "tensorboard":
+            from lightning.pytorch.loggers import TensorBoardLogger
+
+            loggers.append(TensorBoardLogger(run_dir, name="logs", version="tensorboard"))
+        elif config.logger == "mlflow":
+            from lightning.pytorch.loggers import MLFlowLogger
+
+            loggers.append(MLFlowLogger(experiment_name="cxrlab", run_name=run_dir.name, tracking_uri=f"file:{run_dir / 'logs' / 'mlruns'}"))
+    except ImportError as exc:  # Lightning raises ModuleNotFoundError when the backend is missing
+        raise CxrlabError(f"--logger {config.logger}: the {config.logger} package is not installed (pip install {config.logger})") from exc
+    return loggers
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's banners and known-harmless warnings out of the user's terminal."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    for message in (
+        ".*LeafSpec.*",
+        ".*smaller than the logging interval.*",
+        ".*module\\(s\\) in eval mode.*",
+        ".*does not have many workers.*",
+        ".*Checkpoint directory .* exists and is not empty.*",
+    ):
+        warnings.filterwarnings("ignore", message=message)
+
+
+def _precision(config: RunConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if on_gpu else "32-true"
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@dataclass
+class RunResult:
+    """Where a finished run lives and its headline numbers."""
+
+    run_dir: Path
+    config: RunConfig
+    metrics: dict
+
+    @classmethod
+    def load(cls, run_dir: Path) -> RunResult:
+        metrics_file = run_dir / "metrics.json"
+        if not metrics_file.is_file():
+            raise CxrlabError(f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)")
+        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(metrics_file.read_text()))
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / "metrics.json").is_file()
+
+
+def train_run(
+    data: Path,
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> RunResult:
+    """Train ``config`` on ``data`` into ``run_dir``, then test the chosen checkpoint once.
+
+    With ``resume``, the run's own saved config and split are used and training continues
+    from ``checkpoints/last.ckpt``; a finished run is returned as it is.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if resume:
+        if not config_file.is_file():
+            raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+        config = RunConfig.load(config_file)
+        if is_finished(run_dir):
+            return RunResult.load(run_dir)
+    elif config_file.is_file():
+        raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
+    prepared = prepare_data(
+        data, config, split_file=run_dir / "split.csv" if resume else None, cache_root=cache_root, workers=workers, progress=progress
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config.save(config_file)
+    save_split(run_dir / "split.csv", prepared.subsets)
+    classes = prepared.classes
+
+    quiet_lightning()
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    model = create_model(config.model, classes, pretrained=config.pretrained, weights=config.weights)
+    weights = class_weights(prepared.labels("train"), len(classes)) if config.balance == "weights" else None
+    device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
+
+    timings: dict[str, float] = {}
+    if config.mode == "frozen":
+        for p in model.backbone_parameters():
+            p.requires_grad_(False)
+        started = time.perf_counter()
+        key = f"{config.model}|{config.weights or ('imagenet' if config.pretrained else f'scratch-seed{config.seed}')}"
+        feats = {
+            name: cached_features(model, prepared.cache, prepared.rows[name], key, device=device, progress=progress)
+            for name in ("train", "val", "test")
+            if name in prepared.rows
+        }
+        timings["features_s"] = time.perf_counter() - started
+
+        def subset(name: str) -> TensorDataset:
+            return TensorDataset(torch.from_numpy(feats[name]), torch.from_numpy(prepared.labels(name)))
+
+        net: torch.nn.Module = model.head
+        train_set, val_set = subset("train"), subset("val")
+    else:
+        net = model
+        augment = xray_augmentation() if config.augment else None
+        train_set = CachedImageDataset(prepared.cache, prepared.rows["train"], transform=augment)
+        val_set = CachedImageDataset(prepared.cache, prepared.rows["val"])
+
+    module = ClassifierModule(net, config, len(classes), weights)
+    datamodule = CxrDataModule(train_set, val_set, prepared.labels("train"), config)
+    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_macro_f1", mode="max")
+    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)  # every epoch
+    callbacks: list[Callback] = [
+        checkpoints,
+        latest,
+        EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience),
+        HistoryWriter(run_dir / "history.csv"),
+    ]
+    if progress:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        max_epochs=config.epochs,
+        accelerator="cpu" if device.type == "cpu" and config.accelerator == "auto" else config.accelerator,
+        devices=config.devices,
+        precision=_precision(config),
+        callbacks=callbacks,
+        logger=_loggers(config, run_dir),
+        deterministic=True if device.type == "cpu" else "warn",  # some CUDA kernels have no deterministic version
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        log_every_n_steps=min(10, max(1, len(train_set) // config.batch_size)),
+        default_root_dir=run_dir,
+    )
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume and last.is_file() else None)
+    if not trainer.is_global_zero:
+        return RunResult(run_dir, config, {})
+
+    best = checkpoints.best_model_path or str(last)
+    state = safe_load(Path(best), "Lightning checkpoint")["state_dict"]
+    module.load_state_dict(state)
+    history = module.history
+    best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
+    timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
+    model.eval()
+    save_checkpoint(model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, config=asdict(config))
+
+    # The test split, once, with the checkpoint chosen on validation.
+    metrics: dict[str, object] = {
+        "run": config.run_name,
+        "description": config.describe(),
+        "classes": classes,
+        "sizes": {name: int(len(r)) for name, r in prepared.rows.items()},
+        "best_epoch": best_epoch,
+        "epochs_run": len(history),
+        "best_val_macro_f1": float(history[best_epoch]["val_macro_f1"]) if history else math.nan,
+        "parameters": count_parameters(model),
+        "trainable_parameters": count_parameters(net, trainable_only=True),
+        "timings": timings,
+    }
+    if "test" in prepared.rows and len(prepared.rows["test"]):
+        started = time.perf_counter()
+        if config.mode == "frozen":
+            with torch.no_grad():
+                probs = torch.softmax(model.head(torch.from_numpy(feats["test"])), dim=1).double().numpy()
+        else:
+            test_set = CachedImageDataset(prepared.cache, prepared.rows["test"])
+            probs = predict_probs(model, test_set, batch_size=max(64, config.batch_size), device=device, progress=progress, description="Testing")
+        timings["test_s"] = time.perf_counter() - started
+        y_true = prepared.labels("test")
+        metrics["test"] = classification_metrics(y_true, probs, classes)
+        metrics["intervals"] = {k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()}
+        write_predictions(run_dir / "test_predictions.csv", [prepared.cache.paths[r] for r in prepared.rows["test"]], y_true, probs, classes)
+    metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
+    metrics["inference_device"] = device.type
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return RunResult(run_dir, config, metrics)

@@ -1,0 +1,189 @@
+"""Tests for cxrlab.reporting: the HTML report, its figures and tables on tiny real runs."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cxrlab.data.analyze import analyze_dataset
+from cxrlab.data.discover import discover
+from cxrlab.data.scan import scan_dataset
+from cxrlab.data.synthetic import make_demo_dataset
+from cxrlab.errors import CxrlabError
+from cxrlab.reporting.report import holm, write_report
+from cxrlab.training.config import preset
+from cxrlab.training.run import train_run
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+TABLES = ["report.html", "results.md", "results.csv", "mcnemar.csv"]
+FIGURES = ["curves.png", "confusion.png", "roc.png", "bars.png"]
+HEADINGS = [
+    "Dataset", "Comparison on the test split", "Headline metrics", "Learning curves",
+    "Confusion matrices", "ROC curves", "Paired comparison (McNemar)", "Per-class metrics", "Runs",
+]
+CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
+COPY_FOLDER = "a&<copy>"  # a run folder whose name needs escaping
+TITLE = "Demo <comparison> & co"
+COMMAND = "cxrlab report runs/* --title '<x>'"
+CI = re.compile(r"\[\d\.\d{3}, \d\.\d{3}\]")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Three tiny trained runs, a copy of the first minus one test image, an analysis folder."""
+    tmp = tmp_path_factory.mktemp("report")
+    data = make_demo_dataset(tmp / "d", train_per_class=8, test_per_class=4, size=64, defects=False)
+    configs = {
+        "a": preset("frozen", model="resnet18", image_size=32, pretrained=False, epochs=3),
+        "b": preset("scratch", model="resnet18", image_size=32, epochs=2),
+        "c": preset("frozen", model="mobilenet_v2", image_size=32, pretrained=False, epochs=3),
+    }
+    dirs = {}
+    for name, config in configs.items():
+        dirs[name] = tmp / "runs" / name
+        train_run(data, config, dirs[name], cache_root=tmp / "c", progress=False)
+    # Same run name as "a", different test image list: the label gets the folder name and
+    # McNemar's test skips every pair with it.
+    copy = tmp / "runs" / COPY_FOLDER
+    shutil.copytree(dirs["a"], copy, ignore=shutil.ignore_patterns("checkpoints", "logs", "*.pt"))
+    lines = (copy / "test_predictions.csv").read_text().splitlines(keepends=True)
+    (copy / "test_predictions.csv").write_text("".join(lines[:-1]))
+    dirs["copy"] = copy
+    index = discover(data)
+    analyze_dataset(index, scan_dataset(index, workers=1, progress=False), tmp / "analysis")
+    dirs["analysis"] = tmp / "analysis"
+    return dirs
+
+
+@pytest.fixture(scope="module")
+def report(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report on all four runs, with the analysis folder; returns its folder."""
+    out = tmp_path_factory.mktemp("out")
+    dirs = [runs[k] for k in ("a", "b", "c", "copy")]
+    path = write_report(dirs, out, title=TITLE, analysis_dir=runs["analysis"], command=COMMAND)
+    assert path == out / "report.html"
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def labels(runs: dict[str, Path]) -> list[str]:
+    """The labels in report order: "a" and its copy share a run name, so both get their folder's."""
+    names = [json.loads((runs[k] / "metrics.json").read_text())["run"] for k in ("a", "b", "c")]
+    return [f"{names[0]} [a]", names[1], names[2], f"{names[0]} [{COPY_FOLDER}]"]
+
+
+def test_every_output_is_written(report: Path) -> None:
+    for name in TABLES + FIGURES:
+        assert (report / name).is_file(), name
+        assert (report / name).stat().st_size > 0, name
+    for name in FIGURES:
+        assert (report / name).read_bytes().startswith(PNG_MAGIC), name
+
+
+def test_html_has_every_section_figure_and_run(report: Path, runs: dict[str, Path]) -> None:
+    page = (report / "report.html").read_text()
+    for heading in HEADINGS:
+        assert re.search(rf"<h2>\d+\. {re.escape(heading)}</h2>", page), heading
+    for label in labels(runs):
+        assert page.count(html.escape(label)) >= 4, label
+    # Four comparison figures and five analysis figures, all inline.
+    assert page.count('src="data:image/png;base64,') >= 8
+    assert not re.search(r"(src|href)=\"(https?:|//|file:)", page)
+    assert "<script" not in page.lower()
+    assert "Models chosen on validation macro-F1" in page
+    assert "cxrlab" in page and "torch" in page
+    assert len(CI.findall(page)) >= 4 * (2 + len(CLASSES))  # accuracy, macro-F1, recalls per run
+    assert "<strong>" in page  # best values in bold
+    for finding in json.loads((runs["analysis"] / "summary.json").read_text())["findings"]:
+        assert html.escape(finding) in page
+
+
+def test_text_is_html_escaped(report: Path) -> None:
+    page = (report / "report.html").read_text()
+    assert TITLE not in page and "Demo &lt;comparison&gt; &amp; co" in page
+    assert "&lt;x&gt;" in page and "'<x>'" not in page
+    assert "a&amp;&lt;copy&gt;" in page and COPY_FOLDER not in page
+
+
+def test_mcnemar_table_and_csv(report: Path, runs: dict[str, Path]) -> None:
+    rows = read_csv(report / "mcnemar.csv")
+    n = 4
+    assert len(rows) == n * (n - 1) // 2
+    copy_label = labels(runs)[-1]
+    tested = [r for r in rows if copy_label not in (r["run_a"], r["run_b"])]
+    skipped = [r for r in rows if copy_label in (r["run_a"], r["run_b"])]
+    assert len(tested) == 3 and len(skipped) == 3
+    for r in tested:
+        p, p_holm = float(r["p_value"]), float(r["p_holm"])
+        assert 0.0 <= p <= p_holm <= 1.0
+        assert int(r["n"]) == 12 and int(r["only_a_right"]) >= 0 and int(r["only_b_right"]) >= 0
+    assert all(r["p_value"] == "" and "different test image" in r["note"] for r in skipped)
+    page = (report / "report.html").read_text()
+    section = page[page.index('id="mcnemar"'):page.index('id="per-class"')]
+    for header in ("only A right", "only B right", "p (Holm)"):
+        assert header in section
+    assert re.search(r"<td>(\d\.\d{3}|\d\.\de-\d\d)</td>", section)  # p-values
+    assert "different test image lists" in section
+    markdown = (report / "results.md").read_text()
+    assert "McNemar" in markdown and "p (Holm)" in markdown
+
+
+def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> None:
+    rows = read_csv(report / "results.csv")
+    assert [r["run"] for r in rows] == labels(runs)
+    expected = {
+        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "train_s", "parameters",
+        "trainable_parameters", "inference_img_per_s", "best_epoch", "epochs_run",
+        *(f"{key}{suffix}" for key in ("accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES))
+          for suffix in ("", "_low", "_high")),
+    }
+    assert set(rows[0]) == expected
+    for r in rows:
+        assert float(r["accuracy_low"]) <= float(r["accuracy"]) <= float(r["accuracy_high"])
+        assert 1 <= int(r["best_epoch"]) <= int(r["epochs_run"])
+        assert int(r["trainable_parameters"]) <= int(r["parameters"])
+        assert float(r["train_s"]) > 0 and float(r["inference_img_per_s"]) > 0
+    assert [r["mode"] for r in rows] == ["frozen", "finetune", "frozen", "frozen"]
+
+
+def test_results_markdown_has_the_comparison(report: Path, runs: dict[str, Path]) -> None:
+    markdown = (report / "results.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert any("accuracy [CI]" in line and "macro-F1 [CI]" in line for line in table)
+    for label in labels(runs):
+        assert any(line.startswith(f"| {label} |") for line in table), label
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", markdown)
+
+
+def test_single_run_without_analysis(runs: dict[str, Path], tmp_path: Path) -> None:
+    write_report([runs["b"]], tmp_path)
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == 4
+    assert "No dataset analysis given" in page and "nothing to test" in page
+    assert read_csv(tmp_path / "mcnemar.csv") == []
+    assert len(read_csv(tmp_path / "results.csv")) == 1
+
+
+def test_bad_inputs_are_user_errors(runs: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(CxrlabError, match="no run folders"):
+        write_report([], tmp_path)
+    with pytest.raises(CxrlabError, match="twice"):
+        write_report([runs["a"], runs["a"]], tmp_path)
+    with pytest.raises(CxrlabError, match="metrics.json"):
+        write_report([runs["analysis"]], tmp_path)
+
+
+def test_holm_adjustment() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []

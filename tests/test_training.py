@@ -1,0 +1,206 @@
+"""Lightning training runs on a tiny synthetic dataset: run folder, both modes, BN freezing,
+determinism and resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxrlab.data.synthetic import make_demo_dataset
+from cxrlab.errors import CxrlabError
+from cxrlab.models import create_model
+from cxrlab.models.checkpoint import load_checkpoint
+from cxrlab.training import run as run_module
+from cxrlab.training.config import RunConfig, preset
+from cxrlab.training.module import warmup_cosine
+from cxrlab.training.run import read_history, train_run
+
+TINY = dict(image_size=32, batch_size=8, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("train")
+    root = make_demo_dataset(base / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
+    return root, base / "cache"
+
+
+@pytest.fixture(scope="module")
+def local_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in 'ImageNet' resnet18 state dict with non-trivial BatchNorm statistics."""
+    torch.manual_seed(1)
+    import torchvision
+
+    network = torchvision.models.resnet18()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path_factory.mktemp("w") / "resnet18-local.pth"
+    torch.save(network.state_dict(), path)
+    return path
+
+
+def _train(tiny_data: tuple[Path, Path], out: Path, config: RunConfig, **kwargs: object):
+    root, cache = tiny_data
+    return train_run(root, config, out, cache_root=cache, workers=1, progress=False, **kwargs)
+
+
+def test_config_rejects_bad_options_by_name() -> None:
+    with pytest.raises(CxrlabError, match="--mode"):
+        RunConfig(mode="half")
+    with pytest.raises(CxrlabError, match="--preset"):
+        preset("fast")
+    with pytest.raises(CxrlabError, match="unknown config field"):
+        RunConfig().updated(learning_rate=1.0)
+    assert preset("scratch").pretrained is False and preset("frozen").mode == "frozen"
+
+
+def test_config_round_trips_through_json(tmp_path: Path) -> None:
+    config = preset("finetune", model="alexnet", seed=3, extra={"note": "x"})
+    config.save(tmp_path / "config.json")
+    assert RunConfig.load(tmp_path / "config.json") == config
+
+
+def test_warmup_then_cosine() -> None:
+    assert warmup_cosine(0, 4, 20) == pytest.approx(0.25)
+    assert warmup_cosine(3, 4, 20) == pytest.approx(1.0)
+    assert warmup_cosine(12, 4, 20) == pytest.approx(0.5)
+    assert warmup_cosine(20, 4, 20) == pytest.approx(0.0)
+    assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
+
+
+def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    config = preset("scratch", model="resnet18", epochs=2, **TINY)
+    result = _train(tiny_data, tmp_path / "run", config)
+    run = result.run_dir
+    for name in ("config.json", "split.csv", "history.csv", "model.pt", "test_predictions.csv", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "logs" / "csv" / "metrics.csv").is_file()
+    history = read_history(run / "history.csv")
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert all(0 <= row["val_macro_f1"] <= 1 and row["train_loss"] > 0 for row in history)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["sizes"]["test"] == 9 and metrics["test"]["n"] == 9
+    assert metrics["best_epoch"] == int(np.argmax([r["val_macro_f1"] for r in history]))
+    assert metrics["parameters"] == metrics["trainable_parameters"] > 1e6
+    assert set(metrics["intervals"]) == {"accuracy", "macro_f1", "recall_COVID19", "recall_NORMAL", "recall_PNEUMONIA"}
+    with open(run / "split.csv") as handle:
+        subsets = [row["subset"] for row in csv.DictReader(handle)]
+    assert subsets.count("test") == 9 and subsets.count("train") + subsets.count("val") == 24
+    # model.pt is the chosen model: it reproduces the saved test probabilities
+    model = load_checkpoint(run / "model.pt", arch="resnet18")
+    with open(run / "test_predictions.csv") as handle:
+        first = next(csv.DictReader(handle))
+    from cxrlab.evaluation.predict import ImageFiles
+    from cxrlab.data.cache import CacheSpec
+
+    image, _ = ImageFiles([tiny_data[0] / first["path"]], CacheSpec(32))[0]
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(image.unsqueeze(0)), 1)[0]
+    assert probs[0].item() == pytest.approx(float(first["p_COVID19"]), abs=1e-4)
+
+
+def test_same_seed_same_result_on_cpu(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    config = preset("scratch", model="resnet18", epochs=2, **TINY)
+    a = _train(tiny_data, tmp_path / "a", config)
+    b = _train(tiny_data, tmp_path / "b", config)
+    c = _train(tiny_data, tmp_path / "c", config.updated(seed=1))
+    history = [read_history(r.run_dir / "history.csv") for r in (a, b, c)]
+    strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]  # noqa: E731
+    assert strip(history[0]) == strip(history[1])
+    assert (a.run_dir / "test_predictions.csv").read_text() == (b.run_dir / "test_predictions.csv").read_text()
+    assert strip(history[0]) != strip(history[2])
+
+
+def test_frozen_mode_trains_only_the_head(tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path) -> None:
+    config = preset("frozen", model="resnet18", weights=str(local_weights), epochs=5, **TINY)
+    result = _train(tiny_data, tmp_path / "frozen", config)
+    trained = torch.load(result.run_dir / "model.pt", weights_only=True)["state_dict"]
+    original = torch.load(local_weights, weights_only=True)
+    for key, value in original.items():
+        if key.startswith("fc."):
+            continue
+        assert torch.equal(trained[f"network.{key}"], value), key
+    assert trained["network.fc.weight"].shape == (3, 512)
+    assert result.metrics["trainable_parameters"] == 512 * 3 + 3
+    assert "features_s" in result.metrics["timings"]
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_finetune_batchnorm_statistics_frozen_or_trained(
+    tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path, freeze_bn: bool
+) -> None:
+    config = preset("finetune", model="resnet18", weights=str(local_weights), epochs=1, freeze_bn=freeze_bn, **TINY)
+    result = _train(tiny_data, tmp_path / "ft", config)
+    trained = torch.load(result.run_dir / "model.pt", weights_only=True)["state_dict"]
+    original = torch.load(local_weights, weights_only=True)
+    same = torch.equal(trained["network.bn1.running_mean"], original["bn1.running_mean"])
+    assert same is freeze_bn
+    assert not torch.equal(trained["network.conv1.weight"], original["conv1.weight"])  # the backbone did train
+
+
+def test_existing_run_needs_resume(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    config = preset("scratch", model="resnet18", epochs=1, **TINY)
+    _train(tiny_data, tmp_path / "run", config)
+    with pytest.raises(CxrlabError, match="--resume"):
+        _train(tiny_data, tmp_path / "run", config)
+    again = _train(tiny_data, tmp_path / "run", config, resume=True)  # finished: returned as is
+    assert again.metrics["epochs_run"] == 1
+    with pytest.raises(CxrlabError, match="no run to resume"):
+        _train(tiny_data, tmp_path / "nothing", config, resume=True)
+
+
+def test_resume_after_interruption_loses_at_most_one_epoch(
+    tiny_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = preset("scratch", model="resnet18", epochs=4, patience=10, **TINY)
+
+    def killed_in_third_epoch(self, trainer, module, batch, index) -> None:  # noqa: ANN001
+        if trainer.current_epoch == 2 and index == 1:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed_in_third_epoch, raising=False)
+    with pytest.raises(RuntimeError, match="killed"):
+        _train(tiny_data, tmp_path / "run", config)
+    before = read_history(tmp_path / "run" / "history.csv")
+    assert len(before) == 2 and not (tmp_path / "run" / "metrics.json").exists()
+
+    monkeypatch.delattr(run_module.HistoryWriter, "on_train_batch_start")
+    result = _train(tiny_data, tmp_path / "run", preset("smoke"), resume=True)  # the saved config wins
+    after = read_history(result.run_dir / "history.csv")
+    assert [row["epoch"] for row in after] == [0, 1, 2, 3]
+    assert after[:2] == before
+    assert result.metrics["epochs_run"] == 4
+
+
+def test_missing_logger_package_is_one_clear_error(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+
+        pytest.skip("tensorboard is installed here")
+    except ImportError:
+        pass
+    try:
+        import tensorboardX  # noqa: F401
+
+        pytest.skip("tensorboardX is installed here")
+    except ImportError:
+        pass
+    config = preset("scratch", model="resnet18", epochs=1, logger="tensorboard", **TINY)
+    with pytest.raises(CxrlabError, match="--logger tensorboard.*pip install"):
+        _train(tiny_data, tmp_path / "tb", config)
+
+
+def test_weights_file_of_another_model_is_refused(tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path) -> None:
+    config = preset("finetune", model="alexnet", weights=str(local_weights), epochs=1, **TINY)
+    with pytest.raises(CxrlabError, match="resnet18-local.pth"):
+        _train(tiny_data, tmp_path / "bad", config)
+    assert create_model("resnet18", 3, weights=local_weights).arch == "resnet18"
