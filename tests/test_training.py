@@ -98,12 +98,12 @@ def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path],
     model = load_checkpoint(run / "model.pt", arch="resnet18")
     with open(run / "test_predictions.csv") as handle:
         first = next(csv.DictReader(handle))
-    from cxrlab.evaluation.predict import ImageFiles
-    from cxrlab.data.cache import CacheSpec
+    from cxrlab.data.cache import CacheSpec, load_square
 
-    image, _ = ImageFiles([tiny_data[0] / first["path"]], CacheSpec(32))[0]
+    square = load_square(tiny_data[0] / first["path"], CacheSpec(32))
+    image = torch.from_numpy(np.array(square)).float().div(255.0)[None, None]
     with torch.no_grad():
-        probs = torch.softmax(model.eval()(image.unsqueeze(0)), 1)[0]
+        probs = torch.softmax(model.eval()(image), 1)[0]
     assert probs[0].item() == pytest.approx(float(first["p_COVID19"]), abs=1e-4)
 
 

@@ -277,6 +277,8 @@ def _parse_weights(items: list[str], models: list[str]) -> dict[str, str]:
 
 
 def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
+    from cxrlab.evaluation.metrics import Interval
+
     m = result.metrics
     test = m.get("test")
     if not test:
@@ -286,7 +288,7 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     table = Table(title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})")
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
-    fmt = lambda k: f"{ci[k]['value']:.3f} [{ci[k]['low']:.3f}, {ci[k]['high']:.3f}]"  # noqa: E731
+    fmt = lambda k: str(Interval(**ci[k]))  # noqa: E731
     table.add_row("accuracy", fmt("accuracy"))
     table.add_row("macro-F1", fmt("macro_f1"))
     for name in m["classes"]:

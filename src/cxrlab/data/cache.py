@@ -72,13 +72,16 @@ def resize_square(pixels: np.ndarray, spec: CacheSpec) -> np.ndarray:
     return canvas
 
 
+def load_square(path: Path, spec: CacheSpec) -> np.ndarray:
+    """One file decoded and resized as the cache stores it; raises :class:`ImageReadError`."""
+    return resize_square(decode_image(path, draft_size=spec.image_size).pixels, spec)
+
+
 def _load_resized(args: tuple[Path, CacheSpec]) -> np.ndarray | str:
-    path, spec = args
     try:
-        pixels = decode_image(path, draft_size=spec.image_size).pixels
+        return load_square(*args)
     except ImageReadError as exc:
         return str(exc)
-    return resize_square(pixels, spec)
 
 
 def fingerprint(path: Path) -> tuple[int, int]:

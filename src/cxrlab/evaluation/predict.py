@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from cxrlab.data.cache import CacheSpec, resize_square
-from cxrlab.data.reader import IMAGE_EXTENSIONS, decode_image
+from cxrlab.data.cache import CacheSpec, load_square
+from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.data.discover import natural_key
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.progress import track
@@ -84,21 +84,6 @@ def expand_image_paths(inputs: list[Path]) -> list[Path]:
     return files
 
 
-class ImageFiles(Dataset):
-    """Image files decoded and resized as the training cache does; label is always 0."""
-
-    def __init__(self, paths: list[Path], spec: CacheSpec) -> None:
-        self.paths, self.spec = paths, spec
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        pixels = decode_image(self.paths[item], draft_size=self.spec.image_size).pixels
-        square = resize_square(pixels, self.spec)
-        return torch.from_numpy(np.array(square)).unsqueeze(0).float().div_(255.0), 0
-
-
 def write_predictions(path: Path, paths: list[str], y_true: np.ndarray | None, probs: np.ndarray, classes: list[str]) -> None:
     """CSV: path, (true class,) predicted class, one probability column per class."""
     with open(path, "w", newline="") as handle:
@@ -145,16 +130,17 @@ def predict_files(
     model, extra = load_checkpoint_with_extra(checkpoint)
     spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
     readable: list[Path] = []
+    squares: list[np.ndarray] = []  # uint8 S x S each, decoded once
     errors: dict[str, str] = {}
-    for path in files:
+    for path in track(files, total=len(files), description="Reading", enabled=progress):
         try:
-            decode_image(path, draft_size=spec.image_size)
+            squares.append(load_square(path, spec))
             readable.append(path)
         except ImageReadError as exc:
             errors[str(path)] = str(exc)
-    probs = (
-        predict_probs(model, ImageFiles(readable, spec), batch_size=batch_size, device=pick_device(device), progress=progress)
-        if readable
-        else np.zeros((0, len(model.classes)))
-    )
+    if not squares:
+        return FilePredictions(model.arch, list(model.classes), [], np.zeros((0, len(model.classes))), errors)
+    images = torch.from_numpy(np.stack(squares)).unsqueeze(1).float().div_(255.0)
+    dataset = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
+    probs = predict_probs(model, dataset, batch_size=batch_size, device=pick_device(device), progress=progress)
     return FilePredictions(model.arch, list(model.classes), readable, probs, errors)

@@ -14,7 +14,7 @@ run folder holding a different recipe is refused rather than overwritten.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 from cxrlab.data.audit import AuditConfig, run_audit
@@ -25,12 +25,6 @@ from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.run import RunResult, train_run
 
 COMPARE_MODES = ("frozen", "finetune", "both")
-
-
-@dataclass
-class PlannedRun:
-    config: RunConfig
-    note: str = ""  # why a requested run was skipped (config is then unused)
 
 
 def plan_runs(
