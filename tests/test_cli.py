@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import shutil
+import json
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,7 @@ def test_quick_start_demo(tmp_path: Path) -> None:
         assert (tmp_path / "demo" / rel).is_file(), rel
     report = (tmp_path / "demo" / "compare" / "report.html").read_text()
     assert "alexnet-finetune-scratch-s0" in report and "resnet18-finetune-scratch-s0" in report
+    assert 'id="robustness"' in report and 'id="gradcam"' in report and "not computed" not in report
 
 
 def test_multi_value_options_are_expanded() -> None:
@@ -116,6 +118,13 @@ def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.Capt
     args += ["--out", str(run_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress", "--workers", "1"]
     assert run(args) == 0
     assert "accuracy" in capsys.readouterr().out
+    for name in ("robustness.json", "gradcam.json", "gradcam.png"):  # diagnostics after testing
+        assert (run_dir / name).is_file(), name
+    robustness = json.loads((run_dir / "robustness.json").read_text())
+    assert list(robustness["variants"]) == ["squash", "pad", "rotate+10", "rotate-10", "darken"]
+    assert robustness["variants"]["squash"]["accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"])
+    assert run(["explain", str(run_dir), "--data", str(tmp_path / "elsewhere")]) == 2
+    assert "not found" in capsys.readouterr().err
     folder = tmp_path / "new"
     folder.mkdir()
     for name in ("a.jpg", "b.png"):

@@ -9,7 +9,11 @@ import re
 import shutil
 from pathlib import Path
 
+import base64
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.discover import discover
@@ -21,17 +25,54 @@ from cxrlab.training.config import preset
 from cxrlab.training.run import train_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TABLES = ["report.html", "results.md", "results.csv", "mcnemar.csv"]
+TABLES = ["report.html", "results.md", "results.csv", "mcnemar.csv", "robustness.csv", "gradcam.csv"]
 FIGURES = ["curves.png", "confusion.png", "roc.png", "bars.png"]
 HEADINGS = [
     "Dataset", "Comparison on the test split", "Headline metrics", "Learning curves",
-    "Confusion matrices", "ROC curves", "Paired comparison (McNemar)", "Per-class metrics", "Runs",
+    "Confusion matrices", "ROC curves", "Paired comparison (McNemar)", "Per-class metrics",
+    "Robustness", "Explainability (Grad-CAM)", "Runs",
 ]
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 COPY_FOLDER = "a&<copy>"  # a run folder whose name needs escaping
 TITLE = "Demo <comparison> & co"
 COMMAND = "cxrlab report runs/* --title '<x>'"
 CI = re.compile(r"\[\d\.\d{3}, \d\.\d{3}\]")
+# robustness.json of run "c" as robustness_eval writes it: reference squash, darken worst
+ACCURACIES = {"squash": 0.75, "pad": 0.5, "rotate+10": 0.75, "rotate-10": 0.6875, "darken": 0.4375}
+ROBUSTNESS = {
+    "reference": "squash", "image_size": 32, "n_images": 16, "unreadable": 1,
+    "variants": {
+        name: {
+            "description": f"description of {name}", "accuracy": acc, "macro_f1": acc - 0.05,
+            "recall": {c: acc for c in CLASSES}, "accuracy_drop": 0.75 - acc,
+        }
+        for name, acc in ACCURACIES.items()
+    },
+}
+GRADCAM = {
+    "n_images": 24, "target": "predicted class", "layer": "network.features.18",
+    "lung_share": 0.6125, "border_share": 0.0875, "other_share": 0.3, "lung_area": 0.25,
+    "lung_enrichment": 2.45, "lung_share_by_class": {"COVID19": 0.5, "NORMAL": 0.65, "PNEUMONIA": 0.7},
+    "lung_share_correct": 0.6375, "lung_share_wrong": None, "segmented": 0.917,
+}
+
+
+def add_extras(run_dir: Path) -> None:
+    """Robustness and Grad-CAM results, TTA and EMA, as newer runs have them."""
+    (run_dir / "robustness.json").write_text(json.dumps(ROBUSTNESS))
+    (run_dir / "gradcam.json").write_text(json.dumps(GRADCAM))
+    Image.fromarray(np.arange(48 * 64, dtype=np.uint32).reshape(48, 64).astype(np.uint8)).save(
+        run_dir / "gradcam.png"
+    )
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["test_without_tta"] = metrics["test"] | {"accuracy": 0.123456}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps(config | {"ema_decay": 0.999, "tta": True}))
+
+
+def section(page: str, anchor: str, next_anchor: str) -> str:
+    return page[page.index(f'id="{anchor}"'):page.index(f'id="{next_anchor}"')]
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +96,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     lines = (copy / "test_predictions.csv").read_text().splitlines(keepends=True)
     (copy / "test_predictions.csv").write_text("".join(lines[:-1]))
     dirs["copy"] = copy
+    add_extras(dirs["c"])
+    config_b = json.loads((dirs["b"] / "config.json").read_text())  # newer fields, both off
+    (dirs["b"] / "config.json").write_text(json.dumps(config_b | {"ema_decay": 0.0, "tta": False}))
     index = discover(data)
     analyze_dataset(index, scan_dataset(index, workers=1, progress=False), tmp / "analysis")
     dirs["analysis"] = tmp / "analysis"
@@ -187,3 +231,76 @@ def test_holm_adjustment() -> None:
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
     assert holm([]) == []
+
+
+def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None:
+    a, b, c, copy = labels(runs)
+    page = (report / "report.html").read_text()
+    part = section(page, "robustness", "gradcam")
+    rows = {label: part[part.index(f"<td class=\"text\">{html.escape(label)}</td>"):] for label in (a, c)}
+    row_c = rows[c][: rows[c].index("</tr>")]
+    assert "squash 32px" in row_c and "(1 unreadable)" in row_c
+    assert "0.750<br><span class=\"ci\">(reference)" in row_c
+    assert "0.500<br><span class=\"ci\">(−0.250)" in row_c
+    assert "0.750<br><span class=\"ci\">(0.000)" in row_c  # rotate+10: no change, no sign
+    assert "0.438<br><span class=\"ci\">(−0.312)" in row_c and "(darken)" in row_c  # worst
+    assert "not computed" in rows[a][: rows[a].index("</tr>")]
+    for name in ACCURACIES:
+        assert f"<th>{html.escape(name)}</th>" in part and html.escape(f"description of {name}") in part
+    assert "relying on image format" in part and html.escape(a) in part
+    csv_rows = {r["run"]: r for r in read_csv(report / "robustness.csv")}
+    assert list(csv_rows) == labels(runs)
+    assert csv_rows[c]["computed"] == "True" and csv_rows[c]["reference"] == "squash"
+    assert float(csv_rows[c]["pad_accuracy_drop"]) == pytest.approx(0.25)
+    assert float(csv_rows[c]["darken_recall_NORMAL"]) == pytest.approx(0.4375)
+    assert csv_rows[c]["worst_variant"] == "darken" and float(csv_rows[c]["worst_drop"]) == pytest.approx(0.3125)
+    assert csv_rows[a]["computed"] == "False" and csv_rows[a]["pad_accuracy"] == ""
+    markdown = (report / "results.md").read_text()
+    assert "## Robustness" in markdown
+    assert any(line.startswith(f"| {c} | squash 32px |") and "0.500 (−0.250)" in line for line in markdown.splitlines())
+
+
+def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> None:
+    a, b, c, copy = labels(runs)
+    page = (report / "report.html").read_text()
+    part = section(page, "gradcam", "runs")
+    row_c = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
+    row_c = row_c[: row_c.index("</tr>")]
+    for text in ("network.features.18", "0.613", "0.087", "0.300", "0.250", "2.45×", "0.637", "0.700", "92%"):
+        assert text in row_c, text
+    assert "not computed" in part and "Otsu" in part and "lung share" in part
+    png = base64.b64encode((runs["c"] / "gradcam.png").read_bytes()).decode("ascii")
+    assert f'src="data:image/png;base64,{png}"' in part
+    assert part.count("<figure>") == 1 and "network.features.18" in part[part.index("<figure>"):]
+    csv_rows = {r["run"]: r for r in read_csv(report / "gradcam.csv")}
+    assert list(csv_rows) == labels(runs)
+    assert float(csv_rows[c]["lung_enrichment"]) == pytest.approx(2.45)
+    assert float(csv_rows[c]["lung_share_PNEUMONIA"]) == pytest.approx(0.7)
+    assert csv_rows[c]["lung_share_wrong"] == "" and csv_rows[c]["layer"] == "network.features.18"
+    assert csv_rows[b]["computed"] == "False" and csv_rows[b]["lung_share"] == ""
+    markdown = (report / "results.md").read_text()
+    assert "## Explainability (Grad-CAM)" in markdown and "2.45×" in markdown
+
+
+def test_runs_section_names_tta_and_ema(report: Path, runs: dict[str, Path]) -> None:
+    a, b, c, copy = labels(runs)
+    page = (report / "report.html").read_text()
+    part = page[page.index('id="runs"'):]
+    run_c = part[part.index(f"<h3>{html.escape(c)}</h3>"):]
+    run_c = run_c[: run_c.index("</dl>")]
+    assert "<dt>TTA</dt><dd>on (test accuracy without TTA: 0.123)</dd>" in run_c
+    assert "<dt>EMA of weights</dt><dd>decay 0.999</dd>" in run_c
+    assert part.count("TTA</dt>") == 1 and part.count("EMA of weights") == 1  # b has both off
+
+
+def test_single_run_without_extras(runs: dict[str, Path], tmp_path: Path) -> None:
+    write_report([runs["b"]], tmp_path / "out")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert section(page, "robustness", "gradcam").lower().count("not computed") >= 2  # row, note
+    assert "not computed" in section(page, "gradcam", "runs")
+    assert [r["computed"] for r in read_csv(tmp_path / "out" / "robustness.csv")] == ["False"]
+    broken = tmp_path / "broken"
+    shutil.copytree(runs["b"], broken, ignore=shutil.ignore_patterns("checkpoints", "logs", "*.pt"))
+    (broken / "gradcam.json").write_text("{not json")
+    with pytest.raises(CxrlabError, match="gradcam.json"):
+        write_report([broken], tmp_path / "out2")

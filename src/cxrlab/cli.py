@@ -244,6 +244,8 @@ OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw or 
 BalanceOpt = Annotated[str | None, typer.Option("--balance", help="Class imbalance: weights (weighted loss), sampler (balanced batches) or none.")]
 AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="X-ray augmentations (rotation, shift, scale, brightness, contrast).")]
 FreezeBnOpt = Annotated[bool | None, typer.Option("--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed when fine-tuning.")]
+EmaOpt = Annotated[float | None, typer.Option("--ema-decay", help="Keep an EMA of the weights with this decay (0: off) \\[preset].")]
+TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time augmentation when testing and predicting \\[preset].")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (split, initialisation, order, augmentation).")]
 ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")]
 ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")]
@@ -304,7 +306,7 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
 def train(
     data: DataArg,
     model: Annotated[str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")] = "resnet18",
-    preset_name: Annotated[str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch or smoke.")] = "finetune",
+    preset_name: Annotated[str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")] = "finetune",
     mode: Annotated[str | None, typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset].")] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Local ImageNet state dict for the model.")] = None,
     no_pretrained: NoPretrainedOpt = False,
@@ -319,6 +321,9 @@ def train(
     balance: BalanceOpt = None,
     augment: AugmentOpt = None,
     freeze_bn: FreezeBnOpt = None,
+    ema_decay: EmaOpt = None,
+    tta: TtaOpt = None,
+    no_diagnose: Annotated[bool, typer.Option("--no-diagnose", help="Skip robustness and Grad-CAM after testing.")] = False,
     seed: SeedOpt = 0,
     val_fraction: ValFractionOpt = 0.15,
     manifest: ManifestOpt = None,
@@ -343,7 +348,7 @@ def train(
         **_run_options(
             mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
             batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
-            seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
+            ema_decay=ema_decay, tta=tta, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
             accelerator=accelerator, devices=devices, num_workers=num_workers, logger=logger,
         ),
     )
@@ -355,6 +360,33 @@ def train(
     console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
     result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress)
     _print_result(result)
+    if result.metrics.get("test") and not no_diagnose:
+        _diagnose([run_dir], data, progress=not no_progress)
+
+
+def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str = "auto") -> None:
+    from cxrlab.evaluation.diagnose import diagnose_run
+
+    for run_dir in run_dirs:
+        console.print(f"Robustness and Grad-CAM of {run_dir.name} on its test films ...")
+        found = diagnose_run(run_dir, data, device=device, progress=progress)
+        rob, cam = found["robustness"], found["gradcam"]
+        drops = ", ".join(f"{name} {v['accuracy']:.3f}" for name, v in rob["variants"].items())
+        share = cam["lung_share"] or 0.0
+        console.print(f"  accuracy by variant: {drops}")
+        console.print(f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}")
+        console.print(f"  written: {run_dir / 'robustness.json'}, {run_dir / 'gradcam.json'}, {run_dir / 'gradcam.png'}")
+
+
+@app.command()
+def explain(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders (each with model.pt and split.csv).")],
+    data: Annotated[Path, typer.Option("--data", help="The runs' dataset root (its split.csv paths are relative to it).")],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Robustness (squashed, padded, rotated, darkened test films) and Grad-CAM lung share of finished runs."""
+    _diagnose(runs, data, progress=not no_progress, device=device)
 
 
 @app.command()

@@ -56,4 +56,6 @@ def load_checkpoint_with_extra(
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
         raise CxrlabError(f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})") from exc
-    return model, dict(payload.get("extra", {}))
+    extra = dict(payload.get("extra", {}))
+    model.tta = bool(extra.get("tta", False))
+    return model, extra

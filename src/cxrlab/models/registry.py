@@ -1,7 +1,8 @@
 """One model registry for every command: ImageNet CNNs adapted to grayscale chest films.
 
-Names: the torchvision models in :data:`TORCHVISION_MODELS`, and any timm model by its timm
-name (``timm:<name>`` forces timm, e.g. ``timm:resnet18``). Each is built with its
+Names: the torchvision models in :data:`TORCHVISION_MODELS`, cxrlab's own models in
+:data:`CXRLAB_MODELS` (``proposed``: see :mod:`cxrlab.models.proposed`), and any timm model by
+its timm name (``timm:<name>`` forces timm, e.g. ``timm:resnet18``). Each is built with its
 ImageNet weights through the library's own mechanism (torchvision weight enums, cached in
 ``$TORCH_HOME/hub/checkpoints``; timm ``pretrained=True``), or from a local file
 (``weights=PATH``), or from scratch (``pretrained=False``); then its last linear layer is
@@ -9,7 +10,9 @@ replaced by a new head for the dataset's classes.
 
 Grayscale handling (documented once): :class:`CxrClassifier` takes ``(B, 1, H, W)`` images in
 0..1, repeats the channel three times and applies the weights' own mean/std normalisation,
-so the pretrained first convolution is used unchanged.
+so the pretrained first convolution is used unchanged. A model may add an ``input_transform``
+that sees the 0..1 film first (the proposed model's histogram equalisation), and ``tta=True``
+averages its eval-mode predictions over a few views (:mod:`cxrlab.models.tta`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torchvision
 from torch import nn
 
 from cxrlab.errors import CxrlabError
+from cxrlab.models.tta import tta_log_probs
 from cxrlab.models.weights import load_imagenet_state_dict, load_state_dict_file
 
 TORCHVISION_MODELS = (
@@ -33,6 +37,8 @@ TORCHVISION_MODELS = (
     "mobilenet_v2",
     "convnext_tiny",
 )
+# cxrlab's own models: name -> (ImageNet backbone it starts from, histogram equalisation).
+CXRLAB_MODELS = {"proposed": ("mobilenet_v2", True), "proposed_noeq": ("mobilenet_v2", False)}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -48,8 +54,11 @@ class CxrClassifier(nn.Module):
         classes: list[str],
         mean: tuple[float, ...] = IMAGENET_MEAN,
         std: tuple[float, ...] = IMAGENET_STD,
+        input_transform: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        self.input_transform = input_transform
+        self.tta = False
         self.network = network
         self.head_name = head_name
         self.arch = arch
@@ -58,6 +67,14 @@ class CxrClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.tta and not self.training:
+            return tta_log_probs(self.single_view, images)
+        return self.single_view(images)
+
+    def single_view(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for ``images`` as given (no test-time augmentation)."""
+        if self.input_transform is not None:
+            images = self.input_transform(images)
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.network((images - self.mean) / self.std)
@@ -76,7 +93,7 @@ class CxrClassifier(nn.Module):
 
 def list_models() -> list[str]:
     """Registered names (any timm name is accepted too)."""
-    return list(TORCHVISION_MODELS)
+    return [*TORCHVISION_MODELS, *CXRLAB_MODELS]
 
 
 def last_linear(network: nn.Module) -> str:
@@ -106,12 +123,22 @@ def _torchvision(name: str, pretrained: bool, weights: Path | None, classes: lis
     return CxrClassifier(network, head, name, classes)
 
 
+def _cxrlab(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
+    """A cxrlab model on a torchvision backbone; ``weights`` is that backbone's ImageNet state dict."""
+    from cxrlab.models.proposed import EqualizedMultiScaleNet, HistogramEqualization
+
+    backbone, equalize = CXRLAB_MODELS[name]
+    base = _torchvision(backbone, pretrained, weights, classes)
+    network = EqualizedMultiScaleNet(base.network.features, len(classes))
+    return CxrClassifier(network, "head", name, classes, input_transform=HistogramEqualization() if equalize else None)
+
+
 def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
     import timm
 
     if name not in timm.list_models():
         raise CxrlabError(
-            f"--models: unknown model '{name}' (registered: {', '.join(TORCHVISION_MODELS)}; or any timm name)"
+            f"--models: unknown model '{name}' (registered: {', '.join(list_models())}; or any timm name)"
         )
     try:
         network = timm.create_model(name, pretrained=pretrained and weights is None)
@@ -150,4 +177,6 @@ def create_model(
         return _timm(name.removeprefix("timm:"), pretrained, path, classes)
     if name in TORCHVISION_MODELS:
         return _torchvision(name, pretrained, path, classes)
+    if name in CXRLAB_MODELS:
+        return _cxrlab(name, pretrained, path, classes)
     return _timm(name, pretrained, path, classes)

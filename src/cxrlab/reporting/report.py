@@ -10,9 +10,14 @@ and writes into one folder:
   each run used; (2) the comparison table, best value per metric column in bold; (3) metric
   bars with 95% CIs; (4) learning curves; (5) confusion matrices; (6) ROC curves;
   (7) McNemar's test for every pair of runs on the same test images, Holm-adjusted;
-  (8) per-class precision/recall/F1/AUC; (9) each run's recipe and folder;
-* ``results.md`` — the comparison and McNemar tables in Markdown;
+  (8) per-class precision/recall/F1/AUC; (9) robustness: accuracy on squashed, padded,
+  rotated and darkened test images (``robustness.json`` of each run); (10) explainability:
+  where each model's Grad-CAM maps fall — lungs, border, elsewhere (``gradcam.json`` and
+  ``gradcam.png`` of each run); (11) each run's recipe (with EMA and TTA) and folder.
+  Sections 9 and 10 are optional per run: a run without those files says "not computed";
+* ``results.md`` — the comparison, McNemar, robustness and Grad-CAM tables in Markdown;
 * ``results.csv`` — one row of numbers per run; ``mcnemar.csv`` — one row per pair of runs;
+  ``robustness.csv`` and ``gradcam.csv`` — one row per run (empty numbers where not computed);
 * ``bars.png``, ``curves.png``, ``confusion.png``, ``roc.png`` — the figures, drawn by
   :mod:`cxrlab.reporting.plots`.
 
@@ -31,7 +36,7 @@ import math
 import os
 import platform
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
@@ -43,6 +48,7 @@ from cxrlab.data.analyze import PLOTS
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import Interval, McNemarResult, mcnemar
 from cxrlab.evaluation.predict import read_predictions
+from cxrlab.evaluation.robustness import VARIANTS
 from cxrlab.reporting.plots import (
     plot_confusion_matrices,
     plot_learning_curves,
@@ -80,6 +86,19 @@ ANALYSIS_CAPTIONS = {  # the cxrlab analyze figures shown in the dataset section
     "intensity": "Intensity per class: brightness that differs by class is a shortcut risk.",
     "mean_images": "Pixel-wise mean image per class and its difference to the mean of all classes.",
 }
+NOT_COMPUTED = "not computed"
+ROBUSTNESS_JSON, GRADCAM_JSON, GRADCAM_PNG = "robustness.json", "gradcam.json", "gradcam.png"
+# gradcam.json share keys, their table header and which way is better (None: not ranked)
+GRADCAM_SHARES = (
+    ("lung_share", "lung share", True),
+    ("border_share", "border share", False),
+    ("other_share", "other", None),
+    ("lung_area", "lung area (uniform)", None),
+)
+GRADCAM_FIELDS = (
+    "run", "computed", "n_images", "target", "layer", "lung_share", "border_share", "other_share",
+    "lung_area", "lung_enrichment", "lung_share_correct", "lung_share_wrong", "segmented",
+)
 MCNEMAR_FIELDS = (
     "run_a", "run_b", "n", "only_a_right", "only_b_right", "statistic", "exact", "p_value",
     "p_holm", "note",
@@ -128,6 +147,19 @@ class ReportRun:
     y_true: np.ndarray
     probs: np.ndarray
     label: str  # metrics["run"], plus the folder name where two runs of a report share it
+    settings: dict = field(default_factory=dict)  # config.json as written, newer fields too
+    robustness: dict | None = None  # robustness.json, when the run has one
+    gradcam: dict | None = None  # gradcam.json, when the run has one
+
+    @property
+    def gradcam_png(self) -> Path | None:
+        """The run's Grad-CAM overlay figure, when it has one."""
+        path = self.run_dir / GRADCAM_PNG
+        return path if path.is_file() else None
+
+    def setting(self, key: str, default: object = None) -> object:
+        """A config field, read from ``config.json`` when :class:`RunConfig` does not know it."""
+        return getattr(self.config, key, self.settings.get(key, default))
 
     @property
     def classes(self) -> list[str]:
@@ -172,8 +204,22 @@ def _number(value: object) -> float:
     return float(value) if value is not None else math.nan
 
 
+def _optional_json(path: Path) -> dict | None:
+    """The dict in ``path``; None when there is no such file."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise CxrlabError(f"{path}: not valid JSON ({exc}); delete it or compute it again") from exc
+    if not isinstance(data, dict):
+        raise CxrlabError(f"{path}: expected a JSON object")
+    return data
+
+
 def load_run(run_dir: Path) -> ReportRun:
-    """Read one finished run folder; it must hold test results."""
+    """Read one finished run folder; it must hold test results. Robustness and Grad-CAM
+    results are read when present (older runs lack them)."""
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir)
     predictions = run_dir / "test_predictions.csv"
@@ -183,7 +229,10 @@ def load_run(run_dir: Path) -> ReportRun:
     history = read_history(history_file) if history_file.is_file() else []
     paths, y_true, probs = read_predictions(predictions, list(result.metrics["classes"]))
     return ReportRun(
-        run_dir, result.config, result.metrics, history, paths, y_true, probs, result.metrics["run"]
+        run_dir, result.config, result.metrics, history, paths, y_true, probs, result.metrics["run"],
+        settings=_optional_json(run_dir / "config.json") or {},
+        robustness=_optional_json(run_dir / ROBUSTNESS_JSON),
+        gradcam=_optional_json(run_dir / GRADCAM_JSON),
     )
 
 
@@ -406,6 +455,274 @@ def dataset_table(summary: dict) -> Table:
     return Table(["split", *classes, "total"], rows)
 
 
+# --------------------------------------------------------------------------- robustness
+
+
+def fmt_change(value: object) -> str:
+    """A signed change with a true minus sign: ``+0.012``, ``−0.015``, ``0.000``; a dash when
+    missing."""
+    number = _number(value)
+    if not math.isfinite(number):
+        return MISSING
+    if round(number, 3) == 0:
+        return "0.000"
+    return f"{number:+.3f}".replace("-", "−")
+
+
+def robustness_variants(runs: Sequence[ReportRun]) -> list[str]:
+    """The variant names of every run's ``robustness.json``: :data:`VARIANTS` order, then others."""
+    found: list[str] = []
+    for run in runs:
+        for name in (run.robustness or {}).get("variants", {}):
+            if name not in found:
+                found.append(name)
+    known = [name for name in VARIANTS if name in found]
+    return known + [name for name in found if name not in VARIANTS] if found else list(VARIANTS)
+
+
+def variant_descriptions(runs: Sequence[ReportRun]) -> dict[str, str]:
+    """Each variant's description, from the runs' files (falling back to :data:`VARIANTS`)."""
+    described = {}
+    for name in robustness_variants(runs):
+        texts = [
+            r.robustness["variants"][name].get("description")
+            for r in runs
+            if r.robustness and name in r.robustness.get("variants", {})
+        ]
+        described[name] = next((t for t in texts if t), VARIANTS.get(name, MISSING))
+    return described
+
+
+def _variant(run: ReportRun, name: str) -> dict:
+    return (run.robustness or {}).get("variants", {}).get(name) or {}
+
+
+def worst_drop(run: ReportRun) -> tuple[float, str]:
+    """The largest accuracy drop over the variants other than the reference, and its variant."""
+    if not run.robustness:
+        return math.nan, ""
+    reference = run.robustness.get("reference")
+    drops = [
+        (_number(v.get("accuracy_drop")), name)
+        for name, v in run.robustness.get("variants", {}).items()
+        if name != reference and math.isfinite(_number(v.get("accuracy_drop")))
+    ]
+    return max(drops) if drops else (math.nan, "")
+
+
+def robustness_table(runs: Sequence[ReportRun]) -> Table:
+    """Per run: its own preprocessing, then the accuracy on each variant with the change
+    against that reference, and the worst drop. Bold: best accuracy per variant, smallest
+    worst drop."""
+    names = robustness_variants(runs)
+    rows = []
+    for run in runs:
+        if not run.robustness:
+            rows.append([Cell(run.label), Cell(NOT_COMPUTED), *[Cell(MISSING)] * (len(names) + 2)])
+            continue
+        data = run.robustness
+        unreadable = int(data.get("unreadable") or 0)
+        row = [
+            Cell(run.label),
+            Cell(f"{data.get('reference', MISSING)} {data.get('image_size', MISSING)}px"),
+            Cell(str(data.get("n_images", MISSING)), f"({unreadable} unreadable)" if unreadable else ""),
+        ]
+        for name in names:
+            variant = _variant(run, name)
+            if not variant:
+                row.append(Cell(MISSING))
+                continue
+            own = name == data.get("reference")
+            change = -_number(variant.get("accuracy_drop"))
+            note = "(reference)" if own else f"({fmt_change(change)})"
+            row.append(Cell(fmt(variant.get("accuracy")), note))
+        drop, where = worst_drop(run)
+        row.append(Cell(fmt(drop), f"({where})" if where else ""))
+        rows.append(row)
+    if len(runs) > 1:
+        ranked = [
+            (3 + j, [_number(_variant(r, name).get("accuracy")) for r in runs], True)
+            for j, name in enumerate(names)
+        ]
+        ranked.append((3 + len(names), [worst_drop(r)[0] for r in runs], False))
+        for j, values, higher in ranked:
+            for row, best in zip(rows, _best(np.array(values, dtype=np.float64), higher)):
+                row[j].bold = bool(best)
+    return Table(["run", "own preprocessing", "test images", *names, "worst drop"], rows, text=(0, 1))
+
+
+def robustness_fields(runs: Sequence[ReportRun]) -> list[str]:
+    """The columns of ``robustness.csv``."""
+    per_variant = [
+        f"{name}_{key}"
+        for name in robustness_variants(runs)
+        for key in ("accuracy", "accuracy_drop", "macro_f1", *(f"recall_{c}" for c in runs[0].classes))
+    ]
+    return [
+        "run", "computed", "reference", "image_size", "n_images", "unreadable", "worst_drop",
+        "worst_variant", *per_variant,
+    ]
+
+
+def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
+    """One dict per run: the rows of ``robustness.csv`` (numbers empty where not computed)."""
+    fields = robustness_fields(runs)
+    rows = []
+    for run in runs:
+        row: dict[str, object] = dict.fromkeys(fields, "")
+        row |= {"run": run.label, "computed": bool(run.robustness)}
+        if run.robustness:
+            data = run.robustness
+            drop, where = worst_drop(run)
+            row |= {
+                "reference": data.get("reference", ""), "image_size": data.get("image_size", ""),
+                "n_images": data.get("n_images", ""), "unreadable": data.get("unreadable", ""),
+                "worst_drop": _csv_number(drop), "worst_variant": where,
+            }
+            for name in robustness_variants(runs):
+                variant = _variant(run, name)
+                for key in ("accuracy", "accuracy_drop", "macro_f1"):
+                    row[f"{name}_{key}"] = _csv_number(variant.get(key)) if variant else ""
+                for c in run.classes:
+                    recall = (variant.get("recall") or {}).get(c)
+                    row[f"{name}_recall_{c}"] = _csv_number(recall)
+        rows.append(row)
+    return rows
+
+
+def robustness_html(runs: Sequence[ReportRun], table: Table) -> str:
+    """The robustness table, how to read it and what each variant is."""
+    missing = [r.label for r in runs if not r.robustness]
+    parts = [paragraph(
+        "Test accuracy when the test images are presented differently from training: made square "
+        "the other way (squashed or padded), rotated slightly, or darkened. Each cell gives the "
+        "accuracy on the variant and, in brackets, its change against the model's own "
+        "preprocessing (the reference, as trained). A model relying on image format — aspect "
+        "ratio, padding bars or brightness, which can differ by class when the classes come from "
+        "different sources — shows it as a drop; a model reading the lungs hardly changes. Worst "
+        "drop: the largest fall in accuracy over the variants. Bold: best accuracy per variant "
+        "and smallest worst drop."
+    ), table.html(), "<h3>Variants</h3>", definition_list(variant_descriptions(runs))]
+    if missing:
+        parts.append(paragraph(
+            f"Not computed for: {', '.join(missing)} (no {ROBUSTNESS_JSON} in the run folder).",
+            "note",
+        ))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- Grad-CAM
+
+
+def _share(data: dict, key: str) -> Cell:
+    return Cell(fmt(data.get(key)))
+
+
+def _percent(value: object) -> str:
+    number = _number(value)
+    return f"{100 * number:.0f}%" if math.isfinite(number) else MISSING
+
+
+def gradcam_table(runs: Sequence[ReportRun]) -> Table:
+    """Per run: where the Grad-CAM maps fall (lungs, border, elsewhere), the lung area a
+    uniform map would get, the enrichment, the lung share by correctness and class, and how
+    many lung masks were segmented. Bold: highest lung share and enrichment, lowest border."""
+    classes = runs[0].classes
+    headers = [
+        "run", "layer", "images", *(h for _, h, _ in GRADCAM_SHARES), "enrichment",
+        "lung share right", "lung share wrong", *(f"lung share {c}" for c in classes), "segmented",
+    ]
+    rows = []
+    for run in runs:
+        data = run.gradcam
+        if not data:
+            rows.append([Cell(run.label), Cell(NOT_COMPUTED), *[Cell(MISSING)] * (len(headers) - 2)])
+            continue
+        enrichment = _number(data.get("lung_enrichment"))
+        by_class = data.get("lung_share_by_class") or {}
+        rows.append([
+            Cell(run.label), Cell(str(data.get("layer") or MISSING)),
+            Cell(str(data.get("n_images", MISSING))),
+            *(_share(data, key) for key, _, _ in GRADCAM_SHARES),
+            Cell(f"{fmt(enrichment, 2)}×" if math.isfinite(enrichment) else MISSING),
+            _share(data, "lung_share_correct"), _share(data, "lung_share_wrong"),
+            *(Cell(fmt(by_class.get(c))) for c in classes),
+            Cell(_percent(data.get("segmented"))),
+        ])
+    if len(runs) > 1:
+        ranked = [
+            (3 + j, key, higher)
+            for j, (key, _, higher) in enumerate(GRADCAM_SHARES)
+            if higher is not None
+        ]
+        ranked.append((3 + len(GRADCAM_SHARES), "lung_enrichment", True))
+        for j, key, higher in ranked:
+            values = np.array([_number((r.gradcam or {}).get(key)) for r in runs], dtype=np.float64)
+            for row, best in zip(rows, _best(values, higher)):
+                row[j].bold = bool(best)
+    return Table(headers, rows, text=(0, 1))
+
+
+def gradcam_fields(runs: Sequence[ReportRun]) -> list[str]:
+    """The columns of ``gradcam.csv``."""
+    return [*GRADCAM_FIELDS, *(f"lung_share_{c}" for c in runs[0].classes)]
+
+
+def gradcam_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
+    """One dict per run: the rows of ``gradcam.csv`` (numbers empty where not computed)."""
+    fields = gradcam_fields(runs)
+    rows = []
+    for run in runs:
+        row: dict[str, object] = dict.fromkeys(fields, "")
+        row |= {"run": run.label, "computed": bool(run.gradcam)}
+        if run.gradcam:
+            data = run.gradcam
+            row |= {k: "" if data.get(k) is None else data[k] for k in ("n_images", "target", "layer")}
+            for key in GRADCAM_FIELDS[5:]:
+                row[key] = _csv_number(data.get(key))
+            by_class = data.get("lung_share_by_class") or {}
+            for c in run.classes:
+                row[f"lung_share_{c}"] = _csv_number(by_class.get(c))
+        rows.append(row)
+    return rows
+
+
+def gradcam_caption(run: ReportRun) -> str:
+    """The caption of a run's Grad-CAM overlay figure."""
+    data = run.gradcam or {}
+    target = data.get("target") or "predicted class"
+    layer = f" at layer {data['layer']}" if data.get("layer") else ""
+    return (
+        f"{run.label}: Grad-CAM of the {target}{layer}, overlaid on test images; rows: true "
+        "class; columns: correctly classified examples, then wrongly classified ones."
+    )
+
+
+def gradcam_html(runs: Sequence[ReportRun], table: Table) -> str:
+    """The Grad-CAM table, how to read it and each run's overlay figure."""
+    parts = [paragraph(
+        "Where each model looks: Grad-CAM maps on test images, each map split into the share that "
+        "falls inside the lung fields, in a band along the image border (where text, markers and "
+        "padding sit) and elsewhere. Lung fields are found by a heuristic segmentation: dark "
+        "air-filled regions inside the body by Otsu threshold, with a template fallback when it "
+        "fails ('segmented': the fraction of images whose segmentation succeeded). Lung area is "
+        "the fraction of the image the lung mask covers, the lung share a uniform map would get; "
+        "enrichment is lung share / lung area (1× = no preference for the lungs). A higher lung "
+        "share and a lower border share mean the model looks at the lungs rather than at borders, "
+        "text and markers."
+    ), table.html()]
+    for run in runs:
+        if run.gradcam_png is not None:
+            parts.append(f"<h3>{html.escape(run.label)}</h3>")
+            parts.append(figure_html(run.gradcam_png, gradcam_caption(run)))
+    missing = [r.label for r in runs if not r.gradcam and r.gradcam_png is None]
+    if missing:
+        parts.append(paragraph(
+            f"Not computed for: {', '.join(missing)} (no {GRADCAM_JSON} in the run folder).", "note"
+        ))
+    return "\n".join(parts)
+
+
 # --------------------------------------------------------------------------- McNemar
 
 
@@ -543,8 +860,15 @@ def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, object
     return path
 
 
-def results_markdown(title: str, comparison: Table, pairs: Table | None) -> str:
-    """``results.md``: the comparison table and (two runs or more) the McNemar table."""
+def results_markdown(
+    title: str,
+    comparison: Table,
+    pairs: Table | None,
+    robustness: Table | None = None,
+    gradcam: Table | None = None,
+) -> str:
+    """``results.md``: the comparison table, (two runs or more) the McNemar table, and the
+    robustness and Grad-CAM tables when given."""
     parts = [
         f"# {title}", "", PROTOCOL, "", "## Comparison on the test split", "",
         "Best value per metric column in bold; brackets: 95% bootstrap CI; epochs counted from 1.",
@@ -555,6 +879,20 @@ def results_markdown(title: str, comparison: Table, pairs: Table | None) -> str:
             "## McNemar's test, every pair of runs", "",
             "Only A right: test images run A gets right and run B wrong. Holm-adjusted over the "
             "pairs tested.", "", pairs.markdown(), "",
+        ]
+    if robustness is not None:
+        parts += [
+            "## Robustness", "",
+            "Test accuracy on each variant of the test images; brackets: change against the "
+            "model's own preprocessing (the reference). A model relying on image format shows a "
+            "drop.", "", robustness.markdown(), "",
+        ]
+    if gradcam is not None:
+        parts += [
+            "## Explainability (Grad-CAM)", "",
+            "Share of each Grad-CAM map inside the lung fields, in the border band and elsewhere; "
+            "lung area: the share a uniform map would get; enrichment: lung share / lung area.",
+            "", gradcam.markdown(), "",
         ]
     return "\n".join(parts)
 
@@ -687,16 +1025,27 @@ def per_class_html(runs: Sequence[ReportRun]) -> str:
     return "\n".join(f"<h3>{html.escape(r.label)}</h3>{per_class_table(r).html()}" for r in runs)
 
 
+def recipe_items(run: ReportRun) -> dict[str, str]:
+    """A run's recipe, folder and validation score; TTA and weight EMA when the run used them."""
+    items = {
+        "recipe": run.metrics.get("description") or run.config.describe(),
+        "folder": str(run.run_dir),
+        "best validation macro-F1": fmt(run.metrics.get("best_val_macro_f1")),
+    }
+    without = run.metrics.get("test_without_tta")
+    if without is not None or run.setting("tta"):
+        note = f" (test accuracy without TTA: {fmt(without.get('accuracy'))})" if without else ""
+        items["TTA"] = f"on{note}"
+    decay = _number(run.setting("ema_decay"))
+    if math.isfinite(decay) and decay > 0:
+        items["EMA of weights"] = f"decay {decay:g}"
+    return items
+
+
 def runs_html(runs: Sequence[ReportRun]) -> str:
-    """Each run's recipe (``RunConfig.describe()``) and its folder."""
+    """Each run's recipe (``RunConfig.describe()``), its folder, TTA and EMA when used."""
     return "\n".join(
-        f"<h3>{html.escape(r.label)}</h3>"
-        + definition_list({
-            "recipe": r.metrics.get("description") or r.config.describe(),
-            "folder": str(r.run_dir),
-            "best validation macro-F1": fmt(r.metrics.get("best_val_macro_f1")),
-        })
-        for r in runs
+        f"<h3>{html.escape(r.label)}</h3>" + definition_list(recipe_items(r)) for r in runs
     )
 
 
@@ -748,7 +1097,10 @@ def write_report(
     results = results_rows(runs)
     write_csv(out_dir / "results.csv", list(results[0]), results)
     write_csv(out_dir / "mcnemar.csv", MCNEMAR_FIELDS, mcnemar_rows(tests))
-    markdown = results_markdown(title, comparison, pairs if tests else None)
+    robustness, gradcam = robustness_table(runs), gradcam_table(runs)
+    write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
+    write_csv(out_dir / "gradcam.csv", gradcam_fields(runs), gradcam_rows(runs))
+    markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
     (out_dir / "results.md").write_text(markdown)
 
     analysis = Path(analysis_dir) if analysis_dir else None
@@ -765,6 +1117,8 @@ def write_report(
         Section("roc", "ROC curves", figure("roc")),
         Section("mcnemar", "Paired comparison (McNemar)", mcnemar_html(tests, pairs)),
         Section("per-class", "Per-class metrics", per_class_html(runs)),
+        Section("robustness", "Robustness", robustness_html(runs, robustness)),
+        Section("gradcam", "Explainability (Grad-CAM)", gradcam_html(runs, gradcam)),
         Section("runs", "Runs", runs_html(runs)),
     ]
     report = out_dir / "report.html"

@@ -21,7 +21,8 @@ from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
-from cxrlab.training.config import RunConfig, preset
+from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
+from cxrlab.training.config import PRESETS, RunConfig, preset
 from cxrlab.training.run import RunResult, train_run
 
 COMPARE_MODES = ("frozen", "finetune", "both")
@@ -57,6 +58,8 @@ def plan_runs(
                 notes.append(f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)")
                 continue
             recipe = "frozen" if run_mode == "frozen" else ("finetune" if has_imagenet else "scratch")
+            if run_mode == "finetune" and model in PRESETS:  # a model with a recipe of its own (proposed)
+                recipe = model
             overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
             for seed in seeds:
                 configs.append(preset(recipe, **source, seed=seed).updated(**(overrides or {})))
@@ -83,9 +86,11 @@ def run_comparison(
     workers: int = 2,
     progress: bool = True,
     command: str | None = None,
+    diagnose: bool = True,
     say: Callable[[str], None] = print,
 ) -> Path:
-    """Audit and analyse ``data``, train and test every config, write the report; return its path."""
+    """Audit and analyse ``data``, train and test every config, diagnose each run (robustness,
+    Grad-CAM; :mod:`cxrlab.evaluation.diagnose`), write the report; return its path."""
     from cxrlab.data.scan import scan_dataset
     from cxrlab.reporting.report import write_report
 
@@ -118,6 +123,9 @@ def run_comparison(
         test = result.metrics.get("test", {})
         if test:
             say(f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})")
+            if diagnose and not has_diagnostics(run_dir):
+                say("    robustness and Grad-CAM on the test films ...")
+                diagnose_run(run_dir, index.root, progress=progress)
         run_dirs.append(run_dir)
     report = write_report(run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command)
     return report

@@ -41,6 +41,8 @@ class RunConfig:
     augment: bool = True
     freeze_bn: bool = True  # finetune: keep BatchNorm statistics fixed (needed for fused weights)
     patience: int = 5  # early stopping on validation macro-F1, in epochs
+    ema_decay: float = 0.0  # > 0: validate, select and keep an exponential moving average of the weights
+    tta: bool = False  # test-time augmentation (mean probability over a few views) when testing and predicting
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     seed: int = 0
     num_workers: int = 0
@@ -58,6 +60,7 @@ class RunConfig:
             (self.epochs >= 1, "--epochs", "must be at least 1"),
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
             (self.lr > 0, "--lr", "must be positive"),
+            (0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1) (0 turns EMA off)"),
             (0 < self.val_fraction < 1, "--val-fraction", "must be between 0 and 1"),
             (self.logger in ("csv", "tensorboard", "mlflow"), "--logger", f"'{self.logger}' is not csv, tensorboard or mlflow"),
         ]
@@ -79,9 +82,10 @@ class RunConfig:
 
     def describe(self) -> str:
         source = f"weights {Path(self.weights).name}" if self.weights else ("ImageNet" if self.pretrained else "from scratch")
+        extras = ([f"EMA {self.ema_decay:g}"] if self.ema_decay else []) + (["TTA"] if self.tta else [])
         return (
             f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, {self.epochs} epochs, "
-            f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}, seed {self.seed}"
+            f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}{''.join(', ' + e for e in extras)}, seed {self.seed}"
         )
 
     def save(self, path: Path) -> None:
@@ -103,6 +107,8 @@ PRESETS: dict[str, dict[str, object]] = {
     "finetune": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4),
     # From random weights: one learning rate everywhere, BatchNorm trained.
     "scratch": dict(mode="finetune", pretrained=False, epochs=15, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=False, patience=5),
+    # The proposed model's recipe: finetune plus an EMA of the weights and test-time augmentation.
+    "proposed": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4, ema_decay=0.998, tta=True),
     # Seconds on a laptop: for checking a setup, not for numbers.
     "smoke": dict(epochs=2, image_size=64, batch_size=16, patience=2),
 }

@@ -14,6 +14,7 @@ import time
 
 import lightning as L
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
@@ -82,6 +83,10 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.history: list[dict[str, float]] = []
+        # EMA of the weights (timm's, with decay warm-up): validated, selected and kept instead of the raw weights.
+        self.ema = ModelEmaV3(net, decay=config.ema_decay, use_warmup=True, warmup_power=3 / 4) if config.ema_decay > 0 else None
+        if self.ema is not None:
+            self.ema.requires_grad_(False)
         self._epoch_started = time.perf_counter()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,6 +102,14 @@ class ClassifierModule(L.LightningModule):
         self.train()  # Lightning keeps each submodule's mode as found; this applies freeze_bn
         self._epoch_started = time.perf_counter()
 
+    def on_train_batch_end(self, *_args: object) -> None:
+        if self.ema is not None:
+            self.ema.update(self.net, step=self.global_step)
+
+    def evaluated_net(self) -> nn.Module:
+        """The weights that are validated and kept: the EMA when there is one."""
+        return self.ema.module if self.ema is not None else self.net
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -108,7 +121,7 @@ class ClassifierModule(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
         x, y = batch
-        logits = self(x).float()
+        logits = self.evaluated_net()(x).float()
         self.val_loss.update(weighted_cross_entropy(logits, y, self.class_weights), weight=len(y))
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)

@@ -282,11 +282,16 @@ def train_run(
     best = checkpoints.best_model_path or str(last)
     state = safe_load(Path(best), "Lightning checkpoint")["state_dict"]
     module.load_state_dict(state)
+    if module.ema is not None:
+        net.load_state_dict(module.ema.module.state_dict())
     history = module.history
     best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
     timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
     model.eval()
-    save_checkpoint(model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, config=asdict(config))
+    model.tta = config.tta and config.mode == "finetune"  # frozen mode tests cached features: no views
+    save_checkpoint(
+        model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, tta=model.tta, config=asdict(config)
+    )
 
     # The test split, once, with the checkpoint chosen on validation.
     metrics: dict[str, object] = {
@@ -312,6 +317,11 @@ def train_run(
         timings["test_s"] = time.perf_counter() - started
         y_true = prepared.labels("test")
         metrics["test"] = classification_metrics(y_true, probs, classes)
+        if model.tta:  # the same checkpoint without test-time augmentation, for the ablation
+            model.tta = False
+            plain = predict_probs(model, test_set, batch_size=max(64, config.batch_size), device=device, progress=progress, description="Testing (no TTA)")
+            metrics["test_without_tta"] = classification_metrics(y_true, plain, classes)
+            model.tta = True
         metrics["intervals"] = {k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()}
         write_predictions(run_dir / "test_predictions.csv", [prepared.cache.paths[r] for r in prepared.rows["test"]], y_true, probs, classes)
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)

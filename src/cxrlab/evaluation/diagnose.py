@@ -1,0 +1,88 @@
+"""Diagnostics of a finished run: robustness to image format and where Grad-CAM looks.
+
+Written into the run folder, next to ``metrics.json``:
+
+    robustness.json   test accuracy on squashed / padded / rotated / darkened films
+                      (:mod:`cxrlab.evaluation.robustness`)
+    gradcam.json      share of Grad-CAM mass in the lung fields, on the border, elsewhere
+                      (:mod:`cxrlab.evaluation.gradcam`, :mod:`cxrlab.evaluation.lungs`)
+    gradcam.png       Grad-CAM overlays of right and wrong test films of each class
+
+Only the test files of the run's own ``split.csv`` are read, with the checkpoint in
+``model.pt`` (the one chosen on validation). ``cxrlab train`` and ``cxrlab compare`` write
+them after training; ``cxrlab explain RUN...`` adds them to older runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.data.cache import CacheSpec
+from cxrlab.data.split import load_split
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.gradcam import gradcam_summary
+from cxrlab.evaluation.predict import pick_device
+from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
+
+DIAGNOSTIC_FILES = ("robustness.json", "gradcam.json", "gradcam.png")
+
+# Decoded test films shared by the runs of one process (one comparison): {(paths, spec): images}.
+_DECODED: dict[tuple[tuple[str, ...], CacheSpec], dict[str, np.ndarray]] = {}
+
+
+def has_diagnostics(run_dir: Path) -> bool:
+    return all((run_dir / name).is_file() for name in DIAGNOSTIC_FILES)
+
+
+def gradcam_sample(labels: np.ndarray, readable: np.ndarray, per_class: int | None, seed: int = 0) -> np.ndarray:
+    """Indices of up to ``per_class`` readable films of each class (all when ``None``), sorted."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        rows = np.flatnonzero((labels == label) & readable)
+        chosen.append(rows if per_class is None or len(rows) <= per_class else rng.choice(rows, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def diagnose_run(
+    run_dir: Path, data: Path, *, device: str = "auto", progress: bool = True, gradcam_per_class: int | None = 100
+) -> dict[str, dict]:
+    """Write the diagnostics of the finished run in ``run_dir``; ``data`` is its dataset root.
+
+    Robustness uses every test film; Grad-CAM (a backward pass per film) a seeded sample of
+    ``gradcam_per_class`` films per class, the same films for every run of one split."""
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+
+    run_dir, data = Path(run_dir), Path(data)
+    if not (run_dir / "model.pt").is_file():
+        raise CxrlabError(f"{run_dir}: no model.pt (the run has not finished)")
+    model, extra = load_checkpoint_with_extra(run_dir / "model.pt")
+    test = load_split(run_dir / "split.csv").get("test", [])
+    if not test:
+        raise CxrlabError(f"{run_dir}: the run has no test split to diagnose")
+    paths = [data / relative for relative, _ in test]
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise CxrlabError(f"{missing[0]}: test file of {run_dir.name} not found (is {data} the run's dataset?)")
+    classes = list(model.classes)
+    labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
+    spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+    key = (tuple(map(str, paths)), CacheSpec(spec.image_size))
+    if key not in _DECODED:
+        _DECODED.clear()  # keep one decoded test set in memory
+        _DECODED[key] = load_variant_images(paths, spec, progress=progress)
+    images = _DECODED[key]
+    target = pick_device(device)
+
+    robustness = robustness_eval(model, paths, labels, classes, spec, images=images, device=target, progress=progress)
+    (run_dir / "robustness.json").write_text(json.dumps(robustness, indent=2) + "\n")
+    sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
+    gradcam = gradcam_summary(
+        model, images[spec.resize][sample], labels[sample], classes, out_png=run_dir / "gradcam.png",
+        device=target, progress=progress, title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
+    )
+    (run_dir / "gradcam.json").write_text(json.dumps(gradcam, indent=2) + "\n")
+    return {"robustness": robustness, "gradcam": gradcam}

@@ -1,0 +1,76 @@
+"""The proposed model: MobileNetV2 (ImageNet) with film equalisation and a two-scale GeM head.
+
+Designed from what the data shows (see ../shared/data/README.md and ``cxrlab audit``):
+
+- **Histogram equalisation of every film inside the network.** The classes come from
+  different hospitals and film types, so brightness and contrast differ by class (COVID19
+  adult films are darker and flatter than the pediatric NORMAL/PNEUMONIA ones). Equalising
+  each film's grey-level histogram maps any monotone change of intensity to the same input,
+  so exposure cannot be used as a shortcut; it also stretches the lung texture.
+- **Generalised-mean (GeM) pooling at two scales.** Opacities are small, patchy and
+  peripheral; average pooling over the last 4 x 4 map (128 px) dilutes them. GeM (p learned,
+  starting at 3) leans towards the strongest responses, and the stride-16 stage adds a finer
+  8 x 8 view with 96 more features.
+- Trained with the ``proposed`` preset (:mod:`cxrlab.training.config`): an exponential moving
+  average of the weights for a steadier choice on the small validation split, and test-time
+  augmentation (:mod:`cxrlab.models.tta`).
+
+``proposed_noeq`` is the same network without equalisation (for the ablation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def equalize_histogram(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """Global histogram equalisation of each ``(1, H, W)`` image in 0..1 (as PIL ``ImageOps.equalize``)."""
+    b = images.shape[0]
+    grey = (images.clamp(0, 1) * (levels - 1)).round().long().reshape(b, -1)
+    counts = torch.zeros(b, levels, device=images.device).scatter_add_(1, grey, torch.ones_like(grey, dtype=torch.float32))
+    cdf = counts.cumsum(1)
+    lowest = cdf.gather(1, grey.min(1, keepdim=True).values)  # pixels at the darkest level map to 0
+    mapped = (cdf - lowest) / (grey.shape[1] - lowest).clamp_min(1)
+    return mapped.clamp_min(0).gather(1, grey).reshape(images.shape).to(images.dtype)
+
+
+class HistogramEqualization(nn.Module):
+    """:func:`equalize_histogram` as a layer (no parameters), applied to the 0..1 grayscale input."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return equalize_histogram(images)
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling, ``(mean x^p)^(1/p)`` over space, with ``p`` learned."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.p.clamp(1.0, 8.0)
+        return x.clamp_min(self.eps).pow(p).mean((2, 3)).pow(1.0 / p)
+
+
+class EqualizedMultiScaleNet(nn.Module):
+    """``features`` of a torchvision MobileNetV2 split at stride 16, pooled at both scales."""
+
+    def __init__(self, features: nn.Sequential, num_classes: int, *, split_at: int = 14, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.stage16 = features[:split_at]
+        self.stage32 = features[split_at:]
+        self.pool16 = nn.AdaptiveAvgPool2d(1)  # the stride-16 block output is linear (can be negative)
+        self.pool32 = GeM()
+        self.dropout = nn.Dropout(dropout)
+        width16 = self.stage16[-1].out_channels
+        width32 = self.stage32[-1].out_channels
+        self.head = nn.Linear(width16 + width32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mid = self.stage16(x)
+        top = self.stage32(mid)
+        pooled = torch.cat([self.pool16(mid).flatten(1), self.pool32(top)], dim=1)
+        return self.head(self.dropout(pooled))

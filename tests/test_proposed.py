@@ -1,0 +1,123 @@
+"""The proposed model's parts: histogram equalisation, two-scale GeM head, TTA, EMA, its recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageOps
+
+from cxrlab.data.synthetic import make_demo_dataset
+from cxrlab.models import create_model
+from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
+from cxrlab.models.proposed import GeM, equalize_histogram
+from cxrlab.models.tta import TTA_VIEWS, affine_view
+from cxrlab.training.compare import plan_runs
+from cxrlab.training.config import preset
+from cxrlab.training.module import ClassifierModule, parameter_groups
+from cxrlab.training.run import train_run
+
+CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
+
+
+def _film(seed: int = 0, size: int = 48) -> torch.Tensor:
+    pixels = (np.random.default_rng(seed).random((size, size)) ** 2 * 200 + 20).astype(np.uint8)
+    return torch.from_numpy(pixels)[None, None].float() / 255
+
+
+def test_equalisation_matches_pil_and_ignores_monotone_intensity_changes() -> None:
+    film = _film()
+    ours = (equalize_histogram(film) * 255).round().numpy()[0, 0]
+    pil = np.asarray(ImageOps.equalize(Image.fromarray((film[0, 0] * 255).round().byte().numpy())), dtype=np.float64)
+    assert np.corrcoef(ours.ravel(), pil.ravel())[0, 1] > 0.995
+    assert ours.min() == 0 and ours.max() == 255
+    # Darker, flatter exposure of the same film (monotone): the same equalised film, up to
+    # the grey levels that the darker copy merges.
+    darker = (film * 0.6 + 0.05) ** 1.3
+    assert (equalize_histogram(darker) - equalize_histogram(film)).abs().mean() < 0.01
+    assert (darker - film).abs().mean() > 0.1
+    # Each image of a batch is equalised on its own histogram.
+    batch = torch.cat([film, _film(1)])
+    assert torch.allclose(equalize_histogram(batch)[:1], equalize_histogram(film))
+
+
+def test_gem_lies_between_mean_and_max() -> None:
+    x = torch.rand(2, 4, 5, 5)
+    pooled = GeM(p=3.0)(x)
+    assert torch.all(pooled >= x.mean((2, 3)) - 1e-6) and torch.all(pooled <= x.amax((2, 3)) + 1e-6)
+    assert torch.allclose(GeM(p=1.0)(x), x.mean((2, 3)), atol=1e-5)
+
+
+def test_proposed_is_in_the_zoo_with_mobilenet_v2_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = torchvision.models.mobilenet_v2()
+    weights = tmp_path / "mnv2.pth"
+    torch.save(backbone.state_dict(), weights)
+    model = create_model("proposed", CLASSES, weights=weights)
+    assert model.arch == "proposed" and model.head.in_features == 96 + 1280
+    assert torch.equal(model.network.stage16[0][0].weight, backbone.features[0][0].weight)
+    assert torch.equal(model.network.stage32[-1][0].weight, backbone.features[18][0].weight)
+    model.eval()
+    x = torch.rand(3, 1, 64, 64)
+    assert model(x).shape == (3, 3)
+    # Equalisation happens inside: a darker copy of the films changes the logits far less.
+    plain = create_model("proposed_noeq", CLASSES, weights=weights).eval()
+    plain.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        change = (model(x * 0.7) - model(x)).abs().mean()
+        change_plain = (plain(x * 0.7) - plain(x)).abs().mean()
+    assert change < 0.2 * change_plain
+    # Head (linear) and backbone (features, GeM p) are separate learning-rate groups.
+    groups = parameter_groups(model, 1e-3, 1e-4, 1e-4)
+    head_ids = {id(p) for p in model.head.parameters()}
+    assert {id(p) for g in groups if g["lr"] == 1e-3 for p in g["params"]} == head_ids
+
+
+def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = create_model("resnet18", CLASSES, pretrained=False).eval()
+    x = torch.rand(2, 1, 48, 48)
+    assert torch.equal(affine_view(x, 0.0, 1.0), x)
+    rotated = affine_view(x, 5.0, 1.0)
+    assert not torch.allclose(rotated, x) and rotated.shape == x.shape
+    with torch.no_grad():
+        plain = model(x)
+        model.tta = True
+        averaged = model(x).exp()
+        expected = torch.stack([torch.softmax(model.single_view(affine_view(x, d, z)), 1) for d, z in TTA_VIEWS]).mean(0)
+    assert torch.allclose(averaged, expected, atol=1e-5)
+    assert torch.allclose(averaged.sum(1), torch.ones(2), atol=1e-5)
+    assert not torch.allclose(averaged, torch.softmax(plain, 1))
+    model.train()
+    assert model(x).shape == (2, 3)  # training mode: one view, raw logits
+    path = save_checkpoint(model, tmp_path / "m.pt", tta=True)
+    assert load_checkpoint(path).tta is True
+    assert load_checkpoint(save_checkpoint(model, tmp_path / "p.pt")).tta is False
+
+
+def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
+    root = make_demo_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False)
+    config = preset("proposed", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9)
+    result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    kept = load_checkpoint(tmp_path / "run" / "model.pt")
+    for name, value in kept.state_dict().items():
+        assert torch.equal(value, best[f"ema.module.{name}"]), name
+    assert any(not torch.equal(best[f"net.{k}"], best[f"ema.module.{k}"]) for k in kept.state_dict() if k.endswith("weight"))
+    assert kept.tta is True
+    assert result.metrics["test_without_tta"]["n"] == result.metrics["test"]["n"]
+    module = ClassifierModule(kept, config, 3)
+    assert module.evaluated_net() is module.ema.module
+
+
+def test_compare_gives_proposed_its_own_recipe() -> None:
+    configs, _ = plan_runs(["mobilenet_v2", "proposed"], "finetune", weights={}, pretrained=True, finetune_overrides={"epochs": 7})
+    by_model = {c.model: c for c in configs}
+    assert by_model["proposed"].ema_decay > 0 and by_model["proposed"].tta
+    assert by_model["mobilenet_v2"].ema_decay == 0 and not by_model["mobilenet_v2"].tta
+    assert by_model["proposed"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
+    with pytest.raises(Exception, match="ema-decay"):
+        preset("proposed", ema_decay=1.0)
