@@ -77,6 +77,7 @@ def main() -> int:
     runs = {name: [args.out / "runs" / f"{name}-finetune-imagenet-s{s}" for s in args.seeds] for name in ("mobilenet_v2", "proposed")}
     lines += seed_summary(runs)
     lines += pooled_mcnemar(runs)
+    lines += diagnostics_summary(runs)
     if not args.no_ablation:
         ablation_dir = args.out / "ablation"
         manifest = args.out / "audit" / "manifest.csv"
@@ -105,6 +106,11 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
         val = [load(d)["best_val_macro_f1"] for d in dirs]
         cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
         lines.append(f"| {name} | {len(dirs)} | " + " | ".join(cells) + f" | {np.mean(val):.4f} ± {np.std(val, ddof=1) if len(val) > 1 else 0:.4f} |")
+    no_tta = [load(d)["test_without_tta"] for d in runs["proposed"] if "test_without_tta" in load(d)]
+    if no_tta:  # the same checkpoints tested without test-time augmentation
+        values = [headline(t) for t in no_tta]
+        cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
+        lines.append(f"| proposed, same checkpoints without TTA | {len(values)} | " + " | ".join(cells) + " | |")
     goals = ", ".join(f"{h} ≥ {GOALS[k]}" for k, h in HEADLINE)
     lines += ["", f"Goals: {goals}."]
     return lines
@@ -131,6 +137,23 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
         mean_probs[name] = np.mean([read_predictions(d / "test_predictions.csv", classes)[2] for d in dirs], axis=0).argmax(1)
     result = mcnemar(y_true, mean_probs["proposed"], mean_probs["mobilenet_v2"])
     lines.append(f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
+    return lines
+
+
+def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
+    """Robustness (accuracy per variant) and Grad-CAM shares, mean over seeds."""
+    lines = ["", "## Robustness and Grad-CAM (mean over seeds)", ""]
+    variants = ("squash", "pad", "rotate+10", "rotate-10", "darken")
+    lines += ["| model | " + " | ".join(variants) + " | lung share | lung area | border share |", "|---|" + "---|" * (len(variants) + 3)]
+    for name, dirs in runs.items():
+        rob = [json.loads((d / "robustness.json").read_text()) for d in dirs if (d / "robustness.json").is_file()]
+        cam = [json.loads((d / "gradcam.json").read_text()) for d in dirs if (d / "gradcam.json").is_file()]
+        if not rob or not cam:
+            lines.append(f"| {name} | not computed |")
+            continue
+        acc = [f"{np.mean([r['variants'][v]['accuracy'] for r in rob]):.4f}" for v in variants]
+        shares = [f"{np.mean([c[k] for c in cam]):.3f}" for k in ("lung_share", "lung_area", "border_share")]
+        lines.append(f"| {name} | " + " | ".join(acc + shares) + " |")
     return lines
 
 
