@@ -77,6 +77,7 @@ def main() -> int:
     runs = {name: [args.out / "runs" / f"{name}-finetune-imagenet-s{s}" for s in args.seeds] for name in ("mobilenet_v2", "proposed")}
     lines += seed_summary(runs)
     lines += pooled_mcnemar(runs)
+    lines += validation_tta(runs["proposed"], args.data)
     lines += diagnostics_summary(runs)
     if not args.no_ablation:
         ablation_dir = args.out / "ablation"
@@ -137,6 +138,29 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
         mean_probs[name] = np.mean([read_predictions(d / "test_predictions.csv", classes)[2] for d in dirs], axis=0).argmax(1)
     result = mcnemar(y_true, mean_probs["proposed"], mean_probs["mobilenet_v2"])
     lines.append(f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
+    return lines
+
+
+def validation_tta(runs: list[Path], data: Path) -> list[str]:
+    """Validation macro-F1 and COVID19 recall of each run's kept checkpoint with and without TTA
+    (the split that may decide whether TTA stays in the recipe)."""
+    from cxrlab.data.cache import CacheSpec, build_cache
+    from cxrlab.data.datasets import CachedImageDataset, rows_for
+    from cxrlab.data.discover import discover
+    from cxrlab.data.split import load_split
+    from cxrlab.evaluation.metrics import classification_metrics
+    from cxrlab.evaluation.predict import predict_probs
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+
+    lines = ["", "## Test-time augmentation on validation", "", "| run | TTA | val macro-F1 | val COVID19 recall |", "|---|---|---|---|"]
+    for run in runs:
+        model, extra = load_checkpoint_with_extra(run / "model.pt")
+        cache = build_cache(discover(data), CacheSpec(extra["image_size"], extra["resize"]), progress=False)
+        rows = rows_for(cache, load_split(run / "split.csv")["val"])
+        for tta in (False, True):
+            model.tta = tta
+            m = classification_metrics(cache.labels[rows], predict_probs(model, CachedImageDataset(cache, rows)), list(model.classes))
+            lines.append(f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | {m['per_class']['COVID19']['recall']:.3f} |")
     return lines
 
 
