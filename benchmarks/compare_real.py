@@ -34,6 +34,15 @@ def machine() -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+def shared_missing(data: Path, weights: Path) -> bool:
+    """Say SKIP and return True when the dataset or the MobileNetV2 weights are not beside the repo."""
+    for path, what in ((data, "dataset"), (weights, "MobileNetV2 weights")):
+        if not path.exists():
+            print(f"SKIP: {what} not found at {path} (place ../shared beside the repo)")
+            return True
+    return False
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -45,10 +54,8 @@ def main() -> int:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenet_v2"])
     args = parser.parse_args()
-    for path, what in ((args.data, "dataset"), (args.weights, "MobileNetV2 weights")):
-        if not path.exists():
-            print(f"SKIP: {what} not found at {path} (place ../shared beside the repo)")
-            return 0
+    if shared_missing(args.data, args.weights):
+        return 0
     command = [
         "cxrlab", "compare", str(args.data), "--models", *args.models, "--mode", "both",
         "--weights", f"mobilenet_v2={args.weights}", "--no-pretrained",

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import DEFAULT_DATA, DEFAULT_WEIGHTS, machine  # noqa: E402
+from compare_real import DEFAULT_DATA, DEFAULT_WEIGHTS, machine, shared_missing  # noqa: E402
 
 HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("recall_COVID19", "COVID19 recall"))
 GOALS = {"accuracy": 0.98, "macro_f1": 0.97, "recall_COVID19": 0.97}
@@ -60,10 +60,8 @@ def main() -> int:
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--no-ablation", action="store_true", help="Only the seeds comparison.")
     args = parser.parse_args()
-    for path, what in ((args.data, "dataset"), (args.weights, "MobileNetV2 weights")):
-        if not path.exists():
-            print(f"SKIP: {what} not found at {path} (place ../shared beside the repo)")
-            return 0
+    if shared_missing(args.data, args.weights):
+        return 0
     print("machine:", machine())
     started = time.perf_counter()
     budget = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers), "--no-progress"]
@@ -123,20 +121,16 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
 
     classes = load(runs["proposed"][0])["classes"]
     lines = ["", "## McNemar's test, proposed vs mobilenet_v2 (test split)", "", "| pairing | only proposed right | only baseline right | p |", "|---|---|---|---|"]
-    votes = {}
+    probs = {}  # (seeds, images, classes) per model, each file read once
     for name, dirs in runs.items():
-        preds = []
-        for d in dirs:
-            _paths, y_true, probs = read_predictions(d / "test_predictions.csv", classes)
-            preds.append(probs.argmax(1))
-        votes[name] = np.stack(preds)
-    for i in range(votes["proposed"].shape[0]):
-        result = mcnemar(y_true, votes["proposed"][i], votes["mobilenet_v2"][i])
+        read = [read_predictions(d / "test_predictions.csv", classes) for d in dirs]
+        y_true = read[0][1]
+        probs[name] = np.stack([p for _, _, p in read])
+    for i in range(min(len(p) for p in probs.values())):
+        result = mcnemar(y_true, probs["proposed"][i].argmax(1), probs["mobilenet_v2"][i].argmax(1))
         lines.append(f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
-    mean_probs = {}  # one prediction per image from the seeds' mean probability
-    for name, dirs in runs.items():
-        mean_probs[name] = np.mean([read_predictions(d / "test_predictions.csv", classes)[2] for d in dirs], axis=0).argmax(1)
-    result = mcnemar(y_true, mean_probs["proposed"], mean_probs["mobilenet_v2"])
+    # one prediction per image from the seeds' mean probability
+    result = mcnemar(y_true, probs["proposed"].mean(0).argmax(1), probs["mobilenet_v2"].mean(0).argmax(1))
     lines.append(f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
     return lines
 
