@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/compare-real"))
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenet_v2"])
