@@ -100,7 +100,7 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
 
 def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
     root = make_demo_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False)
-    config = preset("proposed", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9)
+    config = preset("proposed", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9, tta=True)
     result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
     kept = load_checkpoint(tmp_path / "run" / "model.pt")
@@ -116,7 +116,7 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
 def test_compare_gives_proposed_its_own_recipe() -> None:
     configs, _ = plan_runs(["mobilenet_v2", "proposed"], "finetune", weights={}, pretrained=True, finetune_overrides={"epochs": 7})
     by_model = {c.model: c for c in configs}
-    assert by_model["proposed"].ema_decay > 0 and by_model["proposed"].tta
+    assert by_model["proposed"].ema_decay > 0 and not by_model["proposed"].tta  # TTA lost on validation
     assert by_model["mobilenet_v2"].ema_decay == 0 and not by_model["mobilenet_v2"].tta
     assert by_model["proposed"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
     with pytest.raises(Exception, match="ema-decay"):

@@ -253,6 +253,10 @@ NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Start fr
 PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16-mixed on GPU, 32 on CPU), 32-true, 16-mixed, bf16-mixed.")]
 AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto, cpu or gpu.")]
 DevicesOpt = Annotated[str, typer.Option("--devices", help="Devices per node (a number or auto).")]
+NumNodesOpt = Annotated[int, typer.Option("--num-nodes", min=1, help="Machines (DDP; run the same command on each, with NODE_RANK and MASTER_ADDR set).")]
+StrategyOpt = Annotated[str, typer.Option("--strategy", help="Lightning strategy: auto, ddp (one process per device), ddp_spawn, ...")]
+AugmentOnOpt = Annotated[str | None, typer.Option("--augment-on", help="loader (per image, in the DataLoader) or device (batched, on the GPU).")]
+ChannelsLastOpt = Annotated[bool, typer.Option("--channels-last", help="Train in NHWC memory format.")]
 LoaderWorkersOpt = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
 LoggerOpt = Annotated[str, typer.Option("--logger", help="Extra logger besides CSV: csv (none), tensorboard or mlflow.")]
 CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab].")]
@@ -330,15 +334,21 @@ def train(
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
     devices: DevicesOpt = "auto",
+    num_nodes: NumNodesOpt = 1,
+    strategy: StrategyOpt = "auto",
+    channels_last: ChannelsLastOpt = False,
+    augment_on: AugmentOnOpt = None,
     num_workers: LoaderWorkersOpt = 0,
     logger: LoggerOpt = "csv",
     cache_dir: CacheDirOpt = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Train one model (validation picks the epoch), then test it once on the test split."""
+    """Train one model (validation picks the epoch), then test it once on the test split.
+
+    Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the global batch."""
     from cxrlab.training.config import preset
-    from cxrlab.training.run import train_run
+    from cxrlab.training.run import launched_rank, train_run
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
@@ -349,7 +359,8 @@ def train(
             mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
             batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
             ema_decay=ema_decay, tta=tta, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
-            accelerator=accelerator, devices=devices, num_workers=num_workers, logger=logger,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, channels_last=channels_last, augment_on=augment_on,
+            num_workers=num_workers, logger=logger,
         ),
     )
     if no_pretrained:
@@ -357,8 +368,12 @@ def train(
     if resume and out is None:
         raise CxrlabError("--resume: name the run folder with --out")
     run_dir = out or default_out(data, config.run_name)
-    console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
+    worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
+    if not worker:
+        console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
     result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress)
+    if worker:
+        return
     _print_result(result)
     if result.metrics.get("test") and not no_diagnose:
         _diagnose([run_dir], data, progress=not no_progress)
@@ -452,7 +467,7 @@ def compare(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run).")],
+    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime).")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", help="CSV file for the probabilities.")] = Path("predictions.csv"),
     batch_size: BatchOpt = 32,
@@ -464,7 +479,10 @@ def predict(
 
     result = predict_files(checkpoint, expand_image_paths(images), batch_size=batch_size or 32, device=device, progress=not no_progress)
     result.write_csv(out)
-    table = Table(title=f"{len(result.paths)} image(s), {result.arch}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
+    runtime = " (ONNX Runtime)" if result.runtime == "ONNX Runtime" else ""
+    table = Table(title=f"{len(result.paths)} image(s), {result.arch}{runtime}")
     table.add_column("image", overflow="fold")
     table.add_column("predicted")
     for name in result.classes:
@@ -477,6 +495,35 @@ def predict(
     for path, error in result.errors.items():
         err_console.print(f"skipped {escape(error)}", highlight=False)
     console.print(f"Probabilities written to {out}")
+
+
+EXPORT_FORMATS = ("--onnx (an ONNX model for ONNX Runtime)",)
+
+
+@app.command("export")
+def export_model(
+    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run).")],
+    onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX model for ONNX Runtime (the one format so far).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Output file \\[default: CHECKPOINT with suffix .onnx].")] = None,
+    opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset \\[default: the exporter's].")] = None,
+) -> None:
+    """Export a checkpoint for deployment, checked against PyTorch (`cxrlab predict` runs the .onnx)."""
+    if not onnx:
+        raise CxrlabError(f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; e.g. cxrlab export {checkpoint} --onnx")
+    from cxrlab.models.export import TOLERANCE, OnnxModel, export_onnx
+
+    started = time.perf_counter()
+    path = export_onnx(checkpoint, out, opset=opset)
+    exported = OnnxModel(path)
+    size_mb = path.stat().st_size / 1e6
+    console.print(f"ONNX model: {escape(str(path))} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)", soft_wrap=True)
+    console.print(
+        f"checked against PyTorch: max |probability difference| {exported.max_abs_diff:.1e} (limit {TOLERANCE:.0e}); "
+        f"export took {time.perf_counter() - started:.1f} s",
+        soft_wrap=True,
+    )
+    for note in exported.notes:
+        console.print(f"[yellow]note:[/] {escape(note)}")
 
 
 MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights")

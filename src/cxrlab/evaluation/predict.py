@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.cache import CacheSpec, load_square
 from cxrlab.data.reader import IMAGE_EXTENSIONS
@@ -114,21 +115,63 @@ class FilePredictions:
     paths: list[Path]
     probs: np.ndarray
     errors: dict[str, str] = field(default_factory=dict)
+    runtime: str = "PyTorch"
+    notes: list[str] = field(default_factory=list)
 
     def write_csv(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_predictions(path, [str(p) for p in self.paths], None, self.probs, self.classes)
 
 
+@dataclass
+class Predictor:
+    """A model ready for image files: its preprocessing and a ``batch -> probabilities`` step.
+
+    ``batch_probs`` takes ``(N, 1, S, S)`` float32 images in 0..1 and returns ``(N, classes)``
+    probabilities; ``notes`` are caveats for the user.
+    """
+
+    arch: str
+    classes: list[str]
+    spec: CacheSpec
+    batch_probs: Callable[[np.ndarray], np.ndarray]
+    runtime: str = "PyTorch"
+    notes: list[str] = field(default_factory=list)
+
+
+def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
+    """A cxrlab checkpoint run by PyTorch, or a ``.onnx`` file written by ``cxrlab export`` run
+    by ONNX Runtime (chosen by the file suffix)."""
+    if Path(model_path).suffix.lower() == ".onnx":
+        from cxrlab.models.export import OnnxModel
+
+        onnx_model = OnnxModel(model_path, device=device)
+        spec = CacheSpec(onnx_model.image_size, onnx_model.resize)
+        return Predictor(onnx_model.arch, onnx_model.classes, spec, onnx_model.predict, "ONNX Runtime", onnx_model.notes)
+
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+
+    model, extra = load_checkpoint_with_extra(model_path)
+    torch_device = pick_device(device)
+    model = model.to(torch_device).eval()
+
+    @torch.no_grad()
+    def batch_probs(images: np.ndarray) -> np.ndarray:
+        logits = model(torch.from_numpy(images).to(torch_device))
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+    spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+    return Predictor(model.arch, list(model.classes), spec, batch_probs)
+
+
 def predict_files(
     checkpoint: Path, files: list[Path], *, batch_size: int = 32, device: str = "auto", progress: bool = True
 ) -> FilePredictions:
-    """Run a cxrlab checkpoint on image files, preprocessed as in training (size and resize mode
-    stored in the checkpoint). Files that cannot be decoded are skipped and reported."""
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
-
-    model, extra = load_checkpoint_with_extra(checkpoint)
-    spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+    """Run a cxrlab checkpoint (or its ``.onnx`` export, through ONNX Runtime) on image files,
+    preprocessed as in training (size and resize mode stored with the model). Files that
+    cannot be decoded are skipped and reported."""
+    predictor = load_predictor(checkpoint, device)
+    arch, classes, spec = predictor.arch, predictor.classes, predictor.spec
     readable: list[Path] = []
     squares: list[np.ndarray] = []  # uint8 S x S each, decoded once
     errors: dict[str, str] = {}
@@ -139,8 +182,13 @@ def predict_files(
         except ImageReadError as exc:
             errors[str(path)] = str(exc)
     if not squares:
-        return FilePredictions(model.arch, list(model.classes), [], np.zeros((0, len(model.classes))), errors)
-    images = torch.from_numpy(np.stack(squares)).unsqueeze(1).float().div_(255.0)
-    dataset = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
-    probs = predict_probs(model, dataset, batch_size=batch_size, device=pick_device(device), progress=progress)
-    return FilePredictions(model.arch, list(model.classes), readable, probs, errors)
+        return FilePredictions(arch, classes, [], np.zeros((0, len(classes))), errors, predictor.runtime, predictor.notes)
+    images = np.stack(squares)[:, None].astype(np.float32) / np.float32(255.0)  # (N, 1, S, S) in 0..1
+    starts = range(0, len(images), batch_size)
+    probs = [
+        predictor.batch_probs(images[i : i + batch_size])
+        for i in track(starts, total=len(starts), description="Predicting", enabled=progress)
+    ]
+    return FilePredictions(
+        arch, classes, readable, np.concatenate(probs).astype(np.float64), errors, predictor.runtime, predictor.notes
+    )

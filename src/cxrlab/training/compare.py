@@ -70,7 +70,7 @@ def plan_runs(
 
 
 def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
-    ignore = {"num_workers", "devices", "accelerator", "logger"}  # how it runs, not what it computes
+    ignore = {"num_workers", "devices", "num_nodes", "strategy", "accelerator", "logger", "channels_last"}  # how it runs, not what it computes
     left, right = asdict(a), asdict(b)
     return all(left[k] == right[k] for k in left if k not in ignore)
 
@@ -94,6 +94,9 @@ def run_comparison(
     from cxrlab.data.scan import scan_dataset
     from cxrlab.reporting.report import write_report
 
+    for config in configs:
+        if str(config.devices) not in ("auto", "1") or config.num_nodes > 1:
+            raise CxrlabError(f"--devices {config.devices}: compare trains in one process; for DDP train each model with cxrlab train --devices N")
     index = discover(data)
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None and audit:

@@ -30,7 +30,7 @@ class RunConfig:
     resize: str = "squash"
     val_fraction: float = 0.15
     epochs: int = 10
-    batch_size: int = 32
+    batch_size: int = 32  # the global batch: split evenly over the processes under DDP
     optimizer: str = "adamw"
     lr: float = 1e-3  # head learning rate
     backbone_lr_scale: float = 0.1  # finetune: backbone lr = lr * scale
@@ -39,6 +39,7 @@ class RunConfig:
     label_smoothing: float = 0.1
     balance: str = "weights"  # class-weighted loss, balanced sampling, or neither
     augment: bool = True
+    augment_on: str = "loader"  # loader: per image in the DataLoader; device: batched on the training device
     freeze_bn: bool = True  # finetune: keep BatchNorm statistics fixed (needed for fused weights)
     patience: int = 5  # early stopping on validation macro-F1, in epochs
     ema_decay: float = 0.0  # > 0: validate, select and keep an exponential moving average of the weights
@@ -46,8 +47,11 @@ class RunConfig:
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     seed: int = 0
     num_workers: int = 0
-    devices: str = "auto"
+    devices: str = "auto"  # per node; more than one trains with DDP (one process per device)
+    num_nodes: int = 1
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ...
     accelerator: str = "auto"
+    channels_last: bool = False  # NHWC memory format (faster convolutions on some hardware)
     logger: str = "csv"  # csv, tensorboard or mlflow (CSV logs are always written)
     manifest: str | None = None  # audit manifest: excluded files are left out
     extra: dict[str, object] = field(default_factory=dict)
@@ -62,6 +66,8 @@ class RunConfig:
             (self.lr > 0, "--lr", "must be positive"),
             (0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1) (0 turns EMA off)"),
             (0 < self.val_fraction < 1, "--val-fraction", "must be between 0 and 1"),
+            (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
+            (self.augment_on in ("loader", "device"), "--augment-on", f"'{self.augment_on}' is not loader or device"),
             (self.logger in ("csv", "tensorboard", "mlflow"), "--logger", f"'{self.logger}' is not csv, tensorboard or mlflow"),
         ]
         for ok, option, message in checks:
@@ -107,8 +113,9 @@ PRESETS: dict[str, dict[str, object]] = {
     "finetune": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4),
     # From random weights: one learning rate everywhere, BatchNorm trained.
     "scratch": dict(mode="finetune", pretrained=False, epochs=15, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=False, patience=5),
-    # The proposed model's recipe: finetune plus an EMA of the weights and test-time augmentation.
-    "proposed": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4, ema_decay=0.998, tta=True),
+    # The proposed model's recipe: finetune plus an EMA of the weights. (Test-time augmentation was
+    # tried and left out: it lowered validation macro-F1 on two seeds of three; see the README.)
+    "proposed": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4, ema_decay=0.998),
     # Seconds on a laptop: for checking a setup, not for numbers.
     "smoke": dict(epochs=2, image_size=64, batch_size=16, patience=2),
 }

@@ -3,6 +3,12 @@
 Datasets come from :mod:`cxrlab.training.run` (cached images, or cached backbone features in
 frozen mode); this module only decides how they are batched: shuffled or class-balanced
 sampling for training, fixed order for validation, pinned memory when a GPU is used.
+
+Under DDP (several processes) ``config.batch_size`` stays the global batch: each process
+loads ``batch_size / world_size`` images, so a run on N devices takes the same optimiser
+steps as one on a single device. Training batches come from Lightning's DistributedSampler;
+validation uses an unpadded sampler (each image seen by exactly one process, none twice), and
+the torchmetrics epoch metrics are summed across processes, so validation is exact.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.split import balanced_sampler
+from cxrlab.errors import CxrlabError
 from cxrlab.training.config import RunConfig
 
 
@@ -25,11 +33,22 @@ class CxrDataModule(L.LightningDataModule):
         self.train_labels = np.asarray(train_labels)
         self.config = config
 
+    @property
+    def world_size(self) -> int:
+        return self.trainer.world_size if self.trainer is not None else 1
+
+    @property
+    def device_batch_size(self) -> int:
+        """Images per process and step (the global batch split over the processes)."""
+        if self.config.batch_size % self.world_size:
+            raise CxrlabError(f"--batch-size {self.config.batch_size}: not divisible by the {self.world_size} training processes (devices x nodes)")
+        return self.config.batch_size // self.world_size
+
     def _loader(self, dataset: Dataset, **kwargs: object) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(
             dataset,
-            batch_size=self.config.batch_size,
+            batch_size=self.device_batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=torch.cuda.is_available(),
@@ -42,4 +61,7 @@ class CxrDataModule(L.LightningDataModule):
         return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) > self.config.batch_size)
 
     def val_dataloader(self) -> DataLoader:
+        if self.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False)
+            return self._loader(self.val_set, sampler=sampler)
         return self._loader(self.val_set, shuffle=False)

@@ -16,10 +16,11 @@ import lightning as L
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from cxrlab.models.registry import CxrClassifier
+from cxrlab.training.augment import BatchXrayAugmentation
 from cxrlab.training.config import RunConfig
 
 
@@ -79,6 +80,7 @@ class ClassifierModule(L.LightningModule):
         self.num_classes = num_classes
         self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
+        self.val_count = SumMetric()  # images validated this epoch, over all processes (each exactly once)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
@@ -88,6 +90,13 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:
             self.ema.requires_grad_(False)
         self._epoch_started = time.perf_counter()
+        on_device = config.augment and config.augment_on == "device" and config.mode == "finetune"
+        self.batch_augment = BatchXrayAugmentation() if on_device else None
+
+    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], _loader_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.batch_augment is not None and self.trainer.training:
+            return self.batch_augment(batch[0]), batch[1]
+        return batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -123,12 +132,13 @@ class ClassifierModule(L.LightningModule):
         x, y = batch
         logits = self.evaluated_net()(x).float()
         self.val_loss.update(weighted_cross_entropy(logits, y, self.class_weights), weight=len(y))
+        self.val_count.update(len(y))
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            for metric in (self.val_loss, self.val_acc, self.val_f1):
+            for metric in (self.val_loss, self.val_acc, self.val_f1, self.val_count):
                 metric.reset()
             return
         row = {
@@ -140,11 +150,12 @@ class ClassifierModule(L.LightningModule):
             "val_acc": float(self.val_acc.compute()),
             "val_macro_f1": float(self.val_f1.compute()),
             "epoch_time_s": time.perf_counter() - self._epoch_started,
+            "val_n": float(self.val_count.compute()),
         }
-        for metric in (self.train_loss, self.train_acc, self.val_loss, self.val_acc, self.val_f1):
+        for metric in (self.train_loss, self.train_acc, self.val_loss, self.val_acc, self.val_f1, self.val_count):
             metric.reset()
         self.history.append(row)
-        self.log_dict({k: v for k, v in row.items() if k not in ("epoch", "val_macro_f1")})
+        self.log_dict({k: v for k, v in row.items() if k not in ("epoch", "val_macro_f1", "val_n")})
         self.log("val_macro_f1", row["val_macro_f1"], prog_bar=True)
 
     def configure_optimizers(self) -> dict:

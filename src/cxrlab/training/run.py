@@ -14,6 +14,12 @@ The run folder holds everything needed to trust, repeat or resume the run::
 
 Protocol: the model is chosen on validation macro-F1 (carved from train); the test split is
 read once, after training, with the chosen checkpoint.
+
+Several devices or nodes (``devices``, ``num_nodes``, ``strategy`` in the config) train with
+Lightning's DDP: Lightning starts one process per device by re-running the same command. The
+first process (rank 0) writes the run folder; the others reuse its split and write nothing.
+After training, rank 0 alone tests the chosen checkpoint on the whole test split, so every
+test image counts exactly once (no DistributedSampler padding in the reported metrics).
 """
 
 from __future__ import annotations
@@ -50,7 +56,7 @@ from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
 
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "epoch_time_s")
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "epoch_time_s", "val_n")
 
 
 @dataclass
@@ -114,7 +120,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
-            writer.writerow({k: (int(row[k]) if k == "epoch" else f"{row[k]:.6g}") for k in HISTORY_FIELDS})
+            writer.writerow({k: (int(row[k]) if k == "epoch" else f"{row.get(k, math.nan):.6g}") for k in HISTORY_FIELDS})
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -150,6 +156,8 @@ def quiet_lightning() -> None:
         ".*module\\(s\\) in eval mode.*",
         ".*does not have many workers.*",
         ".*Checkpoint directory .* exists and is not empty.*",
+        ".*sync_dist=True.*",
+        ".*overridden `on_after_batch_transfer`.*",
     ):
         warnings.filterwarnings("ignore", message=message)
 
@@ -163,6 +171,28 @@ def _precision(config: RunConfig) -> str:
 
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def build_trainer(
+    config: RunConfig, device: torch.device, *, callbacks: list[Callback], logger: list[Logger] | bool, progress: bool, root: Path, **overrides: object
+) -> L.Trainer:
+    """The Lightning Trainer of a run (``overrides``: extra Trainer arguments, e.g. for benchmarks)."""
+    settings: dict[str, object] = dict(
+        max_epochs=config.epochs,
+        accelerator="cpu" if device.type == "cpu" and config.accelerator == "auto" else config.accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=_precision(config),
+        callbacks=callbacks,
+        logger=logger,
+        deterministic=True if device.type == "cpu" else "warn",  # some CUDA kernels have no deterministic version
+        num_sanity_val_steps=0,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=root,
+    )
+    return L.Trainer(**(settings | overrides))
 
 
 @dataclass
@@ -185,6 +215,19 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file()
 
 
+def launched_rank() -> int:
+    """This process's global rank when a DDP launcher started it (0 for the first or only process).
+
+    Known before the Trainer exists, from the variables Lightning's launchers (and SLURM, torchrun) set.
+    """
+    import os
+
+    for name in ("RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
+
+
 def train_run(
     data: Path,
     config: RunConfig,
@@ -202,7 +245,11 @@ def train_run(
     """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
-    if resume:
+    worker = launched_rank() != 0  # a DDP process started by Lightning: rank 0 owns the run folder
+    progress = progress and not worker
+    if worker:
+        config = RunConfig.load(config_file) if resume else config
+    elif resume:
         if not config_file.is_file():
             raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
         config = RunConfig.load(config_file)
@@ -211,11 +258,12 @@ def train_run(
     elif config_file.is_file():
         raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
     prepared = prepare_data(
-        data, config, split_file=run_dir / "split.csv" if resume else None, cache_root=cache_root, workers=workers, progress=progress
+        data, config, split_file=run_dir / "split.csv" if resume or worker else None, cache_root=cache_root, workers=workers, progress=progress
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config.save(config_file)
-    save_split(run_dir / "split.csv", prepared.subsets)
+    if not worker:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(config_file)
+        save_split(run_dir / "split.csv", prepared.subsets)
     classes = prepared.classes
 
     quiet_lightning()
@@ -244,7 +292,9 @@ def train_run(
         train_set, val_set = subset("train"), subset("val")
     else:
         net = model
-        augment = xray_augmentation() if config.augment else None
+        if config.channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        augment = xray_augmentation() if config.augment and config.augment_on == "loader" else None
         train_set = CachedImageDataset(prepared.cache, prepared.rows["train"], transform=augment)
         val_set = CachedImageDataset(prepared.cache, prepared.rows["val"])
 
@@ -260,19 +310,9 @@ def train_run(
     ]
     if progress:
         callbacks.append(RichProgressBar())
-    trainer = L.Trainer(
-        max_epochs=config.epochs,
-        accelerator="cpu" if device.type == "cpu" and config.accelerator == "auto" else config.accelerator,
-        devices=config.devices,
-        precision=_precision(config),
-        callbacks=callbacks,
-        logger=_loggers(config, run_dir),
-        deterministic=True if device.type == "cpu" else "warn",  # some CUDA kernels have no deterministic version
-        num_sanity_val_steps=0,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
+    trainer = build_trainer(
+        config, device, callbacks=callbacks, logger=_loggers(config, run_dir), progress=progress, root=run_dir,
         log_every_n_steps=min(10, max(1, len(train_set) // config.batch_size)),
-        default_root_dir=run_dir,
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume and last.is_file() else None)
@@ -284,7 +324,8 @@ def train_run(
     module.load_state_dict(state)
     if module.ema is not None:
         net.load_state_dict(module.ema.module.state_dict())
-    history = module.history
+    # (ddp_spawn trains in child processes: then the history comes back through the last checkpoint)
+    history = module.history or safe_load(last, "Lightning checkpoint").get("cxrlab_history", [])
     best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
     timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
     model.eval()
@@ -305,6 +346,7 @@ def train_run(
         "parameters": count_parameters(model),
         "trainable_parameters": count_parameters(net, trainable_only=True),
         "timings": timings,
+        "training_processes": trainer.world_size,  # > 1: DDP
     }
     if "test" in prepared.rows and len(prepared.rows["test"]):
         started = time.perf_counter()
