@@ -34,6 +34,14 @@ def machine() -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+def real_data_parser(description: str) -> argparse.ArgumentParser:
+    """The real-data benchmarks' parser: ``--data`` and ``--weights``, from ../shared by default."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    return parser
+
+
 def shared_missing(data: Path, weights: Path) -> bool:
     """Say SKIP and return True when the dataset or the MobileNetV2 weights are not beside the repo."""
     for path, what in ((data, "dataset"), (weights, "MobileNetV2 weights")):
@@ -44,9 +52,7 @@ def shared_missing(data: Path, weights: Path) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser = real_data_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/compare-real"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)

@@ -20,7 +20,6 @@ Skips (exit 0, with a message) when ../shared is absent. Re-running reuses finis
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import subprocess
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import DEFAULT_DATA, DEFAULT_WEIGHTS, machine, shared_missing  # noqa: E402
+from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
 
 HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("recall_COVID19", "COVID19 recall"))
 GOALS = {"accuracy": 0.98, "macro_f1": 0.97, "recall_COVID19": 0.97}
@@ -51,9 +50,7 @@ def load(run_dir: Path) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser = real_data_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/proposed-real"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import DEFAULT_DATA, DEFAULT_WEIGHTS, machine, shared_missing  # noqa: E402
+from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
 
 MODELS = ("alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0")
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
@@ -179,15 +179,14 @@ class BatchTimer:
 def cxrlab_fit(name: str, config, prepared, rows: np.ndarray, device: torch.device, *, batches: int | None, warmup: int) -> tuple[float, float, float]:  # noqa: ANN001
     """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the whole fit, peak MiB)."""
     from cxrlab.data.datasets import CachedImageDataset
-    from cxrlab.training.augment import xray_augmentation
+    from cxrlab.training.augment import loader_augmentation
     from cxrlab.training.datamodule import CxrDataModule
     from cxrlab.training.module import ClassifierModule
     from cxrlab.training.run import build_trainer, quiet_lightning
 
     quiet_lightning()
     model = make_model(name, device, config.channels_last)
-    augment = xray_augmentation() if config.augment and config.augment_on == "loader" else None
-    train_set = CachedImageDataset(prepared.cache, rows, transform=augment)
+    train_set = CachedImageDataset(prepared.cache, rows, transform=loader_augmentation(config))
     module = ClassifierModule(model, config, len(CLASSES))
     data = CxrDataModule(train_set, train_set, prepared.cache.labels[rows], config)
     timer = BatchTimer(warmup, device)
@@ -224,11 +223,11 @@ def cxrlab_loader(config, prepared) -> torch.utils.data.DataLoader:  # noqa: ANN
     """The training loader of a cxrlab run: cached films, with the X-ray augmentations unless
     they run batched on the device (``augment_on="device"``)."""
     from cxrlab.data.datasets import CachedImageDataset
-    from cxrlab.training.augment import xray_augmentation
+    from cxrlab.training.augment import loader_augmentation
     from cxrlab.training.datamodule import CxrDataModule
 
     rows = prepared.rows["train"]
-    train_set = CachedImageDataset(prepared.cache, rows, transform=xray_augmentation() if config.augment_on == "loader" else None)
+    train_set = CachedImageDataset(prepared.cache, rows, transform=loader_augmentation(config))
     return CxrDataModule(train_set, train_set, prepared.cache.labels[rows], config).train_dataloader()
 
 
@@ -257,14 +256,19 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     sys.stdout.flush()
 
 
-def throughput_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+def naive_source(args: argparse.Namespace, prepared) -> tuple[Path, set[str]]:  # noqa: ANN001
+    """The train folder the naive loader reads, and the file names the audit excludes."""
     from cxrlab.data.datasets import excluded_paths
 
     excluded = {Path(p).name for p in excluded_paths(args.manifest)} if args.manifest else set()
+    return prepared.index.split("train")[0].path.parent.parent, excluded  # <train>/<CLASS>/<file>
+
+
+def throughput_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+    train_dir, excluded = naive_source(args, prepared)
     batches = args.warmup + args.steps
     rng = np.random.default_rng(0)
     rows_needed = rng.permutation(prepared.rows["train"])[: batches * config.batch_size]
-    train_dir = prepared.index.split("train")[0].path.parent.parent  # <train>/<CLASS>/<file>
     rows = []
     for name in args.models:
         a = model_only(name, config, device, args)
@@ -284,10 +288,7 @@ def throughput_section(args: argparse.Namespace, config, prepared, device: torch
 
 def loaders_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
     """Images/s of each loader alone (no model): what is left when the model step is nearly free."""
-    from cxrlab.data.datasets import excluded_paths
-
-    excluded = {Path(p).name for p in excluded_paths(args.manifest)} if args.manifest else set()
-    train_dir = prepared.index.split("train")[0].path.parent.parent
+    train_dir, excluded = naive_source(args, prepared)
     rows = []
     loaders = (
         ("cxrlab (decode-once cache, augmenting per image)", cxrlab_loader(config, prepared)),
@@ -399,9 +400,7 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    parser = real_data_parser(__doc__.splitlines()[0])
     parser.add_argument("--manifest", type=Path, default=Path("runs/benchmarks/proposed-real/audit/manifest.csv"), help="Audit manifest (files it excludes are left out); made by the other benchmarks.")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--image-size", type=int, default=224)

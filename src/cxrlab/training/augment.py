@@ -14,11 +14,15 @@ which takes the work off the loader processes when loading is the bound.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from cxrlab.training.config import RunConfig
 
 DEGREES, TRANSLATE, SCALE, JITTER = 7.0, 0.06, (0.9, 1.1), 0.2
 
@@ -33,6 +37,17 @@ def xray_augmentation(
             v2.ColorJitter(brightness=jitter, contrast=jitter),  # clamps to 0..1
         ]
     )
+
+
+def loader_augmentation(config: RunConfig) -> v2.Compose | None:
+    """The per-image augmentation a run's training loader applies (None: none, or on the device)."""
+    return xray_augmentation() if config.augment and config.augment_on == "loader" else None
+
+
+def device_augmentation(config: RunConfig) -> BatchXrayAugmentation | None:
+    """The batched augmentation a run applies on its device (fine-tuning with ``augment_on="device"``)."""
+    on_device = config.augment and config.augment_on == "device" and config.mode == "finetune"
+    return BatchXrayAugmentation() if on_device else None
 
 
 class BatchXrayAugmentation(nn.Module):

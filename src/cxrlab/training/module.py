@@ -20,7 +20,7 @@ from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from cxrlab.models.registry import CxrClassifier
-from cxrlab.training.augment import BatchXrayAugmentation
+from cxrlab.training.augment import device_augmentation
 from cxrlab.training.config import RunConfig
 
 
@@ -90,13 +90,17 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:
             self.ema.requires_grad_(False)
         self._epoch_started = time.perf_counter()
-        on_device = config.augment and config.augment_on == "device" and config.mode == "finetune"
-        self.batch_augment = BatchXrayAugmentation() if on_device else None
+        self.batch_augment = device_augmentation(config)
 
     def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], _loader_index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_augment is not None and self.trainer.training:
             return self.batch_augment(batch[0]), batch[1]
         return batch
+
+    @property
+    def val_metrics(self) -> tuple[nn.Module, ...]:
+        """The epoch metrics that validation fills (reset after every validation)."""
+        return (self.val_loss, self.val_acc, self.val_f1, self.val_count)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -138,7 +142,7 @@ class ClassifierModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            for metric in (self.val_loss, self.val_acc, self.val_f1, self.val_count):
+            for metric in self.val_metrics:
                 metric.reset()
             return
         row = {
@@ -152,7 +156,7 @@ class ClassifierModule(L.LightningModule):
             "epoch_time_s": time.perf_counter() - self._epoch_started,
             "val_n": float(self.val_count.compute()),
         }
-        for metric in (self.train_loss, self.train_acc, self.val_loss, self.val_acc, self.val_f1, self.val_count):
+        for metric in (self.train_loss, self.train_acc, *self.val_metrics):
             metric.reset()
         self.history.append(row)
         self.log_dict({k: v for k, v in row.items() if k not in ("epoch", "val_macro_f1", "val_n")})

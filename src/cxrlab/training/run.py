@@ -50,7 +50,7 @@ from cxrlab.evaluation.predict import inference_speed, pick_device, predict_prob
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import create_model
 from cxrlab.models.weights import safe_load
-from cxrlab.training.augment import xray_augmentation
+from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
@@ -294,8 +294,7 @@ def train_run(
         net = model
         if config.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        augment = xray_augmentation() if config.augment and config.augment_on == "loader" else None
-        train_set = CachedImageDataset(prepared.cache, prepared.rows["train"], transform=augment)
+        train_set = CachedImageDataset(prepared.cache, prepared.rows["train"], transform=loader_augmentation(config))
         val_set = CachedImageDataset(prepared.cache, prepared.rows["val"])
 
     module = ClassifierModule(net, config, len(classes), weights)
