@@ -16,7 +16,7 @@ from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
 from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
-from cxrlab.training.run import launched_rank, read_history, train_run
+from cxrlab.training.run import check_runnable, launched_rank, read_history, train_run
 
 # 33 train films: 9 for validation (odd: a padding sampler would show a duplicate), 24 to train
 # in one full batch, so the gradient does not depend on how the images are shared out.
@@ -82,11 +82,13 @@ def test_global_batch_must_split_evenly_over_processes() -> None:
     class Trainer:  # what the data module reads of a Lightning Trainer
         world_size, global_rank = 4, 0
 
-    module = CxrDataModule([], [], np.zeros(0), RunConfig(batch_size=30))
+    with pytest.raises(CxrlabError, match="--batch-size 30: not divisible by the 4 training processes"):
+        check_runnable(RunConfig(batch_size=30, devices="2", num_nodes=2, accelerator="cpu"))
+    check_runnable(RunConfig(batch_size=32, devices="4", accelerator="cpu"))
+    with pytest.raises(CxrlabError, match="--devices two"):
+        check_runnable(RunConfig(devices="two", accelerator="cpu"))
+    module = CxrDataModule([], [], np.zeros(0), RunConfig(batch_size=32))
     module.trainer = Trainer()
-    with pytest.raises(CxrlabError, match="--batch-size 30"):
-        module.device_batch_size
-    module.config = RunConfig(batch_size=32)
     assert module.device_batch_size == 8
 
 

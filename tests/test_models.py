@@ -9,6 +9,7 @@ import torchvision
 
 from cxrlab.models import create_model, list_models
 from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
+from cxrlab.models.registry import check_model
 from cxrlab.models.weights import hub_checkpoint_dir
 from cxrlab.errors import CxrlabError
 
@@ -62,7 +63,7 @@ def test_weights_of_another_model_are_refused(tmp_path: Path) -> None:
     with pytest.raises(CxrlabError, match=r"mnv2.pth does not fit resnet18: .*missing keys"):
         create_model("resnet18", CLASSES, weights=path)
     (tmp_path / "junk.pth").write_bytes(b"not torch")
-    with pytest.raises(CxrlabError, match="not a PyTorch weights file"):
+    with pytest.raises(CxrlabError, match="junk.pth cannot be read as a PyTorch weights file"):
         create_model("resnet18", CLASSES, weights=tmp_path / "junk.pth")
 
 
@@ -84,9 +85,11 @@ def test_weights_come_from_the_torch_hub_cache(torch_home: Path) -> None:
     assert torch.equal(model.network.features[0].weight, reference.features[0].weight)
 
 
-def test_unknown_model_names_the_option() -> None:
-    with pytest.raises(CxrlabError, match="--models: unknown model 'resnet_banana'"):
+def test_unknown_model_is_named_with_the_option() -> None:
+    with pytest.raises(CxrlabError, match="no such model in cxrlab or timm"):
         create_model("resnet_banana", CLASSES, pretrained=False)
+    with pytest.raises(CxrlabError, match="^--models timm:resnet_banana: no such model"):
+        check_model("timm:resnet_banana", 224, option="--models")
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:

@@ -200,7 +200,7 @@ def test_missing_logger_package_is_one_clear_error(tiny_data: tuple[Path, Path],
 
 
 def test_weights_file_of_another_model_is_refused(tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path) -> None:
-    config = preset("finetune", model="alexnet", weights=str(local_weights), epochs=1, **TINY)
+    config = preset("finetune", model="alexnet", weights=str(local_weights), epochs=1, **(TINY | {"image_size": 64}))
     with pytest.raises(CxrlabError, match="resnet18-local.pth"):
         _train(tiny_data, tmp_path / "bad", config)
     assert create_model("resnet18", 3, weights=local_weights).arch == "resnet18"

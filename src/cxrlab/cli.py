@@ -306,8 +306,33 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     console.print(f"Run folder {result.run_dir} (model.pt, metrics.json, test_predictions.csv, history.csv)")
 
 
+def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
+    """Of ``names`` (parameter -> value), those typed on the command line (not defaults)."""
+    return {k: v for k, v in names.items() if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"}
+
+
+def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
+    """The stored config of the run in ``run_dir``; options given that contradict it are one error."""
+    from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
+
+    stored = RunConfig.load(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
+    if stored is None:
+        raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+    requested: dict[str, tuple[str, object]] = {}
+    if given_options(ctx, {"preset_name": preset_name}):
+        requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}
+    requested |= {k: (f"{option_name(k)} {v}" if k != "pretrained" else option_name(k), v) for k, v in options.items()}
+    conflicts = resume_conflicts(stored, requested)
+    if conflicts:
+        raise CxrlabError(
+            f"--resume: {'; '.join(conflicts)}: a resumed run keeps its recipe; leave these out, or train into another --out"
+        )
+    return stored
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     data: DataArg,
     model: Annotated[str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")] = "resnet18",
     preset_name: Annotated[str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")] = "finetune",
@@ -352,26 +377,26 @@ def train(
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
-    config = preset(
-        preset_name,
-        model=model,
-        **_run_options(
-            mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
-            batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
-            ema_decay=ema_decay, tta=tta, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
-            accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, channels_last=channels_last, augment_on=augment_on,
-            num_workers=num_workers, logger=logger,
-        ),
-    )
-    if no_pretrained:
-        config = config.updated(pretrained=False)
-    if resume and out is None:
-        raise CxrlabError("--resume: name the run folder with --out")
-    run_dir = out or default_out(data, config.run_name)
+    options = _run_options(
+        model=model, mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
+        batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
+        ema_decay=ema_decay, tta=tta, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, channels_last=channels_last, augment_on=augment_on,
+        num_workers=num_workers, logger=logger,
+    ) | ({"pretrained": False} if no_pretrained else {})
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
+    if resume:
+        if out is None:
+            raise CxrlabError("--resume: name the run folder with --out")
+        given = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
+        config = resumed_config(out, ctx, preset_name, given | ({"pretrained": False} if no_pretrained else {}))
+    else:
+        config = preset(preset_name, **options)
+    run_dir = out or default_out(data, config.run_name)
     if not worker:
         console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
-    result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress)
+    say = (lambda line: None) if worker else (lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+    result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress, say=say)
     if worker:
         return
     _print_result(result)

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+from cxrlab.errors import CxrlabError
+
 ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"  # undecodable file-name bytes round-trip (PEP 383)
 
@@ -29,6 +31,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private; give them the usual mode
         text = "b" not in mode
         with os.fdopen(
             fd, mode, **({"encoding": ENCODING, "errors": TEXT_ERRORS, "newline": newline} if text else {})
@@ -42,6 +45,12 @@ def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None
         raise
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8, undecodable name bytes kept)."""
     with atomic_open(path, "w") as handle:
@@ -52,3 +61,22 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def read_text(path: str | Path) -> str:
     """Read a text file written by this module (the counterpart of :func:`atomic_write_text`)."""
     return Path(path).read_text(encoding=ENCODING, errors=TEXT_ERRORS)
+
+
+@contextmanager
+def locked(path: str | Path, *, busy: str | None = None) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``path``, a file or a folder, for the ``with``
+    block. Another process asking for it waits, or, when ``busy`` is given, gets a
+    :class:`CxrlabError` with that message at once. The operating system releases the lock when
+    the process dies, so a kill never leaves it stuck."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))
+        except BlockingIOError:
+            raise CxrlabError(busy) from None
+        yield
+    finally:
+        os.close(fd)

@@ -67,12 +67,21 @@ def class_weights(labels: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def balanced_sampler(labels: np.ndarray, seed: int = 0) -> WeightedRandomSampler:
-    """Draw each class equally often per epoch (with replacement), seeded."""
+class EpochSeededSampler(WeightedRandomSampler):
+    """A weighted sampler whose draws depend on (seed, epoch) alone: Lightning calls
+    ``set_epoch`` before each epoch, so a run resumed at epoch k draws what it would have drawn."""
+
+    def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
+        self.seed = seed
+        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator.manual_seed(self.seed + 1_000_003 * epoch)
+
+
+def balanced_sampler(labels: np.ndarray, seed: int = 0) -> EpochSeededSampler:
+    """Draw each class equally often per epoch (with replacement), seeded by (seed, epoch)."""
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     weights = 1.0 / counts[labels]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), num_samples=len(labels), replacement=True, generator=generator
-    )
+    return EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), seed)

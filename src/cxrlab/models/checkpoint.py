@@ -8,6 +8,7 @@ import torch
 
 from cxrlab import __version__
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.weights import safe_load
 
@@ -26,7 +27,8 @@ def save_checkpoint(model: CxrClassifier, path: str | Path, **extra: object) -> 
         "state_dict": model.state_dict(),
         "extra": dict(extra),
     }
-    torch.save(payload, path)
+    with atomic_open(path, "wb") as handle:  # a kill mid-write keeps the previous file
+        torch.save(payload, handle)
     return path
 
 

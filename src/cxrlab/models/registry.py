@@ -137,9 +137,7 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
     import timm
 
     if name not in timm.list_models():
-        raise CxrlabError(
-            f"--models: unknown model '{name}' (registered: {', '.join(list_models())}; or any timm name)"
-        )
+        raise CxrlabError(f"no such model in cxrlab or timm (registered: {', '.join(list_models())}; or any timm name)")
     try:
         network = timm.create_model(name, pretrained=pretrained and weights is None)
     except Exception as exc:  # hub/network errors come in many types
@@ -180,3 +178,39 @@ def create_model(
     if name in CXRLAB_MODELS:
         return _cxrlab(name, pretrained, path, classes)
     return _timm(name, pretrained, path, classes)
+
+
+PROBE_SIZES = (16, 32, 64, 128, 224, 256, 384, 512, 1024, 2048)
+
+
+def _accepts(network: nn.Module, image_size: int) -> bool:
+    try:
+        network(torch.empty(1, 3, image_size, image_size, device="meta"))
+    except (RuntimeError, AssertionError, ValueError):  # "Output size is too small", fixed-size inputs
+        return False
+    return True
+
+
+def check_model(name: str, image_size: int, *, option: str = "--model") -> None:
+    """Refuse, before any work, a model name that does not exist or an image size the network
+    cannot take (AlexNet needs at least 63 px; some timm models take one size only).
+
+    The network is built on PyTorch's ``meta`` device (shapes only: no memory, no weights,
+    no download), so this takes well under a second.
+    """
+    try:
+        with torch.device("meta"):
+            network = create_model(name, 3, pretrained=False).network.eval()
+    except CxrlabError as exc:
+        raise CxrlabError(f"{option} {name}: {exc}") from exc
+    if _accepts(network, image_size):
+        return
+    smallest = next((s for s in PROBE_SIZES if s > image_size and _accepts(network, s)), None)
+    if smallest is not None:  # bisect down to the exact smallest size above the one refused
+        low = image_size
+        while smallest - low > 1:
+            middle = (low + smallest) // 2
+            low, smallest = (low, middle) if _accepts(network, middle) else (middle, smallest)
+    what = f"needs at least {smallest} px" if smallest and smallest > image_size else f"does not take {image_size} px images"
+    hint = f" (e.g. --image-size {smallest})" if smallest else ""
+    raise CxrlabError(f"--image-size {image_size}: {name} {what}{hint}")

@@ -36,7 +36,9 @@ def safe_load(path: Path, what: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CxrlabError(f"{what}: {path} is not a PyTorch weights file ({type(exc).__name__})") from exc
+        raise CxrlabError(
+            f"{what}: {path} cannot be read as a PyTorch weights file (truncated, damaged or of another kind: {type(exc).__name__})"
+        ) from exc
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:

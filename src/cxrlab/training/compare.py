@@ -23,7 +23,7 @@ from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
 from cxrlab.training.config import PRESETS, RunConfig, preset
-from cxrlab.training.run import RunResult, train_run
+from cxrlab.training.run import RunResult, check_runnable, is_resumable, train_run
 
 COMPARE_MODES = ("frozen", "finetune", "both")
 
@@ -66,6 +66,8 @@ def plan_runs(
     names = [c.run_name for c in configs]
     if len(set(names)) != len(names):
         raise CxrlabError("--models: the same model is named twice")
+    for config in configs:  # every model and size checked before the first run starts
+        check_runnable(config, model_option="--models")
     return configs, notes
 
 
@@ -115,13 +117,13 @@ def run_comparison(
         config = config.updated(manifest=str(manifest) if manifest else None)
         run_dir = out / "runs" / config.run_name
         saved = run_dir / "config.json"
-        resume = saved.is_file()
+        resume = is_resumable(run_dir)  # a folder left by a run that failed before its first epoch is replaced
         if resume and not _same_recipe(RunConfig.load(saved), config):
             raise CxrlabError(f"{run_dir}: holds a run with another recipe; use another --out or delete that folder")
         state = "reusing finished" if (run_dir / "metrics.json").is_file() else ("resuming" if resume else "training")
         say(f"[{position}/{len(configs)}] {state} {config.describe()}")
         result: RunResult = train_run(
-            data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress
+            data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress, say=say
         )
         test = result.metrics.get("test", {})
         if test:

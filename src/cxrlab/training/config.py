@@ -12,10 +12,13 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_write_text
 
 MODES = ("frozen", "finetune")
 OPTIMIZERS = ("adamw", "sgd")
 BALANCE = ("weights", "sampler", "none")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class RunConfig:
             (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
             (self.augment_on in ("loader", "device"), "--augment-on", f"'{self.augment_on}' is not loader or device"),
             (self.logger in ("csv", "tensorboard", "mlflow"), "--logger", f"'{self.logger}' is not csv, tensorboard or mlflow"),
+            (self.accelerator in ACCELERATORS, "--accelerator", f"'{self.accelerator}' is not one of {', '.join(ACCELERATORS)}"),
+            (self.precision in PRECISIONS, "--precision", f"'{self.precision}' is not one of {', '.join(PRECISIONS)}"),
         ]
         for ok, option, message in checks:
             if not ok:
@@ -95,7 +100,7 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        atomic_write_text(path, json.dumps(asdict(self), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> RunConfig:
@@ -104,6 +109,27 @@ class RunConfig:
         data = json.loads(path.read_text())
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# Fields that change how a run is executed, never its numbers: free to differ on --resume.
+EXECUTION_ONLY = frozenset({"num_workers", "logger"})
+
+
+def option_name(field_name: str) -> str:
+    """The command-line option that sets a config field."""
+    return "--no-pretrained" if field_name == "pretrained" else "--" + field_name.replace("_", "-")
+
+
+def resume_conflicts(stored: RunConfig, requested: dict[str, tuple[str, object]]) -> list[str]:
+    """Options given with ``--resume`` that contradict the stored run, as ``'--opt value (the run has x)'``.
+
+    ``requested`` maps a config field to (the option that asked for it, the value asked for).
+    """
+    return [
+        f"{option} (the run has {field_name} {getattr(stored, field_name)})"
+        for field_name, (option, value) in requested.items()
+        if field_name not in EXECUTION_ONLY and getattr(stored, field_name) != value
+    ]
 
 
 PRESETS: dict[str, dict[str, object]] = {

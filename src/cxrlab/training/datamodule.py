@@ -20,7 +20,6 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.split import balanced_sampler
-from cxrlab.errors import CxrlabError
 from cxrlab.training.config import RunConfig
 
 
@@ -39,9 +38,8 @@ class CxrDataModule(L.LightningDataModule):
 
     @property
     def device_batch_size(self) -> int:
-        """Images per process and step (the global batch split over the processes)."""
-        if self.config.batch_size % self.world_size:
-            raise CxrlabError(f"--batch-size {self.config.batch_size}: not divisible by the {self.world_size} training processes (devices x nodes)")
+        """Images per process and step (the global batch split over the processes; that it divides
+        evenly is checked before any process starts, in ``run.check_runnable``)."""
         return self.config.batch_size // self.world_size
 
     def _loader(self, dataset: Dataset, **kwargs: object) -> DataLoader:

@@ -10,9 +10,11 @@ torchmetrics objects, so they are exact under DDP too; each epoch's row is kept 
 from __future__ import annotations
 
 import math
+import random
 import time
 
 import lightning as L
+import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -61,6 +63,29 @@ def parameter_groups(net: nn.Module, lr: float, backbone_lr: float, weight_decay
             {"params": no_decay, "lr": group_lr, "weight_decay": 0.0},
         ]
     return [g for g in groups if g["params"]]
+
+
+def rng_states() -> dict[str, object]:
+    """Every random generator a run draws from (Python, numpy, torch, CUDA), in a form that
+    ``torch.load(weights_only=True)`` reads back (tensors, tuples and numbers only)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, object]) -> None:
+    """Restore what :func:`rng_states` saved."""
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def freeze_batchnorm_statistics(net: nn.Module) -> None:
@@ -175,7 +200,12 @@ class ClassifierModule(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints are written at the end of an epoch; with the generators' states there, a
+        # run resumed from one draws the same shuffles and augmentations as one never stopped.
         checkpoint["cxrlab_history"] = list(self.history)
+        checkpoint["cxrlab_rng"] = rng_states()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("cxrlab_history", []))
+        if "cxrlab_rng" in checkpoint:
+            set_rng_states(checkpoint["cxrlab_rng"])

@@ -28,9 +28,11 @@ import csv
 import json
 import logging
 import math
+import shutil
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +40,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import TensorDataset
 
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
@@ -45,10 +48,11 @@ from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.data.split import class_weights, load_split, save_split
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open, atomic_write_text, locked
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import inference_speed, pick_device, predict_probs, write_predictions
 from cxrlab.models.checkpoint import save_checkpoint
-from cxrlab.models.registry import create_model
+from cxrlab.models.registry import check_model, create_model
 from cxrlab.models.weights import safe_load
 from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.config import RunConfig
@@ -67,6 +71,7 @@ class PreparedData:
     cache: ImageCache
     subsets: dict[str, list[tuple[str, str]]]
     rows: dict[str, np.ndarray]
+    skipped: dict[str, str] = field(default_factory=dict)  # files of the split that could not be decoded: why
 
     @property
     def classes(self) -> list[str]:
@@ -85,7 +90,11 @@ def prepare_data(
     workers: int = 2,
     progress: bool = True,
 ) -> PreparedData:
-    """Discover, cache and split ``data``; reuse ``split_file`` when it exists."""
+    """Discover, cache and split ``data``; reuse ``split_file`` when it exists.
+
+    Files that cannot be decoded are taken out of the subsets (and so out of ``split.csv``) and
+    listed in ``skipped`` with the reason, so the saved split and every count agree.
+    """
     index = discover(data)
     index.require("train")
     cache = build_cache(
@@ -95,13 +104,21 @@ def prepare_data(
         subsets = load_split(split_file)
     else:
         subsets = make_split(index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest)
+    usable = {path for path, ok in zip(cache.paths, cache.ok) if ok}
+    skipped = {
+        path: cache.errors.get(path, f"{path}: no longer in the dataset")
+        for items in subsets.values()
+        for path, _ in items
+        if path not in usable
+    }
+    subsets = {name: [item for item in items if item[0] in usable] for name, items in subsets.items()}
     rows = {name: rows_for(cache, items) for name, items in subsets.items()}
     for name in ("train", "val"):
         present = set(cache.labels[rows.get(name, np.zeros(0, np.int64))].tolist())
         missing = [c for k, c in enumerate(index.classes) if k not in present]
         if missing:
             raise CxrlabError(f"{data}: the {name} subset has no usable images of class {', '.join(missing)}")
-    return PreparedData(index, cache, subsets, rows)
+    return PreparedData(index, cache, subsets, rows, skipped)
 
 
 class HistoryWriter(Callback):
@@ -116,7 +133,7 @@ class HistoryWriter(Callback):
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
@@ -144,6 +161,14 @@ def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
     except ImportError as exc:  # Lightning raises ModuleNotFoundError when the backend is missing
         raise CxrlabError(f"--logger {config.logger}: the {config.logger} package is not installed (pip install {config.logger})") from exc
     return loggers
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written whole or not at all (a kill mid-write keeps the previous file)."""
+
+    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: object | None = None) -> None:
+        with atomic_open(path, "wb") as handle:
+            torch.save(checkpoint, handle)
 
 
 def quiet_lightning() -> None:
@@ -191,6 +216,7 @@ def build_trainer(
         enable_progress_bar=progress,
         enable_model_summary=False,
         default_root_dir=root,
+        plugins=[AtomicCheckpointIO()],
     )
     return L.Trainer(**(settings | overrides))
 
@@ -215,6 +241,11 @@ def is_finished(run_dir: Path) -> bool:
     return (run_dir / "metrics.json").is_file()
 
 
+def is_resumable(run_dir: Path) -> bool:
+    """A run that finished at least one epoch (a folder with only a config failed before that)."""
+    return (run_dir / "config.json").is_file() and (is_finished(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file())
+
+
 def launched_rank() -> int:
     """This process's global rank when a DDP launcher started it (0 for the first or only process).
 
@@ -228,6 +259,55 @@ def launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
+RUN_FILES = ("config.json", "split.csv", "history.csv", "checkpoints", "logs")  # what a run writes before its first epoch ends
+
+
+def discard_unstarted(run_dir: Path) -> None:
+    """Remove what a run that never finished an epoch wrote: cxrlab's own files, nothing else."""
+    for name in RUN_FILES:
+        path = run_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def check_runnable(config: RunConfig, *, model_option: str = "--model") -> None:
+    """Refuse, before any caching or training, what cannot run here: an unknown model, images too
+    small for it, a GPU that is not there, a global batch that the processes cannot share."""
+    check_model(config.model, config.image_size, option=model_option)
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise CxrlabError(f"--accelerator {config.accelerator}: no CUDA GPU is available here; use --accelerator cpu or auto")
+    from lightning.pytorch.strategies import StrategyRegistry
+
+    if config.strategy != "auto" and config.strategy not in StrategyRegistry:
+        raise CxrlabError(f"--strategy {config.strategy}: not a Lightning strategy (e.g. auto, ddp, ddp_spawn, fsdp)")
+    processes = planned_processes(config)
+    if config.batch_size % processes:
+        raise CxrlabError(
+            f"--batch-size {config.batch_size}: not divisible by the {processes} training processes "
+            f"(--devices {config.devices} x --num-nodes {config.num_nodes}); the batch is split evenly over them"
+        )
+
+
+def planned_processes(config: RunConfig) -> int:
+    """How many training processes Lightning will start for ``config`` (devices x nodes)."""
+    devices = config.devices.strip()
+    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    if devices in ("auto", "-1"):
+        count = torch.cuda.device_count() if on_gpu else 1
+    elif "," in devices or devices.startswith("["):
+        count = len([d for d in devices.strip("[]").split(",") if d.strip()])
+    else:
+        try:
+            count = int(devices)
+        except ValueError:
+            raise CxrlabError(f"--devices {config.devices}: not a number, a list like 0,1, or auto") from None
+        if count < 1:
+            raise CxrlabError(f"--devices {config.devices}: must be at least 1 (or auto)")
+    return count * config.num_nodes
+
+
 def train_run(
     data: Path,
     config: RunConfig,
@@ -237,31 +317,74 @@ def train_run(
     cache_root: Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    say: Callable[[str], None] = print,
 ) -> RunResult:
     """Train ``config`` on ``data`` into ``run_dir``, then test the chosen checkpoint once.
 
     With ``resume``, the run's own saved config and split are used and training continues
-    from ``checkpoints/last.ckpt``; a finished run is returned as it is.
+    from ``checkpoints/last.ckpt`` with every random generator as it was there, so the result is
+    the one an uninterrupted run gives; a finished run is returned as it is. A run that fails
+    before its first epoch is finished leaves nothing behind (a killed one is recognised and
+    replaced by the next run into the folder). One process at a time trains into a folder.
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    worker = launched_rank() != 0  # a DDP process started by Lightning: rank 0 owns the run folder
-    progress = progress and not worker
-    if worker:
+    config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
+    if launched_rank() != 0:  # a DDP process started by Lightning: rank 0 owns the run folder
         config = RunConfig.load(config_file) if resume else config
-    elif resume:
+        return _fit_and_test(data, config, run_dir, resume=resume, worker=True, cache_root=cache_root, workers=workers, progress=False, say=say)
+    if resume:
         if not config_file.is_file():
             raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
         config = RunConfig.load(config_file)
         if is_finished(run_dir):
             return RunResult.load(run_dir)
-    elif config_file.is_file():
-        raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
+    check_runnable(config)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    busy = f"{run_dir}: another cxrlab process is training into this folder; wait for it, or choose another --out"
+    with locked(run_dir, busy=busy):
+        if resume and not last.is_file():
+            raise CxrlabError(f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume")
+        if resume:
+            safe_load(last, "--resume")  # a damaged checkpoint is named here, not deep inside Lightning
+        elif is_resumable(run_dir):
+            raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
+        elif config_file.is_file():
+            discard_unstarted(run_dir)
+            say(f"note: {run_dir} held a run that failed before its first epoch; it is replaced")
+        try:
+            return _fit_and_test(data, config, run_dir, resume=resume, worker=False, cache_root=cache_root, workers=workers, progress=progress, say=say)
+        except BaseException:
+            if not last.is_file():  # failed before its first epoch: leave nothing
+                discard_unstarted(run_dir)
+                if created and not any(run_dir.iterdir()):
+                    run_dir.rmdir()
+            raise
+
+
+def _fit_and_test(
+    data: Path,
+    config: RunConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    worker: bool,
+    cache_root: Path | None,
+    workers: int,
+    progress: bool,
+    say: Callable[[str], None],
+) -> RunResult:
+    """Prepare the data, fit, choose on validation, test once, write the run folder."""
+    config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
     prepared = prepare_data(
         data, config, split_file=run_dir / "split.csv" if resume or worker else None, cache_root=cache_root, workers=workers, progress=progress
     )
     if not worker:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        for reason in list(prepared.skipped.values())[:10]:
+            say(f"skipped {reason}")
+        if len(prepared.skipped) > 10:
+            say(f"skipped {len(prepared.skipped) - 10} more unreadable file(s) (listed in metrics.json)")
+    if not worker and not resume:
         config.save(config_file)
         save_split(run_dir / "split.csv", prepared.subsets)
     classes = prepared.classes
@@ -313,8 +436,7 @@ def train_run(
         config, device, callbacks=callbacks, logger=_loggers(config, run_dir), progress=progress, root=run_dir,
         log_every_n_steps=min(10, max(1, len(train_set) // config.batch_size)),
     )
-    last = run_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume and last.is_file() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
     if not trainer.is_global_zero:
         return RunResult(run_dir, config, {})
 
@@ -346,6 +468,7 @@ def train_run(
         "trainable_parameters": count_parameters(net, trainable_only=True),
         "timings": timings,
         "training_processes": trainer.world_size,  # > 1: DDP
+        "skipped": prepared.skipped,
     }
     if "test" in prepared.rows and len(prepared.rows["test"]):
         started = time.perf_counter()
@@ -367,5 +490,5 @@ def train_run(
         write_predictions(run_dir / "test_predictions.csv", [prepared.cache.paths[r] for r in prepared.rows["test"]], y_true, probs, classes)
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
     metrics["inference_device"] = device.type
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: it marks the run finished
     return RunResult(run_dir, config, metrics)
