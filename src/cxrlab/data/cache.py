@@ -1,13 +1,29 @@
 """Decode-once cache: every image decoded, resized and stored in one memory-mapped array.
 
-Training reads ``images.npy`` (``uint8``, shape ``(N, S, S)``) through ``numpy.memmap``, so
-an epoch costs a memory copy instead of a JPEG decode, and resident memory stays flat as
-the dataset grows (the OS pages rows in and out).
+Training reads the array (``uint8``, shape ``(N, S, S)``) through ``numpy.memmap``, so an
+epoch costs a memory copy instead of a JPEG decode, and resident memory stays flat as the
+dataset grows (the OS pages rows in and out).
 
 Keys: the cache folder is named by the dataset root, the image size, the resize mode and the
-reader version, so a changed size gives a new cache. Inside, ``index.json`` keeps each file's
-fingerprint (relative path, byte size, modification time); a file that changed, appeared or
-vanished is re-decoded on the next build and every unchanged row is copied over.
+layout version, so a changed size gives a new cache. Each file's fingerprint (relative path,
+byte size, modification time) is kept; a file that changed, appeared or vanished is
+re-decoded on the next build and every unchanged row is copied over.
+
+On disk, one folder per cache::
+
+    index.json             the committed generation: the array's file name, shape and byte
+                           size, and per row the relative path, fingerprint and decode error
+    images-<gen>.npy       that generation's array; <gen> is a fresh id on every update
+    .lock                  fcntl lock held by every build
+    features/              frozen-mode backbone features (cxrlab.training.frozen)
+
+An update writes a new ``images-<gen>.npy`` beside the current one, flushes it to disk, then
+commits it by writing ``index.json`` atomically (one rename), and only then deletes the older
+arrays. The cache is therefore consistent after a kill at any moment: the index names either
+the old array or the new one, both complete. Opening checks the named array against the
+index (file present, byte size, shape); a mismatch is rebuilt from scratch, never served.
+Concurrent builds of one cache wait on the lock, so the later one finds the earlier one's
+result and reuses it.
 
 Resize modes: ``squash`` stretches every image to S x S (the default: most of the Kaggle
 data is already squashed to 224 x 224, so squashing the rest gives every class the same
@@ -17,10 +33,14 @@ with black to a square.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,9 +50,11 @@ from PIL import Image
 from cxrlab.data.discover import DatasetIndex
 from cxrlab.data.reader import decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.fileio import atomic_write_text, read_text
 from cxrlab.progress import track
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
+INDEX, LOCK = "index.json", ".lock"
 RESIZE_MODES = ("squash", "pad")
 
 
@@ -133,59 +155,18 @@ def build_cache(
     """Open the cache of ``index``, decoding only the files that are new or changed."""
     spec = spec or CacheSpec()
     folder = cache_folder(index, spec, cache_root)
-    folder.mkdir(parents=True, exist_ok=True)
-    index_file, images_file = folder / "index.json", folder / "images.npy"
     paths = [index.relative(s.path) for s in index.samples]
     prints = [list(fingerprint(s.path)) for s in index.samples]
-
-    old_rows: dict[tuple[str, int, int], int] = {}
-    old_meta: dict = {}
-    if index_file.is_file() and images_file.is_file():
-        try:
-            old_meta = json.loads(index_file.read_text())
-            old_rows = {
-                (p, *fp): i
-                for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))
-            }
-        except (ValueError, KeyError):
-            old_meta, old_rows = {}, {}
-    sources = [old_rows.get((p, *fp)) for p, fp in zip(paths, prints)]
-    unchanged = (
-        old_meta.get("paths") == paths and all(s == i for i, s in enumerate(sources))
-    )
-    if unchanged:
-        errors = old_meta.get("errors", {})
-        rebuilt = 0
-    else:
-        old_images = np.load(images_file, mmap_mode="r") if old_rows else None
-        old_errors = old_meta.get("errors", {})
-        size = spec.image_size
-        tmp = folder / "images.tmp.npy"
-        images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
-        errors = {}
-        todo = []
-        for i, source in enumerate(sources):
-            if source is not None and old_images is not None:
-                images[i] = old_images[source]
-                if paths[i] in old_errors:
-                    errors[paths[i]] = old_errors[paths[i]]
-            else:
-                todo.append(i)
-        jobs = [(index.samples[i].path, spec) for i in todo]
-        desc = f"Caching {len(todo)} images at {size}px"
-        if workers > 1 and len(jobs) >= 64:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                results = track(pool.map(_load_resized, jobs, chunksize=32), total=len(jobs), description=desc, enabled=progress)
-                _store(images, todo, results, paths, errors)
+    with _locked(folder):
+        meta = _read_index(folder)
+        images = _open_images(folder, meta, spec)
+        if images is not None and meta["paths"] == paths and meta["fingerprints"] == prints:
+            rebuilt = 0
         else:
-            results = track(map(_load_resized, jobs), total=len(jobs), description=desc, enabled=progress)
-            _store(images, todo, results, paths, errors)
-        images.flush()
-        del images, old_images
-        os.replace(tmp, images_file)
-        meta = {"spec": asdict(spec), "version": CACHE_VERSION, "paths": paths, "fingerprints": prints, "errors": errors}
-        index_file.write_text(json.dumps(meta))
-        rebuilt = len(todo)
+            old = (meta, images) if images is not None else None
+            meta, images, rebuilt = _write_generation(folder, index, spec, paths, prints, old, workers, progress)
+        _remove_stale(folder, keep=meta["images"])
+    errors = meta["errors"]
     return ImageCache(
         folder=folder,
         spec=spec,
@@ -194,9 +175,110 @@ def build_cache(
         splits=[s.split for s in index.samples],
         ok=np.array([p not in errors for p in paths], dtype=bool),
         errors=errors,
-        images=np.load(images_file, mmap_mode="r"),
+        images=images,
         rebuilt=rebuilt,
     )
+
+
+@contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """Hold the cache folder's exclusive lock (released by the OS if the process dies)."""
+    lock = folder / LOCK
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = lock.open("a")
+    except OSError as exc:
+        raise CxrlabError(f"{lock}: cannot create the cache lock ({exc.strerror}); choose a writable --cache-dir") from exc
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _read_index(folder: Path) -> dict:
+    """The committed index, or ``{}`` when it is missing or unreadable."""
+    try:
+        meta = json.loads(read_text(folder / INDEX))
+    except (OSError, ValueError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _open_images(folder: Path, meta: dict, spec: CacheSpec) -> np.ndarray | None:
+    """The array ``meta`` names, read-only memory-mapped, or None unless it is exactly what the index says."""
+    try:
+        shape = [len(meta["paths"]), spec.image_size, spec.image_size]
+        images_file = folder / meta["images"]
+        if (
+            meta["version"] != CACHE_VERSION
+            or meta["shape"] != shape
+            or len(meta["fingerprints"]) != shape[0]
+            or images_file.stat().st_size != meta["bytes"]
+        ):
+            return None
+        images = np.load(images_file, mmap_mode="r")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return images if list(images.shape) == shape and images.dtype == np.uint8 else None
+
+
+def _write_generation(
+    folder: Path,
+    index: DatasetIndex,
+    spec: CacheSpec,
+    paths: list[str],
+    prints: list[list[int]],
+    old: tuple[dict, np.ndarray] | None,
+    workers: int,
+    progress: bool,
+) -> tuple[dict, np.ndarray, int]:
+    """Write a new generation (rows of ``old`` reused where the fingerprint matches) and commit it
+    by writing the index; return the new index, its array (read-only) and how many rows were decoded."""
+    old_meta, old_images = old or ({"paths": [], "fingerprints": [], "errors": {}}, None)
+    old_rows = {(p, *fp): i for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))}
+    size = spec.image_size
+    images_file = folder / f"images-{uuid.uuid4().hex}.npy"
+    images = np.lib.format.open_memmap(images_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    errors: dict[str, str] = {}
+    todo = []
+    for i, (path, fp) in enumerate(zip(paths, prints)):
+        source = old_rows.get((path, *fp))
+        if source is None:
+            todo.append(i)
+            continue
+        images[i] = old_images[source]
+        if path in old_meta["errors"]:
+            errors[path] = old_meta["errors"][path]
+    jobs = [(index.samples[i].path, spec) for i in todo]
+    desc = f"Caching {len(todo)} images at {size}px"
+    if workers > 1 and len(jobs) >= 64:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = track(pool.map(_load_resized, jobs, chunksize=32), total=len(jobs), description=desc, enabled=progress)
+            _store(images, todo, results, paths, errors)
+    else:
+        results = track(map(_load_resized, jobs), total=len(jobs), description=desc, enabled=progress)
+        _store(images, todo, results, paths, errors)
+    images.flush()  # msync: on disk before the index names it
+    del images
+    meta = {
+        "version": CACHE_VERSION,
+        "spec": asdict(spec),
+        "images": images_file.name,
+        "shape": [len(paths), size, size],
+        "bytes": images_file.stat().st_size,
+        "paths": paths,
+        "fingerprints": prints,
+        "errors": errors,
+    }
+    atomic_write_text(folder / INDEX, json.dumps(meta))  # the commit: one atomic rename
+    return meta, np.load(images_file, mmap_mode="r"), len(todo)
+
+
+def _remove_stale(folder: Path, keep: str) -> None:
+    """Delete arrays other than ``keep`` and index temporaries: older generations and what a
+    killed build left. Called under the lock; readers keep their mapping of a deleted array."""
+    for stale in [*folder.glob("images-*.npy"), *folder.glob(f".{INDEX}.*.tmp")]:
+        if stale.name != keep:
+            stale.unlink(missing_ok=True)
 
 
 def _store(images: np.ndarray, todo: list[int], results, paths: list[str], errors: dict[str, str]) -> None:
