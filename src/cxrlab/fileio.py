@@ -65,13 +65,17 @@ def read_text(path: str | Path) -> str:
 
 @contextmanager
 def locked(path: str | Path, *, busy: str | None = None) -> Iterator[None]:
-    """Hold an exclusive advisory lock (``flock``) on ``path``, a file or a folder, for the ``with``
-    block. Another process asking for it waits, or, when ``busy`` is given, gets a
+    """Hold an exclusive advisory lock (``flock``) on ``path``, a folder or a lock file (created
+    when missing), for the ``with`` block. Another process asking for it waits, or, when ``busy`` is given, gets a
     :class:`CxrlabError` with that message at once. The operating system releases the lock when
     the process dies, so a kill never leaves it stuck."""
     import fcntl
 
-    fd = os.open(path, os.O_RDONLY)
+    path = Path(path)
+    try:  # a folder is locked as it is; a lock file is created when missing
+        fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError as exc:
+        raise CxrlabError(f"{path}: cannot take a lock here ({exc.strerror}); is the folder writable?") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))

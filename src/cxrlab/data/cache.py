@@ -33,14 +33,12 @@ with black to a square.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
+import shutil
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,7 +48,7 @@ from PIL import Image
 from cxrlab.data.discover import DatasetIndex
 from cxrlab.data.reader import decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
-from cxrlab.fileio import atomic_write_text, read_text
+from cxrlab.fileio import atomic_write_text, locked, read_text
 from cxrlab.progress import track
 
 CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
@@ -124,6 +122,7 @@ class ImageCache:
     errors: dict[str, str]
     images: np.ndarray  # read-only memmap
     rebuilt: int  # how many rows were decoded in the last build (0 = fully reused)
+    generation: str = ""  # changes whenever any row changes: what is derived from the rows is keyed by it
 
     def rows(self, split: str, exclude: set[str] | None = None) -> np.ndarray:
         """Indices of decodable rows of ``split``, minus the relative paths in ``exclude``."""
@@ -157,7 +156,11 @@ def build_cache(
     folder = cache_folder(index, spec, cache_root)
     paths = [index.relative(s.path) for s in index.samples]
     prints = [list(fingerprint(s.path)) for s in index.samples]
-    with _locked(folder):
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CxrlabError(f"{folder}: cannot create the cache folder ({exc.strerror}); choose a writable --cache-dir") from None
+    with locked(folder / LOCK):
         meta = _read_index(folder)
         images = _open_images(folder, meta, spec)
         if images is not None and meta["paths"] == paths and meta["fingerprints"] == prints:
@@ -177,21 +180,8 @@ def build_cache(
         errors=errors,
         images=images,
         rebuilt=rebuilt,
+        generation=Path(meta["images"]).stem,
     )
-
-
-@contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """Hold the cache folder's exclusive lock (released by the OS if the process dies)."""
-    lock = folder / LOCK
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle = lock.open("a")
-    except OSError as exc:
-        raise CxrlabError(f"{lock}: cannot create the cache lock ({exc.strerror}); choose a writable --cache-dir") from exc
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def _read_index(folder: Path) -> dict:
@@ -274,11 +264,15 @@ def _write_generation(
 
 
 def _remove_stale(folder: Path, keep: str) -> None:
-    """Delete arrays other than ``keep`` and index temporaries: older generations and what a
-    killed build left. Called under the lock; readers keep their mapping of a deleted array."""
+    """Delete arrays other than ``keep``, what was derived from them (``features/<generation>``)
+    and index temporaries: older generations and what a killed build left. Called under the
+    lock; readers keep their mapping of a deleted array."""
     for stale in [*folder.glob("images-*.npy"), *folder.glob(f".{INDEX}.*.tmp")]:
         if stale.name != keep:
             stale.unlink(missing_ok=True)
+    for derived in folder.glob("features/*"):
+        if derived.name != Path(keep).stem:
+            shutil.rmtree(derived, ignore_errors=True)
 
 
 def _store(images: np.ndarray, todo: list[int], results, paths: list[str], errors: dict[str, str]) -> None:

@@ -2,7 +2,8 @@
 
 The backbone is unchanged, so its output for an image never changes: features are computed
 in one pass over the cache (no augmentation, eval mode) and stored beside the image cache,
-keyed by the model key and the image rows. The new linear head is then trained on the
+in the folder of the cache's generation (a new one whenever any cached image changes, so
+features never outlive the pixels they came from), keyed by the model key and the image rows. The new linear head is then trained on the
 feature matrix by the same Lightning loop as every other run (:mod:`cxrlab.training.run`),
 which takes seconds instead of a forward pass through the CNN per epoch.
 """
@@ -17,6 +18,7 @@ from torch.utils.data import DataLoader
 
 from cxrlab.data.cache import ImageCache
 from cxrlab.data.datasets import CachedImageDataset
+from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.progress import track
 
@@ -55,14 +57,12 @@ def cached_features(
 ) -> np.ndarray:
     """:func:`extract_features` for cache ``rows``, memoised in the cache folder."""
     digest = hashlib.sha1(model_key.encode() + b"|" + np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
-    path = cache.folder / "features" / f"{digest}.npy"
+    path = cache.folder / "features" / cache.generation / f"{digest}.npy"
     if path.is_file():
         return np.load(path)
     features = extract_features(
         model, CachedImageDataset(cache, rows), batch_size=batch_size, device=device, progress=progress
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, features)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as handle:
+        np.save(handle, features)
     return features
