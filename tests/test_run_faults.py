@@ -236,3 +236,13 @@ def test_indivisible_batch_is_refused_before_spawning(tiny_data: tuple[Path, Pat
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch-size 16" in lines[0] and "3" in lines[0], done.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_second_process_cannot_train_into_a_busy_folder(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+    from cxrlab.fileio import locked
+
+    out = tmp_path / "run"
+    out.mkdir()
+    with locked(out), pytest.raises(CxrlabError, match="another cxrlab process is training into this folder"):
+        _train(tiny_data, out, preset("scratch", model="resnet18", epochs=1, **TINY))
+    assert list(out.iterdir()) == []

@@ -14,6 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
+from cxrlab.fileio import atomic_open
+
 DPI = 110
 
 
@@ -31,8 +33,9 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as a PNG on white; returns ``path``."""
-    figure.savefig(path, dpi=DPI, format="png", facecolor="white")
+    """Write ``figure`` as a PNG on white, atomically; returns ``path``."""
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, dpi=DPI, format="png", facecolor="white")
     return path
 
 

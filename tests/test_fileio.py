@@ -1,0 +1,62 @@
+"""Output files are written whole or not at all; folder locks refuse a second writer."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open, atomic_write_text, locked
+from cxrlab.plotting import new_figure, save_figure
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    target = atomic_write_text(tmp_path / "metrics.json", "old\n")
+    with pytest.raises(RuntimeError), atomic_open(target) as handle:
+        handle.write("half a fi")
+        raise RuntimeError("disk full")
+    assert target.read_text() == "old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_a_kill_mid_write_keeps_the_old_file(tmp_path: Path) -> None:
+    target = atomic_write_text(tmp_path / "model.pt", "old")
+    pid = os.fork()
+    if pid == 0:  # the child is killed (no cleanup runs) in the middle of writing
+        with atomic_open(target, "wb") as handle:
+            handle.write(b"new but incomplete")
+            handle.flush()
+            os._exit(137)
+    os.waitpid(pid, 0)
+    assert target.read_text() == "old"
+
+
+def test_outputs_get_the_usual_mode_and_figures_are_atomic(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    figure = new_figure(2, 2)
+    png = save_figure(figure, tmp_path / "f.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "f.png"]
+
+
+def test_a_held_folder_lock_refuses_a_second_holder(tmp_path: Path) -> None:
+    with locked(tmp_path, busy="busy here"):
+        pid = os.fork()
+        if pid == 0:  # another process asks for the same lock
+            try:
+                with locked(tmp_path, busy="busy here"):
+                    os._exit(0)
+            except CxrlabError:
+                os._exit(3)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 3
+    with locked(tmp_path, busy="busy here"):  # released again
+        pass
