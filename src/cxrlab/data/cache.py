@@ -30,6 +30,7 @@ from PIL import Image
 from cxrlab.data.discover import DatasetIndex
 from cxrlab.data.reader import decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.fileio import atomic_write_text, read_text
 from cxrlab.progress import track
 
 CACHE_VERSION = 1
@@ -117,7 +118,7 @@ class ImageCache:
 
 
 def cache_folder(index: DatasetIndex, spec: CacheSpec, cache_root: Path | None = None) -> Path:
-    root_key = hashlib.sha1(str(index.root).encode()).hexdigest()[:10]
+    root_key = hashlib.sha1(os.fsencode(index.root)).hexdigest()[:10]  # even an undecodable name
     name = f"{index.root.name}-{root_key}-{spec.image_size}px-{spec.resize}-v{CACHE_VERSION}"
     return (cache_root or default_cache_root()) / name
 
@@ -142,7 +143,7 @@ def build_cache(
     old_meta: dict = {}
     if index_file.is_file() and images_file.is_file():
         try:
-            old_meta = json.loads(index_file.read_text())
+            old_meta = json.loads(read_text(index_file))
             old_rows = {
                 (p, *fp): i
                 for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))
@@ -184,7 +185,7 @@ def build_cache(
         del images, old_images
         os.replace(tmp, images_file)
         meta = {"spec": asdict(spec), "version": CACHE_VERSION, "paths": paths, "fingerprints": prints, "errors": errors}
-        index_file.write_text(json.dumps(meta))
+        atomic_write_text(index_file, json.dumps(meta))
         rebuilt = len(todo)
     return ImageCache(
         folder=folder,

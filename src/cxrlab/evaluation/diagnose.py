@@ -25,6 +25,7 @@ from cxrlab.data.split import load_split
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.gradcam import gradcam_summary
 from cxrlab.evaluation.predict import pick_device
+from cxrlab.fileio import atomic_write_text
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
 
 DIAGNOSTIC_FILES = ("robustness.json", "gradcam.json", "gradcam.png")
@@ -78,11 +79,11 @@ def diagnose_run(
     target = pick_device(device)
 
     robustness = robustness_eval(model, paths, labels, classes, spec, images=images, device=target, progress=progress)
-    (run_dir / "robustness.json").write_text(json.dumps(robustness, indent=2) + "\n")
+    atomic_write_text(run_dir / "robustness.json", json.dumps(robustness, indent=2) + "\n")
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
     gradcam = gradcam_summary(
         model, images[spec.resize][sample], labels[sample], classes, out_png=run_dir / "gradcam.png",
         device=target, progress=progress, title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
     )
-    (run_dir / "gradcam.json").write_text(json.dumps(gradcam, indent=2) + "\n")
+    atomic_write_text(run_dir / "gradcam.json", json.dumps(gradcam, indent=2) + "\n")
     return {"robustness": robustness, "gradcam": gradcam}

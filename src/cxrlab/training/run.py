@@ -47,6 +47,7 @@ from cxrlab.data.split import class_weights, load_split, save_split
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import inference_speed, pick_device, predict_probs, write_predictions
+from cxrlab.fileio import atomic_open, atomic_write_text, open_text, read_text
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import create_model
 from cxrlab.models.weights import safe_load
@@ -116,7 +117,7 @@ class HistoryWriter(Callback):
 
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
@@ -124,7 +125,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
+    with open_text(path) as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
@@ -208,7 +209,7 @@ class RunResult:
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
             raise CxrlabError(f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)")
-        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(metrics_file.read_text()))
+        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(read_text(metrics_file)))
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -367,5 +368,5 @@ def train_run(
         write_predictions(run_dir / "test_predictions.csv", [prepared.cache.paths[r] for r in prepared.rows["test"]], y_true, probs, classes)
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
     metrics["inference_device"] = device.type
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return RunResult(run_dir, config, metrics)
