@@ -20,6 +20,7 @@ from cxrlab.data.discover import discover
 from cxrlab.data.scan import scan_dataset
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import markdown_escape
 from cxrlab.reporting.report import holm, write_report
 from cxrlab.training.config import preset
 from cxrlab.training.run import train_run
@@ -203,10 +204,10 @@ def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> Non
 def test_results_markdown_has_the_comparison(report: Path, runs: dict[str, Path]) -> None:
     markdown = (report / "results.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert any("accuracy [CI]" in line and "macro-F1 [CI]" in line for line in table)
+    assert any(markdown_escape("accuracy [CI]") in line and markdown_escape("macro-F1 [CI]") in line for line in table)
     for label in labels(runs):
-        assert any(line.startswith(f"| {label} |") for line in table), label
-    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\]", markdown)
+        assert any(line.startswith(f"| {markdown_escape(label)} |") for line in table), label
+    assert re.search(r"\d\.\d{3} \\\[\d\.\d{3}, \d\.\d{3}\\\]", markdown)  # brackets escaped
 
 
 def test_single_run_without_analysis(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -257,7 +258,7 @@ def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None
     assert csv_rows[a]["computed"] == "False" and csv_rows[a]["pad_accuracy"] == ""
     markdown = (report / "results.md").read_text()
     assert "## Robustness" in markdown
-    assert any(line.startswith(f"| {c} | squash 32px |") and "0.500 (−0.250)" in line for line in markdown.splitlines())
+    assert any(line.startswith(f"| {markdown_escape(c)} | squash 32px |") and "0.500 (−0.250)" in line for line in markdown.splitlines())
 
 
 def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> None:

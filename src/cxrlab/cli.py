@@ -13,12 +13,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
 from cxrlab import __version__
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import display_name, read_text
 
 app = typer.Typer(
     name="cxrlab",
@@ -33,6 +35,12 @@ err_console = Console(stderr=True)
 DataArg = Annotated[Path, typer.Argument(help="Dataset folder (Kaggle layout Data/train/<CLASS>, or <CLASS>/ folders).")]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decoding processes.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+
+
+def shown(value: object) -> str:
+    """A name or message for the terminal: undecodable file-name bytes visible (``\\xe9``) and
+    Rich markup escaped, so any file or class name prints as it is."""
+    return escape(display_name(str(value)))
 
 
 def default_out(data: Path, what: str) -> Path:
@@ -62,7 +70,7 @@ def download(
     from cxrlab.data.download import download_dataset
 
     index = download_dataset(out, handle, force=force)
-    console.print(f"Downloaded to {index.root}: {len(index.samples)} files, classes {', '.join(index.classes)}")
+    console.print(f"Downloaded to {shown(index.root)}: {len(index.samples)} files, classes {shown(', '.join(index.classes))}")
 
 
 @app.command("demo-data")
@@ -80,12 +88,12 @@ def demo_data(
     root = make_demo_dataset(
         out, train_per_class=train_per_class, test_per_class=test_per_class, size=size, seed=seed, defects=defects
     )
-    console.print(f"Demo dataset in {root}")
+    console.print(f"Demo dataset in {shown(root)}")
 
 
 def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, imported lazily)
     s = result.summary
-    table = Table(title=f"Audit of {result.root}", show_header=True)
+    table = Table(title=f"Audit of {shown(result.root)}", show_header=True)
     table.add_column("check")
     table.add_column("result", justify="right")
     table.add_row("files", str(s["files"]))
@@ -102,11 +110,11 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
         leaks = [g for g in result.groups if g.cross_split]
         lines = [" <-> ".join(g.members) for g in leaks[:10]]
         more = f"\n... and {len(leaks) - 10} more (audit.md)" if len(leaks) > 10 else ""
-        console.print(Panel(escape("\n".join(lines)) + more, title=f"LEAKAGE: {len(leaks)} image(s) in two splits; train copies excluded", border_style="red"))
+        console.print(Panel(shown("\n".join(lines)) + more, title=f"LEAKAGE: {len(leaks)} image(s) in two splits; train copies excluded", border_style="red"))
     if s["label_conflict_groups"]:
         conflicts = [g for g in result.groups if g.label_conflict]
         lines = [" <-> ".join(f"{m} ({c})" for m, c in zip(g.members, g.classes)) for g in conflicts[:10]]
-        console.print(Panel(escape("\n".join(lines)), title="Same image with different labels", border_style="yellow"))
+        console.print(Panel(shown("\n".join(lines)), title="Same image with different labels", border_style="yellow"))
     sc = result.shortcut
     if sc is not None:
         style = {"high": "red", "moderate": "yellow", "low": "green"}[sc.level]
@@ -119,8 +127,8 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
             body += f"\ntrained on train, scored on test: accuracy {sc.test_accuracy:.1%}"
         if sc.explanation:
             body += "\n" + "\n".join(f"- {line}" for line in sc.explanation)
-        console.print(Panel(escape(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style))
-    console.print(f"Manifest, report and plots in {out}/ (audit.md, manifest.csv, duplicates.png, shortcuts.png)")
+        console.print(Panel(shown(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style))
+    console.print(f"Manifest, report and plots in {shown(out)}/ (audit.md, manifest.csv, duplicates.png, shortcuts.png)")
 
 
 @app.command()
@@ -166,8 +174,8 @@ def analyze(
     summary = analyze_dataset(index, records, out, samples_per_class=samples_per_class, seed=seed)
     console.print(summary_table(summary))
     for finding in summary.get("findings", []):
-        console.print(f"- {escape(finding)}")
-    console.print(f"Plots and summary in {out}/ (summary.md, summary.json, *.png)")
+        console.print(f"- {shown(finding)}")
+    console.print(f"Plots and summary in {shown(out)}/ (summary.md, summary.json, *.png)")
     console.print(f"analyze took {time.perf_counter() - started:.1f} s")
 
 
@@ -189,11 +197,11 @@ def cache(
         discover(data), CacheSpec(image_size, resize), cache_root=cache_dir, workers=workers, progress=not no_progress
     )
     console.print(
-        f"Cache {built.folder}: {len(built.paths)} images at {image_size}px ({resize}); "
+        f"Cache {shown(built.folder)}: {len(built.paths)} images at {image_size}px ({resize}); "
         f"{built.rebuilt} decoded now, {len(built.errors)} unreadable; {time.perf_counter() - started:.1f} s"
     )
     for path, error in list(built.errors.items())[:20]:
-        err_console.print(f"skipped {escape(error)}", highlight=False)
+        err_console.print(f"skipped {shown(error)}", highlight=False)
 
 
 @app.command()
@@ -214,7 +222,7 @@ def split(
     from cxrlab.data.split import save_split
 
     save_split(out, subsets)
-    console.print(f"Split written to {out}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items()))
+    console.print(f"Split written to {shown(out)}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items()))
 
 
 @app.command()
@@ -288,7 +296,7 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     m = result.metrics
     test = m.get("test")
     if not test:
-        console.print(f"Run {result.run_dir}: no test split, nothing tested")
+        console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
         return
     ci = m["intervals"]
     table = Table(title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})")
@@ -298,12 +306,12 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     table.add_row("accuracy", fmt("accuracy"))
     table.add_row("macro-F1", fmt("macro_f1"))
     for name in m["classes"]:
-        table.add_row(f"recall {name}", fmt(f"recall_{name}"))
+        table.add_row(f"recall {shown(name)}", fmt(f"recall_{name}"))
     table.add_row("balanced accuracy", f"{test['balanced_accuracy']:.3f}")
     table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
     table.add_row("ECE", f"{test['ece']:.3f}")
     console.print(table)
-    console.print(f"Run folder {result.run_dir} (model.pt, metrics.json, test_predictions.csv, history.csv)")
+    console.print(f"Run folder {shown(result.run_dir)} (model.pt, metrics.json, test_predictions.csv, history.csv)")
 
 
 def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
@@ -394,8 +402,8 @@ def train(
         config = preset(preset_name, **options)
     run_dir = out or default_out(data, config.run_name)
     if not worker:
-        console.print(("Resuming " if resume else "Training ") + escape(config.describe()))
-    say = (lambda line: None) if worker else (lambda line: console.print(escape(line), highlight=False, soft_wrap=True))
+        console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
+    say = (lambda line: None) if worker else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
     result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress, say=say)
     if worker:
         return
@@ -408,14 +416,14 @@ def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str =
     from cxrlab.evaluation.diagnose import diagnose_run
 
     for run_dir in run_dirs:
-        console.print(f"Robustness and Grad-CAM of {run_dir.name} on its test films ...")
+        console.print(f"Robustness and Grad-CAM of {shown(run_dir.name)} on its test films ...")
         found = diagnose_run(run_dir, data, device=device, progress=progress)
         rob, cam = found["robustness"], found["gradcam"]
         drops = ", ".join(f"{name} {v['accuracy']:.3f}" for name, v in rob["variants"].items())
         share = cam["lung_share"] or 0.0
         console.print(f"  accuracy by variant: {drops}")
         console.print(f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}")
-        console.print(f"  written: {run_dir / 'robustness.json'}, {run_dir / 'gradcam.json'}, {run_dir / 'gradcam.png'}")
+        console.print(f"  written: {shown(run_dir / 'robustness.json')}, {shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}")
 
 
 @app.command()
@@ -478,16 +486,16 @@ def compare(
         frozen_overrides=shared | _run_options(epochs=head_epochs),
     )
     for note in notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {shown(note)}")
     out = out or default_out(data, "compare")
     report = run_comparison(
         data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers,
-        progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(escape(line)),
+        progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(shown(line)),
     )
     results_md = out / "results.md"
     if results_md.is_file():
-        console.print(results_md.read_text())
-    console.print(f"Report: {report}")
+        console.print(Markdown(read_text(results_md)))  # rendered: names are escaped in the file
+    console.print(f"Report: {shown(report)}")
 
 
 @app.command()
@@ -505,21 +513,21 @@ def predict(
     result = predict_files(checkpoint, expand_image_paths(images), batch_size=batch_size or 32, device=device, progress=not no_progress)
     result.write_csv(out)
     for note in result.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {shown(note)}")
     runtime = " (ONNX Runtime)" if result.runtime == "ONNX Runtime" else ""
     table = Table(title=f"{len(result.paths)} image(s), {result.arch}{runtime}")
     table.add_column("image", overflow="fold")
     table.add_column("predicted")
     for name in result.classes:
-        table.add_column(f"p({name})", justify="right")
+        table.add_column(f"p({shown(name)})", justify="right")
     for path, row in list(zip(result.paths, result.probs))[:25]:
-        table.add_row(escape(str(path)), result.classes[int(row.argmax())], *(f"{v:.3f}" for v in row))
+        table.add_row(shown(path), shown(result.classes[int(row.argmax())]), *(f"{v:.3f}" for v in row))
     console.print(table)
     if len(result.paths) > 25:
-        console.print(f"... {len(result.paths) - 25} more in {out}")
+        console.print(f"... {len(result.paths) - 25} more in {shown(out)}")
     for path, error in result.errors.items():
-        err_console.print(f"skipped {escape(error)}", highlight=False)
-    console.print(f"Probabilities written to {out}")
+        err_console.print(f"skipped {shown(error)}", highlight=False)
+    console.print(f"Probabilities written to {shown(out)}")
 
 
 EXPORT_FORMATS = ("--onnx (an ONNX model for ONNX Runtime)",)
@@ -541,14 +549,14 @@ def export_model(
     path = export_onnx(checkpoint, out, opset=opset)
     exported = OnnxModel(path)
     size_mb = path.stat().st_size / 1e6
-    console.print(f"ONNX model: {escape(str(path))} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)", soft_wrap=True)
+    console.print(f"ONNX model: {shown(path)} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)", soft_wrap=True)
     console.print(
         f"checked against PyTorch: max |probability difference| {exported.max_abs_diff:.1e} (limit {TOLERANCE:.0e}); "
         f"export took {time.perf_counter() - started:.1f} s",
         soft_wrap=True,
     )
     for note in exported.notes:
-        console.print(f"[yellow]note:[/] {escape(note)}")
+        console.print(f"[yellow]note:[/] {shown(note)}")
 
 
 MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights")
@@ -580,7 +588,7 @@ def run(argv: list[str] | None = None) -> int:
     except CxrlabError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")
@@ -589,7 +597,7 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {escape(str(exc))} (run with --debug for the traceback)",
+            f"[bold red]error:[/] {type(exc).__name__}: {shown(exc)} (run with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )

@@ -1,17 +1,23 @@
-"""Writing output files safely: whole or not at all, and any file name, even undecodable ones.
+"""Output files written safely, and file names shown safely: whole files, any name.
 
 * :func:`atomic_open` writes into a unique temporary file beside the target and renames it over
   the target only when the ``with`` block finishes without an exception. A kill or an error at
   any moment leaves either the old file or the new one, never a half-written one, and two
-  writers never share a temporary name.
+  writers never share a temporary name. The file gets the usual permissions (``0o666`` less the
+  umask), not the private ``0o600`` of a temporary file.
 * Text is written as UTF-8 with ``surrogateescape``: a file name that is not valid UTF-8 (Python
   holds its undecodable bytes as lone surrogates, PEP 383) is written back as its original bytes,
-  so CSV paths round-trip when read with :data:`TEXT_ERRORS` too.
+  so CSV paths round-trip when read with :data:`TEXT_ERRORS` too (:func:`open_text`).
+* Where people read a name (Markdown, HTML, the terminal) it goes through :func:`display_name`
+  (undecodable bytes shown as ``\\xe9``), and :func:`markdown_escape` or :func:`html_escape`, so
+  that a file or class folder named like a tag or a Markdown table stays plain text.
 """
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +28,17 @@ from cxrlab.errors import CxrlabError
 
 ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"  # undecodable file-name bytes round-trip (PEP 383)
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_\[\]|~])")  # backslash-escaped in Markdown text
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: done once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # the permissions open() would give a new file
 
 
 @contextmanager
@@ -31,7 +48,7 @@ def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private; give them the usual mode
+        os.chmod(fd, FILE_MODE)  # mkstemp's 0600 would make outputs private; give them the usual mode
         text = "b" not in mode
         with os.fdopen(
             fd, mode, **({"encoding": ENCODING, "errors": TEXT_ERRORS, "newline": newline} if text else {})
@@ -43,12 +60,6 @@ def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -84,3 +95,25 @@ def locked(path: str | Path, *, busy: str | None = None) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """Open a text file written by this module for reading (``newline=""``, as :mod:`csv` needs)."""
+    return open(path, encoding=ENCODING, errors=TEXT_ERRORS, newline="")
+
+
+def display_name(text: str) -> str:
+    """``text`` for people: undecodable file-name bytes shown as ``\\xe9``, the rest as it is."""
+    return text.encode(ENCODING, TEXT_ERRORS).decode(ENCODING, "backslashreplace")
+
+
+def html_escape(text: object) -> str:
+    """``text`` as inert HTML: :func:`display_name`, then ``<``, ``>``, ``&`` and quotes escaped."""
+    return html.escape(display_name(str(text)))
+
+
+def markdown_escape(text: object) -> str:
+    """``text`` as plain Markdown: :func:`display_name`, HTML specials as entities, Markdown
+    specials (``\\ ` * _ [ ] | ~``) backslash-escaped, line breaks as spaces (one table cell)."""
+    escaped = MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(display_name(str(text)), quote=False))
+    return escaped.replace("\r", " ").replace("\n", " ")

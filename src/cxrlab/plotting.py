@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
-from cxrlab.fileio import atomic_open
+from cxrlab.fileio import atomic_open, display_name
 
 DPI = 110
 
@@ -23,6 +23,11 @@ def class_colours(names: list[str]) -> dict[str, str]:
     """One ``#rrggbb`` colour per name from tab10 (tab20 beyond ten names)."""
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {c: to_hex(cmap(i % cmap.N)) for i, c in enumerate(names)}
+
+
+def figure_text(label: str) -> str:
+    """A name shown literally in a figure: undecodable bytes visible, no ``$`` starting mathtext."""
+    return display_name(label).replace("$", r"\$")
 
 
 def new_figure(width: float, height: float) -> Figure:

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import numpy as np
 from rich.table import Table
+from rich.text import Text
 
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex
 from cxrlab.data.scan import ImageRecord
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_write_text, display_name, markdown_escape
 
 PLOTS = {
     "class_counts": "class_counts.png",
@@ -458,9 +460,12 @@ def _split_class_cells(cell: dict) -> list[str]:
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
-    return lines
+    """A Markdown table; every header and cell escaped (class names come from folder names)."""
+
+    def line(cells: Sequence[object]) -> str:
+        return "| " + " | ".join(markdown_escape(cell) for cell in cells) + " |"
+
+    return [line(header), "|" + "|".join("---" for _ in header) + "|", *(line(row) for row in rows)]
 
 
 def _md_figure(key: str) -> list[str]:
@@ -468,23 +473,25 @@ def _md_figure(key: str) -> list[str]:
 
 
 def _markdown(summary: dict) -> str:
+    """``summary.md``; names (dataset, classes, files) escaped with :func:`markdown_escape`."""
+    md = markdown_escape
     classes = summary["dataset"]["classes"]
     splits = summary["dataset"]["splits"]
     lines = [
-        f"# Dataset analysis: {summary['dataset']['name']}",
+        f"# Dataset analysis: {md(summary['dataset']['name'])}",
         "",
-        f"`{summary['dataset']['root']}` — layout *{summary['dataset']['layout']}*, "
+        f"{md(summary['dataset']['root'])} — layout *{summary['dataset']['layout']}*, "
         f"{len(classes)} classes, splits: {', '.join(splits) or 'none'}; "
         f"{summary['n_files']} files, {summary['n_ok']} readable.",
         "",
         "## Findings",
         "",
     ]
-    lines += [f"- {text}" for text in summary["findings"]] or ["- Nothing stands out."]
+    lines += [f"- {md(text)}" for text in summary["findings"]] or ["- Nothing stands out."]
     lines += ["", "## Files per split and class", ""]
     rows = []
     count_rows = [(s, s, summary["counts"][s]) for s in splits]
-    count_rows.append(("**total**", "all", summary["totals"]["per_class"]))
+    count_rows.append(("total", "all", summary["totals"]["per_class"]))
     for name, key, counts in count_rows:
         shares = summary["shares"][key]
         rows.append([
@@ -501,7 +508,7 @@ def _markdown(summary: dict) -> str:
     if bad["total"]:
         lines += [f"{bad['total']} files are left out of the statistics and plots.", ""]
         lines += _md_table(["status", "files"], list(bad["by_status"].items()))
-        lines += ["", "Examples: " + "; ".join(f"`{e}`" for e in bad["examples"]), ""]
+        lines += ["", "Examples: " + "; ".join(map(md, bad["examples"])), ""]
     else:
         lines += ["None: every file decodes.", ""]
 
@@ -553,8 +560,9 @@ def _markdown(summary: dict) -> str:
 
 
 def summary_table(summary: dict) -> Table:
-    """A short Rich table for the terminal: the per split and class columns of summary.md."""
-    title = f"{summary['dataset']['name']}: {summary['n_files']} files"
+    """A short Rich table for the terminal: the per split and class columns of summary.md (names
+    as plain text, undecodable bytes shown)."""
+    title = Text(f"{display_name(summary['dataset']['name'])}: {summary['n_files']} files")
     table = Table(title=title, title_justify="left")
     for k, header in enumerate(SPLIT_CLASS_COLUMNS):
         table.add_column(header, justify="left" if k < 2 else "right")
@@ -562,7 +570,7 @@ def summary_table(summary: dict) -> Table:
         if i:
             table.add_section()
         for j, (c, cell) in enumerate(summary["per_split_class"][s].items()):
-            table.add_row(s if j == 0 else "", c, *_split_class_cells(cell))
+            table.add_row(s if j == 0 else "", Text(display_name(c)), *_split_class_cells(cell))
     bad = summary["not_ok"]
     if bad["total"]:
         table.caption = (
@@ -611,6 +619,6 @@ def analyze_dataset(
     summary["files"] = {**PLOTS, "summary_json": "summary.json", "summary_md": "summary.md"}
 
     summary = _json_safe(summary)  # type: ignore[assignment]
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    (out / "summary.md").write_text(_markdown(summary), encoding="utf-8")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out / "summary.md", _markdown(summary))
     return summary

@@ -31,6 +31,7 @@ from cxrlab.data.duplicates import DEFAULT_THRESHOLD, exact_pairs, group_pairs, 
 from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, ShortcutReport, shortcut_check
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, open_text
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = (
@@ -214,7 +215,7 @@ def summarize(result: AuditResult) -> dict[str, object]:
 
 def write_manifest(result: AuditResult, path: Path) -> None:
     """One CSV row per file; later commands read ``path`` and ``status``."""
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
         writer.writeheader()
         for i, record in enumerate(result.records):
@@ -246,7 +247,7 @@ def read_manifest(path: str | Path) -> dict[str, str]:
         path = path / MANIFEST_NAME
     if not path.is_file():
         raise CxrlabError(f"{path}: manifest not found (run 'cxrlab audit DATA --out DIR' first)")
-    with open(path, newline="") as handle:
+    with open_text(path) as handle:
         reader = csv.DictReader(handle)
         if not reader.fieldnames or not {"path", "status"} <= set(reader.fieldnames):
             raise CxrlabError(f"{path}: not a cxrlab manifest (needs 'path' and 'status' columns)")
@@ -272,16 +273,19 @@ def write_report(result: AuditResult, out_dir: Path) -> None:
             if s != "ok"
         ],
     }
-    (out_dir / "audit.json").write_text(json.dumps(payload, indent=2))
+    atomic_write_text(out_dir / "audit.json", json.dumps(payload, indent=2))
     plot_duplicates(result, out_dir / "duplicates.png")
     plot_shortcuts(result, out_dir / "shortcuts.png")
-    (out_dir / "audit.md").write_text(markdown_report(result))
+    atomic_write_text(out_dir / "audit.md", markdown_report(result))
 
 
 def markdown_report(result: AuditResult) -> str:
+    """``audit.md``: the summary, flagged duplicate groups, the shortcut check and the problem
+    files; every file and class name escaped (:func:`~cxrlab.fileio.markdown_escape`)."""
+    md = markdown_escape
     s = result.summary
     lines = [
-        f"# Data audit: `{result.root}`",
+        f"# Data audit: {md(result.root)}",
         "",
         f"{s['files']} files; status: {s['status']}; kept per split: {s['kept_per_split']}.",
         "",
@@ -300,7 +304,8 @@ def markdown_report(result: AuditResult) -> str:
         lines += ["## Leakage, label conflicts and near duplicates", "", "| files | splits | classes | min NCC |", "|---|---|---|---|"]
         for g in flagged:
             lines.append(
-                f"| {'<br>'.join(g.members)} | {', '.join(g.splits)} | {', '.join(g.classes)} | {g.min_similarity:.4f} |"
+                f"| {'<br>'.join(map(md, g.members))} | {', '.join(g.splits)} | "
+                f"{md(', '.join(g.classes))} | {g.min_similarity:.4f} |"
             )
         lines.append("")
     lines += ["![duplicates](duplicates.png)", ""]
@@ -314,19 +319,19 @@ def markdown_report(result: AuditResult) -> str:
             "",
             f"- accuracy **{sc.cv_accuracy:.1%}** vs majority-class rate {sc.majority_rate:.1%}",
             f"- balanced accuracy **{sc.cv_balanced_accuracy:.1%}** vs chance {sc.chance_balanced:.1%}",
-            f"- recall per class: {', '.join(f'{k} {v:.0%}' for k, v in sc.per_class_recall.items())}",
+            "- recall per class: " + md(", ".join(f"{k} {v:.0%}" for k, v in sc.per_class_recall.items())),
         ]
         if sc.test_accuracy is not None:
             lines.append(
                 f"- trained on train, scored on test: accuracy {sc.test_accuracy:.1%}, "
                 f"balanced {sc.test_balanced_accuracy:.1%}"
             )
-        lines += [f"- level: **{sc.level}**", ""] + [f"- {line}" for line in sc.explanation]
+        lines += [f"- level: **{sc.level}**", ""] + [f"- {md(line)}" for line in sc.explanation]
         lines += ["", "![shortcuts](shortcuts.png)", ""]
     problems = [(r.path, st, why) for r, st, why in zip(result.records, result.statuses, result.reasons) if st != "ok"]
     if problems:
         lines += ["## Files excluded or flagged", "", "| file | status | reasons |", "|---|---|---|"]
-        lines += [f"| {p} | {st} | {'; '.join(why)} |" for p, st, why in problems[:500]]
+        lines += [f"| {md(p)} | {st} | {md('; '.join(why))} |" for p, st, why in problems[:500]]
         if len(problems) > 500:
             lines.append(f"| ... {len(problems) - 500} more in manifest.csv | | |")
     return "\n".join(lines) + "\n"

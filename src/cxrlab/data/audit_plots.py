@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from cxrlab.data.reader import read_grayscale  # noqa: E402
 from cxrlab.errors import ImageReadError  # noqa: E402
+from cxrlab.plotting import figure_text  # noqa: E402
 
 if TYPE_CHECKING:
     from cxrlab.data.audit import AuditResult
@@ -49,7 +50,7 @@ def plot_duplicates(result: AuditResult, path: Path) -> None:
             except ImageReadError:
                 pass
             name = member.rsplit("/", 1)[-1]
-            ax.set_title(f"{group.splits[m]}/{group.classes[m]}\n{name}", fontsize=7)
+            ax.set_title(figure_text(f"{group.splits[m]}/{group.classes[m]}\n{name}"), fontsize=7)
         axes[row, 2 * col].text(
             0.0, -0.08, kind, transform=axes[row, 2 * col].transAxes, fontsize=7,
             color="crimson" if group.cross_split or group.label_conflict else "black", va="top",

@@ -138,7 +138,7 @@ class ImageCache:
 
 
 def cache_folder(index: DatasetIndex, spec: CacheSpec, cache_root: Path | None = None) -> Path:
-    root_key = hashlib.sha1(str(index.root).encode()).hexdigest()[:10]
+    root_key = hashlib.sha1(os.fsencode(index.root)).hexdigest()[:10]  # even an undecodable name
     name = f"{index.root.name}-{root_key}-{spec.image_size}px-{spec.resize}-v{CACHE_VERSION}"
     return (cache_root or default_cache_root()) / name
 

@@ -11,7 +11,11 @@ Preprocessing convention (written down once, used everywhere):
   modality LUT (rescale slope/intercept), then the VOI LUT or window in the file,
   then the same min..max scaling; ``MONOCHROME1`` (white = low signal) is inverted so
   that bone is bright, as on every other film. Multi-frame files give their first frame.
-* Files above ``max_pixels`` are refused as possible decompression bombs before decoding.
+* Files above ``max_pixels`` are refused as possible decompression bombs before decoding, and
+  the message always states that limit: Pillow's own guard (a warning above ~89M pixels, an
+  error above ~179M) is not the limit cxrlab documents, so its warning is left to cxrlab's
+  check and its error reported against ``max_pixels``. (A ``max_pixels`` above Pillow's error
+  limit would need ``PIL.Image.MAX_IMAGE_PIXELS`` raised as well.)
 
 The result is a C-contiguous ``uint8`` array of shape ``(height, width)``.
 """
@@ -67,6 +71,13 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
+def _too_large(path: Path, max_pixels: int, size: tuple[int, int] | None = None) -> ImageReadError:
+    """The error for a file above ``max_pixels``, with its size (width, height) when known."""
+    what = f"{size[0]}x{size[1]} pixels" if size else "the image size"
+    detail = f"{what} exceeds the decompression-bomb limit of {max_pixels} pixels"
+    return ImageReadError(path, "too_large", detail)
+
+
 def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -80,9 +91,7 @@ def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
         raise ImageReadError(path, "corrupt", f"cannot parse DICOM ({exc})") from exc
     rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
     if rows * cols > max_pixels:
-        raise ImageReadError(
-            path, "too_large", f"{cols}x{rows} pixels exceeds the limit of {max_pixels}"
-        )
+        raise _too_large(path, max_pixels, (cols, rows))
     try:
         pixels = dataset.pixel_array
     except Exception as exc:
@@ -128,16 +137,11 @@ def decode_image(
         return _read_dicom(path, max_pixels)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
             with Image.open(path) as image:
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageReadError(
-                        path,
-                        "too_large",
-                        f"{width}x{height} pixels exceeds the decompression-bomb limit "
-                        f"of {max_pixels}",
-                    )
+                    raise _too_large(path, max_pixels, (width, height))
                 file_format, mode = image.format or "unknown", image.mode
                 if draft_size and file_format == "JPEG":
                     short = min(width, height)
@@ -154,8 +158,8 @@ def decode_image(
         if head.startswith(IMAGE_SIGNATURES):
             raise ImageReadError(path, "corrupt", "image signature but undecodable header") from exc
         raise ImageReadError(path, "not_image", "not a recognised image format") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageReadError(path, "too_large", str(exc)) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's hard limit (~179M pixels), before ours
+        raise _too_large(path, max_pixels) from exc
     except OSError as exc:
         kind = "truncated" if "truncated" in str(exc).lower() else "corrupt"
         raise ImageReadError(path, kind, str(exc)) from exc

@@ -16,6 +16,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import WeightedRandomSampler
 
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open, open_text
 
 
 def stratified_split(
@@ -42,7 +43,7 @@ def stratified_split(
 
 def save_split(path: Path, rows: dict[str, list[tuple[str, str]]]) -> None:
     """Write ``{subset: [(relative path, class), ...]}`` as CSV ``path,class,subset``."""
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "class", "subset"])
         for subset, items in rows.items():
@@ -54,7 +55,7 @@ def load_split(path: Path) -> dict[str, list[tuple[str, str]]]:
     if not path.is_file():
         raise CxrlabError(f"{path}: split file not found")
     subsets: dict[str, list[tuple[str, str]]] = {}
-    with open(path, newline="") as handle:
+    with open_text(path) as handle:
         for row in csv.DictReader(handle):
             subsets.setdefault(row["subset"], []).append((row["path"], row["class"]))
     return subsets

@@ -41,7 +41,7 @@ from torch import nn
 
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.lungs import lung_field_mask, lung_masks
-from cxrlab.plotting import empty_panel, new_figure, save_figure
+from cxrlab.plotting import empty_panel, figure_text, new_figure, save_figure
 from cxrlab.progress import track
 
 BORDER = 0.08  # width of the border frame, fraction of each side
@@ -396,6 +396,7 @@ def plot_gradcam_examples(
         maps = gradcam(model, batch, target, layer).cpu().numpy()
         cams = dict(zip(chosen, maps))
 
+    names = [figure_text(c) for c in classes]
     columns = 2 * per_cell
     height = PANEL_INCHES * len(classes) + (0.4 if title else 0.1)
     figure = new_figure(PANEL_INCHES * columns, height)
@@ -406,7 +407,7 @@ def plot_gradcam_examples(
                 ax = axes[class_index, group * per_cell + slot]
                 if slot >= len(picks):
                     empty_panel(ax, "none")
-                    ax.set_title(f"true {classes[class_index]}: no {label}", fontsize=6.5)
+                    ax.set_title(f"true {names[class_index]}: no {label}", fontsize=6.5)
                     continue
                 i = picks[slot]
                 mask, segmented = lung_field_mask(images[i])
@@ -422,12 +423,12 @@ def plot_gradcam_examples(
                     )
                 pred = int(predicted[i])
                 ax.set_title(
-                    f"true {classes[class_index]} → pred {classes[pred]} ({probs[i, pred]:.2f})",
+                    f"true {names[class_index]} → pred {names[pred]} ({probs[i, pred]:.2f})",
                     fontsize=6.5, color="black" if pred == labels[i] else "#b00000",
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])
     if title:
-        figure.suptitle(title.replace("$", r"\$"), fontsize=9)
+        figure.suptitle(figure_text(title), fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
     return save_figure(figure, path)

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from sklearn.metrics import roc_curve
 
-from cxrlab.plotting import class_colours, empty_panel, new_figure, save_figure
+from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure, save_figure
 
 if TYPE_CHECKING:
     from cxrlab.reporting.report import ReportRun
@@ -53,17 +53,12 @@ def _legend_columns(runs: Sequence[ReportRun]) -> int:
     return len(runs) if len(runs) <= 4 else 3
 
 
-def _text(label: str) -> str:
-    """A label shown literally (a ``$`` would start matplotlib mathtext)."""
-    return label.replace("$", r"\$")
-
-
 def plot_learning_curves(runs: Sequence[ReportRun], path: Path) -> Path:
     """Per run: loss and accuracy (train vs validation, validation macro-F1) per epoch."""
     figure = new_figure(12.0, 3.1 * len(runs) + 0.3)
     rows = np.asarray(figure.subfigures(len(runs), 1, squeeze=False)).ravel()
     for row, run in zip(rows, runs):
-        row.suptitle(_text(run.label), fontsize=12, fontweight="bold")
+        row.suptitle(figure_text(run.label), fontsize=12, fontweight="bold")
         ylabels = ("loss", "accuracy / macro-F1")
         for ax, series, ylabel in zip(row.subplots(1, 2), (LOSS_SERIES, SCORE_SERIES), ylabels):
             if not run.history:
@@ -91,7 +86,7 @@ def plot_learning_curves(runs: Sequence[ReportRun], path: Path) -> Path:
 
 def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
     """Per run: test counts and row-normalised shares (rows true, columns predicted)."""
-    classes = [_text(c) for c in runs[0].classes]
+    classes = [figure_text(c) for c in runs[0].classes]
     k = len(classes)
     n_rows, n_cols = _grid(len(runs))
     side = max(3.6, 0.75 * k + 1.8)
@@ -113,7 +108,7 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
         ax.set_yticks(range(k), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{_text(run.label)}\naccuracy {run.test['accuracy']:.3f}", fontsize=10)
+        ax.set_title(f"{figure_text(run.label)}\naccuracy {run.test['accuracy']:.3f}", fontsize=10)
     for ax in axes[len(runs):]:
         ax.set_visible(False)
     figure.colorbar(image, ax=list(axes[: len(runs)]), shrink=0.7, label="share of the true class")
@@ -143,17 +138,17 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
         if drawn:
             ax.legend(fontsize=9, loc="lower right", framealpha=0.9, handlelength=1.5)
         else:
-            empty_panel(ax, _text(f"no test images of {name}\n(or only {name})"))
+            empty_panel(ax, figure_text(f"no test images of {name}\n(or only {name})"))
         ax.set_xlim(-0.01, 1.01)
         ax.set_ylim(-0.01, 1.01)
         ax.set_aspect("equal")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(_text(f"{name} vs rest"), fontsize=11)
+        ax.set_title(figure_text(f"{name} vs rest"), fontsize=11)
         ax.grid(alpha=0.25)
     for ax in axes[len(classes):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=colours[r.label], lw=2, label=_text(r.label)) for r in runs]
+    handles = [Line2D([], [], color=colours[r.label], lw=2, label=figure_text(r.label)) for r in runs]
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(runs),
                   frameon=False)
     figure.suptitle("Test ROC curves, one class against the others", fontsize=12)
@@ -164,7 +159,7 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     """Grouped bars: test accuracy, macro-F1 and each class's recall per run, with 95% CIs."""
     classes = runs[0].classes
     keys = ["accuracy", "macro_f1", *(f"recall_{c}" for c in classes)]
-    names = ["accuracy", "macro-F1", *(_text(f"recall\n{c}") for c in classes)]
+    names = ["accuracy", "macro-F1", *(figure_text(f"recall\n{c}") for c in classes)]
     colours = run_colours(runs)
     width = 0.8 / len(runs)
     x = np.arange(len(keys))
@@ -178,7 +173,7 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
         errors = np.nan_to_num(np.vstack([values - low, high - values])).clip(min=0.0)
         offset = (i - (len(runs) - 1) / 2) * width
         bars = ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[run.label],
-                      label=_text(run.label), yerr=errors, capsize=3,
+                      label=figure_text(run.label), yerr=errors, capsize=3,
                       error_kw={"lw": 1, "ecolor": "0.25"})
         tops = np.fmax(np.nan_to_num(high), np.nan_to_num(values))
         for bar, value, top in zip(bars, values, tops):

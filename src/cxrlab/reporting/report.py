@@ -21,7 +21,9 @@ and writes into one folder:
 * ``bars.png``, ``curves.png``, ``confusion.png``, ``roc.png`` — the figures, drawn by
   :mod:`cxrlab.reporting.plots`.
 
-Every table is built once as a :class:`Table` and rendered to HTML or Markdown. Epochs are
+Every table is built once as a :class:`Table` and rendered to HTML or Markdown; all text in
+either (run, class and model names, folders) is escaped by :func:`cxrlab.fileio.html_escape` or
+:func:`cxrlab.fileio.markdown_escape`, and every text file is written atomically. Epochs are
 counted from 1 everywhere in the report (``metrics.json`` and ``history.csv`` count from 0).
 """
 
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import html
 import itertools
 import json
 import math
@@ -49,6 +50,7 @@ from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import Interval, McNemarResult, mcnemar
 from cxrlab.evaluation.predict import read_predictions
 from cxrlab.evaluation.robustness import VARIANTS
+from cxrlab.fileio import atomic_open, atomic_write_text, html_escape, markdown_escape, read_text
 from cxrlab.reporting.plots import (
     plot_confusion_matrices,
     plot_learning_curves,
@@ -209,7 +211,7 @@ def _optional_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
     except ValueError as exc:
         raise CxrlabError(f"{path}: not valid JSON ({exc}); delete it or compute it again") from exc
     if not isinstance(data, dict):
@@ -313,7 +315,7 @@ class Table:
     text: tuple[int, ...] = (0,)
 
     def html(self) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in self.headers)
+        head = "".join(f"<th>{html_escape(h)}</th>" for h in self.headers)
         body = "\n".join(
             "<tr>" + "".join(self._html_cell(cell, j) for j, cell in enumerate(row)) + "</tr>"
             for row in self.rows
@@ -324,9 +326,9 @@ class Table:
         )
 
     def _html_cell(self, cell: Cell, column: int) -> str:
-        text = html.escape(cell.text)
+        text = html_escape(cell.text)
         if cell.note:
-            text += f'<br><span class="ci">{html.escape(cell.note)}</span>'
+            text += f'<br><span class="ci">{html_escape(cell.note)}</span>'
         if cell.bold:
             text = f"<strong>{text}</strong>"
         css = ' class="text"' if column in self.text else ""
@@ -334,11 +336,15 @@ class Table:
 
     def markdown(self) -> str:
         def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+            return "| " + " | ".join(cells) + " |"
+
+        def cell(c: Cell) -> str:
+            text = markdown_escape(c.plain)
+            return f"**{text}**" if c.bold else text
 
         align = [":---" if j in self.text else "---:" for j in range(len(self.headers))]
-        cells = [[f"**{c.plain}**" if c.bold else c.plain for c in row] for row in self.rows]
-        return "\n".join([line(self.headers), line(align), *(line(row) for row in cells)])
+        head = [markdown_escape(h) for h in self.headers]
+        return "\n".join([line(head), line(align), *(line([cell(c) for c in row]) for row in self.rows)])
 
 
 @dataclass(frozen=True)
@@ -713,7 +719,7 @@ def gradcam_html(runs: Sequence[ReportRun], table: Table) -> str:
     ), table.html()]
     for run in runs:
         if run.gradcam_png is not None:
-            parts.append(f"<h3>{html.escape(run.label)}</h3>")
+            parts.append(f"<h3>{html_escape(run.label)}</h3>")
             parts.append(figure_html(run.gradcam_png, gradcam_caption(run)))
     missing = [r.label for r in runs if not r.gradcam and r.gradcam_png is None]
     if missing:
@@ -853,7 +859,7 @@ def mcnemar_rows(tests: Sequence[PairTest]) -> list[dict[str, object]]:
 
 def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
     """Write dict rows with the columns ``fields`` to ``path``."""
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(fields))
         writer.writeheader()
         writer.writerows(rows)
@@ -870,7 +876,7 @@ def results_markdown(
     """``results.md``: the comparison table, (two runs or more) the McNemar table, and the
     robustness and Grad-CAM tables when given."""
     parts = [
-        f"# {title}", "", PROTOCOL, "", "## Comparison on the test split", "",
+        f"# {markdown_escape(title)}", "", PROTOCOL, "", "## Comparison on the test split", "",
         "Best value per metric column in bold; brackets: 95% bootstrap CI; epochs counted from 1.",
         "", comparison.markdown(), "",
     ]
@@ -903,26 +909,26 @@ def results_markdown(
 def embed_png(path: Path, alt: str) -> str:
     """An ``<img>`` with the PNG inlined as a base64 data URI."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+    return f'<img alt="{html_escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def figure_html(path: Path, caption: str) -> str:
     """An embedded PNG with its caption."""
     return (
         f"<figure>{embed_png(path, caption)}"
-        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        f"<figcaption>{html_escape(caption)}</figcaption></figure>"
     )
 
 
 def paragraph(text: str, css: str = "") -> str:
     """Escaped text in a ``<p>`` (optionally with a class)."""
     attribute = f' class="{css}"' if css else ""
-    return f"<p{attribute}>{html.escape(text)}</p>"
+    return f"<p{attribute}>{html_escape(text)}</p>"
 
 
 def definition_list(items: dict[str, str]) -> str:
     """Escaped term/value pairs as a two-column grid."""
-    body = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items.items())
+    body = "".join(f"<dt>{html_escape(k)}</dt><dd>{html_escape(v)}</dd>" for k, v in items.items())
     return f'<dl class="meta">{body}</dl>'
 
 
@@ -950,7 +956,7 @@ def header_html(title: str, command: str | None) -> str:
         details["command"] = command
     details["machine (this report)"] = machine_info()
     details["cxrlab"] = __version__
-    return f"<h1>{html.escape(title)}</h1>{definition_list(details)}{paragraph(PROTOCOL, 'note')}"
+    return f"<h1>{html_escape(title)}</h1>{definition_list(details)}{paragraph(PROTOCOL, 'note')}"
 
 
 def dataset_html(analysis_dir: Path | None, runs: Sequence[ReportRun]) -> str:
@@ -958,7 +964,7 @@ def dataset_html(analysis_dir: Path | None, runs: Sequence[ReportRun]) -> str:
     parts: list[str] = []
     summary_file = analysis_dir / "summary.json" if analysis_dir else None
     if summary_file is not None and summary_file.is_file():
-        summary = json.loads(summary_file.read_text())
+        summary = json.loads(read_text(summary_file))
         dataset = summary.get("dataset", {})
         parts.append(definition_list({
             "dataset": str(dataset.get("name", MISSING)),
@@ -968,7 +974,7 @@ def dataset_html(analysis_dir: Path | None, runs: Sequence[ReportRun]) -> str:
         }))
         parts.append("<h3>Files per split and class</h3>" + dataset_table(summary).html())
         if summary.get("findings"):
-            items = "".join(f"<li>{html.escape(str(f))}</li>" for f in summary["findings"])
+            items = "".join(f"<li>{html_escape(str(f))}</li>" for f in summary["findings"])
             parts.append(f"<h3>Findings</h3><ul>{items}</ul>")
         for key, caption in ANALYSIS_CAPTIONS.items():
             if (analysis_dir / PLOTS[key]).is_file():
@@ -1022,7 +1028,7 @@ def mcnemar_html(tests: Sequence[PairTest], table: Table) -> str:
 
 def per_class_html(runs: Sequence[ReportRun]) -> str:
     """One per-class table per run."""
-    return "\n".join(f"<h3>{html.escape(r.label)}</h3>{per_class_table(r).html()}" for r in runs)
+    return "\n".join(f"<h3>{html_escape(r.label)}</h3>{per_class_table(r).html()}" for r in runs)
 
 
 def recipe_items(run: ReportRun) -> dict[str, str]:
@@ -1045,21 +1051,21 @@ def recipe_items(run: ReportRun) -> dict[str, str]:
 def runs_html(runs: Sequence[ReportRun]) -> str:
     """Each run's recipe (``RunConfig.describe()``), its folder, TTA and EMA when used."""
     return "\n".join(
-        f"<h3>{html.escape(r.label)}</h3>" + definition_list(recipe_items(r)) for r in runs
+        f"<h3>{html_escape(r.label)}</h3>" + definition_list(recipe_items(r)) for r in runs
     )
 
 
 def page_html(title: str, header: str, sections: Sequence[Section]) -> str:
     """The whole page: inline CSS, header, table of contents and numbered sections."""
-    toc = "".join(f'<li><a href="#{s.anchor}">{html.escape(s.heading)}</a></li>' for s in sections)
+    toc = "".join(f'<li><a href="#{s.anchor}">{html_escape(s.heading)}</a></li>' for s in sections)
     body = "\n".join(
-        f'<section id="{s.anchor}"><h2>{i}. {html.escape(s.heading)}</h2>\n{s.body}</section>'
+        f'<section id="{s.anchor}"><h2>{i}. {html_escape(s.heading)}</h2>\n{s.body}</section>'
         for i, s in enumerate(sections, start=1)
     )
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<title>{html_escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<header>{header}<nav><strong>Contents</strong><ol>{toc}</ol></nav></header>\n"
         f"{body}\n</body>\n</html>\n"
     )
@@ -1101,7 +1107,7 @@ def write_report(
     write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
     write_csv(out_dir / "gradcam.csv", gradcam_fields(runs), gradcam_rows(runs))
     markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
-    (out_dir / "results.md").write_text(markdown)
+    atomic_write_text(out_dir / "results.md", markdown)
 
     analysis = Path(analysis_dir) if analysis_dir else None
 
@@ -1122,5 +1128,5 @@ def write_report(
         Section("runs", "Runs", runs_html(runs)),
     ]
     report = out_dir / "report.html"
-    report.write_text(page_html(title, header_html(title, command), sections), encoding="utf-8")
+    atomic_write_text(report, page_html(title, header_html(title, command), sections))
     return report

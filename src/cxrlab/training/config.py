@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_write_text
+from cxrlab.fileio import atomic_write_text, read_text
 
 MODES = ("frozen", "finetune")
 OPTIMIZERS = ("adamw", "sgd")
@@ -106,7 +106,7 @@ class RunConfig:
     def load(cls, path: Path) -> RunConfig:
         if not path.is_file():
             raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path))
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -48,9 +48,9 @@ from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.data.split import class_weights, load_split, save_split
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, atomic_write_text, locked
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import inference_speed, pick_device, predict_probs, write_predictions
+from cxrlab.fileio import atomic_open, atomic_write_text, locked, open_text, read_text
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import check_model, create_model
 from cxrlab.models.weights import safe_load
@@ -141,7 +141,7 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
-    with open(path, newline="") as handle:
+    with open_text(path) as handle:
         return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
@@ -234,7 +234,7 @@ class RunResult:
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
             raise CxrlabError(f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)")
-        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(metrics_file.read_text()))
+        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(read_text(metrics_file)))
 
 
 def is_finished(run_dir: Path) -> bool:
