@@ -17,6 +17,7 @@ from cxrlab.data.cache import CacheSpec, load_square
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.data.discover import natural_key
 from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.fileio import atomic_open
 from cxrlab.progress import track
 
 
@@ -87,7 +88,7 @@ def expand_image_paths(inputs: list[Path]) -> list[Path]:
 
 def write_predictions(path: Path, paths: list[str], y_true: np.ndarray | None, probs: np.ndarray, classes: list[str]) -> None:
     """CSV: path, (true class,) predicted class, one probability column per class."""
-    with open(path, "w", newline="") as handle:
+    with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
         head = ["path"] + (["true"] if y_true is not None else []) + ["predicted"] + [f"p_{c}" for c in classes]
         writer.writerow(head)
@@ -119,7 +120,6 @@ class FilePredictions:
     notes: list[str] = field(default_factory=list)
 
     def write_csv(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_predictions(path, [str(p) for p in self.paths], None, self.probs, self.classes)
 
 
