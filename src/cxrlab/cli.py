@@ -502,15 +502,19 @@ def compare(
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime).")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", help="CSV file for the probabilities.")] = Path("predictions.csv"),
+    out: Annotated[Path, typer.Option("--out", help="CSV file for the probabilities (never an input, nor inside an input or dataset folder).")] = Path("predictions.csv"),
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a previous cxrlab predictions CSV (inputs and dataset folders stay protected).")] = False,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Class probabilities for images, printed and written as CSV (unreadable files are listed, not fatal)."""
     from cxrlab.evaluation.predict import expand_image_paths, predict_files
+    from cxrlab.outputs import check_output
 
-    result = predict_files(checkpoint, expand_image_paths(images), batch_size=batch_size or 32, device=device, progress=not no_progress)
+    files = expand_image_paths(images)
+    check_output(out, kind="predictions", inputs=[checkpoint, *images, *files], force=force)
+    result = predict_files(checkpoint, files, batch_size=batch_size or 32, device=device, progress=not no_progress)
     result.write_csv(out)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {shown(note)}")
@@ -539,12 +543,16 @@ def export_model(
     onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX model for ONNX Runtime (the one format so far).")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Output file \\[default: CHECKPOINT with suffix .onnx].")] = None,
     opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset \\[default: the exporter's].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a previous cxrlab ONNX export (the checkpoint and images stay protected).")] = False,
 ) -> None:
     """Export a checkpoint for deployment, checked against PyTorch (`cxrlab predict` runs the .onnx)."""
     if not onnx:
         raise CxrlabError(f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; e.g. cxrlab export {checkpoint} --onnx")
     from cxrlab.models.export import TOLERANCE, OnnxModel, export_onnx
+    from cxrlab.outputs import check_output
 
+    out = out or checkpoint.with_suffix(".onnx")
+    check_output(out, kind="onnx", inputs=[checkpoint], force=force)
     started = time.perf_counter()
     path = export_onnx(checkpoint, out, opset=opset)
     exported = OnnxModel(path)

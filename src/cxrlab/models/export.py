@@ -30,6 +30,7 @@ from torch import nn
 
 from cxrlab import __version__
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier
 
 ONNX_FORMAT = "cxrlab-onnx-v1"
@@ -182,11 +183,20 @@ def export_model(
         "verified_max_abs_diff": repr(diff),
     }
     onnx.helper.set_model_props(proto, metadata)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(out.name + ".partial")
-    partial.write_bytes(proto.SerializeToString())
-    partial.replace(out)
+    with atomic_open(out, "wb") as handle:  # the old file stays until the new one is complete
+        handle.write(proto.SerializeToString())
     return out
+
+
+def is_cxrlab_onnx(path: Path) -> bool:
+    """Whether ``path`` is an ONNX model written by :func:`export_model` (it has cxrlab's metadata)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX at all
+        return False
+    return any(prop.key == "cxrlab_format" and prop.value == ONNX_FORMAT for prop in proto.metadata_props)
 
 
 def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None = None) -> Path:
