@@ -156,3 +156,47 @@ def test_export_overwrites_other_files_only_with_force(
     assert run(argv) == 0  # re-running onto its own previous export needs no --force
     assert out.stat().st_ino != first  # written again (a new file renamed over the old one)
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # no temporary file left behind
+
+
+def test_split_refuses_to_overwrite_an_input(kaggle_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    image = kaggle_tree / "Data" / "train" / "A" / "A(0).png"
+    before = image.read_bytes()
+    for out in (image, kaggle_tree / "split.csv"):
+        assert run(["split", str(kaggle_tree), "--out", str(out), "--force"]) == 2
+        one_line_error(capsys)
+    assert image.read_bytes() == before and not (kaggle_tree / "split.csv").exists()
+    notes = tmp_path / "notes.csv"
+    notes.write_text("mine\n")
+    assert run(["split", str(kaggle_tree), "--out", str(notes)]) == 2
+    assert "not a cxrlab split file" in one_line_error(capsys)
+    split = ["split", str(kaggle_tree), "--out", str(tmp_path / "split.csv"), "--val-fraction", "0.5"]
+    assert run(split) == 0
+    assert run(split) == 0  # its own earlier output is rewritten
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int, bytes]]:
+    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size, p.read_bytes() if p.is_file() else b"") for p in sorted(root.rglob("*"))}
+
+
+def test_no_command_modifies_the_dataset(kaggle_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (kaggle_tree / "Data" / "test" / "A" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    before = _snapshot(kaggle_tree)
+    data, cache, run_dir = str(kaggle_tree), str(tmp_path / "cache"), tmp_path / "run"
+    common = ["--no-progress", "--workers", "1"]
+    for args in (
+        ["audit", data, "--out", str(tmp_path / "audit"), *common],
+        ["analyze", data, "--out", str(tmp_path / "analysis"), *common],
+        ["cache", data, "--image-size", "32", "--cache-dir", cache, *common],
+        ["split", data, "--out", str(tmp_path / "split.csv"), "--val-fraction", "0.5"],
+        ["train", data, "--model", "resnet18", "--preset", "smoke", "--no-pretrained", "--image-size", "32", "--epochs", "1",
+         "--val-fraction", "0.5", "--batch-size", "4", "--out", str(run_dir), "--cache-dir", cache, *common],
+        ["predict", str(run_dir / "model.pt"), data, "--out", str(tmp_path / "p.csv"), "--no-progress"],
+        ["export", str(run_dir / "model.pt"), "--onnx"],
+    ):
+        assert run(args) == 0, args
+    capsys.readouterr()
+    for command, option in (("audit", "--out"), ("analyze", "--out"), ("cache", "--cache-dir"), ("train", "--out")):
+        assert run([command, data, option, str(kaggle_tree / "Data" / "outputs"), "--no-progress"]) == 2, command
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {option} ") and "inside the dataset folder" in err and len(err.splitlines()) == 1
+    assert _snapshot(kaggle_tree) == before

@@ -144,9 +144,12 @@ def audit(
     from cxrlab.data.audit import AuditConfig, run_audit
     from cxrlab.data.discover import discover
 
+    from cxrlab.outputs import check_output_folder
+
     started = time.perf_counter()
     index = discover(data)
     out = out or default_out(data, "audit")
+    check_output_folder(out, data)
     config = AuditConfig(min_size=min_size, near_threshold=near_threshold, workers=workers)
     result = run_audit(index, out, config, progress=not no_progress)
     print_audit(result, out)
@@ -167,9 +170,12 @@ def analyze(
     from cxrlab.data.discover import discover
     from cxrlab.data.scan import scan_dataset
 
+    from cxrlab.outputs import check_output_folder
+
     started = time.perf_counter()
     index = discover(data)
     out = out or default_out(data, "analysis")
+    check_output_folder(out, data)
     records = scan_dataset(index, workers=workers, progress=not no_progress)
     summary = analyze_dataset(index, records, out, samples_per_class=samples_per_class, seed=seed)
     console.print(summary_table(summary))
@@ -189,10 +195,12 @@ def cache(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Decode and resize every image once into a memory-mapped cache that training reads."""
-    from cxrlab.data.cache import CacheSpec, build_cache
+    from cxrlab.data.cache import CacheSpec, build_cache, default_cache_root
     from cxrlab.data.discover import discover
+    from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
+    check_output_folder(cache_dir or default_cache_root(), data, option="--cache-dir")
     built = build_cache(
         discover(data), CacheSpec(image_size, resize), cache_root=cache_dir, workers=workers, progress=not no_progress
     )
@@ -211,16 +219,17 @@ def split(
     val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")] = 0.15,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     manifest: Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a cxrlab split file.")] = False,
 ) -> None:
     """Carve a stratified, seeded validation split from train and write it as CSV."""
     from cxrlab.data.datasets import make_split
     from cxrlab.data.discover import discover
+    from cxrlab.data.split import save_split
+    from cxrlab.outputs import check_output
 
     index = discover(data)
+    check_output(out, kind="split", inputs=[data], force=force)
     subsets = make_split(index, val_fraction=val_fraction, seed=seed, manifest=manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from cxrlab.data.split import save_split
-
     save_split(out, subsets)
     console.print(f"Split written to {shown(out)}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items()))
 
@@ -380,6 +389,7 @@ def train(
     """Train one model (validation picks the epoch), then test it once on the test split.
 
     Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the global batch."""
+    from cxrlab.outputs import check_output_folder
     from cxrlab.training.config import preset
     from cxrlab.training.run import launched_rank, train_run
 
@@ -401,6 +411,9 @@ def train(
     else:
         config = preset(preset_name, **options)
     run_dir = out or default_out(data, config.run_name)
+    check_output_folder(run_dir, data)
+    if cache_dir is not None:
+        check_output_folder(cache_dir, data, option="--cache-dir")
     if not worker:
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
     say = (lambda line: None) if worker else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
@@ -469,6 +482,7 @@ def compare(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
+    from cxrlab.outputs import check_output_folder
     from cxrlab.training.compare import plan_runs, run_comparison
 
     models = [name for item in models for name in item.split()]
@@ -488,6 +502,9 @@ def compare(
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")
     out = out or default_out(data, "compare")
+    check_output_folder(out, data)
+    if cache_dir is not None:
+        check_output_folder(cache_dir, data, option="--cache-dir")
     report = run_comparison(
         data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers,
         progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(shown(line)),

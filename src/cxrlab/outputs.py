@@ -27,16 +27,26 @@ from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.errors import CxrlabError
 
 PREDICTION_HEADERS = (b"path,predicted,p_", b"path,true,predicted")  # write_predictions, without / with truth
+SPLIT_HEADERS = (b"path,class,subset",)  # cxrlab.data.split.save_split
 
 
-def is_predictions_csv(path: Path) -> bool:
-    """Whether ``path`` starts with a header written by :func:`cxrlab.evaluation.predict.write_predictions`."""
+def _starts_with(path: Path, headers: tuple[bytes, ...]) -> bool:
     try:
         with open(path, "rb") as handle:
             head = handle.read(64).removeprefix(codecs.BOM_UTF8)
     except OSError:
         return False
-    return head.startswith(PREDICTION_HEADERS)
+    return head.startswith(headers)
+
+
+def is_predictions_csv(path: Path) -> bool:
+    """Whether ``path`` starts with a header written by :func:`cxrlab.evaluation.predict.write_predictions`."""
+    return _starts_with(path, PREDICTION_HEADERS)
+
+
+def is_split_csv(path: Path) -> bool:
+    """Whether ``path`` starts with the header of :func:`cxrlab.data.split.save_split`."""
+    return _starts_with(path, SPLIT_HEADERS)
 
 
 def _is_onnx_export(path: Path) -> bool:
@@ -48,6 +58,7 @@ def _is_onnx_export(path: Path) -> bool:
 KINDS: dict[str, tuple[str, Callable[[Path], bool]]] = {
     "predictions": ("a cxrlab predictions file", is_predictions_csv),
     "onnx": ("a cxrlab ONNX export", _is_onnx_export),
+    "split": ("a cxrlab split file", is_split_csv),
 }
 
 
@@ -91,3 +102,10 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
     description, is_previous = KINDS[kind]
     if out.exists() and not force and not is_previous(out):
         raise CxrlabError(f"{where}: exists and is not {description}; pass --force to overwrite")
+
+
+def check_output_folder(out: Path, data: Path, *, option: str = "--out") -> None:
+    """Refuse an output folder that is the dataset folder ``data`` or lies inside it: cxrlab
+    writes nothing among the films it reads."""
+    if Path(out).resolve().is_relative_to(Path(data).resolve()):
+        raise CxrlabError(f"{option} {out}: is inside the dataset folder {data}; choose a folder outside it")
