@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -44,3 +46,39 @@ def requires_real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real dataset not found at {REAL_DATA} (place ../shared/data beside the repo)")
     return REAL_DATA
+
+
+TINY = dict(image_size=32, batch_size=8, val_fraction=0.25)  # a training run of seconds on tiny_data
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small synthetic dataset (8 train, 3 test films per class) and a cache folder for it."""
+    from cxrlab.data.synthetic import make_demo_dataset
+
+    base = tmp_path_factory.mktemp("train")
+    root = make_demo_dataset(base / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
+    return root, base / "cache"
+
+
+def train_tiny(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object):  # noqa: ANN001, ANN201
+    """``train_run`` on ``tiny_data`` without progress bars, in one process."""
+    from cxrlab.training.run import train_run
+
+    root, cache = tiny_data
+    return train_run(root, config, out, cache_root=cache, workers=1, progress=False, **kwargs)
+
+
+@contextmanager
+def killed_at(epoch: int, batch: int = 0) -> Iterator[None]:
+    """Inside the block, training raises ``RuntimeError("killed")`` at that batch of that epoch
+    (both from 0), as a kill there would stop it."""
+    from cxrlab.training import run as run_module
+
+    def killed(self, trainer, module, data, index) -> None:  # noqa: ANN001
+        if trainer.current_epoch == epoch and index == batch:
+            raise RuntimeError("killed")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed, raising=False)
+        yield

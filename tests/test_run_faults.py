@@ -13,27 +13,15 @@ import pytest
 import torch
 
 from cxrlab.cli import run
-from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
 from cxrlab.models.registry import check_model
 from cxrlab.training import module as module_module
-from cxrlab.training import run as run_module
 from cxrlab.training.config import preset
-from cxrlab.training.run import read_history, train_run
+from cxrlab.training.run import read_history
 
-TINY = dict(image_size=32, batch_size=8, val_fraction=0.25)
+from conftest import TINY, killed_at, train_tiny
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("faults")
-    root = make_demo_dataset(base / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
-    return root, base / "cache"
-
-
-def _train(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object):  # noqa: ANN001
-    root, cache = tiny_data
-    return train_run(root, config, out, cache_root=cache, workers=1, progress=False, **kwargs)
+_train = train_tiny
 
 
 def _cli_train(tiny_data: tuple[Path, Path], out: Path, *extra: str) -> int:
@@ -109,19 +97,13 @@ def test_resume_banner_is_the_stored_run_and_conflicts_are_refused(
 # Defect 7: a run resumed at an epoch boundary is the run it would have been.
 @pytest.mark.parametrize("balance", ["weights", "sampler"])
 def test_resumed_run_equals_the_uninterrupted_run(
-    tiny_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, balance: str
+    tiny_data: tuple[Path, Path], tmp_path: Path, balance: str
 ) -> None:
     config = preset("scratch", model="resnet18", epochs=3, patience=10, balance=balance, **TINY)
     whole = _train(tiny_data, tmp_path / "whole", config)
 
-    def killed_in_second_epoch(self, trainer, module, batch, index) -> None:  # noqa: ANN001
-        if trainer.current_epoch == 1 and index == 0:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed_in_second_epoch, raising=False)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_at(epoch=1), pytest.raises(RuntimeError, match="killed"):
         _train(tiny_data, tmp_path / "resumed", config)
-    monkeypatch.delattr(run_module.HistoryWriter, "on_train_batch_start")
     resumed = _train(tiny_data, tmp_path / "resumed", config, resume=True)
 
     strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]  # noqa: E731
@@ -161,17 +143,10 @@ def test_gpu_asked_for_without_a_gpu(tiny_data: tuple[Path, Path], tmp_path: Pat
     assert not (tmp_path / "r").exists()
 
 
-def _interrupted_run(tiny_data: tuple[Path, Path], out: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def _interrupted_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
     """A run killed in its second epoch: last.ckpt holds epoch 1."""
-
-    def killed(self, trainer, module, batch, index) -> None:  # noqa: ANN001
-        if trainer.current_epoch == 1:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed, raising=False)
-    with pytest.raises(RuntimeError):
+    with killed_at(epoch=1), pytest.raises(RuntimeError, match="killed"):
         _train(tiny_data, out, preset("scratch", model="resnet18", epochs=2, **TINY))
-    monkeypatch.delattr(run_module.HistoryWriter, "on_train_batch_start")
     return out / "checkpoints" / "last.ckpt"
 
 
@@ -182,9 +157,9 @@ class Payload:
 
 @pytest.mark.parametrize("damage", ["truncated", "unpicklable"])
 def test_damaged_last_checkpoint_on_resume_names_the_file(
-    tiny_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], damage: str
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
-    last = _interrupted_run(tiny_data, tmp_path / "run", monkeypatch)
+    last = _interrupted_run(tiny_data, tmp_path / "run")
     if damage == "truncated":
         last.write_bytes(last.read_bytes()[:5000])
     else:

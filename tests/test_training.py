@@ -11,23 +11,16 @@ import numpy as np
 import pytest
 import torch
 
-from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model
 from cxrlab.models.checkpoint import load_checkpoint
-from cxrlab.training import run as run_module
 from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.module import warmup_cosine
-from cxrlab.training.run import read_history, train_run
+from cxrlab.training.run import read_history
 
-TINY = dict(image_size=32, batch_size=8, val_fraction=0.25)
+from conftest import TINY, killed_at, train_tiny
 
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    base = tmp_path_factory.mktemp("train")
-    root = make_demo_dataset(base / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
-    return root, base / "cache"
+_train = train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +37,6 @@ def local_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("w") / "resnet18-local.pth"
     torch.save(network.state_dict(), path)
     return path
-
-
-def _train(tiny_data: tuple[Path, Path], out: Path, config: RunConfig, **kwargs: object):
-    root, cache = tiny_data
-    return train_run(root, config, out, cache_root=cache, workers=1, progress=False, **kwargs)
 
 
 def test_config_rejects_bad_options_by_name() -> None:
@@ -158,21 +146,14 @@ def test_existing_run_needs_resume(tiny_data: tuple[Path, Path], tmp_path: Path)
 
 
 def test_resume_after_interruption_loses_at_most_one_epoch(
-    tiny_data: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_data: tuple[Path, Path], tmp_path: Path
 ) -> None:
     config = preset("scratch", model="resnet18", epochs=4, patience=10, **TINY)
-
-    def killed_in_third_epoch(self, trainer, module, batch, index) -> None:  # noqa: ANN001
-        if trainer.current_epoch == 2 and index == 1:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed_in_third_epoch, raising=False)
-    with pytest.raises(RuntimeError, match="killed"):
+    with killed_at(epoch=2, batch=1), pytest.raises(RuntimeError, match="killed"):
         _train(tiny_data, tmp_path / "run", config)
     before = read_history(tmp_path / "run" / "history.csv")
     assert len(before) == 2 and not (tmp_path / "run" / "metrics.json").exists()
 
-    monkeypatch.delattr(run_module.HistoryWriter, "on_train_batch_start")
     result = _train(tiny_data, tmp_path / "run", preset("smoke"), resume=True)  # the saved config wins
     after = read_history(result.run_dir / "history.csv")
     assert [row["epoch"] for row in after] == [0, 1, 2, 3]

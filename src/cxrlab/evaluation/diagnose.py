@@ -26,7 +26,6 @@ from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_write_text
 from cxrlab.evaluation.gradcam import gradcam_summary
 from cxrlab.evaluation.predict import pick_device
-from cxrlab.fileio import atomic_write_text
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
 
 DIAGNOSTIC_FILES = ("robustness.json", "gradcam.json", "gradcam.png")
