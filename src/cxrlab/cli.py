@@ -143,7 +143,6 @@ def audit(
     """Find unreadable files, duplicates, leakage across splits and format shortcuts (read-only)."""
     from cxrlab.data.audit import AuditConfig, run_audit
     from cxrlab.data.discover import discover
-
     from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
@@ -169,7 +168,6 @@ def analyze(
     from cxrlab.data.analyze import analyze_dataset, summary_table
     from cxrlab.data.discover import discover
     from cxrlab.data.scan import scan_dataset
-
     from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
@@ -332,9 +330,9 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
     """The stored config of the run in ``run_dir``; options given that contradict it are one error."""
     from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
 
-    stored = RunConfig.load(run_dir / "config.json") if (run_dir / "config.json").is_file() else None
-    if stored is None:
+    if not (run_dir / "config.json").is_file():
         raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+    stored = RunConfig.load(run_dir / "config.json")
     requested: dict[str, tuple[str, object]] = {}
     if given_options(ctx, {"preset_name": preset_name}):
         requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}
