@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markdown import Markdown
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
@@ -389,7 +388,7 @@ def train(
     Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the global batch."""
     from cxrlab.outputs import check_output_folder
     from cxrlab.training.config import preset
-    from cxrlab.training.run import launched_rank, train_run
+    from cxrlab.training.run import check_runnable, launched_rank, train_run
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
@@ -413,6 +412,7 @@ def train(
     if cache_dir is not None:
         check_output_folder(cache_dir, data, option="--cache-dir")
     if not worker:
+        check_runnable(config)  # before the banner: an impossible run says so first
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
     say = (lambda line: None) if worker else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
     result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress, say=say)
@@ -509,7 +509,7 @@ def compare(
     )
     results_md = out / "results.md"
     if results_md.is_file():
-        console.print(Markdown(read_text(results_md)))  # rendered: names are escaped in the file
+        console.print(read_text(results_md), markup=False, highlight=False, soft_wrap=True)  # the Markdown source: every number visible
     console.print(f"Report: {shown(report)}")
 
 
