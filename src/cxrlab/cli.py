@@ -206,7 +206,7 @@ def cache(
         f"{built.rebuilt} decoded now, {len(built.errors)} unreadable; {time.perf_counter() - started:.1f} s"
     )
     for path, error in list(built.errors.items())[:20]:
-        err_console.print(f"skipped {shown(error)}", highlight=False)
+        err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -545,8 +545,59 @@ def predict(
     if len(result.paths) > 25:
         console.print(f"... {len(result.paths) - 25} more in {shown(out)}")
     for path, error in result.errors.items():
-        err_console.print(f"skipped {shown(error)}", highlight=False)
+        err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
     console.print(f"Probabilities written to {shown(out)}")
+
+
+def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation, imported lazily)
+    """The external result beside the run's own test split, per present class."""
+    ev, internal = evaluation, evaluation.internal
+    absent = f"; absent: {', '.join(ev.absent)}" if ev.absent else ""
+    recalls = Table(title=shown(f"{ev.arch} on {ev.name}: {ev.n} films (present: {', '.join(ev.present)}{absent})"))
+    for column in ("class", "films", "recall [95% CI]", *(["own test split (gap)"] if internal else [])):
+        recalls.add_column(column, justify="left" if column == "class" else "right")
+    for name, result in ev.per_class.items():
+        gap = [f"{internal.recall[name]:.3f} ({result.recall.value - internal.recall[name]:+.3f})"] if internal else []
+        recalls.add_row(shown(name), str(result.n), str(result.recall), *gap)
+    console.print(recalls)
+    called = Table(title="How each class is called")
+    called.add_column("class")
+    for name in ev.classes:
+        called.add_column(shown(name), justify="right")
+    called.add_column("precision [95% CI]", justify="right")
+    for name, result in ev.per_class.items():
+        called.add_row(shown(name), *(str(result.called[c]) for c in ev.classes), str(result.precision))
+    console.print(called)
+    own = f" (own test split: {internal.balanced_accuracy:.3f}, gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})" if internal else ""
+    console.print(f"balanced accuracy over the present classes: {ev.balanced_accuracy}{own}")
+    console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}")
+    if ev.macro_f1 is None:
+        console.print(f"macro-F1 and macro AUC: not defined here ({shown(', '.join(ev.absent))} absent)")
+    else:
+        console.print(f"macro-F1 {ev.macro_f1:.3f}; macro AUC {ev.macro_auc:.3f}")
+    for path, why in list(ev.skipped.items())[:20]:
+        err_console.print(f"skipped {shown(why)}", highlight=False, soft_wrap=True)
+    console.print(f"Predictions and metrics in {shown(out)}/ (predictions.csv, metrics.json)")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(help="A run folder, its model.pt, or its .onnx export.")],
+    data: Annotated[Path, typer.Argument(help="A labelled folder: Kaggle layout (its test split) or <CLASS>/ folders; may hold a subset of the model's classes.")],
+    split: Annotated[str | None, typer.Option("--split", help="Split of DATA to score \\[default: test if there is one].")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name of the set \\[default: DATA's folder name].")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: RUN/external/<NAME>].")] = None,
+    batch_size: BatchOpt = 32,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Score a finished model on another labelled set (external validation), beside its own test split."""
+    from cxrlab.evaluation.external import evaluate_model
+
+    evaluation, written = evaluate_model(
+        model, data, split=split, name=name, out=out, batch_size=batch_size or 32, device=device, progress=not no_progress
+    )
+    print_evaluation(evaluation, written)
 
 
 EXPORT_FORMATS = ("--onnx (an ONNX model for ONNX Runtime)",)

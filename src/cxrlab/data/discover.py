@@ -112,8 +112,10 @@ def _classes_of(split_dir: Path) -> list[Path]:
     return class_dirs
 
 
-def discover(root: str | Path) -> DatasetIndex:
-    """Index a dataset folder; raise a one-line :class:`CxrlabError` on any layout problem."""
+def discover(root: str | Path, *, min_classes: int = 2) -> DatasetIndex:
+    """Index a dataset folder; raise a one-line :class:`CxrlabError` on any layout problem.
+
+    ``min_classes``: training needs two classes; a set to evaluate on may hold one."""
     root = Path(root).expanduser()
     if not root.exists():
         raise CxrlabError(f"{root}: dataset folder does not exist")
@@ -163,6 +165,6 @@ def discover(root: str | Path) -> DatasetIndex:
                 raise CxrlabError(f"{class_dir}: class folder is empty")
             samples.extend(Sample(path, split, label) for path in files)
         ignored.extend(p for p in split_dir.iterdir() if p.is_file())
-    if len(classes or []) < 2:
-        raise CxrlabError(f"{root}: need at least two class folders, found {classes}")
+    if len(classes or []) < min_classes:
+        raise CxrlabError(f"{root}: need at least {min_classes} class folders, found {classes}")
     return DatasetIndex(root=root, layout=layout, classes=classes or [], samples=samples, ignored=ignored)

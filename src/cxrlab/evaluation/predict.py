@@ -171,12 +171,12 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
 
 
 def predict_files(
-    checkpoint: Path, files: list[Path], *, batch_size: int = 32, device: str = "auto", progress: bool = True
+    checkpoint: Path | Predictor, files: list[Path], *, batch_size: int = 32, device: str = "auto", progress: bool = True
 ) -> FilePredictions:
-    """Run a cxrlab checkpoint (or its ``.onnx`` export, through ONNX Runtime) on image files,
-    preprocessed as in training (size and resize mode stored with the model). Files that
-    cannot be decoded are skipped and reported."""
-    predictor = load_predictor(checkpoint, device)
+    """Run a cxrlab checkpoint (or its ``.onnx`` export, through ONNX Runtime; or a loaded
+    :class:`Predictor`) on image files, preprocessed as in training (size and resize mode stored
+    with the model). Files that cannot be decoded are skipped and reported."""
+    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     arch, classes, spec = predictor.arch, predictor.classes, predictor.spec
     readable: list[Path] = []
     squares: list[np.ndarray] = []  # uint8 S x S each, decoded once

@@ -1,0 +1,252 @@
+"""External validation: how a finished model does on films from somewhere else.
+
+A model's own test split can flatter it: on the Kaggle COVID-19/pneumonia set every NORMAL and
+PNEUMONIA film is a child from one hospital and every COVID19 film an adult from elsewhere, so
+"adult film" predicts COVID19. :func:`evaluate_model` scores a model (a ``model.pt``, its ``.onnx``
+export, or a run folder) on any labelled folder, preprocessed exactly as in training, and puts
+the result beside the run's own test split.
+
+External sets often hold only some of the model's classes (``external-dev``: COVID19 and NORMAL,
+no PNEUMONIA). So the headline numbers are the ones defined on any subset of classes:
+
+* per present class: recall and precision with 95% bootstrap intervals, and how often its films
+  are called each of the model's classes (an absent one included);
+* balanced accuracy over the present classes (the mean of their recalls), with its interval;
+* macro-F1 and the macro one-vs-rest AUC only when every class of the model is present
+  (otherwise they are not defined and are reported as such); per-class AUC where defined;
+* ECE (top-label calibration) over all films;
+* the gap to the run's own test split: the same per-class recalls and balanced accuracy there.
+
+Nothing here trains, tunes or selects: an external set is scored once per finished model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.data.discover import DatasetIndex, discover
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.metrics import (
+    Interval,
+    bootstrap_ci,
+    expected_calibration_error,
+    macro_f1,
+    recall_of,
+    roc_auc_ovr,
+)
+from cxrlab.evaluation.predict import predict_files, read_predictions, write_predictions
+from cxrlab.fileio import atomic_write_text, read_text
+
+EXTERNAL_DIR = "external"  # RUN/external/<NAME>/{metrics.json,predictions.csv}
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """One class present in the external set."""
+
+    n: int
+    recall: Interval
+    precision: Interval  # NaN when the model never predicts the class
+    called: dict[str, int]  # films of this class called each of the model's classes
+    auc: float | None  # one-vs-rest, where the set has films of other classes too
+
+
+@dataclass
+class Evaluation:
+    """A model scored on one labelled set; ``internal`` is the run's own test split, when known."""
+
+    name: str
+    data: str
+    split: str
+    arch: str
+    classes: list[str]  # the model's classes
+    present: list[str]  # the classes that have films in the set
+    n: int
+    accuracy: Interval
+    balanced_accuracy: Interval  # over the present classes
+    macro_f1: float | None  # defined only when every class is present
+    macro_auc: float | None
+    ece: float
+    per_class: dict[str, ClassResult]
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file: why
+    internal: Internal | None = None
+
+    @property
+    def absent(self) -> list[str]:
+        return [c for c in self.classes if c not in self.present]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> Evaluation:
+        raw = json.loads(text)
+        raw["accuracy"], raw["balanced_accuracy"] = Interval(**raw["accuracy"]), Interval(**raw["balanced_accuracy"])
+        raw["per_class"] = {
+            name: ClassResult(c["n"], Interval(**c["recall"]), Interval(**c["precision"]), c["called"], c["auc"])
+            for name, c in raw["per_class"].items()
+        }
+        raw["internal"] = Internal(**raw["internal"]) if raw.get("internal") else None
+        return cls(**raw)
+
+
+@dataclass(frozen=True)
+class Internal:
+    """The same headline numbers on the run's own test split, for the side-by-side gap."""
+
+    n: int
+    recall: dict[str, float]  # per present class
+    balanced_accuracy: float  # over the external set's present classes
+
+
+def precision_of(label: int) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Statistic: precision of one class (NaN if the resample has no prediction of it)."""
+
+    def precision(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        called = y_pred == label
+        return float((y_true[called] == label).mean()) if called.any() else float("nan")
+
+    return precision
+
+
+def balanced_accuracy_over(labels: list[int]) -> Callable[[np.ndarray, np.ndarray], float]:
+    """Statistic: mean recall over ``labels`` (the classes present in the set)."""
+    recalls = [recall_of(k) for k in labels]
+
+    def balanced(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        return float(np.nanmean([recall(y_true, y_pred) for recall in recalls]))
+
+    return balanced
+
+
+def score(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000, seed: int = 0
+) -> dict[str, object]:
+    """The subset-aware metrics of :class:`Evaluation` for labels ``y_true`` and probabilities ``probs``."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    y_pred = probs.argmax(axis=1)
+    present_labels = sorted(set(y_true.tolist()))
+    every_class = len(present_labels) == len(classes)
+    aucs = roc_auc_ovr(y_true, probs)
+    ci = lambda statistic: bootstrap_ci(y_true, y_pred, statistic, n_boot=n_boot, seed=seed)  # noqa: E731
+    per_class = {
+        classes[k]: ClassResult(
+            n=int((y_true == k).sum()),
+            recall=ci(recall_of(k)),
+            precision=ci(precision_of(k)),
+            called={name: int(((y_true == k) & (y_pred == j)).sum()) for j, name in enumerate(classes)},
+            auc=None if np.isnan(aucs[k]) else aucs[k],
+        )
+        for k in present_labels
+    }
+    return {
+        "present": [classes[k] for k in present_labels],
+        "n": int(len(y_true)),
+        "accuracy": ci(lambda t, p: float((t == p).mean())),
+        "balanced_accuracy": ci(balanced_accuracy_over(present_labels)),
+        "macro_f1": macro_f1(y_true, y_pred, len(classes)) if every_class else None,
+        "macro_auc": float(np.nanmean(list(aucs.values()))) if every_class else None,
+        "ece": expected_calibration_error(y_true, probs),
+        "per_class": per_class,
+    }
+
+
+def resolve_model(model: Path) -> tuple[Path, Path | None]:
+    """``(model file, run folder or None)`` for a run folder, a ``model.pt`` or an ``.onnx``."""
+    model = Path(model)
+    if model.is_dir():
+        if not (model / "model.pt").is_file():
+            raise CxrlabError(f"{model}: no model.pt here (is it a finished cxrlab run folder?)")
+        return model / "model.pt", model
+    if not model.is_file():
+        raise CxrlabError(f"{model}: no such model file or run folder")
+    run_dir = model.parent if (model.parent / "metrics.json").is_file() else None
+    return model, run_dir
+
+
+def external_films(data: Path, classes: list[str], split: str | None) -> tuple[DatasetIndex, str, list[tuple[Path, int]]]:
+    """The films of ``data`` (its ``split``: by default ``test`` when there is one) with the model's
+    label index of each; a class folder the model does not know is an error naming it."""
+    index = discover(data, min_classes=1)
+    split = split or ("test" if "test" in index.splits else index.splits[0])
+    if split not in index.splits:
+        raise CxrlabError(f"--split {split}: {index.root} has no such split (have: {', '.join(index.splits)})")
+    unknown = sorted({index.classes[s.label] for s in index.split(split)} - set(classes))
+    if unknown:
+        raise CxrlabError(
+            f"{index.root}: class folder {', '.join(unknown)} is not one the model knows ({', '.join(classes)}); "
+            "rename it or leave it out"
+        )
+    films = [(s.path, classes.index(index.classes[s.label])) for s in index.split(split)]
+    return index, split, films
+
+
+def internal_reference(run_dir: Path | None, present: list[str]) -> Internal | None:
+    """The run's own test numbers for the external set's present classes (None without a run)."""
+    metrics_file = run_dir / "metrics.json" if run_dir is not None else None
+    if metrics_file is None or not metrics_file.is_file():
+        return None
+    test = json.loads(read_text(metrics_file)).get("test")
+    if not test:
+        return None
+    recall = {c: float(test["per_class"][c]["recall"]) for c in present}
+    return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))))
+
+
+def default_name(data: Path, split: str, index: DatasetIndex) -> str:
+    """The set's folder name, with the split for a dataset that has several."""
+    name = Path(data).resolve().name or "external"
+    return name if index.layout == "imagefolder" else f"{name}-{split}"
+
+
+def evaluate_model(
+    model: Path,
+    data: Path,
+    *,
+    split: str | None = None,
+    name: str | None = None,
+    out: Path | None = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
+) -> tuple[Evaluation, Path]:
+    """Score ``model`` on the labelled folder ``data``; write ``predictions.csv`` and ``metrics.json``
+    into ``out`` (default: ``RUN/external/<NAME>/`` beside the model) and return both."""
+    from cxrlab.evaluation.predict import load_predictor
+    from cxrlab.outputs import check_output_folder
+
+    model_file, run_dir = resolve_model(model)
+    predictor = load_predictor(model_file, device)
+    index, split, films = external_films(data, predictor.classes, split)
+    name = name or default_name(data, split, index)
+    out = Path(out) if out is not None else model_file.parent / EXTERNAL_DIR / name
+    check_output_folder(out, data)
+    found = predict_files(predictor, [path for path, _ in films], batch_size=batch_size, progress=progress)
+    label_of = {path: label for path, label in films}
+    y_true = np.array([label_of[path] for path in found.paths], dtype=np.int64)
+    if not len(y_true):
+        raise CxrlabError(f"{data}: none of the {len(films)} films could be read")
+    scored = score(y_true, found.probs, predictor.classes)
+    evaluation = Evaluation(
+        name=name, data=str(index.root), split=split, arch=predictor.arch, classes=list(predictor.classes),
+        skipped={index.relative(Path(p)): why for p, why in found.errors.items()},
+        internal=internal_reference(run_dir, scored["present"]), **scored,
+    )
+    write_predictions(out / "predictions.csv", [index.relative(p) for p in found.paths], y_true, found.probs, predictor.classes)
+    atomic_write_text(out / "metrics.json", evaluation.to_json())  # last: it marks the evaluation done
+    return evaluation, out
+
+
+def load_evaluation(folder: Path) -> Evaluation:
+    """An evaluation written by :func:`evaluate_model` (``folder`` holds its ``metrics.json``)."""
+    return Evaluation.from_json(read_text(Path(folder) / "metrics.json"))
+
+
+def evaluation_predictions(folder: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(paths, y_true, probs)`` of an evaluation, for paired tests between models."""
+    return read_predictions(Path(folder) / "predictions.csv", classes)

@@ -1,0 +1,102 @@
+"""``cxrlab evaluate``: a finished model scored on another labelled set, beside its own test split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxrlab.cli import run
+from cxrlab.evaluation.external import load_evaluation, score
+from cxrlab.training.config import preset
+
+from conftest import TINY, train_tiny
+
+
+def test_subset_metrics_by_hand() -> None:
+    classes = ["A", "B", "C"]  # C has no films in this set
+    y_true = np.array([0, 0, 0, 1, 1])
+    called = np.array([0, 0, 2, 1, 0])
+    probs = np.full((5, 3), 0.1)
+    probs[np.arange(5), called] = 0.8
+    result = score(y_true, probs, classes, n_boot=200)
+    assert result["present"] == ["A", "B"]
+    assert result["per_class"]["A"].recall.value == pytest.approx(2 / 3)
+    assert result["per_class"]["B"].recall.value == pytest.approx(1 / 2)
+    assert result["balanced_accuracy"].value == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert result["accuracy"].value == pytest.approx(3 / 5)
+    assert result["per_class"]["A"].precision.value == pytest.approx(2 / 3)  # A called 3 times, right twice
+    assert result["per_class"]["B"].precision.value == pytest.approx(1.0)
+    assert result["per_class"]["A"].called == {"A": 2, "B": 0, "C": 1}  # how often A is called the absent C
+    assert result["macro_f1"] is None and result["macro_auc"] is None  # not defined without C
+    low, high = result["balanced_accuracy"].low, result["balanced_accuracy"].high
+    assert 0 <= low <= result["balanced_accuracy"].value <= high <= 1
+    full = score(np.array([0, 1, 2]), np.eye(3), classes, n_boot=50)
+    assert full["macro_f1"] == pytest.approx(1.0) and full["macro_auc"] == pytest.approx(1.0)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_tiny(tiny_data, out, preset("scratch", model="resnet18", epochs=1, **TINY))
+    return out
+
+
+def _external_set(tiny_data: tuple[Path, Path], root: Path, classes: tuple[str, ...]) -> Path:
+    """Plain <CLASS>/ folders holding copies of the tiny test films of ``classes``."""
+    for name in classes:
+        shutil.copytree(tiny_data[0] / "Data" / "test" / name, root / name)
+    return root
+
+
+def test_evaluate_a_run_on_a_set_with_a_subset_of_classes(
+    tiny_data: tuple[Path, Path], finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _external_set(tiny_data, tmp_path / "adults", ("COVID19", "NORMAL"))
+    (data / "NORMAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    assert run(["evaluate", str(finished_run), str(data), "--no-progress", "--device", "cpu"]) == 0
+    printed = capsys.readouterr()
+    folder = finished_run / "external" / "adults"
+    evaluation = load_evaluation(folder)
+    assert evaluation.present == ["COVID19", "NORMAL"] and evaluation.absent == ["PNEUMONIA"]
+    assert evaluation.n == 6 and list(evaluation.skipped) == ["NORMAL/broken.jpg"] and "broken.jpg" in printed.err
+    assert evaluation.macro_f1 is None and "not defined here (PNEUMONIA absent)" in printed.out
+    # the same films as the run's own test split: the same recalls, so no gap
+    own = json.loads((finished_run / "metrics.json").read_text())["test"]["per_class"]
+    for name in ("COVID19", "NORMAL"):
+        assert evaluation.per_class[name].recall.value == pytest.approx(own[name]["recall"])
+        assert evaluation.internal.recall[name] == pytest.approx(own[name]["recall"])
+        assert sum(evaluation.per_class[name].called.values()) == 3
+    rows = (folder / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "path,true,predicted,p_COVID19,p_NORMAL,p_PNEUMONIA" and len(rows) == 7
+    assert "own test split" in printed.out and "How each class is called" in printed.out
+
+
+def test_evaluate_the_onnx_export_and_a_kaggle_split(
+    tiny_data: tuple[Path, Path], finished_run: Path, tmp_path: Path
+) -> None:
+    onnx = tmp_path / "model.onnx"
+    assert run(["export", str(finished_run / "model.pt"), "--onnx", "--out", str(onnx)]) == 0
+    assert run(["evaluate", str(onnx), str(tiny_data[0]), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert run(["evaluate", str(finished_run), str(tiny_data[0]), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    by_onnx, by_torch = load_evaluation(tmp_path / "o"), load_evaluation(tmp_path / "p")
+    assert by_onnx.split == "test" and by_onnx.n == 9 and by_onnx.macro_f1 is not None
+    assert by_onnx.internal is None  # a bare .onnx has no run beside it
+    assert by_onnx.accuracy.value == pytest.approx(by_torch.accuracy.value)
+
+
+def test_unknown_class_folder_is_one_line_and_writes_nothing(
+    tiny_data: tuple[Path, Path], finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _external_set(tiny_data, tmp_path / "other", ("COVID19",))
+    (data / "TUBERCULOSIS").mkdir()
+    shutil.copy(next((data / "COVID19").iterdir()), data / "TUBERCULOSIS" / "t.jpg")
+    assert run(["evaluate", str(finished_run), str(data), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "TUBERCULOSIS" in err and "not one the model knows" in err
+    assert not (tmp_path / "o").exists()
+    assert run(["evaluate", str(tmp_path / "nowhere"), str(data), "--no-progress"]) == 2
+    assert run(["evaluate", str(finished_run), str(data), "--out", str(data / "inside"), "--no-progress"]) == 2
