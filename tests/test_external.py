@@ -100,3 +100,32 @@ def test_unknown_class_folder_is_one_line_and_writes_nothing(
     assert not (tmp_path / "o").exists()
     assert run(["evaluate", str(tmp_path / "nowhere"), str(data), "--no-progress"]) == 2
     assert run(["evaluate", str(finished_run), str(data), "--out", str(data / "inside"), "--no-progress"]) == 2
+
+
+def test_compare_scores_every_model_on_every_external_set(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _external_set(tiny_data, tmp_path / "adults", ("COVID19", "NORMAL"))
+    out = tmp_path / "cmp"
+    args = ["compare", str(tiny_data[0]), "--models", "resnet18", "mobilenet_v2", "--no-pretrained", "--image-size", "32",
+            "--epochs", "1", "--val-fraction", "0.25", "--no-audit", "--external", f"adults={data}", "--out", str(out),
+            "--cache-dir", str(tiny_data[1]), "--no-progress"]
+    assert run(args) == 0
+    for run_dir in (out / "runs").iterdir():
+        assert (run_dir / "external" / "adults" / "metrics.json").is_file()
+    html = (out / "report.html").read_text()
+    assert 'id="external"' in html and "External validation" in html and "called PNEUMONIA" in html
+    markdown = (out / "results.md").read_text()
+    assert "## External validation" in markdown and "### adults" in markdown and "only A right" in markdown.split("### adults")[1]
+    header = (out / "results.csv").read_text().splitlines()[0]
+    assert "adults_balanced_accuracy" in header and "adults_recall_NORMAL" in header and "adults_balanced_accuracy_gap" in header
+    stamp = (out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json").stat().st_mtime_ns
+    assert run(args) == 0  # a re-run evaluates only what is missing
+    assert (out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json").stat().st_mtime_ns == stamp
+    capsys.readouterr()
+    (data / "TUBERCULOSIS").mkdir()
+    shutil.copy(next((data / "NORMAL").iterdir()), data / "TUBERCULOSIS" / "t.jpg")
+    assert run([*args[:-5], "--out", str(tmp_path / "cmp2"), "--cache-dir", str(tiny_data[1]), "--no-progress"]) == 2
+    assert "TUBERCULOSIS" in capsys.readouterr().err and not (tmp_path / "cmp2" / "runs").exists()
+    assert run(["compare", str(tiny_data[0]), "--external", "adults"]) == 2
+    assert "--external adults: write NAME=PATH" in capsys.readouterr().err

@@ -296,6 +296,21 @@ def _parse_weights(items: list[str], models: list[str]) -> dict[str, str]:
     return parsed
 
 
+def _parse_external(items: list[str]) -> dict[str, Path]:
+    """``--external NAME=PATH`` (repeatable) into ``{name: folder}``."""
+    parsed: dict[str, Path] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise CxrlabError(f"--external {item}: write NAME=PATH, e.g. --external adult=../shared/data/external-dev")
+        if name in parsed:
+            raise CxrlabError(f"--external {item}: the name {name} is given twice")
+        if not Path(path).expanduser().is_dir():
+            raise CxrlabError(f"--external {item}: {path} is not a folder")
+        parsed[name] = Path(path).expanduser()
+    return parsed
+
+
 def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     from cxrlab.evaluation.metrics import Interval
 
@@ -459,6 +474,7 @@ def compare(
     out: Annotated[Path | None, typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare].")] = None,
     manifest: ManifestOpt = None,
     no_audit: Annotated[bool, typer.Option("--no-audit", help="Skip the audit (no files excluded unless --manifest).")] = False,
+    external: Annotated[list[str] | None, typer.Option("--external", help="NAME=PATH: a labelled set from elsewhere every model is scored on after testing (repeatable; never used to train or select).")] = None,
     image_size: ImageSizeOpt = None,
     resize: ResizeOpt = "squash",
     epochs: EpochsOpt = None,
@@ -499,12 +515,13 @@ def compare(
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")
+    externals = _parse_external(external or [])
     out = out or default_out(data, "compare")
     check_output_folder(out, data)
     if cache_dir is not None:
         check_output_folder(cache_dir, data, option="--cache-dir")
     report = run_comparison(
-        data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers,
+        data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers, external=externals,
         progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(shown(line)),
     )
     results_md = out / "results.md"
@@ -633,7 +650,7 @@ def export_model(
         console.print(f"[yellow]note:[/] {shown(note)}")
 
 
-MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights")
+MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights", "--external")
 
 
 def expand_multi_values(argv: list[str]) -> list[str]:

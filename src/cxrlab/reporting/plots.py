@@ -20,6 +20,7 @@ from sklearn.metrics import roc_curve
 from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure, save_figure
 
 if TYPE_CHECKING:
+    from cxrlab.evaluation.metrics import Interval
     from cxrlab.reporting.report import ReportRun
 
 TRAIN_COLOUR = "#1f77b4"
@@ -189,4 +190,37 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     ax.spines[["top", "right"]].set_visible(False)
     figure.legend(loc="outside upper center", ncols=_legend_columns(runs), frameon=False,
                   fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval, float | None]]], path: Path) -> Path:
+    """Per run: balanced accuracy on its own test split (over each set's present classes) and on
+    each external set, with the external 95% CI; ``sets`` maps a set name to one
+    ``(external interval, own-test value)`` per run, in ``labels`` order."""
+    names = list(sets)
+    bars = ["own test", *names]
+    colours = class_colours(bars)
+    width = 0.8 / len(bars)
+    x = np.arange(len(labels))
+    figure = new_figure(max(6.0, 1.5 + len(labels) * (0.5 * len(bars) + 0.6)), 4.2)
+    ax = figure.add_subplot()
+    for i, bar in enumerate(bars):
+        offset = (i - (len(bars) - 1) / 2) * width
+        if bar == "own test":  # the first set's present classes (the usual case: one set)
+            values = np.array([np.nan if own is None else own for _, own in sets[names[0]]])
+            errors = None
+        else:
+            intervals = [iv for iv, _ in sets[bar]]
+            values = np.array([iv.value for iv in intervals])
+            errors = np.nan_to_num(np.vstack([values - [iv.low for iv in intervals], [iv.high for iv in intervals] - values])).clip(min=0)
+        ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[bar], label=figure_text(bar),
+               yerr=errors, capsize=3, error_kw={"lw": 1, "ecolor": "0.25"})
+    ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
+    ax.set_xticks(x, [figure_text(label) for label in labels], rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("balanced accuracy (present classes)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.spines[["top", "right"]].set_visible(False)
+    figure.legend(loc="outside upper center", ncols=len(bars), frameon=False, fontsize=9)
     return save_figure(figure, path)

@@ -1089,24 +1089,32 @@ def write_report(
     title: str = "cxrlab comparison",
     analysis_dir: Path | None = None,
     command: str | None = None,
+    external: Sequence[str] = (),
 ) -> Path:
     """Compare the runs in ``run_dirs``; write the report and its files into ``out_dir``.
 
+    ``external``: names of external sets every run was evaluated on (``RUN/external/<NAME>/``),
+    reported in their own section and in ``results.csv``/``results.md``.
     Returns the path of ``out_dir/report.html``.
     """
+    from cxrlab.reporting.external import external_columns, external_html, external_markdown, load_external_sets
+
     runs = load_runs(run_dirs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     figures = draw_figures(runs, out_dir)
     tests = pair_tests(runs)
     comparison, pairs = comparison_table(runs), mcnemar_table(tests)
-    results = results_rows(runs)
+    externals = load_external_sets(runs, external)
+    results = [row | external_columns(externals, i) for i, row in enumerate(results_rows(runs))]
     write_csv(out_dir / "results.csv", list(results[0]), results)
     write_csv(out_dir / "mcnemar.csv", MCNEMAR_FIELDS, mcnemar_rows(tests))
     robustness, gradcam = robustness_table(runs), gradcam_table(runs)
     write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
     write_csv(out_dir / "gradcam.csv", gradcam_fields(runs), gradcam_rows(runs))
     markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
+    if externals:
+        markdown += "\n" + external_markdown(runs, externals)
     atomic_write_text(out_dir / "results.md", markdown)
 
     analysis = Path(analysis_dir) if analysis_dir else None
@@ -1117,6 +1125,7 @@ def write_report(
     sections = [
         Section("dataset", "Dataset", dataset_html(analysis, runs)),
         Section("comparison", "Comparison on the test split", comparison_html(comparison)),
+        *([Section("external", "External validation", external_html(runs, externals, out_dir))] if externals else []),
         Section("bars", "Headline metrics", figure("bars")),
         Section("curves", "Learning curves", figure("curves")),
         Section("confusion", "Confusion matrices", figure("confusion")),

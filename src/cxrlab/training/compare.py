@@ -22,6 +22,7 @@ from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
+from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films
 from cxrlab.training.config import PRESETS, RunConfig, preset
 from cxrlab.training.run import RunResult, check_runnable, is_resumable, train_run
 
@@ -89,6 +90,7 @@ def run_comparison(
     progress: bool = True,
     command: str | None = None,
     diagnose: bool = True,
+    external: dict[str, Path] | None = None,
     say: Callable[[str], None] = print,
 ) -> Path:
     """Audit and analyse ``data``, train and test every config, diagnose each run (robustness,
@@ -100,6 +102,8 @@ def run_comparison(
         if str(config.devices) not in ("auto", "1") or config.num_nodes > 1:
             raise CxrlabError(f"--devices {config.devices}: compare trains in one process; for DDP train each model with cxrlab train --devices N")
     index = discover(data)
+    for folder in (external or {}).values():  # a class the models do not know fails now, not after training
+        external_films(folder, index.classes, None)
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None and audit:
         say("Auditing the data (duplicates, leakage, unreadable files) ...")
@@ -131,6 +135,13 @@ def run_comparison(
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
                 diagnose_run(run_dir, index.root, progress=progress)
+            for name, folder in (external or {}).items():  # scored once per finished model, never used to select
+                if not (run_dir / EXTERNAL_DIR / name / "metrics.json").is_file():
+                    found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
+                    say(f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}")
         run_dirs.append(run_dir)
-    report = write_report(run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command)
+    report = write_report(
+        run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command,
+        external=list(external or {}),
+    )
     return report
