@@ -1,7 +1,12 @@
-"""Benchmark: `cxrlab compare` on the real Kaggle data, AlexNet / ResNet-18 / MobileNetV2.
+"""Benchmark: `cxrlab compare` on the real Kaggle data, AlexNet / ResNet-18 / MobileNetV2, each
+model also scored on the external adult films of ../shared/data/external-dev.
 
     uv run python benchmarks/compare_real.py                 # the CPU budget (about an hour, 2 cores)
+    uv run python benchmarks/compare_real.py --models alexnet resnet18 mobilenet_v2 proposed
     uv run python benchmarks/compare_real.py --image-size 224 --epochs 30 --num-workers 8   # on a GPU
+
+External sets (``--external NAME=PATH``, default ``adult=../shared/data/external-dev`` where it
+exists) are scored once per finished model and never used to train or select.
 
 MobileNetV2 starts from the ImageNet weights in ../shared/weights (the one pretrained network
 available offline) and runs in both modes, frozen and finetune; AlexNet and ResNet-18 cannot
@@ -25,6 +30,7 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DEFAULT_DATA = SHARED / "data" / "chest-xray-covid19-pneumonia"
 DEFAULT_WEIGHTS = SHARED / "weights" / "mobilenet_v2-imagenet-dequantized.pth"
+DEFAULT_EXTERNAL = SHARED / "data" / "external-dev"
 
 
 def machine() -> str:
@@ -59,17 +65,21 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenet_v2"])
+    parser.add_argument("--external", nargs="*", default=[f"adult={DEFAULT_EXTERNAL}"] if DEFAULT_EXTERNAL.is_dir() else [])
     args = parser.parse_args()
     if shared_missing(args.data, args.weights):
         return 0
     command = [
         "cxrlab", "compare", str(args.data), "--models", *args.models, "--mode", "both",
-        "--weights", f"mobilenet_v2={args.weights}", "--no-pretrained",
+        *(f"--weights={model}={args.weights}" for model in ("mobilenet_v2", "proposed") if model in args.models),
+        "--no-pretrained",
         "--image-size", str(args.image_size), "--epochs", str(args.epochs),
         "--num-workers", str(args.num_workers), "--out", str(args.out), "--no-progress",
     ]
     for seed in args.seeds:
         command += ["--seeds", str(seed)]
+    for item in args.external:
+        command += ["--external", item]
     print("command:", shlex.join(command))
     print("machine:", machine())
     started = time.perf_counter()

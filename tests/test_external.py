@@ -73,6 +73,9 @@ def test_evaluate_a_run_on_a_set_with_a_subset_of_classes(
     rows = (folder / "predictions.csv").read_text().splitlines()
     assert rows[0] == "path,true,predicted,p_COVID19,p_NORMAL,p_PNEUMONIA" and len(rows) == 7
     assert "own test split" in printed.out and "How each class is called" in printed.out
+    card = (finished_run / "MODEL_CARD.md").read_text()  # rewritten with this result
+    assert "## Off its own test split" in card and "**adults** (6 films, classes COVID19, NORMAL)" in card
+    assert "Not a diagnostic device" in card or "**Not a " in card
 
 
 def test_evaluate_the_onnx_export_and_a_kaggle_split(
@@ -113,6 +116,8 @@ def test_compare_scores_every_model_on_every_external_set(
     assert run(args) == 0
     for run_dir in (out / "runs").iterdir():
         assert (run_dir / "external" / "adults" / "metrics.json").is_file()
+        card = (run_dir / "MODEL_CARD.md").read_text()
+        assert "**adults**" in card and "## Robustness probes" in card and "## Test split" in card
     html = (out / "report.html").read_text()
     assert 'id="external"' in html and "External validation" in html and "called PNEUMONIA" in html
     markdown = (out / "results.md").read_text()

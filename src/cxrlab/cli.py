@@ -436,6 +436,8 @@ def train(
     _print_result(result)
     if result.metrics.get("test") and not no_diagnose:
         _diagnose([run_dir], data, progress=not no_progress)
+    else:
+        _write_card(run_dir)
 
 
 def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str = "auto") -> None:
@@ -450,6 +452,14 @@ def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str =
         console.print(f"  accuracy by variant: {drops}")
         console.print(f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}")
         console.print(f"  written: {shown(run_dir / 'robustness.json')}, {shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}")
+        _write_card(run_dir)
+
+
+def _write_card(run_dir: Path) -> None:
+    """(Re)write the run's MODEL_CARD.md from its files."""
+    from cxrlab.reporting.model_card import write_model_card
+
+    console.print(f"Model card: {shown(write_model_card(run_dir))}")
 
 
 @app.command()
@@ -609,12 +619,15 @@ def evaluate(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Score a finished model on another labelled set (external validation), beside its own test split."""
-    from cxrlab.evaluation.external import evaluate_model
+    from cxrlab.evaluation.external import evaluate_model, resolve_model
 
     evaluation, written = evaluate_model(
         model, data, split=split, name=name, out=out, batch_size=batch_size or 32, device=device, progress=not no_progress
     )
     print_evaluation(evaluation, written)
+    run_dir = resolve_model(model)[1]
+    if run_dir is not None:  # the run's card now holds this result too
+        _write_card(run_dir)
 
 
 EXPORT_FORMATS = ("--onnx (an ONNX model for ONNX Runtime)",)

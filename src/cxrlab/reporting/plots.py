@@ -156,6 +156,12 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
     return save_figure(figure, path)
 
 
+def interval_bars(intervals: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(values, upper ends, error bars)`` of bootstrap intervals, as ``Axes.bar(yerr=...)`` takes them."""
+    values, low, high = (np.array([getattr(iv, part) for iv in intervals]) for part in ("value", "low", "high"))
+    return values, high, np.nan_to_num(np.vstack([values - low, high - values])).clip(min=0.0)
+
+
 def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     """Grouped bars: test accuracy, macro-F1 and each class's recall per run, with 95% CIs."""
     classes = runs[0].classes
@@ -167,11 +173,7 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     figure = new_figure(max(7.5, 1.0 + len(keys) * (0.45 * len(runs) + 0.5)), 4.8)
     ax = figure.add_subplot()
     for i, run in enumerate(runs):
-        intervals = [run.interval(key) for key in keys]
-        values, low, high = (
-            np.array([getattr(iv, part) for iv in intervals]) for part in ("value", "low", "high")
-        )
-        errors = np.nan_to_num(np.vstack([values - low, high - values])).clip(min=0.0)
+        values, high, errors = interval_bars([run.interval(key) for key in keys])
         offset = (i - (len(runs) - 1) / 2) * width
         bars = ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[run.label],
                       label=figure_text(run.label), yerr=errors, capsize=3,
@@ -210,9 +212,7 @@ def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval
             values = np.array([np.nan if own is None else own for _, own in sets[names[0]]])
             errors = None
         else:
-            intervals = [iv for iv, _ in sets[bar]]
-            values = np.array([iv.value for iv in intervals])
-            errors = np.nan_to_num(np.vstack([values - [iv.low for iv in intervals], [iv.high for iv in intervals] - values])).clip(min=0)
+            values, _, errors = interval_bars([iv for iv, _ in sets[bar]])
         ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[bar], label=figure_text(bar),
                yerr=errors, capsize=3, error_kw={"lw": 1, "ecolor": "0.25"})
     ax.axhline(0.5, color="0.5", lw=0.8, ls=":")

@@ -1033,9 +1033,11 @@ def per_class_html(runs: Sequence[ReportRun]) -> str:
 
 def recipe_items(run: ReportRun) -> dict[str, str]:
     """A run's recipe, folder and validation score; TTA and weight EMA when the run used them."""
+    card = run.run_dir / "MODEL_CARD.md"
     items = {
         "recipe": run.metrics.get("description") or run.config.describe(),
         "folder": str(run.run_dir),
+        **({"model card": str(card)} if card.is_file() else {}),
         "best validation macro-F1": fmt(run.metrics.get("best_val_macro_f1")),
     }
     without = run.metrics.get("test_without_tta")

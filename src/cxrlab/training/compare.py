@@ -23,6 +23,7 @@ from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
 from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films
+from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
 from cxrlab.training.run import RunResult, check_runnable, is_resumable, train_run
 
@@ -139,6 +140,7 @@ def run_comparison(
                 if not (run_dir / EXTERNAL_DIR / name / "metrics.json").is_file():
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
                     say(f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}")
+            write_model_card(run_dir)
         run_dirs.append(run_dir)
     report = write_report(
         run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command,
