@@ -100,13 +100,13 @@ def test_names_are_escaped_in_markdown_and_html(kaggle_tree: Path, tmp_path: Pat
 
     outputs = [p for p in tmp_path.rglob("*") if p.suffix in (".md", ".html")]
     texts = {p.name: p.read_text(encoding="utf-8") for p in outputs}
-    assert set(texts) == {"audit.md", "summary.md", "results.md", "report.html"}
+    assert set(texts) == {"audit.md", "summary.md", "results.md", "report.html", "MODEL_CARD.md"}
     for name, text in texts.items():
         assert "<img src=x" not in text and "<b>" not in text, name
     assert markdown_escape("Data/train/A/" + TAG) in texts["audit.md"]
     for name in ("audit.md", "summary.md"):
         assert markdown_escape("Data/test/C/" + TAG) in texts[name], name
     assert markdown_escape(TAG_CLASS) == "&lt;b&gt;\\|B"
-    for name in ("summary.md", "results.md"):
+    for name in ("summary.md", "results.md", "MODEL_CARD.md"):
         assert markdown_escape(TAG_CLASS) in texts[name], name
     assert "&lt;b&gt;|B" in texts["report.html"]
