@@ -123,7 +123,9 @@ def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.Capt
     for name in ("robustness.json", "gradcam.json", "gradcam.png"):  # diagnostics after testing
         assert (run_dir / name).is_file(), name
     robustness = json.loads((run_dir / "robustness.json").read_text())
-    assert list(robustness["variants"]) == ["squash", "pad", "rotate+10", "rotate-10", "darken"]
+    assert list(robustness["variants"]) == ["squash", "pad", "rotate+10", "rotate-10", "darken", "lungs-hidden", "lungs-only"]
+    assert set(robustness["lung_fields"]["segmented_by_class"]) == {"COVID19", "NORMAL", "PNEUMONIA"}
+    assert robustness["chance"]["balanced_accuracy"] == pytest.approx(1 / 3)
     assert robustness["variants"]["squash"]["accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"])
     assert run(["explain", str(run_dir), "--data", str(tmp_path / "elsewhere")]) == 2
     assert "not found" in capsys.readouterr().err

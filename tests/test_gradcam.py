@@ -250,6 +250,29 @@ def test_lung_mask_finds_the_synthetic_lungs(class_name: str) -> None:
     assert mask[:, :64].sum() > 0.03 * mask.size and mask[:, 64:].sum() > 0.03 * mask.size
 
 
+def test_lung_mask_of_a_large_film_is_found_at_the_working_size() -> None:
+    film, truth = film_and_lungs(0, "PNEUMONIA", 224)  # segmented at 128 px, mask resized back
+    mask, ok = lung_field_mask(film)
+    assert ok and mask.shape == (224, 224) and dice(mask, truth) > 0.8
+
+
+@pytest.mark.parametrize(("level", "least_dice"), [(0, 0.9), (40, 0.75)])
+def test_lungs_open_to_the_outside_air_are_cut_at_the_body_outline(level: int, least_dice: float) -> None:
+    """A gap in each chest wall joins the lung to the dark air beyond the body (as on thin
+    pediatric films): the lungs are still found, cut at the body outline. A gap of air (0) is
+    left out of the body; one darker than the lungs but lighter than air (40) is body, so the
+    lung runs on through it to the (eroded) body outline."""
+    film, truth = film_and_lungs(0, "NORMAL", 128)
+    film = film.copy()
+    for row in range(52, 64):  # a 12 px gap: wider than the opening that cuts thin bridges
+        lung = np.flatnonzero(truth[row])
+        film[row, : lung[0]] = np.minimum(film[row, : lung[0]], level)  # the walls, not the lungs
+        film[row, lung[-1] + 1 :] = np.minimum(film[row, lung[-1] + 1 :], level)
+    mask, ok = lung_field_mask(film)
+    assert ok and dice(mask, truth) > least_dice
+    assert not mask[:, :4].any() and not mask[:, -4:].any()  # no lung at the image edge
+
+
 def test_lung_mask_falls_back_to_the_template() -> None:
     for blank in (np.full((64, 64), 128, np.uint8), np.zeros((64, 64), np.uint8)):
         mask, ok = lung_field_mask(blank)

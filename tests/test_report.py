@@ -50,6 +50,21 @@ ROBUSTNESS = {
         for name, acc in ACCURACIES.items()
     },
 }
+# robustness.json with the shortcut probes (run "copy"); run "c" keeps the older file without them
+PROBED = ROBUSTNESS | {
+    "variants": ROBUSTNESS["variants"] | {
+        name: {
+            "description": f"description of {name}", "accuracy": acc, "balanced_accuracy": balanced,
+            "macro_f1": balanced, "recall": {c: balanced for c in CLASSES}, "accuracy_drop": 0.75 - acc,
+        }
+        for name, acc, balanced in (("lungs-hidden", 0.6, 0.7), ("lungs-only", 0.3, 0.35))  # drops past darken's
+    },
+    "chance": {"balanced_accuracy": 1 / 3, "accuracy": 0.5, "majority_class": "PNEUMONIA"},
+    "lung_fields": {
+        "mode": "squash", "segmented": 0.8125, "n_segmented": 13,
+        "segmented_by_class": {"COVID19": 1.0, "NORMAL": 0.75, "PNEUMONIA": None},
+    },
+}
 GRADCAM = {
     "n_images": 24, "target": "predicted class", "layer": "network.features.18",
     "lung_share": 0.6125, "border_share": 0.0875, "other_share": 0.3, "lung_area": 0.25,
@@ -97,6 +112,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     lines = (copy / "test_predictions.csv").read_text().splitlines(keepends=True)
     (copy / "test_predictions.csv").write_text("".join(lines[:-1]))
     dirs["copy"] = copy
+    (copy / "robustness.json").write_text(json.dumps(PROBED))
     add_extras(dirs["c"])
     config_b = json.loads((dirs["b"] / "config.json").read_text())  # newer fields, both off
     (dirs["b"] / "config.json").write_text(json.dumps(config_b | {"ema_decay": 0.0, "tta": False}))
@@ -259,6 +275,31 @@ def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None
     markdown = (report / "results.md").read_text()
     assert "## Robustness" in markdown
     assert any(line.startswith(f"| {markdown_escape(c)} | squash 32px |") and "0.500 (−0.250)" in line for line in markdown.splitlines())
+
+
+def test_robustness_shows_the_shortcut_probes(report: Path, runs: dict[str, Path]) -> None:
+    a, b, c, copy = labels(runs)
+    page = (report / "report.html").read_text()
+    part = section(page, "robustness", "gradcam")
+    for header in ("lungs hidden (balanced)", "lungs only (balanced)", "lungs found"):
+        assert f"<th>{header}</th>" in part
+    row = part[part.index(f"<td class=\"text\">{html.escape(copy)}</td>"):]
+    row = row[: row.index("</tr>")]
+    assert "0.700<br><span class=\"ci\">(chance 0.333)" in row and "0.350<br><span class=\"ci\">(chance 0.333)" in row
+    assert "81%<br><span class=\"ci\">(COVID19 100%, NORMAL 75%, PNEUMONIA –)" in row
+    assert "0.312<br><span class=\"ci\">(darken)" in row  # the probes are no format drop
+    old = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
+    assert old[: old.index("</tr>")].count("not computed") == 3  # an older file: both probes, lungs found
+    assert html.escape(f"{copy}: lungs hidden: balanced accuracy 0.700 vs chance 0.333: the model reads something outside the lungs") in part
+    assert html.escape(f"{c}: lungs hidden: not computed") in part
+    assert html.escape("description of lungs-hidden") in part and "Maguolo" in part
+    csv_rows = {r["run"]: r for r in read_csv(report / "robustness.csv")}
+    assert float(csv_rows[copy]["lungs-hidden_balanced_accuracy"]) == pytest.approx(0.7)
+    assert float(csv_rows[copy]["chance_balanced_accuracy"]) == pytest.approx(1 / 3)
+    assert float(csv_rows[copy]["lungs_segmented_NORMAL"]) == pytest.approx(0.75)
+    assert csv_rows[copy]["lungs_segmented_PNEUMONIA"] == "" and csv_rows[copy]["worst_variant"] == "darken"
+    assert csv_rows[c]["lungs_segmented"] == "" and csv_rows[c]["lungs-only_accuracy"] == ""
+    assert "lungs hidden (balanced)" in (report / "results.md").read_text()
 
 
 def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> None:

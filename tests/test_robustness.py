@@ -1,4 +1,5 @@
-"""Tests for cxrlab.evaluation.robustness on tiny synthetic films of different aspect ratios."""
+"""Tests for cxrlab.evaluation.robustness on tiny synthetic films of different aspect ratios,
+and its shortcut probes (lung fields hidden / kept alone) with stand-in models."""
 
 from __future__ import annotations
 
@@ -10,13 +11,18 @@ import pytest
 import torch
 from torch import nn
 
-from cxrlab.data.cache import CacheSpec, load_square
+from cxrlab.data.cache import CacheSpec, load_square, resize_square
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation import robustness
 from cxrlab.evaluation.robustness import (
     DARKEN_FACTOR,
+    MID_GREY,
+    PROBES,
     VARIANTS,
     apply_variant,
+    chance_levels,
     load_variant_images,
+    probe_reading,
     robustness_eval,
 )
 
@@ -63,7 +69,8 @@ class BarDetector(nn.Module):
 
 
 def test_variants_are_named_and_described() -> None:
-    assert list(VARIANTS) == ["squash", "pad", "rotate+10", "rotate-10", "darken"]
+    assert list(VARIANTS) == ["squash", "pad", "rotate+10", "rotate-10", "darken", "lungs-hidden", "lungs-only"]
+    assert PROBES == ("lungs-hidden", "lungs-only")
     assert all(isinstance(d, str) and d for d in VARIANTS.values())
 
 
@@ -107,7 +114,7 @@ def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarra
         model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), batch_size=64, progress=False,
         images=images,
     )
-    squash, pad, plus, minus, dark = (batch[:, 0].numpy() for batch in model.seen)
+    squash, pad, plus, minus, dark, hidden, only = (batch[:, 0].numpy() for batch in model.seen)
     np.testing.assert_allclose(squash, images["squash"] / 255.0, atol=1e-6)
     np.testing.assert_allclose(pad, images["pad"] / 255.0, atol=1e-6)
     np.testing.assert_allclose(dark, squash * DARKEN_FACTOR, atol=1e-6)  # darken = x 0.6
@@ -117,6 +124,9 @@ def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarra
         np.testing.assert_allclose(rotated[:, c, c], squash[:, c, c], atol=1e-5)  # centre kept
         assert (rotated[:, 0, 0] == 0).all() and (rotated[:, -1, -1] == 0).all()  # black corners
     assert np.abs(plus - minus).mean() > 0.01  # opposite directions
+    grey = hidden == np.float32(MID_GREY)  # the probes: complementary grey regions of the squash
+    assert grey.any() and (only[grey] == squash[grey]).all()
+    assert (only[~grey] == np.float32(MID_GREY)).all() and (hidden[~grey] == squash[~grey]).all()
 
 
 def test_apply_variant_on_a_batch() -> None:
@@ -126,6 +136,18 @@ def test_apply_variant_on_a_batch() -> None:
     assert apply_variant("rotate+10", x).shape == x.shape
     with pytest.raises(CxrlabError, match="unknown variant"):
         apply_variant("blur", x)
+
+
+def test_probes_grey_the_lungs_or_the_rest() -> None:
+    x = torch.rand(2, 1, SIZE, SIZE)
+    lungs = torch.zeros(2, 1, SIZE, SIZE, dtype=torch.bool)
+    lungs[:, :, 8:25, 4:14] = lungs[:, :, 8:25, 19:29] = True
+    hidden, only = apply_variant("lungs-hidden", x, lungs), apply_variant("lungs-only", x, lungs)
+    assert (hidden[lungs] == MID_GREY).all() and torch.equal(hidden[~lungs], x[~lungs])
+    assert (only[~lungs] == MID_GREY).all() and torch.equal(only[lungs], x[lungs])
+    assert torch.equal(apply_variant("darken", x, lungs), x * DARKEN_FACTOR)  # masks unused
+    with pytest.raises(CxrlabError, match="lung masks"):
+        apply_variant("lungs-hidden", x)
 
 
 def test_unreadable_file_is_skipped_and_counted(films: tuple[list[Path], np.ndarray], tmp_path: Path) -> None:
@@ -160,3 +182,154 @@ def test_real_network_runs_every_variant(films: tuple[list[Path], np.ndarray]) -
         assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["macro_f1"] <= 1.0
         assert set(values["recall"]) == set(CLASSES)
     assert result["variants"]["squash"]["accuracy_drop"] == 0.0
+
+
+# --------------------------------------------------------------------------- shortcut probes
+
+LUNGS = np.zeros((SIZE, SIZE), dtype=bool)  # the stand-in lung fields of every film
+LUNGS[6:27, 3:14] = LUNGS[6:27, 19:30] = True
+
+
+class RegionReader(nn.Module):
+    """Class 0 when the mean intensity of one region (inside or outside :data:`LUNGS`) is
+    above mid-grey, else class 1; exactly mid-grey ties to class 0."""
+
+    def __init__(self, inside: bool) -> None:
+        super().__init__()
+        self.region = torch.from_numpy(LUNGS if inside else ~LUNGS)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images[:, 0][:, self.region].mean(dim=1)
+        return torch.stack([mean - MID_GREY, MID_GREY - mean], dim=1) * 100
+
+
+@pytest.fixture
+def region_films(tmp_path: Path) -> tuple[list[Path], np.ndarray]:
+    """Four class-0 films bright everywhere and two class-1 films dark everywhere (square PNGs,
+    so the model sees them unchanged), each with a little noise."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for i, label in enumerate([0, 0, 0, 0, 1, 1]):
+        level = 200 if label == 0 else 55
+        pixels = np.clip(level + rng.normal(0, 10, (SIZE, SIZE)), 0, 255).astype(np.uint8)
+        path = tmp_path / f"film{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+        labels.append(label)
+    return paths, np.array(labels)
+
+
+@pytest.fixture
+def known_lungs(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
+    """``lung_masks`` replaced: :data:`LUNGS` for every film, found on all but the first two
+    films (templated there); returns the list of arrays it was asked to segment."""
+    asked: list[np.ndarray] = []
+
+    def fake(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(np.array(images))
+        ok = np.ones(len(images), dtype=bool)
+        ok[:2] = False
+        return np.repeat(LUNGS[None], len(images), axis=0), ok
+
+    monkeypatch.setattr(robustness, "lung_masks", fake)
+    return asked
+
+
+@pytest.mark.parametrize("mode", ["squash", "pad"])
+def test_probes_tell_a_lung_reader_from_an_outside_reader(
+    region_films: tuple[list[Path], np.ndarray], known_lungs: list[np.ndarray], mode: str
+) -> None:
+    paths, labels = region_films
+    images = load_variant_images(paths, CacheSpec(SIZE, mode), progress=False)
+    lungs = robustness_eval(RegionReader(inside=True), paths, labels, CLASSES, CacheSpec(SIZE, mode), images=images, progress=False)
+    outside = robustness_eval(RegionReader(inside=False), paths, labels, CLASSES, CacheSpec(SIZE, mode), images=images, progress=False)
+    json.dumps(lungs, allow_nan=False)
+
+    assert len(known_lungs) == 1  # segmented once, on the model's own squares, then reused
+    np.testing.assert_array_equal(known_lungs[0], images[mode])
+    for result in (lungs, outside):
+        assert result["variants"][mode]["accuracy"] == 1.0
+        assert result["variants"][mode]["balanced_accuracy"] == 1.0
+        assert result["chance"] == {"balanced_accuracy": 0.5, "accuracy": pytest.approx(4 / 6), "majority_class": "tall"}
+        assert result["lung_fields"] == {
+            "mode": mode, "segmented": pytest.approx(4 / 6), "n_segmented": 4,
+            "segmented_by_class": {"tall": 0.5, "wide": 1.0},
+        }
+    # Reading the lungs: hidden -> every film mid-grey there -> one class -> chance; only -> intact.
+    hidden, only = lungs["variants"]["lungs-hidden"], lungs["variants"]["lungs-only"]
+    assert hidden["balanced_accuracy"] == 0.5 and hidden["accuracy"] == pytest.approx(4 / 6)
+    assert hidden["recall"] == {"tall": 1.0, "wide": 0.0}
+    assert only["balanced_accuracy"] == 1.0 and only["accuracy_drop"] == 0.0
+    assert probe_reading(lungs).endswith("falls to near chance")
+    # Reading outside the lungs: the reverse.
+    assert outside["variants"]["lungs-hidden"]["balanced_accuracy"] == 1.0
+    assert outside["variants"]["lungs-only"]["balanced_accuracy"] == 0.5
+    assert probe_reading(outside) == (
+        "lungs hidden: balanced accuracy 1.000 vs chance 0.500: the model reads something outside the lungs"
+    )
+
+
+def test_chance_levels_and_readings_of_old_files() -> None:
+    assert chance_levels(np.array([0, 0, 0, 2]), ["a", "b", "c"]) == {
+        "balanced_accuracy": 0.5, "accuracy": 0.75, "majority_class": "a",  # b absent: k = 2
+    }
+    old = {"reference": "squash", "variants": {"squash": {"accuracy": 0.9}}}
+    assert probe_reading(old) == probe_reading(None) == "lungs hidden: not computed"
+    below = {"variants": {"lungs-hidden": {"balanced_accuracy": 0.1}}, "chance": {"balanced_accuracy": 1 / 3}}
+    assert probe_reading(below).endswith("falls below chance")
+    near = {"variants": {"lungs-hidden": {"balanced_accuracy": 0.48}}, "chance": {"balanced_accuracy": 1 / 3}}
+    assert probe_reading(near).endswith("falls to near chance")  # 0.147 above: within the margin
+
+
+class PooledLinear(nn.Module):
+    """A linear classifier on 4x4-average-pooled pixels (weights from a fitted sklearn model)."""
+
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray) -> None:
+        super().__init__()
+        self.linear = nn.Linear(coef.shape[1], coef.shape[0])
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.from_numpy(coef))
+            self.linear.bias.copy_(torch.from_numpy(intercept))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.linear(nn.functional.avg_pool2d(images, 4).flatten(1))
+
+
+def test_a_lesion_reader_falls_to_chance_with_the_lungs_hidden(tmp_path: Path) -> None:
+    """The synthetic films draw every lesion inside the lung fields, so a model fitted to the
+    lesions has nothing left to read once the (really segmented) lungs are grey."""
+    from PIL import Image
+    from sklearn.linear_model import LogisticRegression
+
+    from cxrlab.data.synthetic import DEMO_CLASSES, synth_cxr
+
+    size, classes = 64, list(DEMO_CLASSES)
+
+    def films(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        pixels = [
+            resize_square(synth_cxr(np.random.default_rng([seed, i, k]), name, size=size), CacheSpec(size))
+            for i in range(per_class)
+            for k, name in enumerate(classes)
+        ]
+        return np.stack(pixels), np.tile(np.arange(len(classes)), per_class)
+
+    train, train_labels = films(100, 1)
+    pooled = nn.functional.avg_pool2d(torch.from_numpy(train / 255.0)[:, None], 4).flatten(1).numpy()
+    fitted = LogisticRegression(max_iter=2000).fit(pooled, train_labels)
+    model = PooledLinear(fitted.coef_.astype(np.float32), fitted.intercept_.astype(np.float32))
+
+    test, labels = films(20, 2)
+    paths = []
+    for i, pixels in enumerate(test):
+        paths.append(tmp_path / f"film{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    result = robustness_eval(model, paths, labels, classes, CacheSpec(size, "squash"), progress=False)
+
+    chance = result["chance"]["balanced_accuracy"]
+    assert chance == pytest.approx(1 / 3) and result["lung_fields"]["segmented"] > 0.8
+    assert result["variants"]["squash"]["balanced_accuracy"] > 0.75  # it learned the lesions
+    assert result["variants"]["lungs-hidden"]["balanced_accuracy"] < chance + 0.1
+    assert probe_reading(result).endswith("falls to near chance")
+

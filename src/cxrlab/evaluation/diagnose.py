@@ -2,8 +2,9 @@
 
 Written into the run folder, next to ``metrics.json``:
 
-    robustness.json   test accuracy on squashed / padded / rotated / darkened films
-                      (:mod:`cxrlab.evaluation.robustness`)
+    robustness.json   test accuracy on squashed / padded / rotated / darkened films, and the
+                      shortcut probes: lung fields hidden / only the lungs kept, with the
+                      share of films whose lungs were found (:mod:`cxrlab.evaluation.robustness`)
     gradcam.json      share of Grad-CAM mass in the lung fields, on the border, elsewhere
                       (:mod:`cxrlab.evaluation.gradcam`, :mod:`cxrlab.evaluation.lungs`)
     gradcam.png       Grad-CAM overlays of right and wrong test films of each class

@@ -14,14 +14,29 @@ Variants (:data:`VARIANTS`, in report order), all at the model's image size ``S`
 * ``pad`` — aspect ratio kept, padded with black to a square (the cache's ``pad`` mode);
 * ``rotate+10`` / ``rotate-10`` — the model's own preprocessing, then rotated by +10 / -10
   degrees (positive = counter-clockwise) about the image centre, bilinear, corners black;
-* ``darken`` — the model's own preprocessing, then every intensity multiplied by 0.6.
+* ``darken`` — the model's own preprocessing, then every intensity multiplied by 0.6;
+* ``lungs-hidden`` / ``lungs-only`` (the shortcut probes, :data:`PROBES`) — the model's own
+  preprocessing with the lung fields, or everything outside them, replaced by mid-grey (0.5).
+
+The probes ask whether the model reads the lungs. With the lungs hidden, a model that reads
+disease should fall to chance; one that still scores far above chance reads something outside
+the lungs: the source hospital, age, markers, positioning (Maguolo & Nanni 2021; DeGrave,
+Janizek & Lee 2021). The lung fields are :func:`cxrlab.evaluation.lungs.lung_masks` of each
+image as the model sees it (its own resize mode and size); where the heuristic fails, the
+mask is its two-ellipse template, so ``lung_fields`` records the share of films whose lungs
+were found (segmented) rather than templated, overall and per class. ``chance`` gives the
+balanced accuracy of a constant guess (``1/k``, ``k`` the classes present) and the accuracy
+of always guessing the majority class; :func:`probe_reading` says in one line how far above
+chance the lungs-hidden balanced accuracy is. Every variant reports balanced accuracy too,
+since the test split is imbalanced.
 
 The *reference* is the variant equal to the model's own resize mode (``spec.resize``): its
 accuracy is what the model gets as trained, and every variant's ``accuracy_drop`` is the
 reference accuracy minus its own (0 for the reference, positive = worse).
 
 Each file is decoded once (:func:`load_variant_images`) and both square versions are kept,
-so several models of one comparison can share one decode through ``images=``.
+so several models of one comparison can share one decode through ``images=``; the lung
+masks of a square version are computed on first use and kept in the same dict.
 """
 
 from __future__ import annotations
@@ -40,24 +55,29 @@ from torchvision.transforms.v2 import functional as TF
 from cxrlab.data.cache import RESIZE_MODES, CacheSpec, resize_square
 from cxrlab.data.reader import decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.evaluation.lungs import lung_masks
 from cxrlab.evaluation.metrics import classification_metrics
 from cxrlab.evaluation.predict import predict_probs
 from cxrlab.progress import track
 
 ROTATION_DEGREES = 10.0
 DARKEN_FACTOR = 0.6
+MID_GREY = 0.5  # what the probes put in place of the hidden region (inputs are 0..1)
+PROBE_MARGIN = 0.15  # lungs hidden, balanced accuracy this far above chance: reads outside them
 READABLE = "readable"  # key of the per-file boolean mask in load_variant_images' result
 
 
 @dataclass(frozen=True)
 class Variant:
     """One way of presenting the test images: which square version it starts from (``None``:
-    the model's own resize mode) and what is done to it afterwards (floats 0..1)."""
+    the model's own resize mode), what is done to it afterwards (floats 0..1) and, for the
+    probes, which region is made mid-grey (``"lungs"`` or ``"outside"`` the lung fields)."""
 
     name: str
     description: str
     source: str | None
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
+    grey: str | None = None
 
 
 def _rotate(degrees: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -96,19 +116,55 @@ VARIANT_LIST = (
         None,
         _darken,
     ),
+    Variant(
+        "lungs-hidden",
+        f"the model's own preprocessing, the lung fields replaced by mid-grey ({MID_GREY:g}); "
+        "lung fields: the heuristic segmentation of that image, its template where it fails",
+        None,
+        grey="lungs",
+    ),
+    Variant(
+        "lungs-only",
+        f"the model's own preprocessing, everything outside the lung fields replaced by "
+        f"mid-grey ({MID_GREY:g})",
+        None,
+        grey="outside",
+    ),
 )
 # name: description, in report order
 VARIANTS: dict[str, str] = {v.name: v.description for v in VARIANT_LIST}
+PROBES: tuple[str, ...] = tuple(v.name for v in VARIANT_LIST if v.grey)  # the shortcut probes
 _BY_NAME = {v.name: v for v in VARIANT_LIST}
 
 
-def apply_variant(name: str, images: torch.Tensor) -> torch.Tensor:
+def apply_variant(
+    name: str, images: torch.Tensor, lungs: torch.Tensor | None = None
+) -> torch.Tensor:
     """The pixel operation of variant ``name`` on float images ``(..., S, S)`` in 0..1
-    (identity for ``squash`` and ``pad``, whose difference lies in the decode)."""
+    (identity for ``squash`` and ``pad``, whose difference lies in the decode). The probes
+    need ``lungs``: bool lung masks broadcastable to ``images`` (e.g. ``(N, 1, S, S)``)."""
     if name not in _BY_NAME:
         raise CxrlabError(f"robustness: unknown variant '{name}' (one of {', '.join(VARIANTS)})")
-    transform = _BY_NAME[name].transform
-    return transform(images) if transform is not None else images
+    variant = _BY_NAME[name]
+    if variant.transform is not None:
+        images = variant.transform(images)
+    if variant.grey is None:
+        return images
+    if lungs is None:
+        raise CxrlabError(f"robustness: variant '{name}' needs the lung masks of the images")
+    region = lungs if variant.grey == "lungs" else ~lungs
+    return images.masked_fill(region.to(device=images.device, dtype=torch.bool), MID_GREY)
+
+
+def lung_fields(
+    images: dict[str, np.ndarray], mode: str, *, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lung masks ``(N, S, S)`` and segmented flags ``(N,)`` of the ``mode`` squares of
+    :func:`load_variant_images`' result; computed once, then kept in ``images``."""
+    masks, segmented = f"lungs-{mode}", f"segmented-{mode}"
+    if masks not in images:
+        images[masks], images[segmented] = lung_masks(images[mode], progress=progress)
+    return images[masks], images[segmented]
 
 
 def load_variant_images(
@@ -143,16 +199,22 @@ def load_variant_images(
 class _VariantDataset(Dataset):
     """``(float image (1, S, S) in 0..1 after the variant's transform, 0)`` per row."""
 
-    def __init__(self, squares: np.ndarray, variant: Variant) -> None:
+    def __init__(
+        self, squares: np.ndarray, variant: Variant, lungs: np.ndarray | None = None
+    ) -> None:
         self.squares = squares
         self.variant = variant
+        self.lungs = lungs
 
     def __len__(self) -> int:
         return len(self.squares)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         image = torch.from_numpy(np.array(self.squares[i], dtype=np.float32)).div_(255.0)[None]
-        return apply_variant(self.variant.name, image), 0
+        if self.lungs is None:
+            return apply_variant(self.variant.name, image), 0
+        lungs = torch.from_numpy(np.array(self.lungs[i], dtype=bool))
+        return apply_variant(self.variant.name, image, lungs), 0
 
 
 def _check_images(images: dict[str, np.ndarray], n: int, size: int) -> np.ndarray:
@@ -181,16 +243,21 @@ def robustness_eval(
     progress: bool = True,
     images: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Accuracy, macro-F1 and per-class recall of ``model`` on every variant of the images.
+    """Accuracy, balanced accuracy, macro-F1 and per-class recall of ``model`` on every
+    variant of the images.
 
     ``spec`` is the model's own preprocessing (image size and resize mode). ``images``, when
-    given, is the result of :func:`load_variant_images` for the same ``paths`` and size.
-    Unreadable files are left out (with their labels) and counted in ``unreadable``;
-    ``n_images`` is the number of images evaluated. Returns a JSON-ready dict::
+    given, is the result of :func:`load_variant_images` for the same ``paths`` and size (the
+    lung masks are added to it). Unreadable files are left out (with their labels) and counted
+    in ``unreadable``; ``n_images`` is the number of images evaluated. Returns a JSON-ready
+    dict::
 
         {"reference": spec.resize, "image_size": S, "n_images": N, "unreadable": k,
-         "variants": {name: {"description", "accuracy", "macro_f1", "recall": {class: r},
-                             "accuracy_drop"}}}
+         "variants": {name: {"description", "accuracy", "balanced_accuracy", "macro_f1",
+                             "recall": {class: r}, "accuracy_drop"}},
+         "chance": {"balanced_accuracy": 1/k, "accuracy": majority share, "majority_class"},
+         "lung_fields": {"mode": spec.resize, "segmented": share, "n_segmented": n,
+                         "segmented_by_class": {class: share, None without films}}}
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(paths):
@@ -201,13 +268,15 @@ def robustness_eval(
     if not readable.any():
         raise CxrlabError("robustness: none of the test images could be decoded")
     y_true = labels[readable]
+    masks, segmented = lung_fields(images, spec.resize, progress=progress)
+    masks, segmented = masks[readable], segmented[readable]
     results: dict[str, dict] = {}
     for variant in VARIANT_LIST:
         source = variant.source or spec.resize
         squares = images[source][readable]
         probs = predict_probs(
             model,
-            _VariantDataset(squares, variant),
+            _VariantDataset(squares, variant, masks if variant.grey else None),
             batch_size=batch_size,
             device=device,
             progress=progress,
@@ -217,6 +286,7 @@ def robustness_eval(
         results[variant.name] = {
             "description": variant.description,
             "accuracy": float(metrics["accuracy"]),
+            "balanced_accuracy": float(metrics["balanced_accuracy"]),
             "macro_f1": float(metrics["macro_f1"]),
             "recall": {c: float(metrics["per_class"][c]["recall"]) for c in classes},
         }
@@ -229,4 +299,43 @@ def robustness_eval(
         "n_images": int(readable.sum()),
         "unreadable": int((~readable).sum()),
         "variants": results,
+        "chance": chance_levels(y_true, classes),
+        "lung_fields": {
+            "mode": spec.resize,
+            "segmented": float(segmented.mean()),
+            "n_segmented": int(segmented.sum()),
+            "segmented_by_class": {
+                c: float(segmented[y_true == k].mean()) if (y_true == k).any() else None
+                for k, c in enumerate(classes)
+            },
+        },
     }
+
+
+def chance_levels(y_true: np.ndarray, classes: list[str]) -> dict[str, object]:
+    """What guessing scores on these labels: the balanced accuracy of any constant guess
+    (``1/k``, ``k`` the classes present) and the accuracy of always guessing the majority."""
+    counts = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(classes))
+    majority = int(np.argmax(counts))
+    return {
+        "balanced_accuracy": 1.0 / max(int((counts > 0).sum()), 1),
+        "accuracy": float(counts[majority] / max(counts.sum(), 1)),
+        "majority_class": classes[majority],
+    }
+
+
+def probe_reading(robustness: dict | None) -> str:
+    """One line on the lungs-hidden probe of a ``robustness.json``: its balanced accuracy
+    against chance and what that says ("not computed" where the file predates the probes)."""
+    hidden = ((robustness or {}).get("variants") or {}).get("lungs-hidden") or {}
+    value = hidden.get("balanced_accuracy")
+    chance = ((robustness or {}).get("chance") or {}).get("balanced_accuracy")
+    if value is None or chance is None:
+        return "lungs hidden: not computed"
+    if value - chance > PROBE_MARGIN:
+        verdict = "the model reads something outside the lungs"
+    elif chance - value > PROBE_MARGIN:
+        verdict = "falls below chance"
+    else:
+        verdict = "falls to near chance"
+    return f"lungs hidden: balanced accuracy {value:.3f} vs chance {chance:.3f}: {verdict}"

@@ -11,10 +11,12 @@ and writes into one folder:
   bars with 95% CIs; (4) learning curves; (5) confusion matrices; (6) ROC curves;
   (7) McNemar's test for every pair of runs on the same test images, Holm-adjusted;
   (8) per-class precision/recall/F1/AUC; (9) robustness: accuracy on squashed, padded,
-  rotated and darkened test images (``robustness.json`` of each run); (10) explainability:
-  where each model's Grad-CAM maps fall — lungs, border, elsewhere (``gradcam.json`` and
-  ``gradcam.png`` of each run); (11) each run's recipe (with EMA and TTA) and folder.
-  Sections 9 and 10 are optional per run: a run without those files says "not computed";
+  rotated and darkened test images, and the shortcut probes: lung fields hidden or kept
+  alone, with the share of films whose lungs were found (``robustness.json`` of each run);
+  (10) explainability: where each model's Grad-CAM maps fall — lungs, border, elsewhere
+  (``gradcam.json`` and ``gradcam.png`` of each run); (11) each run's recipe (with EMA and
+  TTA) and folder. Sections 9 and 10 are optional per run: a run without those files says
+  "not computed";
 * ``results.md`` — the comparison, McNemar, robustness and Grad-CAM tables in Markdown;
 * ``results.csv`` — one row of numbers per run; ``mcnemar.csv`` — one row per pair of runs;
   ``robustness.csv`` and ``gradcam.csv`` — one row per run (empty numbers where not computed);
@@ -49,7 +51,7 @@ from cxrlab.data.analyze import PLOTS
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import Interval, McNemarResult, mcnemar
 from cxrlab.evaluation.predict import read_predictions
-from cxrlab.evaluation.robustness import VARIANTS
+from cxrlab.evaluation.robustness import PROBES, VARIANTS, probe_reading
 from cxrlab.fileio import atomic_open, atomic_write_text, html_escape, markdown_escape, read_text
 from cxrlab.reporting.plots import (
     plot_confusion_matrices,
@@ -511,20 +513,41 @@ def worst_drop(run: ReportRun) -> tuple[float, str]:
     drops = [
         (_number(v.get("accuracy_drop")), name)
         for name, v in run.robustness.get("variants", {}).items()
-        if name != reference and math.isfinite(_number(v.get("accuracy_drop")))
+        if name not in (reference, *PROBES) and math.isfinite(_number(v.get("accuracy_drop")))
     ]
     return max(drops) if drops else (math.nan, "")
 
 
+def _probe_cells(run: ReportRun) -> list[Cell]:
+    """The probe columns of a run: balanced accuracy with the lungs hidden and with only the
+    lungs (chance in brackets), and the share of films whose lungs were found (per class)."""
+    data = run.robustness or {}
+    chance = fmt((data.get("chance") or {}).get("balanced_accuracy"))
+    cells = []
+    for name in PROBES:
+        value = _variant(run, name).get("balanced_accuracy")
+        computed = value is not None
+        cells.append(Cell(fmt(value), f"(chance {chance})") if computed else Cell(NOT_COMPUTED))
+    found = data.get("lung_fields") or {}
+    if found.get("segmented") is None:
+        return [*cells, Cell(NOT_COMPUTED)]
+    by_class = ", ".join(
+        f"{c} {_percent(v)}" for c, v in (found.get("segmented_by_class") or {}).items()
+    )
+    return [*cells, Cell(_percent(found["segmented"]), f"({by_class})" if by_class else "")]
+
+
 def robustness_table(runs: Sequence[ReportRun]) -> Table:
-    """Per run: its own preprocessing, then the accuracy on each variant with the change
-    against that reference, and the worst drop. Bold: best accuracy per variant, smallest
-    worst drop."""
-    names = robustness_variants(runs)
+    """Per run: its own preprocessing, then the accuracy on each format variant with the
+    change against that reference, the worst drop, and the shortcut probes (balanced
+    accuracy, lungs found). Bold: best accuracy per format variant, smallest worst drop."""
+    names = [name for name in robustness_variants(runs) if name not in PROBES]
+    probes = [f"{name.replace('-', ' ')} (balanced)" for name in PROBES]
     rows = []
     for run in runs:
         if not run.robustness:
-            rows.append([Cell(run.label), Cell(NOT_COMPUTED), *[Cell(MISSING)] * (len(names) + 2)])
+            blank = len(names) + len(probes) + 3
+            rows.append([Cell(run.label), Cell(NOT_COMPUTED), *[Cell(MISSING)] * blank])
             continue
         data = run.robustness
         unreadable = int(data.get("unreadable") or 0)
@@ -544,7 +567,7 @@ def robustness_table(runs: Sequence[ReportRun]) -> Table:
             row.append(Cell(fmt(variant.get("accuracy")), note))
         drop, where = worst_drop(run)
         row.append(Cell(fmt(drop), f"({where})" if where else ""))
-        rows.append(row)
+        rows.append(row + _probe_cells(run))
     if len(runs) > 1:
         ranked = [
             (3 + j, [_number(_variant(r, name).get("accuracy")) for r in runs], True)
@@ -554,7 +577,8 @@ def robustness_table(runs: Sequence[ReportRun]) -> Table:
         for j, values, higher in ranked:
             for row, best in zip(rows, _best(np.array(values, dtype=np.float64), higher)):
                 row[j].bold = bool(best)
-    return Table(["run", "own preprocessing", "test images", *names, "worst drop"], rows, text=(0, 1))
+    headers = ["run", "own preprocessing", "test images", *names, "worst drop", *probes]
+    return Table([*headers, "lungs found"], rows, text=(0, 1))
 
 
 def robustness_fields(runs: Sequence[ReportRun]) -> list[str]:
@@ -562,11 +586,15 @@ def robustness_fields(runs: Sequence[ReportRun]) -> list[str]:
     per_variant = [
         f"{name}_{key}"
         for name in robustness_variants(runs)
-        for key in ("accuracy", "accuracy_drop", "macro_f1", *(f"recall_{c}" for c in runs[0].classes))
+        for key in (
+            "accuracy", "accuracy_drop", "balanced_accuracy", "macro_f1",
+            *(f"recall_{c}" for c in runs[0].classes),
+        )
     ]
     return [
         "run", "computed", "reference", "image_size", "n_images", "unreadable", "worst_drop",
-        "worst_variant", *per_variant,
+        "worst_variant", *per_variant, "chance_balanced_accuracy", "chance_accuracy",
+        "lungs_segmented", *(f"lungs_segmented_{c}" for c in runs[0].classes),
     ]
 
 
@@ -587,13 +615,30 @@ def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
             }
             for name in robustness_variants(runs):
                 variant = _variant(run, name)
-                for key in ("accuracy", "accuracy_drop", "macro_f1"):
+                for key in ("accuracy", "accuracy_drop", "balanced_accuracy", "macro_f1"):
                     row[f"{name}_{key}"] = _csv_number(variant.get(key)) if variant else ""
                 for c in run.classes:
                     recall = (variant.get("recall") or {}).get(c)
                     row[f"{name}_recall_{c}"] = _csv_number(recall)
+            chance, found = data.get("chance") or {}, data.get("lung_fields") or {}
+            row["chance_balanced_accuracy"] = _csv_number(chance.get("balanced_accuracy"))
+            row["chance_accuracy"] = _csv_number(chance.get("accuracy"))
+            row["lungs_segmented"] = _csv_number(found.get("segmented"))
+            for c in run.classes:
+                share = (found.get("segmented_by_class") or {}).get(c)
+                row[f"lungs_segmented_{c}"] = _csv_number(share)
         rows.append(row)
     return rows
+
+
+def probe_readings_html(runs: Sequence[ReportRun]) -> str:
+    """One line per run with robustness results: what the lungs-hidden probe says."""
+    items = "".join(
+        f"<li>{html_escape(run.label)}: {html_escape(probe_reading(run.robustness))}</li>"
+        for run in runs
+        if run.robustness
+    )
+    return f"<ul>{items}</ul>" if items else ""
 
 
 def robustness_html(runs: Sequence[ReportRun], table: Table) -> str:
@@ -606,9 +651,17 @@ def robustness_html(runs: Sequence[ReportRun], table: Table) -> str:
         "preprocessing (the reference, as trained). A model relying on image format — aspect "
         "ratio, padding bars or brightness, which can differ by class when the classes come from "
         "different sources — shows it as a drop; a model reading the lungs hardly changes. Worst "
-        "drop: the largest fall in accuracy over the variants. Bold: best accuracy per variant "
-        "and smallest worst drop."
-    ), table.html(), "<h3>Variants</h3>", definition_list(variant_descriptions(runs))]
+        "drop: the largest fall in accuracy over the format variants. Bold: best accuracy per "
+        "format variant and smallest worst drop."
+    ), paragraph(
+        "Shortcut probes (balanced accuracy, as the test split is imbalanced; chance: 1/k for k "
+        "classes): with the lung fields hidden, a model that reads disease falls to chance; one "
+        "that still scores far above chance reads something outside the lungs — the source "
+        "hospital, age, markers (Maguolo & Nanni 2021; DeGrave, Janizek & Lee 2021). With only "
+        "the lungs kept it should hold up. Lungs found: the share of films whose lung fields the "
+        "heuristic segmentation found; on the others its two-ellipse template was used."
+    ), table.html(), probe_readings_html(runs), "<h3>Variants</h3>",
+        definition_list(variant_descriptions(runs))]
     if missing:
         parts.append(paragraph(
             f"Not computed for: {', '.join(missing)} (no {ROBUSTNESS_JSON} in the run folder).",
