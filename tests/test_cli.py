@@ -120,6 +120,7 @@ def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.Capt
     assert "accuracy" in capsys.readouterr().out
     card = (run_dir / "MODEL_CARD.md").read_text()
     assert "Not evaluated on any external set" in card and "## Robustness probes" in card
+    assert "lungs hidden: balanced accuracy" in card and "lung fields found on" in card
     for name in ("robustness.json", "gradcam.json", "gradcam.png"):  # diagnostics after testing
         assert (run_dir / name).is_file(), name
     robustness = json.loads((run_dir / "robustness.json").read_text())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cxrlab.evaluation.external import EXTERNAL_DIR, Evaluation, load_evaluation
 from cxrlab.evaluation.metrics import Interval
+from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
 
 MODEL_CARD = "MODEL_CARD.md"
@@ -147,6 +148,11 @@ def model_card(run_dir: Path) -> str:
             + (f" ({-v['accuracy_drop']:+.3f} against its own preprocessing)" if "accuracy_drop" in v else "")
             for name, v in robustness.get("variants", {}).items()
         ]
+        found = (robustness.get("lung_fields") or {}).get("segmented")
+        lines.append(
+            f"- **{probe_reading(robustness)}**"
+            + (f" (lung fields found on {found:.0%} of the films, a template elsewhere)" if found is not None else "")
+        )
     else:
         lines.append("- not computed (`cxrlab explain RUN --data DATA`)")
     lines += ["", "## Known limitations", ""]
