@@ -26,6 +26,8 @@ from cxrlab.reporting.report import (
     PairTest,
     ReportRun,
     Table,
+    _csv_number,
+    _interval_fields,
     figure_html,
     fmt,
     interval_cell,
@@ -121,13 +123,11 @@ def external_columns(found: Sequence[ExternalSet], position: int) -> dict[str, s
     for external in found:
         ev = external.evaluations[position]
         key = external.name
-        row[f"{key}_balanced_accuracy"] = f"{ev.balanced_accuracy.value:.6g}"
-        row[f"{key}_balanced_accuracy_low"] = f"{ev.balanced_accuracy.low:.6g}"
-        row[f"{key}_balanced_accuracy_high"] = f"{ev.balanced_accuracy.high:.6g}"
+        row |= _interval_fields(f"{key}_balanced_accuracy", ev.balanced_accuracy)
         if ev.internal is not None:
-            row[f"{key}_balanced_accuracy_gap"] = f"{ev.balanced_accuracy.value - ev.internal.balanced_accuracy:.6g}"
+            row[f"{key}_balanced_accuracy_gap"] = _csv_number(ev.balanced_accuracy.value - ev.internal.balanced_accuracy)
         for name, result in ev.per_class.items():
-            row[f"{key}_recall_{name}"] = f"{result.recall.value:.6g}"
+            row[f"{key}_recall_{name}"] = _csv_number(result.recall.value)
     return row
 
 

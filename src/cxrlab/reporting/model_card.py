@@ -37,10 +37,10 @@ def _json(path: Path) -> dict | None:
 
 
 def _ci(raw: dict | Interval | None) -> str:
+    """``0.951 [0.938, 0.962]`` (:class:`Interval`'s own form); a dash when missing."""
     if raw is None:
         return "–"
-    interval = raw if isinstance(raw, Interval) else Interval(**raw)
-    return f"{interval.value:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+    return str(raw if isinstance(raw, Interval) else Interval(**raw))
 
 
 def _audit_of(config: dict) -> dict | None:

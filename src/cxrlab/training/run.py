@@ -343,9 +343,9 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     busy = f"{run_dir}: another cxrlab process is training into this folder; wait for it, or choose another --out"
     with locked(run_dir, busy=busy):
-        if resume and not last.is_file():
-            raise CxrlabError(f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume")
         if resume:
+            if not last.is_file():
+                raise CxrlabError(f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume")
             safe_load(last, "--resume")  # a damaged checkpoint is named here, not deep inside Lightning
         elif is_resumable(run_dir):
             raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
