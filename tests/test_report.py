@@ -203,7 +203,7 @@ def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> Non
     rows = read_csv(report / "results.csv")
     assert [r["run"] for r in rows] == labels(runs)
     expected = {
-        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "train_s", "parameters",
+        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "ece_uncalibrated", "temperature", "train_s", "parameters",
         "trainable_parameters", "inference_img_per_s", "best_epoch", "epochs_run",
         *(f"{key}{suffix}" for key in ("accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES))
           for suffix in ("", "_low", "_high")),
@@ -229,7 +229,7 @@ def test_results_markdown_has_the_comparison(report: Path, runs: dict[str, Path]
 def test_single_run_without_analysis(runs: dict[str, Path], tmp_path: Path) -> None:
     write_report([runs["b"]], tmp_path)
     page = (tmp_path / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 4
+    assert page.count('src="data:image/png;base64,') == 5  # bars, curves, confusion, ROC, reliability
     assert "No dataset analysis given" in page and "nothing to test" in page
     assert read_csv(tmp_path / "mcnemar.csv") == []
     assert len(read_csv(tmp_path / "results.csv")) == 1

@@ -13,7 +13,7 @@ import torch
 
 from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model
-from cxrlab.models.checkpoint import load_checkpoint
+from cxrlab.models.checkpoint import load_checkpoint_with_extra
 from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.module import warmup_cosine
 from cxrlab.training.run import read_history
@@ -82,8 +82,9 @@ def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path],
     with open(run / "split.csv") as handle:
         subsets = [row["subset"] for row in csv.DictReader(handle)]
     assert subsets.count("test") == 9 and subsets.count("train") + subsets.count("val") == 24
-    # model.pt is the chosen model: it reproduces the saved test probabilities
-    model = load_checkpoint(run / "model.pt", arch="resnet18")
+    # model.pt is the chosen model: with its temperature it reproduces the saved (calibrated) test probabilities
+    model, extra = load_checkpoint_with_extra(run / "model.pt", arch="resnet18")
+    assert extra["temperature"] == metrics["calibration"]["temperature"] > 0
     with open(run / "test_predictions.csv") as handle:
         first = next(csv.DictReader(handle))
     from cxrlab.data.cache import CacheSpec, load_square
@@ -91,7 +92,7 @@ def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path],
     square = load_square(tiny_data[0] / first["path"], CacheSpec(32))
     image = torch.from_numpy(np.array(square)).float().div(255.0)[None, None]
     with torch.no_grad():
-        probs = torch.softmax(model.eval()(image), 1)[0]
+        probs = torch.softmax(model.eval()(image) / extra["temperature"], 1)[0]
     assert probs[0].item() == pytest.approx(float(first["p_COVID19"]), abs=1e-4)
 
 

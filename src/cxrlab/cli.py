@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -260,6 +261,7 @@ AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help=
 FreezeBnOpt = Annotated[bool | None, typer.Option("--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed when fine-tuning.")]
 EmaOpt = Annotated[float | None, typer.Option("--ema-decay", help="Keep an EMA of the weights with this decay (0: off) \\[preset].")]
 TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time augmentation when testing and predicting \\[preset].")]
+TargetRecallOpt = Annotated[str | None, typer.Option("--target-recall", help="CLASS=RECALL, e.g. COVID19=0.95: a decision threshold chosen on the validation split for that recall; sensitivity and specificity are reported on test and external sets.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (split, initialisation, order, augmentation).")]
 ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")]
 ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")]
@@ -330,9 +332,33 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
         table.add_row(f"recall {shown(name)}", fmt(f"recall_{name}"))
     table.add_row("balanced accuracy", f"{test['balanced_accuracy']:.3f}")
     table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
-    table.add_row("ECE", f"{test['ece']:.3f}")
     console.print(table)
+    print_calibration(m)
     console.print(f"Run folder {shown(result.run_dir)} (model.pt, metrics.json, test_predictions.csv, history.csv)")
+
+
+def print_calibration(metrics: dict) -> None:
+    """The temperature with ECE before and after, and the operating point's rates, of a run."""
+    calibration, point = metrics.get("calibration"), metrics.get("operating_point")
+    if calibration:
+        sets = [name for name in ("val", "test") if calibration.get(name)]
+        eces = "; ".join(f"{name} {calibration[name]['ece_before']:.3f} -> {calibration[name]['ece_after']:.3f}" for name in sets)
+        console.print(f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); ECE {eces}")
+    if point:
+        console.print(
+            f"Operating point {shown(point['label'])}={point['target_recall']:g}: p({shown(point['label'])}) >= {point['threshold']:.3f} "
+            f"(validation recall {point['val_recall']:.3f}, specificity {point['val_specificity']:.3f})"
+        )
+        if point.get("test"):
+            print_point_result("test split", point["test"])
+
+
+def print_point_result(where: str, result: dict) -> None:
+    """Sensitivity and specificity at the operating point on one set."""
+    from cxrlab.evaluation.metrics import Interval
+
+    rate = lambda key: str(Interval(**result[key])) if result.get(key) else "n/a"  # noqa: E731
+    console.print(f"  on the {shown(where)}: sensitivity {rate('sensitivity')}, specificity {rate('specificity')} ({result['called']} of {result['n']} called it)")
 
 
 def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
@@ -381,6 +407,7 @@ def train(
     freeze_bn: FreezeBnOpt = None,
     ema_decay: EmaOpt = None,
     tta: TtaOpt = None,
+    target_recall: TargetRecallOpt = None,
     no_diagnose: Annotated[bool, typer.Option("--no-diagnose", help="Skip robustness and Grad-CAM after testing.")] = False,
     seed: SeedOpt = 0,
     val_fraction: ValFractionOpt = 0.15,
@@ -410,7 +437,7 @@ def train(
     options = _run_options(
         model=model, mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
         batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
-        ema_decay=ema_decay, tta=tta, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
+        ema_decay=ema_decay, tta=tta, target_recall=target_recall, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
         accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, channels_last=channels_last, augment_on=augment_on,
         num_workers=num_workers, logger=logger,
     ) | ({"pretrained": False} if no_pretrained else {})
@@ -495,6 +522,7 @@ def compare(
     balance: BalanceOpt = None,
     augment: AugmentOpt = None,
     freeze_bn: FreezeBnOpt = None,
+    target_recall: TargetRecallOpt = None,
     val_fraction: ValFractionOpt = 0.15,
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
@@ -512,7 +540,7 @@ def compare(
     models = [name for item in models for name in item.split()]
     shared = _run_options(
         image_size=image_size, resize=resize, val_fraction=val_fraction, precision=precision, accelerator=accelerator,
-        devices=devices, num_workers=num_workers, logger=logger, balance=balance,
+        devices=devices, num_workers=num_workers, logger=logger, balance=balance, target_recall=target_recall,
     )
     configs, notes = plan_runs(
         models,
@@ -541,6 +569,29 @@ def compare(
 
 
 @app.command()
+def calibrate(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
+    data: Annotated[Path, typer.Option("--data", help="The runs' dataset root (their split.csv paths are relative to it).")],
+    target_recall: TargetRecallOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Fit a run's temperature (and an operating point) on its validation split: for runs made before
+    cxrlab calibrated, or to choose another operating point. Rewrites model.pt, predictions and metrics."""
+    from cxrlab.training.run import calibrate_run
+
+    for run_dir in runs:
+        result = calibrate_run(
+            run_dir, data, target_recall=target_recall, cache_root=cache_dir, workers=workers, device=device, progress=not no_progress
+        )
+        console.print(f"Run {shown(run_dir)}:")
+        print_calibration(result.metrics)
+        _write_card(run_dir)
+
+
+@app.command()
 def predict(
     checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime).")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
@@ -564,13 +615,23 @@ def predict(
     table = Table(title=f"{len(result.paths)} image(s), {result.arch}{runtime}")
     table.add_column("image", overflow="fold")
     table.add_column("predicted")
+    decisions = result.decisions
+    if decisions is not None:
+        table.add_column("decision")
     for name in result.classes:
         table.add_column(f"p({shown(name)})", justify="right")
-    for path, row in list(zip(result.paths, result.probs))[:25]:
-        table.add_row(shown(path), shown(result.classes[int(row.argmax())]), *(f"{v:.3f}" for v in row))
+    for i, (path, row) in enumerate(list(zip(result.paths, result.probs))[:25]):
+        decision = [shown(decisions[i])] if decisions is not None else []
+        table.add_row(shown(path), shown(result.classes[int(row.argmax())]), *decision, *(f"{v:.3f}" for v in row))
     console.print(table)
     if len(result.paths) > 25:
         console.print(f"... {len(result.paths) - 25} more in {shown(out)}")
+    if result.point is not None:
+        console.print(
+            f"decision: the run's operating point {shown(result.point.target)}, p({shown(result.point.label)}) >= "
+            f"{result.point.threshold:.3f} (chosen on its validation split); predicted: the most probable class",
+            soft_wrap=True,
+        )
     for path, error in result.errors.items():
         err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
     console.print(f"Probabilities written to {shown(out)}")
@@ -597,7 +658,13 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
     console.print(called)
     own = f" (own test split: {internal.balanced_accuracy:.3f}, gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})" if internal else ""
     console.print(f"balanced accuracy over the present classes: {ev.balanced_accuracy}{own}")
-    console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}")
+    before = f" (without the temperature {ev.temperature:.3f}: {ev.ece_uncalibrated:.3f})" if ev.ece_uncalibrated is not None else ""
+    console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}{before}")
+    if ev.point is not None and ev.at_point is not None:
+        console.print(f"Operating point {shown(ev.point.target)}: p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, chosen on the run's validation split")
+        print_point_result(ev.name, asdict(ev.at_point))
+        if internal is not None and internal.at_point is not None:
+            print_point_result("own test split", asdict(internal.at_point))
     if ev.macro_f1 is None:
         console.print(f"macro-F1 and macro AUC: not defined here ({shown(', '.join(ev.absent))} absent)")
     else:
@@ -614,6 +681,7 @@ def evaluate(
     split: Annotated[str | None, typer.Option("--split", help="Split of DATA to score \\[default: test if there is one].")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Name of the set \\[default: DATA's folder name].")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: RUN/external/<NAME>].")] = None,
+    target_recall: Annotated[str | None, typer.Option("--target-recall", help="CLASS=RECALL: score at a threshold chosen for that recall on the run's validation split \\[default: the run's own operating point].")] = None,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
@@ -622,7 +690,8 @@ def evaluate(
     from cxrlab.evaluation.external import evaluate_model, resolve_model
 
     evaluation, written = evaluate_model(
-        model, data, split=split, name=name, out=out, batch_size=batch_size or 32, device=device, progress=not no_progress
+        model, data, split=split, name=name, out=out, batch_size=batch_size or 32, device=device, progress=not no_progress,
+        target_recall=target_recall,
     )
     print_evaluation(evaluation, written)
     run_dir = resolve_model(model)[1]

@@ -14,8 +14,11 @@ no PNEUMONIA). So the headline numbers are the ones defined on any subset of cla
 * balanced accuracy over the present classes (the mean of their recalls), with its interval;
 * macro-F1 and the macro one-vs-rest AUC only when every class of the model is present
   (otherwise they are not defined and are reported as such); per-class AUC where defined;
-* ECE (top-label calibration) over all films;
-* the gap to the run's own test split: the same per-class recalls and balanced accuracy there.
+* ECE (top-label calibration) over all films, with the run's temperature and without it;
+* at the run's operating point (or one chosen with ``target_recall`` on the run's validation
+  split), the sensitivity and specificity of its class against the rest;
+* the gap to the run's own test split: the same per-class recalls, balanced accuracy and
+  operating-point rates there.
 
 Nothing here trains, tunes or selects: an external set is scored once per finished model.
 """
@@ -31,6 +34,14 @@ import numpy as np
 
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.calibration import (
+    OperatingPoint,
+    OperatingResult,
+    choose_operating_point,
+    parse_target_recall,
+    retemper,
+    target_name,
+)
 from cxrlab.evaluation.metrics import (
     Interval,
     bootstrap_ci,
@@ -71,10 +82,14 @@ class Evaluation:
     balanced_accuracy: Interval  # over the present classes
     macro_f1: float | None  # defined only when every class is present
     macro_auc: float | None
-    ece: float
+    ece: float  # of the calibrated probabilities (the model's temperature)
     per_class: dict[str, ClassResult]
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file: why
     internal: Internal | None = None
+    temperature: float = 1.0  # the model's, applied to every probability here
+    ece_uncalibrated: float | None = None  # the same films without the temperature
+    point: OperatingPoint | None = None  # the operating point applied (chosen on the run's validation split)
+    at_point: OperatingResult | None = None  # its sensitivity and specificity on this set
 
     @property
     def absent(self) -> list[str]:
@@ -91,7 +106,11 @@ class Evaluation:
             name: ClassResult(c["n"], Interval(**c["recall"]), Interval(**c["precision"]), c["called"], c["auc"])
             for name, c in raw["per_class"].items()
         }
-        raw["internal"] = Internal(**raw["internal"]) if raw.get("internal") else None
+        if raw.get("internal"):
+            internal = raw["internal"]
+            raw["internal"] = Internal(**(internal | {"at_point": OperatingResult.from_dict(internal["at_point"]) if internal.get("at_point") else None}))
+        raw["point"] = OperatingPoint(**raw["point"]) if raw.get("point") else None
+        raw["at_point"] = OperatingResult.from_dict(raw["at_point"]) if raw.get("at_point") else None
         return cls(**raw)
 
 
@@ -102,6 +121,7 @@ class Internal:
     n: int
     recall: dict[str, float]  # per present class
     balanced_accuracy: float  # over the external set's present classes
+    at_point: OperatingResult | None = None  # the same operating point on the test split
 
 
 def precision_of(label: int) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -186,16 +206,39 @@ def external_films(data: Path, classes: list[str], split: str | None) -> tuple[D
     return index, split, films
 
 
-def internal_reference(run_dir: Path | None, present: list[str]) -> Internal | None:
-    """The run's own test numbers for the external set's present classes (None without a run)."""
+def internal_reference(run_dir: Path | None, present: list[str], point: OperatingPoint | None = None) -> Internal | None:
+    """The run's own test numbers for the external set's present classes (None without a run);
+    with ``point``, its rates on the test split (from ``test_predictions.csv``)."""
     metrics_file = run_dir / "metrics.json" if run_dir is not None else None
     if metrics_file is None or not metrics_file.is_file():
         return None
-    test = json.loads(read_text(metrics_file)).get("test")
+    metrics = json.loads(read_text(metrics_file))
+    test = metrics.get("test")
     if not test:
         return None
     recall = {c: float(test["per_class"][c]["recall"]) for c in present}
-    return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))))
+    at_point = None
+    if point is not None and (run_dir / "test_predictions.csv").is_file():
+        _, y_true, probs = read_predictions(run_dir / "test_predictions.csv", list(metrics["classes"]))
+        at_point = OperatingResult.of(point, y_true, probs, list(metrics["classes"]))
+    return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))), at_point)
+
+
+VALIDATION_PREDICTIONS = "val_predictions.csv"  # written by every run (calibrated probabilities)
+
+
+def validation_point(run_dir: Path | None, model: Path, classes: list[str], target_recall: str) -> OperatingPoint:
+    """The operating point for ``target_recall`` chosen on the run's validation predictions."""
+    label, recall = parse_target_recall(target_recall, classes)
+    found = run_dir / VALIDATION_PREDICTIONS if run_dir is not None else None
+    if found is None or not found.is_file():
+        raise CxrlabError(
+            f"--target-recall {target_recall}: the threshold is chosen on the run's validation split, and {model} has no "
+            f"{VALIDATION_PREDICTIONS} beside it (give the run folder; for a run made before cxrlab calibrated: "
+            "cxrlab calibrate RUN --data DATA)"
+        )
+    _, y_val, probs = read_predictions(found, classes)
+    return choose_operating_point(probs, y_val, classes, label, recall)
 
 
 def default_name(data: Path, split: str, index: DatasetIndex) -> str:
@@ -214,14 +257,21 @@ def evaluate_model(
     batch_size: int = 32,
     device: str = "auto",
     progress: bool = True,
+    target_recall: str | None = None,
 ) -> tuple[Evaluation, Path]:
     """Score ``model`` on the labelled folder ``data``; write ``predictions.csv`` and ``metrics.json``
-    into ``out`` (default: ``RUN/external/<NAME>/`` beside the model) and return both."""
+    into ``out`` (default: ``RUN/external/<NAME>/`` beside the model) and return both.
+
+    The operating point is the model's own, or, with ``target_recall`` (``CLASS=RECALL``), one
+    chosen for it on the run's validation split."""
     from cxrlab.evaluation.predict import load_predictor
     from cxrlab.outputs import check_output_folder
 
     model_file, run_dir = resolve_model(model)
     predictor = load_predictor(model_file, device)
+    point = predictor.point
+    if target_recall is not None and (point is None or point.target != target_name(*parse_target_recall(target_recall))):
+        point = validation_point(run_dir, model_file, predictor.classes, target_recall)
     index, split, films = external_films(data, predictor.classes, split)
     name = name or default_name(data, split, index)
     out = Path(out) if out is not None else model_file.parent / EXTERNAL_DIR / name
@@ -235,11 +285,29 @@ def evaluate_model(
     evaluation = Evaluation(
         name=name, data=str(index.root), split=split, arch=predictor.arch, classes=list(predictor.classes),
         skipped={index.relative(Path(p)): why for p, why in found.errors.items()},
-        internal=internal_reference(run_dir, scored["present"]), **scored,
+        internal=internal_reference(run_dir, scored["present"], point), **scored,
+        temperature=predictor.temperature,
+        ece_uncalibrated=expected_calibration_error(y_true, retemper(found.probs, 1.0 / predictor.temperature)),
+        point=point, at_point=OperatingResult.of(point, y_true, found.probs, predictor.classes) if point else None,
     )
-    write_predictions(out / "predictions.csv", [index.relative(p) for p in found.paths], y_true, found.probs, predictor.classes)
+    write_predictions(out / "predictions.csv", [index.relative(p) for p in found.paths], y_true, found.probs, predictor.classes, point)
     atomic_write_text(out / "metrics.json", evaluation.to_json())  # last: it marks the evaluation done
     return evaluation, out
+
+
+def is_current(folder: Path, run_dir: Path) -> bool:
+    """Whether ``folder`` holds an evaluation of the run's model as it is now: the same temperature
+    and operating point (an evaluation from before the run was calibrated is stale)."""
+    if not (Path(folder) / "metrics.json").is_file():
+        return False
+    evaluation = load_evaluation(folder)
+    metrics = json.loads(read_text(Path(run_dir) / "metrics.json"))
+    temperature = float((metrics.get("calibration") or {}).get("temperature", 1.0))
+    point = metrics.get("operating_point")
+    same_point = (evaluation.point.target if evaluation.point else None) == (
+        target_name(point["label"], point["target_recall"]) if point else None
+    )
+    return abs(evaluation.temperature - temperature) <= 1e-9 * temperature and same_point
 
 
 def load_evaluation(folder: Path) -> Evaluation:

@@ -14,6 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.cache import CacheSpec, load_square
+from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.data.discover import natural_key
 from cxrlab.errors import CxrlabError, ImageReadError
@@ -35,7 +36,7 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 @torch.no_grad()
-def predict_probs(
+def predict_logits(
     model: nn.Module,
     dataset: Dataset,
     *,
@@ -44,14 +45,20 @@ def predict_probs(
     progress: bool = False,
     description: str = "Predicting",
 ) -> np.ndarray:
-    """Softmax probabilities ``(n, classes)`` for every item of ``dataset``, in order."""
+    """The model's outputs (logits) ``(n, classes)`` for every item of ``dataset``, in order."""
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = [
-        torch.softmax(model(images.to(device)).float(), dim=1).cpu()
+        model(images.to(device)).float().cpu()
         for images, _ in track(loader, total=len(loader), description=description, enabled=progress)
     ]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
+
+
+def predict_probs(model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: object) -> np.ndarray:
+    """Probabilities ``softmax(logits / temperature)`` ``(n, classes)`` for every item of ``dataset``."""
+    logits = predict_logits(model, dataset, **options)
+    return softmax(logits, temperature) if logits.size else logits
 
 
 @torch.no_grad()
@@ -92,15 +99,25 @@ def expand_image_paths(inputs: list[Path]) -> list[Path]:
     return files
 
 
-def write_predictions(path: Path, paths: list[str], y_true: np.ndarray | None, probs: np.ndarray, classes: list[str]) -> None:
-    """CSV: path, (true class,) predicted class, one probability column per class."""
+def write_predictions(
+    path: Path,
+    paths: list[str],
+    y_true: np.ndarray | None,
+    probs: np.ndarray,
+    classes: list[str],
+    point: OperatingPoint | None = None,
+) -> None:
+    """CSV: path, (true class,) predicted class (the argmax), (``decision``: the class the operating
+    point decides, when the model has one,) one probability column per class."""
+    decided = point.decide(probs, classes) if point is not None and len(probs) else None
     with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
-        head = ["path"] + (["true"] if y_true is not None else []) + ["predicted"] + [f"p_{c}" for c in classes]
-        writer.writerow(head)
+        head = ["path"] + (["true"] if y_true is not None else []) + ["predicted"] + (["decision"] if point else [])
+        writer.writerow(head + [f"p_{c}" for c in classes])
         for i, p in enumerate(paths):
             truth = [classes[int(y_true[i])]] if y_true is not None else []
-            writer.writerow([p, *truth, classes[int(probs[i].argmax())], *(f"{v:.6f}" for v in probs[i])])
+            decision = [classes[int(decided[i])]] if decided is not None else []
+            writer.writerow([p, *truth, classes[int(probs[i].argmax())], *decision, *(f"{v:.6f}" for v in probs[i])])
 
 
 def read_predictions(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -124,9 +141,17 @@ class FilePredictions:
     errors: dict[str, str] = field(default_factory=dict)
     runtime: str = "PyTorch"
     notes: list[str] = field(default_factory=list)
+    point: OperatingPoint | None = None  # the model's operating point, when its run chose one
 
     def write_csv(self, path: Path) -> None:
-        write_predictions(path, [str(p) for p in self.paths], None, self.probs, self.classes)
+        write_predictions(path, [str(p) for p in self.paths], None, self.probs, self.classes, self.point)
+
+    @property
+    def decisions(self) -> list[str] | None:
+        """The operating point's class for each film (None when the model has no operating point)."""
+        if self.point is None:
+            return None
+        return [self.classes[int(k)] for k in self.point.decide(self.probs, self.classes)]
 
 
 @dataclass
@@ -134,7 +159,8 @@ class Predictor:
     """A model ready for image files: its preprocessing and a ``batch -> probabilities`` step.
 
     ``batch_probs`` takes ``(N, 1, S, S)`` float32 images in 0..1 and returns ``(N, classes)``
-    probabilities; ``notes`` are caveats for the user.
+    probabilities, calibrated with the model's ``temperature`` (1 for a model without one);
+    ``point`` is the operating point its run chose; ``notes`` are caveats for the user.
     """
 
     arch: str
@@ -143,6 +169,8 @@ class Predictor:
     batch_probs: Callable[[np.ndarray], np.ndarray]
     runtime: str = "PyTorch"
     notes: list[str] = field(default_factory=list)
+    temperature: float = 1.0
+    point: OperatingPoint | None = None
 
 
 def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
@@ -153,21 +181,25 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
 
         onnx_model = OnnxModel(model_path, device=device)
         spec = CacheSpec(onnx_model.image_size, onnx_model.resize)
-        return Predictor(onnx_model.arch, onnx_model.classes, spec, onnx_model.predict, "ONNX Runtime", onnx_model.notes)
+        temperature, point = stored_calibration(onnx_model.calibration)
+        return Predictor(
+            onnx_model.arch, onnx_model.classes, spec, onnx_model.predict, "ONNX Runtime", onnx_model.notes, temperature, point
+        )
 
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
 
     model, extra = load_checkpoint_with_extra(model_path)
+    temperature, point = stored_calibration(extra)
     torch_device = pick_device(device)
     model = model.to(torch_device).eval()
 
     @torch.no_grad()
     def batch_probs(images: np.ndarray) -> np.ndarray:
         logits = model(torch.from_numpy(images).to(torch_device))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+        return torch.softmax(logits.float() / temperature, dim=1).cpu().numpy()
 
     spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
-    return Predictor(model.arch, list(model.classes), spec, batch_probs)
+    return Predictor(model.arch, list(model.classes), spec, batch_probs, temperature=temperature, point=point)
 
 
 def predict_files(
@@ -188,7 +220,7 @@ def predict_files(
         except ImageReadError as exc:
             errors[str(path)] = str(exc)
     if not squares:
-        return FilePredictions(arch, classes, [], np.zeros((0, len(classes))), errors, predictor.runtime, predictor.notes)
+        return FilePredictions(arch, classes, [], np.zeros((0, len(classes))), errors, predictor.runtime, predictor.notes, predictor.point)
     images = np.stack(squares)[:, None].astype(np.float32) / np.float32(255.0)  # (N, 1, S, S) in 0..1
     starts = range(0, len(images), batch_size)
     probs = [
@@ -196,5 +228,5 @@ def predict_files(
         for i in track(starts, total=len(starts), description="Predicting", enabled=progress)
     ]
     return FilePredictions(
-        arch, classes, readable, np.concatenate(probs).astype(np.float64), errors, predictor.runtime, predictor.notes
+        arch, classes, readable, np.concatenate(probs).astype(np.float64), errors, predictor.runtime, predictor.notes, predictor.point
     )

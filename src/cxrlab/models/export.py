@@ -1,10 +1,11 @@
 """ONNX export of cxrlab checkpoints and prediction through ONNX Runtime.
 
 :func:`export_onnx` writes one self-contained ``.onnx`` file whose graph is
-``softmax(model.single_view(images))``: input ``images`` ``(N, 1, S, S)`` float32 in 0..1
-(dynamic batch), output ``probabilities`` ``(N, classes)``. The file's metadata_props carry
-what prediction needs (classes, arch, image size, resize mode) and the verified difference
-from eager PyTorch. :class:`OnnxModel` runs such a file; :func:`compare_eager_onnx`
+``softmax(model.single_view(images) / T)``: input ``images`` ``(N, 1, S, S)`` float32 in 0..1
+(dynamic batch), output ``probabilities`` ``(N, classes)``, calibrated with the run's temperature
+``T`` (1 for a model without one). The file's metadata_props carry what prediction needs
+(classes, arch, image size, resize mode, temperature and operating point) and the verified
+difference from eager PyTorch. :class:`OnnxModel` runs such a file; :func:`compare_eager_onnx`
 measures batch-1 latency of eager PyTorch against ONNX Runtime on the CPU.
 
 Test-time augmentation (``model.tta``) is not exported: the graph is the single view.
@@ -37,18 +38,20 @@ ONNX_FORMAT = "cxrlab-onnx-v1"
 TOLERANCE = 1e-4  # largest accepted |p_onnx - p_eager| over the verification batch
 TTA_NOTE = "test-time augmentation is not part of the ONNX graph (it predicts the single view)"
 EXAMPLE_BATCH = 2  # batch size traced at export
+CALIBRATION_KEYS = ("temperature", "operating_point")  # stored with the model, as in model.pt's extra
 VERIFY_BATCH = 3  # a different batch size, so the check also covers the dynamic batch axis
 
 
 class SoftmaxSingleView(nn.Module):
-    """What is exported: class probabilities of the single (non-TTA) view."""
+    """What is exported: calibrated class probabilities of the single (non-TTA) view."""
 
-    def __init__(self, model: CxrClassifier) -> None:
+    def __init__(self, model: CxrClassifier, temperature: float = 1.0) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model.single_view(images), dim=1)
+        return torch.softmax(self.model.single_view(images) / self.temperature, dim=1)
 
 
 def available_cores() -> int:
@@ -140,16 +143,21 @@ def export_model(
     resize: str = "squash",
     opset: int | None = None,
     source: str = "model",
+    calibration: dict | None = None,
 ) -> Path:
     """Export ``model`` (on the CPU, eval mode) to ``out`` and check it against eager PyTorch.
+
+    ``calibration``: ``temperature`` (divides the logits in the graph) and ``operating_point``
+    (stored as metadata for :func:`cxrlab.evaluation.predict.load_predictor`), as in ``model.pt``.
 
     Raises :class:`CxrlabError` (naming ``source``) when the exporters fail or the
     probabilities differ by more than :data:`TOLERANCE` on a fixed random batch.
     """
     import onnx
 
+    calibration = {k: (calibration or {}).get(k) for k in CALIBRATION_KEYS}
     model = model.cpu().eval()
-    wrapper = SoftmaxSingleView(model).eval()
+    wrapper = SoftmaxSingleView(model, calibration["temperature"] or 1.0).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(EXAMPLE_BATCH, 1, image_size, image_size, generator=generator)
     check = torch.rand(VERIFY_BATCH, 1, image_size, image_size, generator=generator)
@@ -181,6 +189,7 @@ def export_model(
         "resize": resize,
         "checkpoint_tta": "1" if model.tta else "0",
         "verified_max_abs_diff": repr(diff),
+        "calibration": json.dumps(calibration),
     }
     onnx.helper.set_model_props(proto, metadata)
     with atomic_open(out, "wb") as handle:  # the old file stays until the new one is complete
@@ -214,7 +223,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
         raise CxrlabError(f"--out: {out} is the checkpoint itself; choose another file")
     return export_model(
         model, out, image_size=int(extra.get("image_size", 224)), resize=str(extra.get("resize", "squash")),
-        opset=opset, source=str(checkpoint),
+        opset=opset, source=str(checkpoint), calibration=extra,
     )
 
 
@@ -247,6 +256,7 @@ class OnnxModel:
             self.resize: str = meta["resize"]
             self.tta_dropped: bool = meta.get("checkpoint_tta") == "1"
             self.max_abs_diff: float = float(meta.get("verified_max_abs_diff", "nan"))
+            self.calibration: dict = json.loads(meta.get("calibration", "{}"))  # temperature, operating_point
         except (KeyError, ValueError) as exc:
             raise CxrlabError(f"{self.path}: damaged cxrlab metadata ({_first_line(exc)})") from exc
 
@@ -286,9 +296,9 @@ def compare_eager_onnx(
     ``max_abs_diff`` (probabilities, on ``films`` ``(N, 1, S, S)`` or else a random batch of 4)
     and ``threads``.
     """
-    wrapper = SoftmaxSingleView(model.cpu().eval()).eval()
     threads = torch.get_num_threads()
     runtime = OnnxModel(Path(onnx_path), threads=threads)
+    wrapper = SoftmaxSingleView(model.cpu().eval(), runtime.calibration.get("temperature") or 1.0).eval()
     generator = torch.Generator().manual_seed(seed)
     one = torch.rand(1, 1, image_size, image_size, generator=generator)
     batch = films.float().cpu() if films is not None else torch.rand(4, 1, image_size, image_size, generator=generator)

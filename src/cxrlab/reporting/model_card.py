@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxrlab.evaluation.calibration import OperatingResult
 from cxrlab.evaluation.external import EXTERNAL_DIR, Evaluation, load_evaluation
 from cxrlab.evaluation.metrics import Interval
 from cxrlab.evaluation.robustness import probe_reading
@@ -27,6 +28,7 @@ KAGGLE_CONFOUND = (
     "every COVID19 film an adult from elsewhere: 'adult film' alone predicts COVID19."
 )
 LARGE_GAP = 0.10  # a balanced-accuracy drop off the own test split that the card calls a failure to transfer
+CALIBRATION_HOLDS = 0.05  # an ECE above this on an external set: the calibration does not carry over
 
 
 def _json(path: Path) -> dict | None:
@@ -108,7 +110,6 @@ def model_card(run_dir: Path) -> str:
             f"- {test.get('n', '–')} films; accuracy {_ci(intervals.get('accuracy'))}; macro-F1 {_ci(intervals.get('macro_f1'))}; "
             f"balanced accuracy {test.get('balanced_accuracy', float('nan')):.3f}; macro AUC {test.get('macro_auc', float('nan')):.3f}",
             *(f"- recall {markdown_escape(c)}: {_ci(intervals.get(f'recall_{c}'))}" for c in metrics.get("classes", [])),
-            f"- calibration: ECE {test.get('ece', float('nan')):.3f} (0 = confidences match accuracy)",
         ]
     else:
         lines.append("- not tested (the dataset has no test split)")
@@ -141,6 +142,7 @@ def model_card(run_dir: Path) -> str:
                 )
         if gap is not None and gap < -LARGE_GAP:
             lines.append(f"  - **the model does not transfer to {markdown_escape(ev.name)}**: it loses {-gap:.2f} of balanced accuracy there")
+    lines += ["", "## Calibration and operating point", "", *calibration_lines(metrics, external)]
     lines += ["", "## Robustness probes (test split)", ""]
     if robustness:
         lines += [
@@ -168,10 +170,51 @@ def model_card(run_dir: Path) -> str:
     limitations += [
         "Trained and tested on frontal films as stored in its dataset; other views, devices, ages and "
         "populations are out of scope until evaluated.",
-        "Probabilities are those of the network (no calibration step): read them as scores, not as risks.",
     ]
+    if not metrics.get("calibration"):
+        limitations.append("Probabilities are those of the network (no calibration step): read them as scores, not as risks.")
+    elif any(ev.ece_uncalibrated is not None and ev.ece > CALIBRATION_HOLDS for ev in external):
+        limitations.append(
+            "Probabilities were calibrated on the training hospital's validation films; on films from elsewhere they "
+            "are not calibrated (ECE above): read them as scores there, not as risks."
+        )
     lines += [f"- {item}" for item in limitations]
     return "\n".join(lines) + "\n"
+
+
+def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
+    """The card's calibration section: T with ECE before and after; the operating point's rates."""
+    calibration = metrics.get("calibration")
+    if not calibration:
+        return ["- not calibrated (a run from before cxrlab calibrated: `cxrlab calibrate RUN --data DATA`)"]
+    effects = [(name, calibration[key]) for name, key in (("validation", "val"), ("test split", "test")) if calibration.get(key)]
+    lines = [
+        f"- temperature {calibration['temperature']:.3f}, fitted on the validation split (divides the logits; "
+        + ("the network was over-confident" if calibration["temperature"] > 1 else "the network was under-confident")
+        + "); `predict`, `evaluate` and the ONNX export apply it",
+        *(f"- ECE on the {name}: {e['ece_before']:.3f} before, {e['ece_after']:.3f} after" for name, e in effects),
+        *(
+            f"- ECE on {markdown_escape(ev.name)}: {ev.ece_uncalibrated:.3f} before, {ev.ece:.3f} after"
+            for ev in external
+            if ev.ece_uncalibrated is not None
+        ),
+    ]
+    point = metrics.get("operating_point")
+    if point:
+        label = markdown_escape(point["label"])
+
+        def rates(where: str, result: OperatingResult | None) -> str:
+            if result is None:
+                return f"  - {where}: not scored"
+            return f"  - {where}: sensitivity {_ci(result.sensitivity)}, specificity {_ci(result.specificity)}"
+
+        lines += [
+            f"- operating point {label} recall ≥ {point['target_recall']:g}: call {label} when p({label}) ≥ {point['threshold']:.3f} "
+            f"(chosen on validation: recall {point['val_recall']:.3f}, specificity {point['val_specificity']:.3f})",
+            rates("test split", OperatingResult.from_dict(point["test"]) if point.get("test") else None),
+            *(rates(markdown_escape(ev.name), ev.at_point) for ev in external if ev.point and ev.point.label == point["label"]),
+        ]
+    return lines
 
 
 def write_model_card(run_dir: Path) -> Path:

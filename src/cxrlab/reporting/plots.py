@@ -1,4 +1,5 @@
-"""The comparison figures: learning curves, confusion matrices, ROC curves and metric bars.
+"""The comparison figures: learning curves, confusion matrices, ROC curves, metric bars, the
+external gap and reliability diagrams.
 
 Each ``plot_*`` function takes the runs of a comparison (in report order, as
 :class:`~cxrlab.reporting.report.ReportRun`), draws one PNG at ``path`` and returns ``path``.
@@ -20,6 +21,7 @@ from sklearn.metrics import roc_curve
 from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure, save_figure
 
 if TYPE_CHECKING:
+    from cxrlab.evaluation.calibration import Reliability
     from cxrlab.evaluation.metrics import Interval
     from cxrlab.reporting.report import ReportRun
 
@@ -223,4 +225,29 @@ def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval
     ax.set_axisbelow(True)
     ax.spines[["top", "right"]].set_visible(False)
     figure.legend(loc="outside upper center", ncols=len(bars), frameon=False, fontsize=9)
+    return save_figure(figure, path)
+
+
+def plot_reliability(labels: Sequence[str], diagrams: Sequence[tuple[Reliability, Reliability] | None], path: Path) -> Path:
+    """Per run: its test split's reliability diagram (accuracy against mean top-class confidence per
+    bin, marker area by films) before and after temperature scaling; ``None`` for an uncalibrated run."""
+    rows, cols = _grid(len(labels), 4)
+    figure = new_figure(3.2 * cols, 3.2 * rows + 0.4)
+    for i, (label, diagram) in enumerate(zip(labels, diagrams)):
+        ax = figure.add_subplot(rows, cols, i + 1)
+        ax.set_title(figure_text(label), fontsize=9)
+        if diagram is None:
+            empty_panel(ax, "not calibrated")
+            continue
+        ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
+        for reliability, name, colour, style in ((diagram[0], "before", "0.45", "--"), (diagram[1], "after", VAL_COLOUR, "-")):
+            sizes = 12 + 120 * np.asarray(reliability.count) / max(1, sum(reliability.count))
+            ax.plot(reliability.confidence, reliability.accuracy, ls=style, color=colour, lw=1.2, label=name)
+            ax.scatter(reliability.confidence, reliability.accuracy, s=sizes, color=colour, zorder=3)
+        ax.set_xlim(0, 1.02)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("confidence", fontsize=8)
+        ax.set_ylabel("accuracy", fontsize=8)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
     return save_figure(figure, path)

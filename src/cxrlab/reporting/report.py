@@ -913,7 +913,7 @@ def mcnemar_rows(tests: Sequence[PairTest]) -> list[dict[str, object]]:
 def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
     """Write dict rows with the columns ``fields`` to ``path``."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields))
+        writer = csv.DictWriter(handle, fieldnames=list(fields), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -1152,6 +1152,7 @@ def write_report(
     reported in their own section and in ``results.csv``/``results.md``.
     Returns the path of ``out_dir/report.html``.
     """
+    from cxrlab.reporting.calibration import calibration_columns, calibration_html, calibration_markdown
     from cxrlab.reporting.external import external_columns, external_html, external_markdown, load_external_sets
 
     runs = load_runs(run_dirs)
@@ -1161,8 +1162,10 @@ def write_report(
     tests = pair_tests(runs)
     comparison, pairs = comparison_table(runs), mcnemar_table(tests)
     externals = load_external_sets(runs, external)
-    results = [row | external_columns(externals, i) for i, row in enumerate(results_rows(runs))]
-    write_csv(out_dir / "results.csv", list(results[0]), results)
+    results = [
+        row | external_columns(externals, i) | calibration_columns(runs[i], externals, i) for i, row in enumerate(results_rows(runs))
+    ]
+    write_csv(out_dir / "results.csv", list(dict.fromkeys(key for row in results for key in row)), results)  # every run's columns
     write_csv(out_dir / "mcnemar.csv", MCNEMAR_FIELDS, mcnemar_rows(tests))
     robustness, gradcam = robustness_table(runs), gradcam_table(runs)
     write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
@@ -1170,6 +1173,7 @@ def write_report(
     markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
     if externals:
         markdown += "\n" + external_markdown(runs, externals)
+    markdown += "\n" + calibration_markdown(runs, externals)
     atomic_write_text(out_dir / "results.md", markdown)
 
     analysis = Path(analysis_dir) if analysis_dir else None
@@ -1181,6 +1185,7 @@ def write_report(
         Section("dataset", "Dataset", dataset_html(analysis, runs)),
         Section("comparison", "Comparison on the test split", comparison_html(comparison)),
         *([Section("external", "External validation", external_html(runs, externals, out_dir))] if externals else []),
+        Section("calibration", "Calibration and operating point", calibration_html(runs, externals, out_dir)),
         Section("bars", "Headline metrics", figure("bars")),
         Section("curves", "Learning curves", figure("curves")),
         Section("confusion", "Confusion matrices", figure("confusion")),

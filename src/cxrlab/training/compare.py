@@ -22,10 +22,10 @@ from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
-from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films
+from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films, is_current
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
-from cxrlab.training.run import RunResult, check_runnable, is_resumable, train_run
+from cxrlab.training.run import RunResult, calibrate_run, check_runnable, is_calibrated, is_resumable, train_run
 
 COMPARE_MODES = ("frozen", "finetune", "both")
 
@@ -74,7 +74,8 @@ def plan_runs(
 
 
 def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
-    ignore = {"num_workers", "devices", "num_nodes", "strategy", "accelerator", "logger", "channels_last"}  # how it runs, not what it computes
+    # how it runs, not what it computes; and the operating point, which calibration sets on a finished run
+    ignore = {"num_workers", "devices", "num_nodes", "strategy", "accelerator", "logger", "channels_last", "target_recall"}
     left, right = asdict(a), asdict(b)
     return all(left[k] == right[k] for k in left if k not in ignore)
 
@@ -130,6 +131,9 @@ def run_comparison(
         result: RunResult = train_run(
             data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress, say=say
         )
+        if not is_calibrated(run_dir, config.target_recall):  # a run made before cxrlab calibrated, or a new operating point
+            say("    calibrating on the validation split ...")
+            result = calibrate_run(run_dir, data, target_recall=config.target_recall, cache_root=cache_root, workers=workers, progress=progress)
         test = result.metrics.get("test", {})
         if test:
             say(f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})")
@@ -137,7 +141,7 @@ def run_comparison(
                 say("    robustness and Grad-CAM on the test films ...")
                 diagnose_run(run_dir, index.root, progress=progress)
             for name, folder in (external or {}).items():  # scored once per finished model, never used to select
-                if not (run_dir / EXTERNAL_DIR / name / "metrics.json").is_file():
+                if not is_current(run_dir / EXTERNAL_DIR / name, run_dir):
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
                     say(f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}")
             write_model_card(run_dir)

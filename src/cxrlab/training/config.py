@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, read_text
 
 MODES = ("frozen", "finetune")
@@ -47,6 +48,7 @@ class RunConfig:
     patience: int = 5  # early stopping on validation macro-F1, in epochs
     ema_decay: float = 0.0  # > 0: validate, select and keep an exponential moving average of the weights
     tta: bool = False  # test-time augmentation (mean probability over a few views) when testing and predicting
+    target_recall: str | None = None  # CLASS=RECALL: an operating point chosen on validation (e.g. COVID19=0.95)
     precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     seed: int = 0
     num_workers: int = 0
@@ -78,6 +80,8 @@ class RunConfig:
         for ok, option, message in checks:
             if not ok:
                 raise CxrlabError(f"{option}: {message}")
+        if self.target_recall is not None:
+            parse_target_recall(self.target_recall)  # the class is checked once the data's classes are known
 
     def updated(self, **changes: object) -> RunConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
@@ -94,6 +98,7 @@ class RunConfig:
     def describe(self) -> str:
         source = f"weights {Path(self.weights).name}" if self.weights else ("ImageNet" if self.pretrained else "from scratch")
         extras = ([f"EMA {self.ema_decay:g}"] if self.ema_decay else []) + (["TTA"] if self.tta else [])
+        extras += [f"operating point {self.target_recall}"] if self.target_recall else []
         return (
             f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, {self.epochs} epochs, "
             f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}{''.join(', ' + e for e in extras)}, seed {self.seed}"

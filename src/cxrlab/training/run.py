@@ -48,11 +48,20 @@ from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.data.split import class_weights, load_split, save_split
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.calibration import (
+    CalibrationEffect,
+    OperatingResult,
+    choose_operating_point,
+    fit_temperature,
+    parse_target_recall,
+    softmax,
+    target_name,
+)
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
-from cxrlab.evaluation.predict import inference_speed, pick_device, predict_probs, write_predictions
+from cxrlab.evaluation.predict import inference_speed, pick_device, predict_logits, write_predictions
 from cxrlab.fileio import atomic_open, atomic_write_text, locked, open_text, read_text
 from cxrlab.models.checkpoint import save_checkpoint
-from cxrlab.models.registry import check_model, create_model
+from cxrlab.models.registry import CxrClassifier, check_model, create_model
 from cxrlab.models.weights import safe_load
 from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.config import RunConfig
@@ -308,6 +317,111 @@ def planned_processes(config: RunConfig) -> int:
     return count * config.num_nodes
 
 
+def subset_logits(
+    model: CxrClassifier,
+    prepared: PreparedData,
+    name: str,
+    *,
+    feats: dict[str, np.ndarray] | None,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> np.ndarray:
+    """The model's logits for the films of one subset (frozen mode: its head on the cached features)."""
+    if feats is not None:
+        with torch.no_grad():
+            return model.head(torch.from_numpy(feats[name])).double().numpy()
+    dataset = CachedImageDataset(prepared.cache, prepared.rows[name])
+    return predict_logits(model, dataset, batch_size=batch_size, device=device, progress=progress, description=f"Predicting {name}")
+
+
+def calibrate_and_test(
+    run_dir: Path, model: CxrClassifier, config: RunConfig, prepared: PreparedData, logits: dict[str, np.ndarray], metrics: dict
+) -> None:
+    """Fit the temperature (and the operating point of ``config.target_recall``) on the validation
+    logits, save ``model.pt`` with them, write ``val_predictions.csv`` and ``test_predictions.csv``
+    (calibrated), and put the test metrics, the calibration and the operating point into ``metrics``."""
+    classes = prepared.classes
+    y_val = prepared.labels("val")
+    temperature = fit_temperature(logits["val"], y_val)
+    val_probs = softmax(logits["val"], temperature)
+    point = None
+    if config.target_recall:
+        point = choose_operating_point(val_probs, y_val, classes, *parse_target_recall(config.target_recall, classes))
+    save_checkpoint(
+        model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, tta=model.tta, config=asdict(config),
+        temperature=temperature, operating_point=asdict(point) if point else None,
+    )
+
+    def paths(subset: str) -> list[str]:
+        return [prepared.cache.paths[r] for r in prepared.rows[subset]]
+
+    write_predictions(run_dir / "val_predictions.csv", paths("val"), y_val, val_probs, classes, point)
+    calibration = {"temperature": temperature, "val": asdict(CalibrationEffect.of(logits["val"], y_val, temperature))}
+    if point is not None:
+        metrics["operating_point"] = asdict(point)
+    if "test" in logits:
+        y_true = prepared.labels("test")
+        probs = softmax(logits["test"], temperature)
+        calibration["test"] = asdict(CalibrationEffect.of(logits["test"], y_true, temperature))
+        metrics["test"] = classification_metrics(y_true, probs, classes)
+        metrics["intervals"] = {k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()}
+        write_predictions(run_dir / "test_predictions.csv", paths("test"), y_true, probs, classes, point)
+        if point is not None:
+            metrics["operating_point"]["test"] = asdict(OperatingResult.of(point, y_true, probs, classes))
+    metrics["calibration"] = calibration
+
+
+def is_calibrated(run_dir: Path, target_recall: str | None = None) -> bool:
+    """Whether a finished run has its temperature (and, when asked, that operating point)."""
+    metrics = json.loads(read_text(run_dir / "metrics.json"))
+    point = metrics.get("operating_point")
+    wanted = target_recall is None or (
+        point is not None and target_name(point["label"], point["target_recall"]) == target_name(*parse_target_recall(target_recall))
+    )
+    return "calibration" in metrics and wanted
+
+
+def calibrate_run(
+    run_dir: Path,
+    data: Path,
+    *,
+    target_recall: str | None = None,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> RunResult:
+    """Calibrate a finished run (one made before calibration existed), or give it the operating
+    point ``target_recall``: the temperature and the threshold are fitted on the run's own
+    validation split, ``model.pt``, the predictions and ``metrics.json`` are rewritten. The model
+    and its test split are those of the run; nothing is trained or selected."""
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+
+    run_dir = Path(run_dir)
+    result = RunResult.load(run_dir)
+    config = result.config.updated(target_recall=target_recall)
+    model, _ = load_checkpoint_with_extra(run_dir / "model.pt")
+    busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
+    with locked(run_dir, busy=busy):
+        prepared = prepare_data(data, config, split_file=run_dir / "split.csv", cache_root=cache_root, workers=workers, progress=progress)
+        if prepared.classes != list(model.classes):
+            raise CxrlabError(f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} (is this the run's dataset?)")
+        if config.target_recall:
+            parse_target_recall(config.target_recall, prepared.classes)
+        torch_device = pick_device(device)
+        logits = {
+            name: subset_logits(model, prepared, name, feats=None, device=torch_device, batch_size=64, progress=progress)
+            for name in ("val", "test")
+            if name in prepared.rows and len(prepared.rows[name])
+        }
+        metrics = dict(result.metrics)
+        calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
+        config.save(run_dir / "config.json")
+        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return RunResult(run_dir, config, metrics)
+
+
 def train_run(
     data: Path,
     config: RunConfig,
@@ -388,6 +502,8 @@ def _fit_and_test(
         config.save(config_file)
         save_split(run_dir / "split.csv", prepared.subsets)
     classes = prepared.classes
+    if config.target_recall:  # its class is checked before any training
+        parse_target_recall(config.target_recall, classes)
 
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
@@ -396,6 +512,7 @@ def _fit_and_test(
     device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
 
     timings: dict[str, float] = {}
+    feats: dict[str, np.ndarray] | None = None  # frozen mode: the backbone's features of each subset
     if config.mode == "frozen":
         for p in model.backbone_parameters():
             p.requires_grad_(False)
@@ -440,8 +557,10 @@ def _fit_and_test(
     if not trainer.is_global_zero:
         return RunResult(run_dir, config, {})
 
-    best = checkpoints.best_model_path or str(last)
-    state = safe_load(Path(best), "Lightning checkpoint")["state_dict"]
+    # the callback's best, or (a resumed run whose folder was moved: the remembered path is gone) its copy here
+    candidates = [Path(checkpoints.best_model_path)] if checkpoints.best_model_path else []
+    best = next((p for p in [*candidates, run_dir / "checkpoints" / "best.ckpt"] if p.is_file()), last)
+    state = safe_load(best, "Lightning checkpoint")["state_dict"]
     module.load_state_dict(state)
     if module.ema is not None:
         net.load_state_dict(module.ema.module.state_dict())
@@ -451,11 +570,7 @@ def _fit_and_test(
     timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
     model.eval()
     model.tta = config.tta and config.mode == "finetune"  # frozen mode tests cached features: no views
-    save_checkpoint(
-        model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, tta=model.tta, config=asdict(config)
-    )
 
-    # The test split, once, with the checkpoint chosen on validation.
     metrics: dict[str, object] = {
         "run": config.run_name,
         "description": config.describe(),
@@ -470,24 +585,18 @@ def _fit_and_test(
         "training_processes": trainer.world_size,  # > 1: DDP
         "skipped": prepared.skipped,
     }
-    if "test" in prepared.rows and len(prepared.rows["test"]):
+    batch_size = max(64, config.batch_size)
+    logits = {"val": subset_logits(model, prepared, "val", feats=feats, device=device, batch_size=batch_size, progress=progress)}
+    if "test" in prepared.rows and len(prepared.rows["test"]):  # the test split, once, with the checkpoint chosen on validation
         started = time.perf_counter()
-        if config.mode == "frozen":
-            with torch.no_grad():
-                probs = torch.softmax(model.head(torch.from_numpy(feats["test"])), dim=1).double().numpy()
-        else:
-            test_set = CachedImageDataset(prepared.cache, prepared.rows["test"])
-            probs = predict_probs(model, test_set, batch_size=max(64, config.batch_size), device=device, progress=progress, description="Testing")
+        logits["test"] = subset_logits(model, prepared, "test", feats=feats, device=device, batch_size=batch_size, progress=progress)
         timings["test_s"] = time.perf_counter() - started
-        y_true = prepared.labels("test")
-        metrics["test"] = classification_metrics(y_true, probs, classes)
-        if model.tta:  # the same checkpoint without test-time augmentation, for the ablation
-            model.tta = False
-            plain = predict_probs(model, test_set, batch_size=max(64, config.batch_size), device=device, progress=progress, description="Testing (no TTA)")
-            metrics["test_without_tta"] = classification_metrics(y_true, plain, classes)
-            model.tta = True
-        metrics["intervals"] = {k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()}
-        write_predictions(run_dir / "test_predictions.csv", [prepared.cache.paths[r] for r in prepared.rows["test"]], y_true, probs, classes)
+    calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
+    if model.tta and "test" in logits:  # the same checkpoint without test-time augmentation, for the ablation
+        model.tta = False
+        plain = subset_logits(model, prepared, "test", feats=None, device=device, batch_size=batch_size, progress=progress)
+        metrics["test_without_tta"] = classification_metrics(prepared.labels("test"), softmax(plain, metrics["calibration"]["temperature"]), classes)
+        model.tta = True
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
     metrics["inference_device"] = device.type
     atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: it marks the run finished
