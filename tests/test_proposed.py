@@ -121,3 +121,67 @@ def test_compare_gives_proposed_its_own_recipe() -> None:
     assert by_model["proposed"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
     with pytest.raises(Exception, match="ema-decay"):
         preset("proposed", ema_decay=1.0)
+
+
+KAGGLE = ["COVID19", "NORMAL", "PNEUMONIA"]
+
+
+def test_two_stage_head_gives_probabilities_and_keeps_the_confounded_class_out_of_stage_one() -> None:
+    from cxrlab.errors import CxrlabError
+    from cxrlab.models.proposed import TwoStageHead
+
+    torch.manual_seed(0)
+    head = TwoStageHead(8, KAGGLE)
+    assert (head.normal, head.contrast, head.other) == (1, 2, 0)
+    x = torch.randn(6, 8)
+    log_probs = head(x)
+    assert torch.allclose(log_probs.exp().sum(1), torch.ones(6), atol=1e-6)
+    a, q = head.linear(x).unbind(1)
+    assert torch.allclose(log_probs[:, 1].exp(), torch.sigmoid(-a), atol=1e-6)  # p(NORMAL) = 1 - σ(a)
+    assert torch.allclose(log_probs[:, 2].exp(), torch.sigmoid(a) * torch.sigmoid(q), atol=1e-6)
+    weights = torch.ones(3)
+    # COVID19 films (the confounded class) move only the second decision, never the first
+    head.zero_grad()
+    head.loss(head(x), torch.zeros(6, dtype=torch.long), weights).backward()
+    grad = head.linear.weight.grad.abs().sum(1)
+    assert grad[0] < 1e-6 * grad[1]  # zero but for rounding (log σ(a) cancels in stage 2)
+    # NORMAL films move only the first
+    head.zero_grad()
+    head.loss(head(x), torch.ones(6, dtype=torch.long), weights).backward()
+    grad = head.linear.weight.grad.abs().sum(1)
+    assert grad[1] < 1e-6 * grad[0]
+    # the loss by hand: stage 1 is binary cross-entropy on NORMAL vs PNEUMONIA
+    target = torch.tensor([1, 2, 1, 2, 0, 0])
+    loss = head.loss(head(x), target, weights)
+    stage1 = nn_bce(a[:4], torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    stage2 = nn_bce(q[[1, 3, 4, 5]], torch.tensor([1.0, 1.0, 0.0, 0.0]))
+    assert loss.item() == pytest.approx((stage1 + stage2).item(), rel=1e-5)
+    for classes in (["A", "B"], ["COVID19", "NORMAL", "TB"]):
+        with pytest.raises(CxrlabError, match="two-stage head needs"):
+            TwoStageHead(8, classes)
+
+
+def nn_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path) -> None:
+    from cxrlab.models.export import OnnxModel, export_model
+    from cxrlab.models.registry import check_model
+
+    check_model("proposed_twostage", 32)
+    model = create_model("proposed_twostage", KAGGLE, pretrained=False).eval()
+    assert model.head_name == "classifier.1" and model.head.in_features == 1280
+    images = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        probs = torch.softmax(model(images), 1)
+    assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
+    onnx = export_model(model, tmp_path / "m.onnx", image_size=32, calibration={"temperature": 2.0})
+    got = OnnxModel(onnx).predict(images.numpy())
+    with torch.no_grad():
+        expected = torch.softmax(model(images) / 2.0, 1).numpy()
+    assert np.abs(got - expected).max() < 1e-4
+    data = make_demo_dataset(tmp_path / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
+    config = preset("frozen", model="proposed_twostage", pretrained=False, image_size=32, epochs=3, val_fraction=0.25, batch_size=8)
+    result = train_run(data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
+    assert result.metrics["test"]["n"] == 9 and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed_twostage"

@@ -16,12 +16,17 @@ Designed from what the data shows (see ../shared/data/README.md and ``cxrlab aud
   augmentation (:mod:`cxrlab.models.tta`).
 
 ``proposed_noeq`` is the same network without equalisation (for the ablation).
+
+``proposed_twostage`` (the second design, being measured for issue 13): MobileNetV2 with a
+:class:`TwoStageHead`, whose abnormality decision never sees the confounded class.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from cxrlab.errors import CxrlabError
 
 
 def equalize_histogram(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
@@ -74,3 +79,66 @@ class EqualizedMultiScaleNet(nn.Module):
         top = self.stage32(mid)
         pooled = torch.cat([self.pool16(mid).flatten(1), self.pool32(top)], dim=1)
         return self.head(self.dropout(pooled))
+
+
+TWO_STAGE_ROLES = ("NORMAL", "PNEUMONIA")  # the normal class, and the abnormal class from the same source
+
+
+def two_stage_roles(classes: list[str]) -> tuple[int, int, int]:
+    """``(normal, contrast, other)`` class indices of a three-class set with NORMAL and PNEUMONIA
+    (``other``: the remaining class, COVID19 on the Kaggle set). Generic names ``class0..2`` (the
+    registry's shape check) take the Kaggle order: COVID19, NORMAL, PNEUMONIA."""
+    if len(classes) != 3:
+        raise CxrlabError(f"the two-stage head needs three classes (NORMAL, PNEUMONIA and one more), got {', '.join(classes)}")
+    if classes == [f"class{i}" for i in range(3)]:
+        return 1, 2, 0
+    missing = [c for c in TWO_STAGE_ROLES if c not in classes]
+    if missing:
+        raise CxrlabError(f"the two-stage head needs classes NORMAL and PNEUMONIA; {', '.join(classes)} lacks {', '.join(missing)}")
+    normal, contrast = (classes.index(c) for c in TWO_STAGE_ROLES)
+    return normal, contrast, 3 - normal - contrast
+
+
+class TwoStageHead(nn.Module):
+    """Three class log-probabilities from two decisions (the second ``proposed`` design, issue 13).
+
+    On the Kaggle set the COVID19 films are adults from other hospitals and the NORMAL and
+    PNEUMONIA films children from one hospital, so a flat three-class head can learn "adult film =
+    COVID19". The one contrast without that confound is NORMAL vs PNEUMONIA. This head factorises
+    the decision: ``a`` (is the film abnormal) is trained on NORMAL and PNEUMONIA films only, ``q``
+    (PNEUMONIA rather than the other abnormal class) on the two abnormal classes only::
+
+        log p(NORMAL) = log σ(-a)    log p(other) = log σ(a) + log σ(-q)    log p(PNEUMONIA) = log σ(a) + log σ(q)
+
+    The output is a log-probability per class, so it is a valid logit vector for every consumer
+    (softmax, temperature, ONNX); :meth:`loss` is the masked two-stage loss training uses.
+    """
+
+    def __init__(self, in_features: int, classes: list[str]) -> None:
+        super().__init__()
+        self.in_features = in_features
+        self.linear = nn.Linear(in_features, 2)
+        self.normal, self.contrast, self.other = two_stage_roles(list(classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, q = self.linear(x).float().unbind(1)
+        abnormal = nn.functional.logsigmoid(a)
+        parts = {
+            self.normal: nn.functional.logsigmoid(-a),
+            self.other: abnormal + nn.functional.logsigmoid(-q),
+            self.contrast: abnormal + nn.functional.logsigmoid(q),
+        }
+        return torch.stack([parts[k] for k in range(3)], dim=1)
+
+    def loss(self, log_probs: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+        """Stage 1 (abnormal vs NORMAL) on NORMAL and PNEUMONIA films only; stage 2 (PNEUMONIA vs
+        the other class) on abnormal films only; each a class-weighted mean, summed."""
+        log_probs = log_probs.float()
+        abnormal = torch.logsumexp(log_probs[:, [self.other, self.contrast]], dim=1)  # log σ(a)
+        own = log_probs.gather(1, target[:, None]).squeeze(1)
+        weights = class_weights[target]
+        stage1 = (target != self.other).float() * weights
+        stage2 = (target != self.normal).float() * weights
+        nll1 = -torch.where(target == self.normal, own, abnormal)
+        nll2 = -(own - abnormal)
+        return (nll1 * stage1).sum() / stage1.sum().clamp_min(1e-12) + (nll2 * stage2).sum() / stage2.sum().clamp_min(1e-12)

@@ -37,8 +37,12 @@ TORCHVISION_MODELS = (
     "mobilenet_v2",
     "convnext_tiny",
 )
-# cxrlab's own models: name -> (ImageNet backbone it starts from, histogram equalisation).
-CXRLAB_MODELS = {"proposed": ("mobilenet_v2", True), "proposed_noeq": ("mobilenet_v2", False)}
+# cxrlab's own models: name -> (ImageNet backbone it starts from, histogram equalisation, head).
+CXRLAB_MODELS = {
+    "proposed": ("mobilenet_v2", True, "two-scale"),
+    "proposed_noeq": ("mobilenet_v2", False, "two-scale"),
+    "proposed_twostage": ("mobilenet_v2", False, "two-stage"),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -125,12 +129,18 @@ def _torchvision(name: str, pretrained: bool, weights: Path | None, classes: lis
 
 def _cxrlab(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
     """A cxrlab model on a torchvision backbone; ``weights`` is that backbone's ImageNet state dict."""
-    from cxrlab.models.proposed import EqualizedMultiScaleNet, HistogramEqualization
+    from cxrlab.models.proposed import EqualizedMultiScaleNet, HistogramEqualization, TwoStageHead
 
-    backbone, equalize = CXRLAB_MODELS[name]
+    backbone, equalize, head = CXRLAB_MODELS[name]
     base = _torchvision(backbone, pretrained, weights, classes)
+    transform = HistogramEqualization() if equalize else None
+    if head == "two-stage":  # the backbone's own pooling and dropout, a two-decision head
+        linear = base.network.get_submodule(base.head_name)
+        parent_name, _, child = base.head_name.rpartition(".")
+        setattr(base.network.get_submodule(parent_name) if parent_name else base.network, child, TwoStageHead(linear.in_features, classes))
+        return CxrClassifier(base.network, base.head_name, name, classes, input_transform=transform)
     network = EqualizedMultiScaleNet(base.network.features, len(classes))
-    return CxrClassifier(network, "head", name, classes, input_transform=HistogramEqualization() if equalize else None)
+    return CxrClassifier(network, "head", name, classes, input_transform=transform)
 
 
 def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:

@@ -148,10 +148,18 @@ class ClassifierModule(L.LightningModule):
         """The weights that are validated and kept: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.net
 
+    def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+        """The head's own loss when it has one (the two-stage head), else class-weighted cross-entropy."""
+        head = self.net.head if isinstance(self.net, CxrClassifier) else self.net
+        own = getattr(head, "loss", None)
+        if own is not None:
+            return own(logits, target, self.class_weights)
+        return weighted_cross_entropy(logits, target, self.class_weights, label_smoothing)
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
-        loss = weighted_cross_entropy(logits, y, self.class_weights, self.config.label_smoothing)
+        loss = self.loss(logits, y, self.config.label_smoothing)
         self.train_loss.update(loss.detach(), weight=len(y))
         self.train_acc.update(logits.detach(), y)
         self.log("loss", loss.detach(), prog_bar=True, batch_size=len(y))
@@ -160,7 +168,7 @@ class ClassifierModule(L.LightningModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _index: int) -> None:
         x, y = batch
         logits = self.evaluated_net()(x).float()
-        self.val_loss.update(weighted_cross_entropy(logits, y, self.class_weights), weight=len(y))
+        self.val_loss.update(self.loss(logits, y), weight=len(y))
         self.val_count.update(len(y))
         self.val_acc.update(logits, y)
         self.val_f1.update(logits, y)
