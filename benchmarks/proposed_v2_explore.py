@@ -480,7 +480,7 @@ def main() -> None:
     lines += [
               "", "external-dev was looked at to compare designs (allowed by its README for design decisions); nothing "
               "was trained or thresholded on it. Thresholds/epochs: Kaggle val split only.",
-              f"", f"Wall time of this run: {time.time() - start:.0f} s (cached intermediates reused where present)."]
+              "", f"Wall time of this run: {time.time() - start:.0f} s (cached intermediates reused where present)."]
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -25,7 +25,6 @@ from cxrlab.evaluation.calibration import (
     softmax,
 )
 from cxrlab.evaluation.external import load_evaluation
-from cxrlab.evaluation.metrics import expected_calibration_error
 from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models.checkpoint import load_checkpoint_with_extra, save_checkpoint
 from cxrlab.training.config import preset
