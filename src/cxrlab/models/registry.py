@@ -135,9 +135,7 @@ def _cxrlab(name: str, pretrained: bool, weights: Path | None, classes: list[str
     base = _torchvision(backbone, pretrained, weights, classes)
     transform = HistogramEqualization() if equalize else None
     if head == "two-stage":  # the backbone's own pooling and dropout, a two-decision head
-        linear = base.network.get_submodule(base.head_name)
-        parent_name, _, child = base.head_name.rpartition(".")
-        setattr(base.network.get_submodule(parent_name) if parent_name else base.network, child, TwoStageHead(linear.in_features, classes))
+        base.network.set_submodule(base.head_name, TwoStageHead(base.head.in_features, classes))
         return CxrClassifier(base.network, base.head_name, name, classes, input_transform=transform)
     network = EqualizedMultiScaleNet(base.network.features, len(classes))
     return CxrClassifier(network, "head", name, classes, input_transform=transform)
