@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -350,15 +349,18 @@ def print_calibration(metrics: dict) -> None:
             f"(validation recall {point['val_recall']:.3f}, specificity {point['val_specificity']:.3f})"
         )
         if point.get("test"):
-            print_point_result("test split", point["test"])
+            from cxrlab.evaluation.calibration import OperatingResult
+
+            print_point_result("test split", OperatingResult.from_dict(point["test"]))
 
 
-def print_point_result(where: str, result: dict) -> None:
+def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingResult, imported lazily)
     """Sensitivity and specificity at the operating point on one set."""
-    from cxrlab.evaluation.metrics import Interval
-
-    rate = lambda key: str(Interval(**result[key])) if result.get(key) else "n/a"  # noqa: E731
-    console.print(f"  on the {shown(where)}: sensitivity {rate('sensitivity')}, specificity {rate('specificity')} ({result['called']} of {result['n']} called it)")
+    rate = lambda interval: str(interval) if interval is not None else "n/a"  # noqa: E731
+    console.print(
+        f"  on the {shown(where)}: sensitivity {rate(result.sensitivity)}, specificity {rate(result.specificity)} "
+        f"({result.called} of {result.n} called it)"
+    )
 
 
 def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
@@ -662,9 +664,9 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
     console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}{before}")
     if ev.point is not None and ev.at_point is not None:
         console.print(f"Operating point {shown(ev.point.target)}: p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, chosen on the run's validation split")
-        print_point_result(ev.name, asdict(ev.at_point))
+        print_point_result(ev.name, ev.at_point)
         if internal is not None and internal.at_point is not None:
-            print_point_result("own test split", asdict(internal.at_point))
+            print_point_result("own test split", internal.at_point)
     if ev.macro_f1 is None:
         console.print(f"macro-F1 and macro AUC: not defined here ({shown(', '.join(ev.absent))} absent)")
     else:

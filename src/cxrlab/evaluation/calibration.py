@@ -191,6 +191,12 @@ class OperatingResult:
         return cls(**(raw | {k: Interval(**raw[k]) if raw[k] else None for k in ("sensitivity", "specificity")}))
 
 
+def run_target(metrics: dict) -> str | None:
+    """The target (``COVID19=0.95``) of the operating point a run's ``metrics.json`` records, if any."""
+    point = metrics.get("operating_point")
+    return target_name(point["label"], point["target_recall"]) if point else None
+
+
 def stored_calibration(extra: dict) -> tuple[float, OperatingPoint | None]:
     """``(temperature, operating point)`` stored with a model (``model.pt``'s extra or the ONNX
     metadata); a model from before calibration has ``T = 1`` and no operating point."""

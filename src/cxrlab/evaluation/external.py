@@ -40,6 +40,7 @@ from cxrlab.evaluation.calibration import (
     choose_operating_point,
     parse_target_recall,
     retemper,
+    run_target,
     target_name,
 )
 from cxrlab.evaluation.metrics import (
@@ -295,18 +296,15 @@ def evaluate_model(
     return evaluation, out
 
 
-def is_current(folder: Path, run_dir: Path) -> bool:
-    """Whether ``folder`` holds an evaluation of the run's model as it is now: the same temperature
-    and operating point (an evaluation from before the run was calibrated is stale)."""
+def is_current(folder: Path, run_metrics: dict) -> bool:
+    """Whether ``folder`` holds an evaluation of the run's model as it is now (``run_metrics``: the
+    run's ``metrics.json``): the same temperature and operating point (an evaluation from before the
+    run was calibrated is stale)."""
     if not (Path(folder) / "metrics.json").is_file():
         return False
     evaluation = load_evaluation(folder)
-    metrics = json.loads(read_text(Path(run_dir) / "metrics.json"))
-    temperature = float((metrics.get("calibration") or {}).get("temperature", 1.0))
-    point = metrics.get("operating_point")
-    same_point = (evaluation.point.target if evaluation.point else None) == (
-        target_name(point["label"], point["target_recall"]) if point else None
-    )
+    temperature = float((run_metrics.get("calibration") or {}).get("temperature", 1.0))
+    same_point = (evaluation.point.target if evaluation.point else None) == run_target(run_metrics)
     return abs(evaluation.temperature - temperature) <= 1e-9 * temperature and same_point
 
 

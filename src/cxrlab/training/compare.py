@@ -131,7 +131,7 @@ def run_comparison(
         result: RunResult = train_run(
             data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress, say=say
         )
-        if not is_calibrated(run_dir, config.target_recall):  # a run made before cxrlab calibrated, or a new operating point
+        if not is_calibrated(result.metrics, config.target_recall):  # a run made before cxrlab calibrated, or a new operating point
             say("    calibrating on the validation split ...")
             result = calibrate_run(run_dir, data, target_recall=config.target_recall, cache_root=cache_root, workers=workers, progress=progress)
         test = result.metrics.get("test", {})
@@ -141,7 +141,7 @@ def run_comparison(
                 say("    robustness and Grad-CAM on the test films ...")
                 diagnose_run(run_dir, index.root, progress=progress)
             for name, folder in (external or {}).items():  # scored once per finished model, never used to select
-                if not is_current(run_dir / EXTERNAL_DIR / name, run_dir):
+                if not is_current(run_dir / EXTERNAL_DIR / name, result.metrics):
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
                     say(f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}")
             write_model_card(run_dir)

@@ -54,6 +54,7 @@ from cxrlab.evaluation.calibration import (
     choose_operating_point,
     fit_temperature,
     parse_target_recall,
+    run_target,
     softmax,
     target_name,
 )
@@ -372,13 +373,9 @@ def calibrate_and_test(
     metrics["calibration"] = calibration
 
 
-def is_calibrated(run_dir: Path, target_recall: str | None = None) -> bool:
-    """Whether a finished run has its temperature (and, when asked, that operating point)."""
-    metrics = json.loads(read_text(run_dir / "metrics.json"))
-    point = metrics.get("operating_point")
-    wanted = target_recall is None or (
-        point is not None and target_name(point["label"], point["target_recall"]) == target_name(*parse_target_recall(target_recall))
-    )
+def is_calibrated(metrics: dict, target_recall: str | None = None) -> bool:
+    """Whether a finished run (its ``metrics.json``) has its temperature (and, when asked, that operating point)."""
+    wanted = target_recall is None or run_target(metrics) == target_name(*parse_target_recall(target_recall))
     return "calibration" in metrics and wanted
 
 
@@ -396,12 +393,12 @@ def calibrate_run(
     point ``target_recall``: the temperature and the threshold are fitted on the run's own
     validation split, ``model.pt``, the predictions and ``metrics.json`` are rewritten. The model
     and its test split are those of the run; nothing is trained or selected."""
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir)
     config = result.config.updated(target_recall=target_recall)
-    model, _ = load_checkpoint_with_extra(run_dir / "model.pt")
+    model = load_checkpoint(run_dir / "model.pt")
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
         prepared = prepare_data(data, config, split_file=run_dir / "split.csv", cache_root=cache_root, workers=workers, progress=progress)
