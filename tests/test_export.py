@@ -53,14 +53,14 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Checkpoints and their ONNX exports: ``resnet18`` and ``proposed`` (saved with TTA on)."""
     root = tmp_path_factory.mktemp("export")
     paths: dict[str, Path] = {}
-    for arch, tta in (("resnet18", False), ("proposed", True)):
+    for arch, tta in (("resnet18", False), ("proposed_v1", True)):
         checkpoint = save_checkpoint(untrained(arch), root / arch / "model.pt", image_size=SIZE, resize="squash", tta=tta)
         paths[arch] = checkpoint
         paths[f"{arch}.onnx"] = export_onnx(checkpoint)
     return paths
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "proposed"])
+@pytest.mark.parametrize("arch", ["resnet18", "proposed_v1"])
 def test_onnx_matches_eager_with_any_batch_size(exported: dict[str, Path], arch: str) -> None:
     assert exported[f"{arch}.onnx"] == exported[arch].with_suffix(".onnx")
     model = load_checkpoint(exported[arch]).eval()
@@ -81,8 +81,8 @@ def test_metadata_round_trip(exported: dict[str, Path]) -> None:
     (images,) = plain.session.get_inputs()
     assert images.name == "images" and isinstance(images.shape[0], str) and images.shape[1:] == [1, SIZE, SIZE]
     assert [o.name for o in plain.session.get_outputs()] == ["probabilities"]
-    proposed = OnnxModel(exported["proposed.onnx"])
-    assert proposed.arch == "proposed" and proposed.notes == [TTA_NOTE]
+    proposed = OnnxModel(exported["proposed_v1.onnx"])
+    assert proposed.arch == "proposed_v1" and proposed.notes == [TTA_NOTE]
 
 
 def test_compare_eager_onnx(exported: dict[str, Path]) -> None:
@@ -122,7 +122,7 @@ def test_cli_export_then_predict_onnx_like_checkpoint(
     np.testing.assert_allclose(onnx_probs, pt_probs, atol=1e-4, rtol=0)
     assert np.ptp(pt_probs, axis=0).max() > 0.01
 
-    assert run(["predict", str(exported["proposed.onnx"]), str(folder), "--out", str(tmp_path / "p.csv"), *base]) == 0
+    assert run(["predict", str(exported["proposed_v1.onnx"]), str(folder), "--out", str(tmp_path / "p.csv"), *base]) == 0
     assert "test-time augmentation is not part of the ONNX graph" in capsys.readouterr().out
 
 
@@ -168,7 +168,7 @@ def test_a_mismatching_export_is_refused(
     exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The check after export: a graph that disagrees with PyTorch is an error, no file is written."""
-    other = exported["proposed.onnx"].read_bytes()  # another network's graph
+    other = exported["proposed_v1.onnx"].read_bytes()  # another network's graph
     monkeypatch.setattr(export, "_to_onnx", lambda *args: other)
     out = tmp_path / "bad.onnx"
     with pytest.raises(CxrlabError, match=r"model\.pt: ONNX Runtime probabilities differ from PyTorch") as info:

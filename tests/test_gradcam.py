@@ -84,7 +84,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
         ("mobilenet_v2", 64, "network.features"),
         ("resnet18", 64, "network.layer4"),
         ("alexnet", 128, "network.features"),  # AdaptiveAvgPool2d((6, 6)) comes later: skipped
-        ("proposed", 64, "network.stage32"),
+        ("proposed_v1", 64, "network.stage32"),
+        ("proposed", 64, "network.features"),
     ],
 )
 def test_target_layer_per_architecture(name: str, size: int, expected: str) -> None:

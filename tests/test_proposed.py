@@ -56,15 +56,15 @@ def test_proposed_is_in_the_zoo_with_mobilenet_v2_weights(tmp_path: Path) -> Non
     backbone = torchvision.models.mobilenet_v2()
     weights = tmp_path / "mnv2.pth"
     torch.save(backbone.state_dict(), weights)
-    model = create_model("proposed", CLASSES, weights=weights)
-    assert model.arch == "proposed" and model.head.in_features == 96 + 1280
+    model = create_model("proposed_v1", CLASSES, weights=weights)
+    assert model.arch == "proposed_v1" and model.head.in_features == 96 + 1280
     assert torch.equal(model.network.stage16[0][0].weight, backbone.features[0][0].weight)
     assert torch.equal(model.network.stage32[-1][0].weight, backbone.features[18][0].weight)
     model.eval()
     x = torch.rand(3, 1, 64, 64)
     assert model(x).shape == (3, 3)
     # Equalisation happens inside: a darker copy of the films changes the logits far less.
-    plain = create_model("proposed_noeq", CLASSES, weights=weights).eval()
+    plain = create_model("proposed_v1_noeq", CLASSES, weights=weights).eval()
     plain.load_state_dict(model.state_dict())
     with torch.no_grad():
         change = (model(x * 0.7) - model(x)).abs().mean()
@@ -100,7 +100,7 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
 
 def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
     root = make_demo_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False)
-    config = preset("proposed", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9, tta=True)
+    config = preset("proposed_v1", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9, tta=True)
     result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
     kept = load_checkpoint(tmp_path / "run" / "model.pt")
@@ -113,14 +113,17 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
     assert module.evaluated_net() is module.ema.module
 
 
-def test_compare_gives_proposed_its_own_recipe() -> None:
-    configs, _ = plan_runs(["mobilenet_v2", "proposed"], "finetune", weights={}, pretrained=True, finetune_overrides={"epochs": 7})
-    by_model = {c.model: c for c in configs}
-    assert by_model["proposed"].ema_decay > 0 and not by_model["proposed"].tta  # TTA lost on validation
-    assert by_model["mobilenet_v2"].ema_decay == 0 and not by_model["mobilenet_v2"].tta
-    assert by_model["proposed"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
+def test_compare_gives_each_proposed_design_its_recipe_and_pairs_seeds() -> None:
+    models = ["mobilenet_v2", "proposed", "proposed_v1"]
+    configs, _ = plan_runs(models, "finetune", weights={}, pretrained=True, seeds=[0, 1], finetune_overrides={"epochs": 7})
+    assert [(c.seed, c.model) for c in configs] == [(s, m) for s in (0, 1) for m in models]  # seed by seed
+    by_model = {c.model: c for c in configs if c.seed == 0}
+    assert by_model["proposed_v1"].ema_decay > 0 and not by_model["proposed_v1"].tta  # TTA lost on validation
+    # the second design is trained exactly as the baseline: the comparison measures its head
+    assert by_model["proposed"].updated(model="mobilenet_v2") == by_model["mobilenet_v2"]
+    assert by_model["proposed_v1"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
     with pytest.raises(Exception, match="ema-decay"):
-        preset("proposed", ema_decay=1.0)
+        preset("proposed_v1", ema_decay=1.0)
 
 
 KAGGLE = ["COVID19", "NORMAL", "PNEUMONIA"]
@@ -169,8 +172,8 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
     from cxrlab.models.export import OnnxModel, export_model
     from cxrlab.models.registry import check_model
 
-    check_model("proposed_twostage", 32)
-    model = create_model("proposed_twostage", KAGGLE, pretrained=False).eval()
+    check_model("proposed", 32)
+    model = create_model("proposed", KAGGLE, pretrained=False).eval()
     assert model.head_name == "classifier.1" and model.head.in_features == 1280
     images = torch.rand(2, 1, 32, 32)
     with torch.no_grad():
@@ -182,6 +185,6 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
         expected = torch.softmax(model(images) / 2.0, 1).numpy()
     assert np.abs(got - expected).max() < 1e-4
     data = make_demo_dataset(tmp_path / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
-    config = preset("frozen", model="proposed_twostage", pretrained=False, image_size=32, epochs=3, val_fraction=0.25, batch_size=8)
+    config = preset("frozen", model="proposed", pretrained=False, image_size=32, epochs=3, val_fraction=0.25, batch_size=8)
     result = train_run(data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
-    assert result.metrics["test"]["n"] == 9 and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed_twostage"
+    assert result.metrics["test"]["n"] == 9 and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed"

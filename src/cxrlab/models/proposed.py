@@ -1,6 +1,15 @@
-"""The proposed model: MobileNetV2 (ImageNet) with film equalisation and a two-scale GeM head.
+"""cxrlab's own models: MobileNetV2 (ImageNet) with a head designed for this data.
 
-Designed from what the data shows (see ../shared/data/README.md and ``cxrlab audit``):
+``proposed`` (the second design, issue 13): MobileNetV2 whose head is a :class:`TwoStageHead`.
+Its "abnormal vs NORMAL" decision is learnt from NORMAL vs PNEUMONIA films alone, the one
+contrast of the Kaggle data without the age/hospital confound (both are children's films of
+one hospital); "COVID19 vs PNEUMONIA" is learnt among abnormal films only. So the adult COVID19
+films never teach the network that an adult's film is abnormal. It is trained with the
+baseline's fine-tuning recipe (the ``proposed`` preset equals ``finetune``), so a comparison
+with fine-tuned MobileNetV2 measures the head alone (README, "The second design").
+
+``proposed_v1`` (the first design, kept for its README results): MobileNetV2 with film
+equalisation and a two-scale GeM head, trained with an EMA of the weights (preset ``proposed_v1``):
 
 - **Histogram equalisation of every film inside the network.** The classes come from
   different hospitals and film types, so brightness and contrast differ by class (COVID19
@@ -11,14 +20,8 @@ Designed from what the data shows (see ../shared/data/README.md and ``cxrlab aud
   peripheral; average pooling over the last 4 x 4 map (128 px) dilutes them. GeM (p learned,
   starting at 3) leans towards the strongest responses, and the stride-16 stage adds a finer
   8 x 8 view with 96 more features.
-- Trained with the ``proposed`` preset (:mod:`cxrlab.training.config`): an exponential moving
-  average of the weights for a steadier choice on the small validation split, and test-time
-  augmentation (:mod:`cxrlab.models.tta`).
 
-``proposed_noeq`` is the same network without equalisation (for the ablation).
-
-``proposed_twostage`` (the second design, being measured for issue 13): MobileNetV2 with a
-:class:`TwoStageHead`, whose abnormality decision never sees the confounded class.
+``proposed_v1_noeq`` is the first design without equalisation (for its ablation).
 """
 
 from __future__ import annotations

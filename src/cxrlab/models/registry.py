@@ -39,9 +39,9 @@ TORCHVISION_MODELS = (
 )
 # cxrlab's own models: name -> (ImageNet backbone it starts from, histogram equalisation, head).
 CXRLAB_MODELS = {
-    "proposed": ("mobilenet_v2", True, "two-scale"),
-    "proposed_noeq": ("mobilenet_v2", False, "two-scale"),
-    "proposed_twostage": ("mobilenet_v2", False, "two-stage"),
+    "proposed": ("mobilenet_v2", False, "two-stage"),
+    "proposed_v1": ("mobilenet_v2", True, "two-scale"),
+    "proposed_v1_noeq": ("mobilenet_v2", False, "two-scale"),
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

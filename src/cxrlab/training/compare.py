@@ -51,19 +51,21 @@ def plan_runs(
         raise CxrlabError(f"--weights: {', '.join(sorted(unknown))} is not among --models")
     modes = ("frozen", "finetune") if mode == "both" else (mode,)
     configs, notes = [], []
-    for model in models:
-        local = weights.get(model)
-        has_imagenet = local is not None or pretrained
-        source = dict(model=model, weights=local, pretrained=has_imagenet)
-        for run_mode in modes:
-            if run_mode == "frozen" and not has_imagenet:
-                notes.append(f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)")
-                continue
-            recipe = "frozen" if run_mode == "frozen" else ("finetune" if has_imagenet else "scratch")
-            if run_mode == "finetune" and model in PRESETS:  # a model with a recipe of its own (proposed)
-                recipe = model
-            overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
-            for seed in seeds:
+    # seed by seed, every model within a seed: a comparison cut short still holds paired runs
+    for seed in seeds:
+        for model in models:
+            local = weights.get(model)
+            has_imagenet = local is not None or pretrained
+            source = dict(model=model, weights=local, pretrained=has_imagenet)
+            for run_mode in modes:
+                if run_mode == "frozen" and not has_imagenet:
+                    if seed == seeds[0]:
+                        notes.append(f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)")
+                    continue
+                recipe = "frozen" if run_mode == "frozen" else ("finetune" if has_imagenet else "scratch")
+                if run_mode == "finetune" and model in PRESETS:  # a model with a recipe of its own (proposed)
+                    recipe = model
+                overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
                 configs.append(preset(recipe, **source, seed=seed).updated(**(overrides or {})))
     names = [c.run_name for c in configs]
     if len(set(names)) != len(names):

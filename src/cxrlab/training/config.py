@@ -144,9 +144,12 @@ PRESETS: dict[str, dict[str, object]] = {
     "finetune": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4),
     # From random weights: one learning rate everywhere, BatchNorm trained.
     "scratch": dict(mode="finetune", pretrained=False, epochs=15, batch_size=32, lr=1e-3, backbone_lr_scale=1.0, freeze_bn=False, patience=5),
-    # The proposed model's recipe: finetune plus an EMA of the weights. (Test-time augmentation was
+    # The proposed model (second design) is trained exactly as the fine-tuned baseline: it differs
+    # from it in its head alone, so a comparison under this recipe measures that head.
+    "proposed": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4),
+    # The first design's recipe: finetune plus an EMA of the weights. (Test-time augmentation was
     # tried and left out: it lowered validation macro-F1 on two seeds of three; see the README.)
-    "proposed": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4, ema_decay=0.998),
+    "proposed_v1": dict(mode="finetune", epochs=10, batch_size=32, lr=1e-3, backbone_lr_scale=0.1, freeze_bn=True, patience=4, ema_decay=0.998),
     # Seconds on a laptop: for checking a setup, not for numbers.
     "smoke": dict(epochs=2, image_size=64, batch_size=16, patience=2),
 }
