@@ -75,7 +75,7 @@ def main() -> int:
         return 0
     command = [
         "cxrlab", "compare", str(args.data), "--models", *args.models, "--mode", "both",
-        *(f"--weights={model}={args.weights}" for model in ("mobilenet_v2", "proposed") if model in args.models),
+        *(f"--weights={model}={args.weights}" for model in args.models if model == "mobilenet_v2" or model.startswith("proposed")),
         "--no-pretrained",
         "--image-size", str(args.image_size), "--epochs", str(args.epochs),
         "--num-workers", str(args.num_workers), "--out", str(args.out), "--no-progress",

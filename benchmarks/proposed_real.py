@@ -1,192 +1,220 @@
-"""Benchmark: the proposed model against the best pretrained baseline on the real data, with an ablation.
+"""Benchmark: the proposed model (second design) against fine-tuned MobileNetV2, on the Kaggle test split and on external-dev.
 
-    uv run python benchmarks/proposed_real.py                    # the CPU budget (2 cores: about 2.5 h from scratch)
+    uv run python benchmarks/proposed_real.py                  # the CPU budget: 128 px, 15 epochs, seeds 0 1 2 (2 cores: about 2.5 h)
     uv run python benchmarks/proposed_real.py --image-size 224 --epochs 25 --num-workers 8   # on a GPU
+    uv run python benchmarks/proposed_real.py --summary-only   # the tables again, from the runs already in OUT
 
 1. ``cxrlab compare`` of ``mobilenet_v2`` (ImageNet, fine-tuned: the best pretrained model of
-   the comparison) and ``proposed`` under the same budget (image size, epochs, patience,
-   split), seeds 0 1 2 each. The report has the table with bootstrap CIs, McNemar's test for
-   every pair, robustness and Grad-CAM for every run.
-2. The ablation, seed 0, one component added at a time: the baseline; + EMA of weights;
-   + the two-scale GeM head (``proposed_noeq``); + histogram equalisation (``proposed``).
-   Test-time augmentation, a rejected part, is measured on validation only (with and without,
-   same checkpoints): that is the split that decided it.
-3. Prints mean ± std over seeds of every headline metric, McNemar's test of the proposed
-   model against the baseline with the seeds' predictions pooled (the seeds' mean probability per
-   image) and seed by seed, and the ablation table; writes OUT/summary.md.
+   the comparison, on the Kaggle test split and on external-dev) and ``proposed`` under the same
+   recipe and budget (the ``proposed`` preset is the ``finetune`` one: the two differ in their
+   head alone), seed by seed. Each finished model is scored once on
+   ``../shared/data/external-dev`` (``--external adult=...``); nothing is chosen on it. The
+   operating point COVID19=0.95 is chosen on validation.
+2. For each model, mean ± std over seeds on both sets (argmax decisions), each seed's bootstrap
+   CI of external balanced accuracy, and McNemar's test of proposed against the baseline on
+   both sets, seed by seed and on the seeds' averaged probabilities; then the issue's goals,
+   met or not. Only seeds both models finished are compared. Writes OUT/summary.md.
+
+The ablation of the design's parts (lung crop, equalisation, masking, patches, the two-stage
+decision) is the frozen-feature screen, ``benchmarks/proposed_v2_explore.py``: a fine-tuned
+3-seed comparison per part does not fit the CPU budget. Here the two models differ in one part.
 
 Skips (exit 0, with a message) when ../shared is absent. Re-running reuses finished runs.
 """
 
 from __future__ import annotations
 
-import json
-import shlex
-import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
+from compare_real import DEFAULT_EXTERNAL, machine, real_data_parser, shared_missing  # noqa: E402
+from proposed_v1_real import cxrlab, load  # noqa: E402
 
-HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("recall_COVID19", "COVID19 recall"))
-GOALS = {"accuracy": 0.98, "macro_f1": 0.97, "recall_COVID19": 0.97}
-
-
-def cxrlab(args: list[str]) -> None:
-    print("$ cxrlab " + shlex.join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "cxrlab", *args], check=True)
+MODELS = ("mobilenet_v2", "proposed")
+EXTERNAL = "adult"
 
 
-def headline(test: dict) -> dict[str, float]:
-    return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "recall_COVID19": test["per_class"]["COVID19"]["recall"]}
+@dataclass
+class Seed:
+    """One finished run's numbers on both sets."""
+
+    kaggle: dict[str, float]
+    external: dict[str, float]
+    external_ci: tuple[float, float]
+    kaggle_true: np.ndarray
+    kaggle_pred: np.ndarray
+    kaggle_probs: np.ndarray
+    external_true: np.ndarray
+    external_probs: np.ndarray
 
 
-def load(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+def read_seed(run_dir: Path) -> Seed:
+    from cxrlab.evaluation.predict import read_predictions
+
+    metrics = load(run_dir)
+    classes = metrics["classes"]
+    test = metrics["test"]
+    ext = load(run_dir / "external" / EXTERNAL)
+    _, y, p = read_predictions(run_dir / "test_predictions.csv", classes)
+    _, ye, pe = read_predictions(run_dir / "external" / EXTERNAL / "predictions.csv", classes)
+    bal = ext["balanced_accuracy"]
+    return Seed(
+        kaggle={"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "recall_COVID19": test["per_class"]["COVID19"]["recall"]},
+        external={
+            "recall_NORMAL": ext["per_class"]["NORMAL"]["recall"]["value"],
+            "recall_COVID19": ext["per_class"]["COVID19"]["recall"]["value"],
+            "balanced_accuracy": bal["value"],
+            "normal_called_covid": ext["per_class"]["NORMAL"]["called"]["COVID19"],
+        },
+        external_ci=(bal["low"], bal["high"]),
+        kaggle_true=y, kaggle_pred=p.argmax(1), kaggle_probs=p, external_true=ye, external_probs=pe,
+    )
+
+
+def finished(out: Path, seeds: list[int]) -> dict[int, dict[str, Seed]]:
+    """Seeds both models finished, scored on external-dev too."""
+    done = {}
+    for seed in seeds:
+        dirs = {m: out / "runs" / f"{m}-finetune-imagenet-s{seed}" for m in MODELS}
+        if all((d / "external" / EXTERNAL / "predictions.csv").is_file() for d in dirs.values()):
+            done[seed] = {m: read_seed(d) for m, d in dirs.items()}
+    return done
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f}"
+
+
+def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
+    from cxrlab.evaluation.metrics import mcnemar
+
+    seeds = sorted(done)
+    lines = [f"Seeds both models finished: {seeds}", "", "## Kaggle test split vs external-dev (mean ± std over seeds, argmax decisions)", ""]
+    lines += [
+        "| model | seeds | Kaggle test accuracy | Kaggle test macro-F1 | Kaggle test COVID19 recall | external NORMAL recall | external COVID19 recall | external balanced accuracy | external NORMAL called COVID19 (of 400) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in MODELS:
+        runs = [done[s][m] for s in seeds]
+        k = [mean_std([r.kaggle[key] for r in runs]) for key in ("accuracy", "macro_f1", "recall_COVID19")]
+        e = [mean_std([r.external[key] for r in runs]) for key in ("recall_NORMAL", "recall_COVID19", "balanced_accuracy")]
+        called = " / ".join(str(r.external["normal_called_covid"]) for r in runs)
+        lines.append(f"| {m} | {len(runs)} | " + " | ".join(k + e) + f" | {called} |")
+    lines += ["", "External balanced accuracy per seed, bootstrap 95% CI:", ""]
+    for m in MODELS:
+        cells = [f"s{s} {done[s][m].external['balanced_accuracy']:.3f} [{done[s][m].external_ci[0]:.3f}, {done[s][m].external_ci[1]:.3f}]" for s in seeds]
+        lines.append(f"- {m}: " + "; ".join(cells))
+    lines += ["", "## McNemar's test, proposed vs mobilenet_v2 (films only one of the two gets right)", ""]
+    lines += ["| set | pairing | only proposed right | only baseline right | p |", "|---|---|---|---|---|"]
+    for name, truth, probs in (("Kaggle test", "kaggle_true", "kaggle_probs"), ("external-dev", "external_true", "external_probs")):
+        y = getattr(done[seeds[0]]["proposed"], truth)
+        for s in seeds:
+            r = mcnemar(y, getattr(done[s]["proposed"], probs).argmax(1), getattr(done[s]["mobilenet_v2"], probs).argmax(1))
+            lines.append(f"| {name} | seed {s} vs seed {s} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |")
+        if len(seeds) > 1:  # one prediction per film from the seeds' mean probability
+            avg = {m: np.mean([getattr(done[s][m], probs) for s in seeds], axis=0).argmax(1) for m in MODELS}
+            r = mcnemar(y, avg["proposed"], avg["mobilenet_v2"])
+            lines.append(f"| {name} | seed-averaged probabilities | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |")
+    lines += ["", "## The goals (issue 13)", ""] + goals(done)
+    return lines
+
+
+def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[str]:
+    """Share of the adult COVID19 *training* films each model calls abnormal (anything but NORMAL).
+
+    The proposed model's abnormality decision never learnt from them (its stage-1 loss sees
+    NORMAL and PNEUMONIA films only), so for it this is a free check on adult films; the
+    baseline trained on them, so its share is only a reference.
+    """
+    from cxrlab.data.cache import CacheSpec, build_cache
+    from cxrlab.data.datasets import CachedImageDataset, rows_for
+    from cxrlab.data.discover import discover
+    from cxrlab.data.split import load_split
+    from cxrlab.evaluation.predict import predict_probs
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+
+    lines = ["", "## Abnormal calls on the adult COVID19 training films (stage 1 never learnt from them)", "",
+             "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    index = discover(data)
+    for m in MODELS:
+        cells = []
+        for seed in seeds:
+            run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
+            model, extra = load_checkpoint_with_extra(run / "model.pt")
+            cache = build_cache(index, CacheSpec(extra["image_size"], extra["resize"]), progress=False)
+            covid = [item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"]
+            probs = predict_probs(model, CachedImageDataset(cache, rows_for(cache, covid)))
+            called = int((probs.argmax(1) != list(model.classes).index("NORMAL")).sum())
+            cells.append(f"{called}/{len(probs)} ({called / len(probs):.3f})")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def goals(done: dict[int, dict[str, Seed]]) -> list[str]:
+    from cxrlab.evaluation.metrics import mcnemar
+
+    seeds = sorted(done)
+    mean = {m: {k: float(np.mean([done[s][m].external[k] for s in seeds])) for k in done[seeds[0]][m].external} for m in MODELS}
+    kaggle = {m: {k: float(np.mean([done[s][m].kaggle[k] for s in seeds])) for k in done[seeds[0]][m].kaggle} for m in MODELS}
+    worst_p = max(
+        mcnemar(done[s]["proposed"].external_true, done[s]["proposed"].external_probs.argmax(1), done[s]["mobilenet_v2"].external_probs.argmax(1)).p_value
+        if mean["proposed"]["balanced_accuracy"] > mean["mobilenet_v2"]["balanced_accuracy"] else 1.0
+        for s in seeds
+    )
+    p, b = mean["proposed"], kaggle["proposed"]
+    checks = [
+        ("external-dev NORMAL recall ≥ 0.80", p["recall_NORMAL"] >= 0.80, f"{p['recall_NORMAL']:.3f}"),
+        ("external-dev COVID19 recall ≥ 0.85", p["recall_COVID19"] >= 0.85, f"{p['recall_COVID19']:.3f}"),
+        ("external-dev balanced accuracy ≥ 0.82", p["balanced_accuracy"] >= 0.82, f"{p['balanced_accuracy']:.3f}"),
+        ("better than the baseline on external-dev, McNemar p < 0.05 on every seed", worst_p < 0.05,
+         f"{p['balanced_accuracy']:.3f} vs {mean['mobilenet_v2']['balanced_accuracy']:.3f}, largest p {worst_p:.2g}"),
+        ("Kaggle test macro-F1 ≥ baseline mean − 0.01", b["macro_f1"] >= kaggle["mobilenet_v2"]["macro_f1"] - 0.01,
+         f"{b['macro_f1']:.3f} vs {kaggle['mobilenet_v2']['macro_f1']:.3f}"),
+        ("Kaggle test COVID19 recall ≥ 0.90", b["recall_COVID19"] >= 0.90, f"{b['recall_COVID19']:.3f}"),
+    ]
+    return ["| goal (proposed, mean over seeds) | measured | met |", "|---|---|---|"] + [f"| {g} | {v} | {'yes' if ok else '**no**'} |" for g, ok, v in checks]
 
 
 def main() -> int:
     parser = real_data_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/proposed-real"))
+    parser.add_argument("--external", type=Path, default=DEFAULT_EXTERNAL, help="external-dev (scored once per finished model)")
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--no-ablation", action="store_true", help="Only the seeds comparison.")
+    parser.add_argument("--summary-only", action="store_true", help="No training: the tables from the runs already in --out.")
     args = parser.parse_args()
     if shared_missing(args.data, args.weights):
         return 0
+    if not args.external.is_dir():
+        print(f"skipped: {args.external} is absent (this benchmark needs external-dev)")
+        return 0
     print("machine:", machine())
     started = time.perf_counter()
-    budget = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers), "--no-progress"]
-    seeds = [item for seed in args.seeds for item in ("--seeds", str(seed))]
-    cxrlab([
-        "compare", str(args.data), "--models", "proposed", "mobilenet_v2", "--mode", "finetune",
-        "--weights", f"mobilenet_v2={args.weights}", "--weights", f"proposed={args.weights}",
-        *seeds, "--out", str(args.out), *budget,
-    ])
-    lines = [f"# Proposed vs best pretrained baseline ({args.image_size} px, {args.epochs} epochs, seeds {args.seeds})", ""]
-    runs = {name: [args.out / "runs" / f"{name}-finetune-imagenet-s{s}" for s in args.seeds] for name in ("mobilenet_v2", "proposed")}
-    lines += seed_summary(runs)
-    lines += pooled_mcnemar(runs)
-    lines += validation_tta(runs["proposed"], args.data)
-    lines += diagnostics_summary(runs)
-    if not args.no_ablation:
-        ablation_dir = args.out / "ablation"
-        manifest = args.out / "audit" / "manifest.csv"
-        steps = [
-            ("+ EMA of weights", "mobilenet_v2", "ema"),
-            ("+ two-scale GeM head", "proposed_noeq", "gem-head"),
-        ]
-        for _label, model, folder in steps:
-            if not (ablation_dir / folder / "metrics.json").is_file():
-                cxrlab([
-                    "train", str(args.data), "--model", model, "--preset", "proposed", "--weights", str(args.weights),
-                    "--seed", str(args.seeds[0]), "--manifest", str(manifest), "--out", str(ablation_dir / folder), *budget, "--no-diagnose",
-                ])
-        lines += ablation_table(runs["mobilenet_v2"][0], ablation_dir / "ema", ablation_dir / "gem-head", runs["proposed"][0])
-    lines.append(f"\nWall time of this command: {time.perf_counter() - started:.0f} s")
-    text = "\n".join(lines) + "\n"
+    if not args.summary_only:
+        cxrlab([
+            "compare", str(args.data), "--models", *MODELS, "--mode", "finetune",
+            *(f"--weights={m}={args.weights}" for m in MODELS),
+            *(item for seed in args.seeds for item in ("--seeds", str(seed))), "--out", str(args.out),
+            "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers), "--no-progress",
+            "--external", f"{EXTERNAL}={args.external}", "--target-recall", "COVID19=0.95",
+        ])
+    done = finished(args.out, args.seeds)
+    if not done:
+        print(f"no seed has both models finished in {args.out}")
+        return 1
+    title = f"# proposed vs fine-tuned mobilenet_v2 ({args.image_size} px, {args.epochs} epochs, seeds {sorted(done)})"
+    lines = summary(done) + abnormal_on_unseen_covid(args.out, args.data, sorted(done))
+    text = "\n".join([title, "", *lines, "", f"Wall time of this command: {time.perf_counter() - started:.0f} s"]) + "\n"
     (args.out / "summary.md").write_text(text)
     print(text)
     return 0
-
-
-def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
-    lines = ["## Test metrics over seeds (mean ± std)", "", "| model | seeds | " + " | ".join(h for _, h in HEADLINE) + " | best val macro-F1 |", "|---|---|" + "---|" * (len(HEADLINE) + 1)]
-    for name, dirs in runs.items():
-        values = [headline(load(d)["test"]) for d in dirs]
-        val = [load(d)["best_val_macro_f1"] for d in dirs]
-        cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
-        lines.append(f"| {name} | {len(dirs)} | " + " | ".join(cells) + f" | {np.mean(val):.4f} ± {np.std(val, ddof=1) if len(val) > 1 else 0:.4f} |")
-    no_tta = [load(d)["test_without_tta"] for d in runs["proposed"] if "test_without_tta" in load(d)]
-    if no_tta:  # the same checkpoints tested without test-time augmentation
-        values = [headline(t) for t in no_tta]
-        cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
-        lines.append(f"| proposed, same checkpoints without TTA | {len(values)} | " + " | ".join(cells) + " | |")
-    goals = ", ".join(f"{h} ≥ {GOALS[k]}" for k, h in HEADLINE)
-    lines += ["", f"Goals: {goals}."]
-    return lines
-
-
-def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
-    from cxrlab.evaluation.metrics import mcnemar
-    from cxrlab.evaluation.predict import read_predictions
-
-    classes = load(runs["proposed"][0])["classes"]
-    lines = ["", "## McNemar's test, proposed vs mobilenet_v2 (test split)", "", "| pairing | only proposed right | only baseline right | p |", "|---|---|---|---|"]
-    probs = {}  # (seeds, images, classes) per model, each file read once
-    for name, dirs in runs.items():
-        read = [read_predictions(d / "test_predictions.csv", classes) for d in dirs]
-        y_true = read[0][1]
-        probs[name] = np.stack([p for _, _, p in read])
-    for i in range(min(len(p) for p in probs.values())):
-        result = mcnemar(y_true, probs["proposed"][i].argmax(1), probs["mobilenet_v2"][i].argmax(1))
-        lines.append(f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
-    # one prediction per image from the seeds' mean probability
-    result = mcnemar(y_true, probs["proposed"].mean(0).argmax(1), probs["mobilenet_v2"].mean(0).argmax(1))
-    lines.append(f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
-    return lines
-
-
-def validation_tta(runs: list[Path], data: Path) -> list[str]:
-    """Validation macro-F1 and COVID19 recall of each run's kept checkpoint with and without TTA
-    (the split that may decide whether TTA stays in the recipe)."""
-    from cxrlab.data.cache import CacheSpec, build_cache
-    from cxrlab.data.datasets import CachedImageDataset, rows_for
-    from cxrlab.data.discover import discover
-    from cxrlab.data.split import load_split
-    from cxrlab.evaluation.metrics import classification_metrics
-    from cxrlab.evaluation.predict import predict_probs
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
-
-    lines = ["", "## Test-time augmentation on validation", "", "| run | TTA | val macro-F1 | val COVID19 recall |", "|---|---|---|---|"]
-    for run in runs:
-        model, extra = load_checkpoint_with_extra(run / "model.pt")
-        cache = build_cache(discover(data), CacheSpec(extra["image_size"], extra["resize"]), progress=False)
-        rows = rows_for(cache, load_split(run / "split.csv")["val"])
-        for tta in (False, True):
-            model.tta = tta
-            m = classification_metrics(cache.labels[rows], predict_probs(model, CachedImageDataset(cache, rows)), list(model.classes))
-            lines.append(f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | {m['per_class']['COVID19']['recall']:.3f} |")
-    return lines
-
-
-def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
-    """Robustness (accuracy per variant) and Grad-CAM shares, mean over seeds."""
-    lines = ["", "## Robustness and Grad-CAM (mean over seeds)", ""]
-    variants = ("squash", "pad", "rotate+10", "rotate-10", "darken")
-    lines += ["| model | " + " | ".join(variants) + " | lung share | lung area | border share |", "|---|" + "---|" * (len(variants) + 3)]
-    for name, dirs in runs.items():
-        rob = [json.loads((d / "robustness.json").read_text()) for d in dirs if (d / "robustness.json").is_file()]
-        cam = [json.loads((d / "gradcam.json").read_text()) for d in dirs if (d / "gradcam.json").is_file()]
-        if not rob or not cam:
-            lines.append(f"| {name} | not computed |")
-            continue
-        acc = [f"{np.mean([r['variants'][v]['accuracy'] for r in rob]):.4f}" for v in variants]
-        shares = [f"{np.mean([c[k] for c in cam]):.3f}" for k in ("lung_share", "lung_area", "border_share")]
-        lines.append(f"| {name} | " + " | ".join(acc + shares) + " |")
-    return lines
-
-
-def ablation_table(baseline: Path, ema: Path, gem: Path, full: Path) -> list[str]:
-    def row(label: str, metrics: dict) -> str:
-        h = headline(metrics["test"])
-        return f"| {label} | {metrics['best_val_macro_f1']:.4f} | " + " | ".join(f"{h[k]:.4f}" for k, _ in HEADLINE) + " |"
-
-    b, e, g, f = (load(p) for p in (baseline, ema, gem, full))
-    return [
-        "", "## Ablation (seed 0, each row adds one part)", "",
-        "| model | best val macro-F1 | " + " | ".join(h for _, h in HEADLINE) + " |", "|---|---|" + "---|" * len(HEADLINE),
-        row("mobilenet_v2 fine-tuned (baseline)", b),
-        row("+ EMA of weights", e),
-        row("+ two-scale GeM head (proposed_noeq)", g),
-        row("+ histogram equalisation (proposed)", f),
-    ]
 
 
 if __name__ == "__main__":
