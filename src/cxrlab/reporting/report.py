@@ -49,7 +49,7 @@ import torch
 from cxrlab import __version__
 from cxrlab.data.analyze import PLOTS
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.metrics import Interval, McNemarResult, mcnemar
+from cxrlab.evaluation.metrics import Interval, McNemarResult, holm, mcnemar
 from cxrlab.evaluation.predict import read_predictions
 from cxrlab.evaluation.robustness import PROBES, VARIANTS, probe_reading
 from cxrlab.fileio import atomic_open, atomic_write_text, html_escape, markdown_escape, read_text
@@ -795,17 +795,6 @@ class PairTest:
     result: McNemarResult | None = None
     p_holm: float | None = None
     note: str = ""
-
-
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (monotone, capped at 1), in the input order."""
-    m = len(p_values)
-    adjusted = [1.0] * m
-    running = 0.0
-    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def pair_test(a: ReportRun, b: ReportRun) -> PairTest:
