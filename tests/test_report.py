@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import json
 import re
 import shutil
 from pathlib import Path
-
-import base64
 
 import numpy as np
 import pytest
@@ -20,8 +19,9 @@ from cxrlab.data.discover import discover
 from cxrlab.data.scan import scan_dataset
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.metrics import holm
 from cxrlab.fileio import markdown_escape
-from cxrlab.reporting.report import holm, write_report
+from cxrlab.reporting.report import write_report
 from cxrlab.training.config import preset
 from cxrlab.training.run import train_run
 

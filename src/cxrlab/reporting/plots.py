@@ -2,7 +2,7 @@
 external gap and reliability diagrams.
 
 Each ``plot_*`` function takes the runs of a comparison (in report order, as
-:class:`~cxrlab.reporting.report.ReportRun`), draws one PNG at ``path`` and returns ``path``.
+:class:`~cxrlab.reporting.runs.ReportRun`), draws one PNG at ``path`` and returns ``path``.
 Every run keeps one colour across the figures; epochs are counted from 1. Figures are drawn
 on the Agg canvas directly (no pyplot), so nothing here touches the global matplotlib backend.
 """
@@ -23,7 +23,7 @@ from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure,
 if TYPE_CHECKING:
     from cxrlab.evaluation.calibration import Reliability
     from cxrlab.evaluation.metrics import Interval
-    from cxrlab.reporting.report import ReportRun
+    from cxrlab.reporting.runs import ReportRun
 
 TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
