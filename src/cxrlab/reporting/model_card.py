@@ -122,7 +122,7 @@ def training_data_lines(metrics: dict, audit: dict | None) -> list[str]:
     return lines
 
 
-def test_lines(metrics: dict) -> list[str]:
+def test_split_lines(metrics: dict) -> list[str]:
     """The test split's headline numbers with their intervals, and each class's recall."""
     test, intervals = metrics.get("test") or {}, metrics.get("intervals") or {}
     if not test:
@@ -237,7 +237,7 @@ def model_card(run_dir: Path) -> str:
         "", "## Intended use", "", INTENDED_USE,
         "", "## Model", "", *model_lines(metrics),
         "", "## Training data", "", *training_data_lines(metrics, audit),
-        "", "## Test split (same sources as the training data)", "", *test_lines(metrics),
+        "", "## Test split (same sources as the training data)", "", *test_split_lines(metrics),
         "", "## Off its own test split", "", *external_lines(external),
         "", "## Calibration and operating point", "", *calibration_lines(metrics, external),
         "", "## Robustness probes (test split)", "",
