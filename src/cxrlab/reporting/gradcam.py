@@ -12,7 +12,16 @@ from markupsafe import Markup
 from cxrlab.reporting.render import Figure, render
 from cxrlab.reporting.robustness import NOT_COMPUTED
 from cxrlab.reporting.runs import GRADCAM_JSON, ReportRun
-from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, fmt, fmt_percent, number
+from cxrlab.reporting.tables import (
+    MISSING,
+    Cell,
+    Table,
+    csv_number,
+    csv_row,
+    fmt,
+    fmt_percent,
+    number,
+)
 
 # gradcam.json share keys, their table header and which way is better (None: not ranked)
 GRADCAM_SHARES = (
@@ -77,8 +86,7 @@ def gradcam_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
     fields = gradcam_fields(runs)
     rows = []
     for run in runs:
-        row: dict[str, object] = dict.fromkeys(fields, "")
-        row |= {"run": run.label, "computed": bool(run.gradcam)}
+        row = csv_row(fields, run=run.label, computed=bool(run.gradcam))
         if run.gradcam:
             data = run.gradcam
             for key in ("n_images", "target", "layer"):

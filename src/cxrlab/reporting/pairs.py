@@ -16,7 +16,7 @@ from markupsafe import Markup
 
 from cxrlab.evaluation.metrics import McNemarResult, holm, mcnemar
 from cxrlab.reporting.render import render
-from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, fmt_p
+from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, csv_row, fmt_p
 
 ALPHA = 0.05  # significance level for the Holm-adjusted McNemar p-values
 MCNEMAR_FIELDS = (
@@ -96,8 +96,7 @@ def mcnemar_rows(tests: Sequence[PairTest]) -> list[dict[str, object]]:
     """One dict per pair of runs: the rows of ``mcnemar.csv`` (numbers empty when skipped)."""
     rows = []
     for t in tests:
-        row: dict[str, object] = dict.fromkeys(MCNEMAR_FIELDS, "")
-        row |= {"run_a": t.a.label, "run_b": t.b.label, "note": t.note}
+        row = csv_row(MCNEMAR_FIELDS, run_a=t.a.label, run_b=t.b.label, note=t.note)
         if t.result is not None:
             r = t.result
             row |= {

@@ -17,6 +17,7 @@ from cxrlab.reporting.tables import (
     Cell,
     Table,
     csv_number,
+    csv_row,
     fmt,
     fmt_change,
     fmt_percent,
@@ -153,8 +154,7 @@ def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
     fields = robustness_fields(runs)
     rows = []
     for run in runs:
-        row: dict[str, object] = dict.fromkeys(fields, "")
-        row |= {"run": run.label, "computed": bool(run.robustness)}
+        row = csv_row(fields, run=run.label, computed=bool(run.robustness))
         if run.robustness:
             data = run.robustness
             drop, where = worst_drop(run)

@@ -145,6 +145,11 @@ class Table:
         return "\n".join([line(head), line(align), *rows])
 
 
+def csv_row(fields: Sequence[str], **values: object) -> dict[str, object]:
+    """A CSV row with every column in ``fields``: empty unless given in ``values``."""
+    return dict.fromkeys(fields, "") | values
+
+
 def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
     """Write dict rows with the columns ``fields`` to ``path`` (atomically)."""
     with atomic_open(path, newline="") as handle:
