@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from markupsafe import Markup
 
 from cxrlab.reporting.render import Figure, render
-from cxrlab.reporting.robustness import NOT_COMPUTED
 from cxrlab.reporting.runs import GRADCAM_JSON, ReportRun
 from cxrlab.reporting.tables import (
     MISSING,
+    NOT_COMPUTED,
     Cell,
     Table,
     csv_number,

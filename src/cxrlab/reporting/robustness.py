@@ -14,6 +14,7 @@ from cxrlab.reporting.render import render
 from cxrlab.reporting.runs import ROBUSTNESS_JSON, ReportRun
 from cxrlab.reporting.tables import (
     MISSING,
+    NOT_COMPUTED,
     Cell,
     Table,
     csv_number,
@@ -23,8 +24,6 @@ from cxrlab.reporting.tables import (
     fmt_percent,
     number,
 )
-
-NOT_COMPUTED = "not computed"
 
 
 def robustness_variants(runs: Sequence[ReportRun]) -> list[str]:

@@ -22,6 +22,7 @@ from cxrlab.fileio import atomic_open, markdown_escape
 from cxrlab.reporting.render import render
 
 MISSING = "–"
+NOT_COMPUTED = "not computed"  # a run without robustness or Grad-CAM results
 
 
 def number(value: object) -> float:
