@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
 import json
 import re
 import shutil
 from pathlib import Path
-
-import base64
 
 import numpy as np
 import pytest
@@ -20,13 +19,16 @@ from cxrlab.data.discover import discover
 from cxrlab.data.scan import scan_dataset
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.metrics import holm
 from cxrlab.fileio import markdown_escape
-from cxrlab.reporting.report import holm, write_report
+from cxrlab.reporting.report import write_report
 from cxrlab.training.config import preset
 from cxrlab.training.run import train_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TABLES = ["report.html", "results.md", "results.csv", "mcnemar.csv", "robustness.csv", "gradcam.csv"]
+TABLES = [
+    "report.html", "results.md", "results.csv", "mcnemar.csv", "robustness.csv", "gradcam.csv"
+]
 FIGURES = ["curves.png", "confusion.png", "roc.png", "bars.png"]
 HEADINGS = [
     "Dataset", "Comparison on the test split", "Headline metrics", "Learning curves",
@@ -55,9 +57,11 @@ PROBED = ROBUSTNESS | {
     "variants": ROBUSTNESS["variants"] | {
         name: {
             "description": f"description of {name}", "accuracy": acc, "balanced_accuracy": balanced,
-            "macro_f1": balanced, "recall": {c: balanced for c in CLASSES}, "accuracy_drop": 0.75 - acc,
+            "macro_f1": balanced, "recall": dict.fromkeys(CLASSES, balanced),
+            "accuracy_drop": 0.75 - acc,
         }
-        for name, acc, balanced in (("lungs-hidden", 0.6, 0.7), ("lungs-only", 0.3, 0.35))  # drops past darken's
+        # drops past darken's
+        for name, acc, balanced in (("lungs-hidden", 0.6, 0.7), ("lungs-only", 0.3, 0.35))
     },
     "chance": {"balanced_accuracy": 1 / 3, "accuracy": 0.5, "majority_class": "PNEUMONIA"},
     "lung_fields": {
@@ -68,7 +72,8 @@ PROBED = ROBUSTNESS | {
 GRADCAM = {
     "n_images": 24, "target": "predicted class", "layer": "network.features.18",
     "lung_share": 0.6125, "border_share": 0.0875, "other_share": 0.3, "lung_area": 0.25,
-    "lung_enrichment": 2.45, "lung_share_by_class": {"COVID19": 0.5, "NORMAL": 0.65, "PNEUMONIA": 0.7},
+    "lung_enrichment": 2.45,
+    "lung_share_by_class": {"COVID19": 0.5, "NORMAL": 0.65, "PNEUMONIA": 0.7},
     "lung_share_correct": 0.6375, "lung_share_wrong": None, "segmented": 0.917,
 }
 
@@ -203,7 +208,8 @@ def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> Non
     rows = read_csv(report / "results.csv")
     assert [r["run"] for r in rows] == labels(runs)
     expected = {
-        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "ece_uncalibrated", "temperature", "train_s", "parameters",
+        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "ece_uncalibrated",
+        "temperature", "train_s", "parameters",
         "trainable_parameters", "inference_img_per_s", "best_epoch", "epochs_run",
         *(f"{key}{suffix}" for key in ("accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES))
           for suffix in ("", "_low", "_high")),
@@ -220,7 +226,8 @@ def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> Non
 def test_results_markdown_has_the_comparison(report: Path, runs: dict[str, Path]) -> None:
     markdown = (report / "results.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert any(markdown_escape("accuracy [CI]") in line and markdown_escape("macro-F1 [CI]") in line for line in table)
+    headers = (markdown_escape("accuracy [CI]"), markdown_escape("macro-F1 [CI]"))
+    assert any(all(header in line for header in headers) for line in table)
     for label in labels(runs):
         assert any(line.startswith(f"| {markdown_escape(label)} |") for line in table), label
     assert re.search(r"\d\.\d{3} \\\[\d\.\d{3}, \d\.\d{3}\\\]", markdown)  # brackets escaped
@@ -229,7 +236,8 @@ def test_results_markdown_has_the_comparison(report: Path, runs: dict[str, Path]
 def test_single_run_without_analysis(runs: dict[str, Path], tmp_path: Path) -> None:
     write_report([runs["b"]], tmp_path)
     page = (tmp_path / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 5  # bars, curves, confusion, ROC, reliability
+    # bars, curves, confusion, ROC, reliability
+    assert page.count('src="data:image/png;base64,') == 5
     assert "No dataset analysis given" in page and "nothing to test" in page
     assert read_csv(tmp_path / "mcnemar.csv") == []
     assert len(read_csv(tmp_path / "results.csv")) == 1
@@ -251,10 +259,13 @@ def test_holm_adjustment() -> None:
 
 
 def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None:
-    a, b, c, copy = labels(runs)
+    a, _b, c, _copy = labels(runs)
     page = (report / "report.html").read_text()
     part = section(page, "robustness", "gradcam")
-    rows = {label: part[part.index(f"<td class=\"text\">{html.escape(label)}</td>"):] for label in (a, c)}
+    rows = {
+        label: part[part.index(f"<td class=\"text\">{html.escape(label)}</td>"):]
+        for label in (a, c)
+    }
     row_c = rows[c][: rows[c].index("</tr>")]
     assert "squash 32px" in row_c and "(1 unreadable)" in row_c
     assert "0.750<br><span class=\"ci\">(reference)" in row_c
@@ -263,52 +274,65 @@ def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None
     assert "0.438<br><span class=\"ci\">(−0.312)" in row_c and "(darken)" in row_c  # worst
     assert "not computed" in rows[a][: rows[a].index("</tr>")]
     for name in ACCURACIES:
-        assert f"<th>{html.escape(name)}</th>" in part and html.escape(f"description of {name}") in part
+        assert f"<th>{html.escape(name)}</th>" in part
+        assert html.escape(f"description of {name}") in part
     assert "relying on image format" in part and html.escape(a) in part
     csv_rows = {r["run"]: r for r in read_csv(report / "robustness.csv")}
     assert list(csv_rows) == labels(runs)
     assert csv_rows[c]["computed"] == "True" and csv_rows[c]["reference"] == "squash"
     assert float(csv_rows[c]["pad_accuracy_drop"]) == pytest.approx(0.25)
     assert float(csv_rows[c]["darken_recall_NORMAL"]) == pytest.approx(0.4375)
-    assert csv_rows[c]["worst_variant"] == "darken" and float(csv_rows[c]["worst_drop"]) == pytest.approx(0.3125)
+    assert csv_rows[c]["worst_variant"] == "darken"
+    assert float(csv_rows[c]["worst_drop"]) == pytest.approx(0.3125)
     assert csv_rows[a]["computed"] == "False" and csv_rows[a]["pad_accuracy"] == ""
     markdown = (report / "results.md").read_text()
     assert "## Robustness" in markdown
-    assert any(line.startswith(f"| {markdown_escape(c)} | squash 32px |") and "0.500 (−0.250)" in line for line in markdown.splitlines())
+    assert any(
+        line.startswith(f"| {markdown_escape(c)} | squash 32px |") and "0.500 (−0.250)" in line
+        for line in markdown.splitlines()
+    )
 
 
 def test_robustness_shows_the_shortcut_probes(report: Path, runs: dict[str, Path]) -> None:
-    a, b, c, copy = labels(runs)
+    _a, _b, c, copy = labels(runs)
     page = (report / "report.html").read_text()
     part = section(page, "robustness", "gradcam")
     for header in ("lungs hidden (balanced)", "lungs only (balanced)", "lungs found"):
         assert f"<th>{header}</th>" in part
     row = part[part.index(f"<td class=\"text\">{html.escape(copy)}</td>"):]
     row = row[: row.index("</tr>")]
-    assert "0.700<br><span class=\"ci\">(chance 0.333)" in row and "0.350<br><span class=\"ci\">(chance 0.333)" in row
+    assert "0.700<br><span class=\"ci\">(chance 0.333)" in row
+    assert "0.350<br><span class=\"ci\">(chance 0.333)" in row
     assert "81%<br><span class=\"ci\">(COVID19 100%, NORMAL 75%, PNEUMONIA –)" in row
     assert "0.312<br><span class=\"ci\">(darken)" in row  # the probes are no format drop
     old = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
-    assert old[: old.index("</tr>")].count("not computed") == 3  # an older file: both probes, lungs found
-    assert html.escape(f"{copy}: lungs hidden: balanced accuracy 0.700 vs chance 0.333: the model reads something outside the lungs") in part
+    # an older file: both probes and lungs found are not computed
+    assert old[: old.index("</tr>")].count("not computed") == 3
+    reading = (
+        f"{copy}: lungs hidden: balanced accuracy 0.700 vs chance 0.333: the model reads "
+        "something outside the lungs"
+    )
+    assert html.escape(reading) in part
     assert html.escape(f"{c}: lungs hidden: not computed") in part
     assert html.escape("description of lungs-hidden") in part and "Maguolo" in part
     csv_rows = {r["run"]: r for r in read_csv(report / "robustness.csv")}
     assert float(csv_rows[copy]["lungs-hidden_balanced_accuracy"]) == pytest.approx(0.7)
     assert float(csv_rows[copy]["chance_balanced_accuracy"]) == pytest.approx(1 / 3)
     assert float(csv_rows[copy]["lungs_segmented_NORMAL"]) == pytest.approx(0.75)
-    assert csv_rows[copy]["lungs_segmented_PNEUMONIA"] == "" and csv_rows[copy]["worst_variant"] == "darken"
+    assert csv_rows[copy]["lungs_segmented_PNEUMONIA"] == ""
+    assert csv_rows[copy]["worst_variant"] == "darken"
     assert csv_rows[c]["lungs_segmented"] == "" and csv_rows[c]["lungs-only_accuracy"] == ""
     assert "lungs hidden (balanced)" in (report / "results.md").read_text()
 
 
 def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> None:
-    a, b, c, copy = labels(runs)
+    _a, b, c, _copy = labels(runs)
     page = (report / "report.html").read_text()
     part = section(page, "gradcam", "runs")
     row_c = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
     row_c = row_c[: row_c.index("</tr>")]
-    for text in ("network.features.18", "0.613", "0.087", "0.300", "0.250", "2.45×", "0.637", "0.700", "92%"):
+    shown = ("network.features.18", "0.613", "0.087", "0.300", "0.250", "2.45×", "0.637", "0.700")
+    for text in (*shown, "92%"):
         assert text in row_c, text
     assert "not computed" in part and "Otsu" in part and "lung share" in part
     png = base64.b64encode((runs["c"] / "gradcam.png").read_bytes()).decode("ascii")
@@ -325,7 +349,7 @@ def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> 
 
 
 def test_runs_section_names_tta_and_ema(report: Path, runs: dict[str, Path]) -> None:
-    a, b, c, copy = labels(runs)
+    _a, _b, c, _copy = labels(runs)
     page = (report / "report.html").read_text()
     part = page[page.index('id="runs"'):]
     run_c = part[part.index(f"<h3>{html.escape(c)}</h3>"):]

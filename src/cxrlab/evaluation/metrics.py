@@ -1,4 +1,5 @@
-"""Classification metrics on a test split, with bootstrap confidence intervals and McNemar's test.
+"""Classification metrics on a test split, with bootstrap confidence intervals, McNemar's test and
+Holm's adjustment for several tests.
 
 All functions take integer labels ``y_true`` of shape ``(n,)`` and class probabilities
 ``probs`` of shape ``(n, k)`` (rows sum to 1); predictions are ``probs.argmax(1)``.
@@ -6,7 +7,7 @@ All functions take integer labels ``y_true`` of shape ``(n,)`` and class probabi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -172,3 +173,14 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, exact
         return McNemarResult(b, c, float(min(b, c)), float(binomtest(min(b, c), b + c, 0.5).pvalue), True)
     stat = (abs(b - c) - 1.0) ** 2 / (b + c)
     return McNemarResult(b, c, float(stat), float(chi2.sf(stat, df=1)), False)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (monotone, capped at 1), in the input order."""
+    m = len(p_values)
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda i: p_values[i])):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

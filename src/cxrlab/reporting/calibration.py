@@ -12,20 +12,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from markupsafe import Markup
+
 from cxrlab.evaluation.calibration import CalibrationEffect, OperatingResult
-from cxrlab.evaluation.metrics import Interval
 from cxrlab.reporting.external import ExternalSet
 from cxrlab.reporting.plots import plot_reliability
-from cxrlab.reporting.report import Cell, ReportRun, Table, _csv_number, figure_html, fmt, interval_cell, paragraph
+from cxrlab.reporting.render import Figure, render
+from cxrlab.reporting.runs import ReportRun
+from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, fmt, interval_cell
 
 RELIABILITY_PNG = "reliability.png"
 
 EXPLANATION = (
-    "Temperature scaling divides each model's logits by one number T fitted on the validation split "
-    "(T > 1: the model was over-confident). It never changes the predicted class; it makes the "
-    "probabilities closer to how often the model is right. ECE is the gap between confidence and "
-    "accuracy (15 bins, top class), before → after. On an external set it shows whether probabilities "
-    "calibrated on the training hospital's films still mean what they say elsewhere."
+    "Temperature scaling divides each model's logits by one number T fitted on the validation "
+    "split (T > 1: the model was over-confident). It never changes the predicted class; it makes "
+    "the probabilities closer to how often the model is right. ECE is the gap between confidence "
+    "and accuracy (15 bins, top class), before → after. On an external set it shows whether "
+    "probabilities calibrated on the training hospital's films still mean what they say elsewhere."
+)
+RELIABILITY_CAPTION = (
+    "Reliability on the test split: accuracy against confidence per bin (area: films), before "
+    "(dashed) and after temperature scaling; dotted: perfect calibration."
 )
 
 
@@ -35,25 +42,31 @@ def _effect(run: ReportRun, name: str) -> CalibrationEffect | None:
 
 
 def _change(before: float | None, after: float | None) -> Cell:
-    return Cell("–") if before is None or after is None else Cell(f"{fmt(before)} → {fmt(after)}")
+    if before is None or after is None:
+        return Cell(MISSING)
+    return Cell(f"{fmt(before)} → {fmt(after)}")
 
 
 def calibration_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet]) -> Table:
-    """Per run: T, then ECE before → after on validation, test and each external set; test NLL."""
-    headers = ["run", "temperature", "ECE validation", "ECE test", *(f"ECE {e.name}" for e in externals), "NLL test"]
+    """Per run: T, then ECE before → after on validation, test and each external set; test
+    NLL."""
+    headers = [
+        "run", "temperature", "ECE validation", "ECE test", *(f"ECE {e.name}" for e in externals),
+        "NLL test",
+    ]
     rows = []
     for position, run in enumerate(runs):
         calibration = run.metrics.get("calibration") or {}
         val, test = _effect(run, "val"), _effect(run, "test")
         row = [
             Cell(run.label),
-            Cell(fmt(calibration["temperature"]) if calibration else "–"),
+            Cell(fmt(calibration["temperature"]) if calibration else MISSING),
             _change(val.ece_before if val else None, val.ece_after if val else None),
             _change(test.ece_before if test else None, test.ece_after if test else None),
         ]
         for external in externals:
             ev = external.evaluations[position]
-            row.append(_change(ev.ece_uncalibrated, ev.ece) if calibration else Cell("–"))
+            row.append(_change(ev.ece_uncalibrated, ev.ece) if calibration else Cell(MISSING))
         row.append(_change(test.nll_before if test else None, test.nll_after if test else None))
         rows.append(row)
     return Table(headers, rows)
@@ -63,14 +76,18 @@ def has_points(runs: Sequence[ReportRun]) -> bool:
     return any(run.metrics.get("operating_point") for run in runs)
 
 
-def _rate(interval: Interval | None) -> Cell:
-    return interval_cell(interval) if interval is not None else Cell("–")
+def _test_point(point: dict) -> OperatingResult | None:
+    """The operating point's result on the test split, when it was scored there."""
+    return OperatingResult.from_dict(point["test"]) if point.get("test") else None
 
 
 def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet]) -> Table:
     """Per run with an operating point: target, threshold, validation rates, then sensitivity and
     specificity [CI] on the test split and on each external set."""
-    headers = ["run", "target", "threshold", "val recall", "val specificity", "test sensitivity [CI]", "test specificity [CI]"]
+    headers = [
+        "run", "target", "threshold", "val recall", "val specificity", "test sensitivity [CI]",
+        "test specificity [CI]",
+    ]
     for external in externals:
         headers += [f"{external.name} sensitivity [CI]", f"{external.name} specificity [CI]"]
     rows = []
@@ -78,63 +95,72 @@ def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[Externa
         point = run.metrics.get("operating_point")
         if not point:
             continue
-        test = OperatingResult.from_dict(point["test"]) if point.get("test") else None
+        results = [_test_point(point)] + [e.evaluations[position].at_point for e in externals]
         row = [
-            Cell(run.label), Cell(f"{point['label']} ≥ {point['target_recall']:g}"), Cell(fmt(point["threshold"])),
-            Cell(fmt(point["val_recall"])), Cell(fmt(point["val_specificity"])),
-            _rate(test.sensitivity if test else None), _rate(test.specificity if test else None),
+            Cell(run.label), Cell(f"{point['label']} ≥ {point['target_recall']:g}"),
+            Cell(fmt(point["threshold"])), Cell(fmt(point["val_recall"])),
+            Cell(fmt(point["val_specificity"])),
         ]
-        for external in externals:
-            at = external.evaluations[position].at_point
-            row += [_rate(at.sensitivity if at else None), _rate(at.specificity if at else None)]
+        for result in results:
+            row += [
+                interval_cell(result.sensitivity if result else None),
+                interval_cell(result.specificity if result else None),
+            ]
         rows.append(row)
     return Table(headers, rows)
 
 
-def calibration_columns(run: ReportRun, externals: Sequence[ExternalSet], position: int) -> dict[str, str]:
-    """The ``results.csv`` columns of one run: T, ECE before/after (test, each set), operating point."""
+def calibration_columns(
+    run: ReportRun, externals: Sequence[ExternalSet], position: int
+) -> dict[str, str]:
+    """The ``results.csv`` columns of one run: T, ECE before/after (test, each set), operating
+    point."""
     calibration = run.metrics.get("calibration") or {}
     test = _effect(run, "test")
     row = {  # the calibrated test ECE is the comparison's own "ece" column
-        "temperature": _csv_number(calibration.get("temperature")),
-        "ece_uncalibrated": _csv_number(test.ece_before if test else None),
+        "temperature": csv_number(calibration.get("temperature")),
+        "ece_uncalibrated": csv_number(test.ece_before if test else None),
     }
     for external in externals:
         ev = external.evaluations[position]
-        row[f"{external.name}_ece_uncalibrated"], row[f"{external.name}_ece"] = _csv_number(ev.ece_uncalibrated), _csv_number(ev.ece)
+        row[f"{external.name}_ece_uncalibrated"] = csv_number(ev.ece_uncalibrated)
+        row[f"{external.name}_ece"] = csv_number(ev.ece)
     point = run.metrics.get("operating_point")
     if point:
-        row |= {"operating_point": f"{point['label']}={point['target_recall']:g}", "threshold": _csv_number(point["threshold"])}
-        results = [("test", OperatingResult.from_dict(point["test"]) if point.get("test") else None)]
+        row |= {
+            "operating_point": f"{point['label']}={point['target_recall']:g}",
+            "threshold": csv_number(point["threshold"]),
+        }
+        results = [("test", _test_point(point))]
         results += [(e.name, e.evaluations[position].at_point) for e in externals]
         for name, result in results:
-            row[f"{name}_sensitivity"] = _csv_number(result.sensitivity.value if result and result.sensitivity else None)
-            row[f"{name}_specificity"] = _csv_number(result.specificity.value if result and result.specificity else None)
+            sensitivity = result.sensitivity if result else None
+            specificity = result.specificity if result else None
+            row[f"{name}_sensitivity"] = csv_number(sensitivity.value if sensitivity else None)
+            row[f"{name}_specificity"] = csv_number(specificity.value if specificity else None)
     return row
 
 
 def calibration_markdown(runs: Sequence[ReportRun], externals: Sequence[ExternalSet]) -> str:
     """The calibration part of ``results.md``."""
-    parts = ["## Calibration", "", EXPLANATION, "", calibration_table(runs, externals).markdown(), ""]
+    table = calibration_table(runs, externals).markdown()
+    parts = ["## Calibration", "", EXPLANATION, "", table, ""]
     if has_points(runs):
         parts += ["### Operating point", "", operating_point_table(runs, externals).markdown(), ""]
     return "\n".join(parts)
 
 
-def calibration_html(runs: Sequence[ReportRun], externals: Sequence[ExternalSet], out_dir: Path) -> str:
+def calibration_html(
+    runs: Sequence[ReportRun], externals: Sequence[ExternalSet], out_dir: Path
+) -> Markup:
     """The report section: explanation, the table, reliability diagrams, the operating points."""
-    diagrams = [(test.reliability_before, test.reliability_after) if (test := _effect(run, "test")) else None for run in runs]
+    effects = [_effect(run, "test") for run in runs]
+    diagrams = [(e.reliability_before, e.reliability_after) if e else None for e in effects]
     chart = plot_reliability([run.label for run in runs], diagrams, Path(out_dir) / RELIABILITY_PNG)
-    caption = "Reliability on the test split: accuracy against confidence per bin (area: films), before (dashed) and after temperature scaling; dotted: perfect calibration."
-    parts = [paragraph(EXPLANATION), calibration_table(runs, externals).html(), figure_html(chart, caption)]
-    if has_points(runs):
-        parts += [
-            "<h3>Operating point</h3>",
-            paragraph(
-                "The threshold on one class's calibrated probability chosen on the validation split for the target recall "
-                "(the class is called when its probability reaches it, otherwise the most probable other class); "
-                "sensitivity and specificity of that class against the rest, with 95% bootstrap CIs."
-            ),
-            operating_point_table(runs, externals).html(),
-        ]
-    return "\n".join(parts)
+    return render(
+        "calibration.html",
+        explanation=EXPLANATION,
+        table=calibration_table(runs, externals),
+        chart=Figure(chart, RELIABILITY_CAPTION),
+        points=operating_point_table(runs, externals) if has_points(runs) else None,
+    )

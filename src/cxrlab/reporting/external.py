@@ -16,25 +16,28 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from markupsafe import Markup
 
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.external import EXTERNAL_DIR, Evaluation, evaluation_predictions, load_evaluation
-from cxrlab.fileio import html_escape, markdown_escape
+from cxrlab.evaluation.external import (
+    EXTERNAL_DIR,
+    Evaluation,
+    evaluation_predictions,
+    load_evaluation,
+)
+from cxrlab.fileio import markdown_escape
+from cxrlab.reporting.pairs import PairTest, mcnemar_html, mcnemar_table, pair_tests
 from cxrlab.reporting.plots import plot_external_gap
-from cxrlab.reporting.report import (
+from cxrlab.reporting.render import Figure, render
+from cxrlab.reporting.runs import ReportRun
+from cxrlab.reporting.tables import (
+    MISSING,
     Cell,
-    PairTest,
-    ReportRun,
     Table,
-    _csv_number,
-    _interval_fields,
-    figure_html,
+    csv_number,
     fmt,
     interval_cell,
-    mcnemar_html,
-    mcnemar_table,
-    pair_tests,
-    paragraph,
+    interval_fields,
 )
 
 GAP_PNG = "external_gap.png"
@@ -75,7 +78,10 @@ def load_external_sets(runs: Sequence[ReportRun], names: Sequence[str]) -> list[
         for run in runs:
             folder = run.run_dir / EXTERNAL_DIR / name
             if not (folder / "metrics.json").is_file():
-                raise CxrlabError(f"{run.run_dir}: not evaluated on '{name}' (cxrlab evaluate {run.run_dir} DATA --name {name})")
+                raise CxrlabError(
+                    f"{run.run_dir}: not evaluated on '{name}' "
+                    f"(cxrlab evaluate {run.run_dir} DATA --name {name})"
+                )
             evaluations.append(load_evaluation(folder))
             scores.append(ExternalScores(run.label, *evaluation_predictions(folder, run.classes)))
         sets.append(ExternalSet(name, evaluations, pair_tests(scores)))
@@ -83,11 +89,12 @@ def load_external_sets(runs: Sequence[ReportRun], names: Sequence[str]) -> list[
 
 
 def _gap(value: float, reference: float | None) -> Cell:
-    return Cell(f"{value - reference:+.3f}" if reference is not None else "–")
+    return Cell(f"{value - reference:+.3f}" if reference is not None else MISSING)
 
 
 def external_table(runs: Sequence[ReportRun], found: ExternalSet) -> Table:
-    """Per run: balanced accuracy and each present class's recall there, its own test split, the gaps."""
+    """Per run: balanced accuracy and each present class's recall there, its own test split,
+    the gaps."""
     headers = ["run", "films", "balanced accuracy [CI]", "own test", "gap"]
     for name in found.present:
         headers += [f"recall {name} [CI]", "own test", "gap"]
@@ -96,38 +103,46 @@ def external_table(runs: Sequence[ReportRun], found: ExternalSet) -> Table:
         internal = ev.internal
         row = [
             Cell(run.label), Cell(str(ev.n)), interval_cell(ev.balanced_accuracy),
-            Cell(fmt(internal.balanced_accuracy) if internal else "–"),
+            Cell(fmt(internal.balanced_accuracy) if internal else MISSING),
             _gap(ev.balanced_accuracy.value, internal.balanced_accuracy if internal else None),
         ]
         for name in found.present:
             reference = internal.recall[name] if internal else None
-            row += [interval_cell(ev.per_class[name].recall), Cell(fmt(reference)), _gap(ev.per_class[name].recall.value, reference)]
+            recall = ev.per_class[name].recall
+            row += [interval_cell(recall), Cell(fmt(reference)), _gap(recall.value, reference)]
         rows.append(row)
     return Table(headers, rows)
 
 
 def called_table(runs: Sequence[ReportRun], found: ExternalSet) -> Table:
-    """Per run and present class: how many of its films are called each of the model's classes."""
+    """Per run and present class: how many of its films are called each of the model's
+    classes."""
     classes = found.evaluations[0].classes
     rows = [
-        [Cell(run.label), Cell(name), Cell(str(result.n)), *(Cell(str(result.called[c])) for c in classes), interval_cell(result.precision)]
+        [
+            Cell(run.label), Cell(name), Cell(str(result.n)),
+            *(Cell(str(result.called[c])) for c in classes), interval_cell(result.precision),
+        ]
         for run, ev in zip(runs, found.evaluations)
         for name, result in ev.per_class.items()
     ]
-    return Table(["run", "class", "films", *(f"called {c}" for c in classes), "precision [CI]"], rows, text=(0, 1))
+    headers = ["run", "class", "films", *(f"called {c}" for c in classes), "precision [CI]"]
+    return Table(headers, rows, text=(0, 1))
 
 
 def external_columns(found: Sequence[ExternalSet], position: int) -> dict[str, str]:
-    """The ``results.csv`` columns of the run at ``position``: each set's balanced accuracy, recalls, gaps."""
+    """The ``results.csv`` columns of the run at ``position``: each set's balanced accuracy,
+    recalls, gaps."""
     row: dict[str, str] = {}
     for external in found:
         ev = external.evaluations[position]
         key = external.name
-        row |= _interval_fields(f"{key}_balanced_accuracy", ev.balanced_accuracy)
+        row |= interval_fields(f"{key}_balanced_accuracy", ev.balanced_accuracy)
         if ev.internal is not None:
-            row[f"{key}_balanced_accuracy_gap"] = _csv_number(ev.balanced_accuracy.value - ev.internal.balanced_accuracy)
+            gap = ev.balanced_accuracy.value - ev.internal.balanced_accuracy
+            row[f"{key}_balanced_accuracy_gap"] = csv_number(gap)
         for name, result in ev.per_class.items():
-            row[f"{key}_recall_{name}"] = _csv_number(result.recall.value)
+            row[f"{key}_recall_{name}"] = csv_number(result.recall.value)
     return row
 
 
@@ -135,7 +150,8 @@ def external_markdown(runs: Sequence[ReportRun], found: Sequence[ExternalSet]) -
     """The external-validation part of ``results.md``."""
     parts = ["## External validation", "", EXPLANATION, ""]
     for external in found:
-        parts += [f"### {markdown_escape(external.name)}", "", external_table(runs, external).markdown(), ""]
+        parts += [f"### {markdown_escape(external.name)}", ""]
+        parts += [external_table(runs, external).markdown(), ""]
         parts += [called_table(runs, external).markdown(), ""]
         if external.tests:
             parts += [mcnemar_table(external.tests).markdown(), ""]
@@ -148,26 +164,37 @@ EXPLANATION = (
     "number on the run's own test split, 'gap' the difference. A large negative gap means the "
     "model learned something its own data rewards and other hospitals do not."
 )
+GAP_CAPTION = (
+    "Balanced accuracy over each set's classes: own test split against each external set (95% "
+    "CI); dotted: chance for two classes."
+)
 
 
-def external_html(runs: Sequence[ReportRun], found: Sequence[ExternalSet], out_dir: Path) -> str:
-    """The report section: explanation, the gap chart, then per set its tables and paired tests."""
-    chart = plot_external_gap(
-        [run.label for run in runs],
-        {e.name: [(ev.balanced_accuracy, ev.internal.balanced_accuracy if ev.internal else None) for ev in e.evaluations] for e in found},
-        out_dir / GAP_PNG,
-    )
-    caption = "Balanced accuracy over each set's classes: own test split against each external set (95% CI); dotted: chance for two classes."
-    parts = [paragraph(EXPLANATION), figure_html(chart, caption)]
-    for external in found:
-        absent = external.evaluations[0].absent
-        note = f" Classes absent from this set: {', '.join(absent)} (macro-F1 and AUC are not defined here)." if absent else ""
-        parts += [
-            f"<h3>{html_escape(external.name)}</h3>",
-            paragraph(f"{external.evaluations[0].n} films; classes present: {', '.join(external.present)}.{note}"),
-            external_table(runs, external).html(),
-            paragraph("How the films of each class are called, and the precision of each present class:"),
-            called_table(runs, external).html(),
-            mcnemar_html(external.tests, mcnemar_table(external.tests)),
+def external_html(
+    runs: Sequence[ReportRun], found: Sequence[ExternalSet], out_dir: Path
+) -> Markup:
+    """The report section: explanation, the gap chart, then per set its tables and paired
+    tests."""
+    gaps = {
+        e.name: [
+            (ev.balanced_accuracy, ev.internal.balanced_accuracy if ev.internal else None)
+            for ev in e.evaluations
         ]
-    return "\n".join(parts)
+        for e in found
+    }
+    chart = plot_external_gap([run.label for run in runs], gaps, out_dir / GAP_PNG)
+    sets = [
+        {
+            "name": external.name,
+            "n": external.evaluations[0].n,
+            "present": ", ".join(external.present),
+            "absent": ", ".join(external.evaluations[0].absent),
+            "scores": external_table(runs, external),
+            "called": called_table(runs, external),
+            "pairs": mcnemar_html(external.tests),
+        }
+        for external in found
+    ]
+    return render(
+        "external.html", explanation=EXPLANATION, chart=Figure(chart, GAP_CAPTION), sets=sets
+    )

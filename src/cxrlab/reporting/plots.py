@@ -2,7 +2,7 @@
 external gap and reliability diagrams.
 
 Each ``plot_*`` function takes the runs of a comparison (in report order, as
-:class:`~cxrlab.reporting.report.ReportRun`), draws one PNG at ``path`` and returns ``path``.
+:class:`~cxrlab.reporting.runs.ReportRun`), draws one PNG at ``path`` and returns ``path``.
 Every run keeps one colour across the figures; epochs are counted from 1. Figures are drawn
 on the Agg canvas directly (no pyplot), so nothing here touches the global matplotlib backend.
 """
@@ -23,7 +23,7 @@ from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure,
 if TYPE_CHECKING:
     from cxrlab.evaluation.calibration import Reliability
     from cxrlab.evaluation.metrics import Interval
-    from cxrlab.reporting.report import ReportRun
+    from cxrlab.reporting.runs import ReportRun
 
 TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
@@ -151,7 +151,9 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
         ax.grid(alpha=0.25)
     for ax in axes[len(classes):]:
         ax.set_visible(False)
-    handles = [Line2D([], [], color=colours[r.label], lw=2, label=figure_text(r.label)) for r in runs]
+    handles = [
+        Line2D([], [], color=colours[r.label], lw=2, label=figure_text(r.label)) for r in runs
+    ]
     figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(runs),
                   frameon=False)
     figure.suptitle("Test ROC curves, one class against the others", fontsize=12)
@@ -159,8 +161,11 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
 
 
 def interval_bars(intervals: Sequence[Interval]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(values, upper ends, error bars)`` of bootstrap intervals, as ``Axes.bar(yerr=...)`` takes them."""
-    values, low, high = (np.array([getattr(iv, part) for iv in intervals]) for part in ("value", "low", "high"))
+    """``(values, upper ends, error bars)`` of bootstrap intervals, as ``Axes.bar(yerr=...)``
+    takes them."""
+    values, low, high = (
+        np.array([getattr(iv, part) for iv in intervals]) for part in ("value", "low", "high")
+    )
     return values, high, np.nan_to_num(np.vstack([values - low, high - values])).clip(min=0.0)
 
 
@@ -197,7 +202,9 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     return save_figure(figure, path)
 
 
-def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval, float | None]]], path: Path) -> Path:
+def plot_external_gap(
+    labels: Sequence[str], sets: dict[str, list[tuple[Interval, float | None]]], path: Path
+) -> Path:
     """Per run: balanced accuracy on its own test split (over each set's present classes) and on
     each external set, with the external 95% CI; ``sets`` maps a set name to one
     ``(external interval, own-test value)`` per run, in ``labels`` order."""
@@ -215,10 +222,12 @@ def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval
             errors = None
         else:
             values, _, errors = interval_bars([iv for iv, _ in sets[bar]])
-        ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[bar], label=figure_text(bar),
-               yerr=errors, capsize=3, error_kw={"lw": 1, "ecolor": "0.25"})
+        ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[bar],
+               label=figure_text(bar), yerr=errors, capsize=3, error_kw={"lw": 1, "ecolor": "0.25"})
     ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
-    ax.set_xticks(x, [figure_text(label) for label in labels], rotation=20 if len(labels) > 3 else 0, ha="right" if len(labels) > 3 else "center")
+    tilted = len(labels) > 3
+    ax.set_xticks(x, [figure_text(label) for label in labels], rotation=20 if tilted else 0,
+                  ha="right" if tilted else "center")
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("balanced accuracy (present classes)")
     ax.grid(axis="y", alpha=0.3)
@@ -228,9 +237,14 @@ def plot_external_gap(labels: Sequence[str], sets: dict[str, list[tuple[Interval
     return save_figure(figure, path)
 
 
-def plot_reliability(labels: Sequence[str], diagrams: Sequence[tuple[Reliability, Reliability] | None], path: Path) -> Path:
+def plot_reliability(
+    labels: Sequence[str],
+    diagrams: Sequence[tuple[Reliability, Reliability] | None],
+    path: Path,
+) -> Path:
     """Per run: its test split's reliability diagram (accuracy against mean top-class confidence per
-    bin, marker area by films) before and after temperature scaling; ``None`` for an uncalibrated run."""
+    bin, marker area by films) before and after temperature scaling; ``None`` for an uncalibrated
+    run."""
     rows, cols = _grid(len(labels), 4)
     figure = new_figure(3.2 * cols, 3.2 * rows + 0.4)
     for i, (label, diagram) in enumerate(zip(labels, diagrams)):
@@ -240,10 +254,12 @@ def plot_reliability(labels: Sequence[str], diagrams: Sequence[tuple[Reliability
             empty_panel(ax, "not calibrated")
             continue
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls=":")
-        for reliability, name, colour, style in ((diagram[0], "before", "0.45", "--"), (diagram[1], "after", VAL_COLOUR, "-")):
+        before, after = (diagram[0], "before", "0.45", "--"), (diagram[1], "after", VAL_COLOUR, "-")
+        for reliability, name, colour, style in (before, after):
             sizes = 12 + 120 * np.asarray(reliability.count) / max(1, sum(reliability.count))
-            ax.plot(reliability.confidence, reliability.accuracy, ls=style, color=colour, lw=1.2, label=name)
-            ax.scatter(reliability.confidence, reliability.accuracy, s=sizes, color=colour, zorder=3)
+            x, y = reliability.confidence, reliability.accuracy
+            ax.plot(x, y, ls=style, color=colour, lw=1.2, label=name)
+            ax.scatter(x, y, s=sizes, color=colour, zorder=3)
         ax.set_xlim(0, 1.02)
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("confidence", fontsize=8)

@@ -1,0 +1,176 @@
+"""Finished runs as the report reads them: the run folder's files, not the training code.
+
+A run folder (written by ``cxrlab train``) holds ``config.json`` (the recipe), ``metrics.json``
+(the chosen checkpoint's numbers), ``history.csv`` (one row per epoch, counted from 0) and
+``test_predictions.csv``; later commands add ``robustness.json``, ``gradcam.json`` and
+``gradcam.png``. They are read here as plain JSON and CSV, so that rendering a report loads
+neither Lightning nor :mod:`cxrlab.training`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.metrics import Interval
+from cxrlab.evaluation.predict import read_predictions
+from cxrlab.fileio import open_text, read_text
+from cxrlab.reporting.tables import number
+
+CONFIG_JSON, METRICS_JSON, HISTORY_CSV = "config.json", "metrics.json", "history.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+ROBUSTNESS_JSON, GRADCAM_JSON, GRADCAM_PNG = "robustness.json", "gradcam.json", "gradcam.png"
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``; an error naming the file when it is not one."""
+    try:
+        data = json.loads(read_text(path))
+    except ValueError as exc:
+        raise CxrlabError(f"{path}: not valid JSON ({exc}); delete it or compute it again") from exc
+    if not isinstance(data, dict):
+        raise CxrlabError(f"{path}: expected a JSON object")
+    return data
+
+
+def optional_json(path: Path) -> dict | None:
+    """The JSON object in ``path``; None when there is no such file."""
+    return read_json(path) if path.is_file() else None
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    """``history.csv``: one dict of numbers per epoch."""
+    with open_text(path) as handle:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The fields of ``config.json`` the report shows. The defaults are those of the training
+    config, for a run written before a field existed."""
+
+    model: str = "resnet18"
+    mode: str = "finetune"
+    pretrained: bool = True
+    weights: str | None = None  # a local ImageNet state dict, wins over ``pretrained``
+    ema_decay: float = 0.0
+    tta: bool = False
+
+    @classmethod
+    def load(cls, path: Path) -> Recipe:
+        if not path.is_file():
+            raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
+        data = read_json(path)
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+    @property
+    def weights_source(self) -> str:
+        """Where the starting weights came from: a weights file, ImageNet or nowhere."""
+        if self.weights:
+            return Path(self.weights).name
+        return "ImageNet" if self.pretrained else "from scratch"
+
+
+@dataclass
+class ReportRun:
+    """One finished run as the report needs it: recipe, metrics, history and test predictions."""
+
+    run_dir: Path
+    recipe: Recipe
+    metrics: dict
+    history: list[dict[str, float]]
+    paths: list[str]
+    y_true: np.ndarray
+    probs: np.ndarray
+    label: str  # metrics["run"], plus the folder name where two runs of a report share it
+    robustness: dict | None = None  # robustness.json, when the run has one
+    gradcam: dict | None = None  # gradcam.json, when the run has one
+
+    @property
+    def gradcam_png(self) -> Path | None:
+        """The run's Grad-CAM overlay figure, when it has one."""
+        path = self.run_dir / GRADCAM_PNG
+        return path if path.is_file() else None
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.metrics["classes"])
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        """Predicted class per test image (argmax of the probabilities)."""
+        return self.probs.argmax(axis=1)
+
+    @property
+    def test(self) -> dict:
+        """The test metrics of ``metrics.json``."""
+        return self.metrics["test"]
+
+    @property
+    def best_epoch(self) -> int:
+        """The chosen epoch, counted from 0 (-1 when unknown)."""
+        return int(self.metrics.get("best_epoch", -1))
+
+    @property
+    def train_seconds(self) -> float:
+        """Training time including the frozen-mode feature extraction."""
+        timings = self.metrics.get("timings", {})
+        return number(timings.get("train_s")) + float(timings.get("features_s", 0.0))
+
+    def interval(self, key: str) -> Interval:
+        """The bootstrap interval of a headline metric (``accuracy``, ``recall_<CLASS>``...)."""
+        found = self.metrics.get("intervals", {}).get(key, {})
+        return Interval(*(number(found.get(part)) for part in ("value", "low", "high")))
+
+
+def load_run(run_dir: Path) -> ReportRun:
+    """Read one finished run folder; it must hold test results. Robustness and Grad-CAM
+    results are read when present (older runs lack them)."""
+    run_dir = Path(run_dir)
+    metrics_file = run_dir / METRICS_JSON
+    if not metrics_file.is_file():
+        raise CxrlabError(
+            f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
+        )
+    metrics, recipe = read_json(metrics_file), Recipe.load(run_dir / CONFIG_JSON)
+    predictions = run_dir / TEST_PREDICTIONS
+    if "test" not in metrics or not predictions.is_file():
+        raise CxrlabError(f"{run_dir}: no test results (the dataset has no test split)")
+    history_file = run_dir / HISTORY_CSV
+    history = read_history(history_file) if history_file.is_file() else []
+    paths, y_true, probs = read_predictions(predictions, list(metrics["classes"]))
+    return ReportRun(
+        run_dir, recipe, metrics, history, paths, y_true, probs, metrics["run"],
+        robustness=optional_json(run_dir / ROBUSTNESS_JSON),
+        gradcam=optional_json(run_dir / GRADCAM_JSON),
+    )
+
+
+def load_runs(run_dirs: Sequence[Path]) -> list[ReportRun]:
+    """Read the runs of one comparison: same classes, unique labels (folder added on clashes)."""
+    if not run_dirs:
+        raise CxrlabError("report: no run folders given")
+    folders = [Path(d).resolve() for d in run_dirs]
+    if len(set(folders)) < len(folders):
+        raise CxrlabError("report: a run folder is given twice")
+    runs = [load_run(d) for d in folders]
+    first = runs[0]
+    for run in runs[1:]:
+        if run.classes != first.classes:
+            raise CxrlabError(
+                f"{run.run_dir}: classes {', '.join(run.classes)} differ from "
+                f"{', '.join(first.classes)} of {first.run_dir}: runs on different datasets"
+            )
+    names = [run.label for run in runs]
+    for run in runs:
+        if names.count(run.label) > 1:
+            run.label = f"{run.label} [{run.run_dir.name}]"
+    if len({run.label for run in runs}) < len(runs):
+        raise CxrlabError("report: two runs share a name and a folder name; rename a folder")
+    return runs
