@@ -17,7 +17,7 @@ from cxrlab.errors import CxrlabError
 from cxrlab.models.registry import check_model
 from cxrlab.training import module as module_module
 from cxrlab.training.config import preset
-from cxrlab.training.run import read_history
+from cxrlab.reporting.runs import read_history
 
 from conftest import TINY, killed_at, train_tiny
 

@@ -16,7 +16,7 @@ from cxrlab.models import create_model
 from cxrlab.models.checkpoint import load_checkpoint_with_extra
 from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.module import warmup_cosine
-from cxrlab.training.run import read_history
+from cxrlab.reporting.runs import read_history
 
 from conftest import TINY, killed_at, train_tiny
 

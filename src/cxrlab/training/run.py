@@ -60,7 +60,7 @@ from cxrlab.evaluation.calibration import (
 )
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import inference_speed, pick_device, predict_logits, write_predictions
-from cxrlab.fileio import atomic_open, atomic_write_text, locked, open_text, read_text
+from cxrlab.fileio import atomic_open, atomic_write_text, locked, read_text
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier, check_model, create_model
 from cxrlab.models.weights import safe_load
@@ -148,11 +148,6 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer.writeheader()
         for row in history:
             writer.writerow({k: (int(row[k]) if k == "epoch" else f"{row.get(k, math.nan):.6g}") for k in HISTORY_FIELDS})
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    with open_text(path) as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
 
 
 def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
