@@ -68,17 +68,42 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--models", nargs="+", default=["alexnet", "resnet18", "mobilenet_v2"])
-    parser.add_argument("--external", nargs="*", default=[f"adult={DEFAULT_EXTERNAL}"] if DEFAULT_EXTERNAL.is_dir() else [])
-    parser.add_argument("--target-recall", default="COVID19=0.95", help="operating point chosen on validation ('' for none)")
+    parser.add_argument(
+        "--external",
+        nargs="*",
+        default=[f"adult={DEFAULT_EXTERNAL}"] if DEFAULT_EXTERNAL.is_dir() else [],
+    )
+    parser.add_argument(
+        "--target-recall",
+        default="COVID19=0.95",
+        help="operating point chosen on validation ('' for none)",
+    )
     args = parser.parse_args()
     if shared_missing(args.data, args.weights):
         return 0
     command = [
-        "cxrlab", "compare", str(args.data), "--models", *args.models, "--mode", "both",
-        *(f"--weights={model}={args.weights}" for model in args.models if model == "mobilenet_v2" or model.startswith("proposed")),
+        "cxrlab",
+        "compare",
+        str(args.data),
+        "--models",
+        *args.models,
+        "--mode",
+        "both",
+        *(
+            f"--weights={model}={args.weights}"
+            for model in args.models
+            if model == "mobilenet_v2" or model.startswith("proposed")
+        ),
         "--no-pretrained",
-        "--image-size", str(args.image_size), "--epochs", str(args.epochs),
-        "--num-workers", str(args.num_workers), "--out", str(args.out), "--no-progress",
+        "--image-size",
+        str(args.image_size),
+        "--epochs",
+        str(args.epochs),
+        "--num-workers",
+        str(args.num_workers),
+        "--out",
+        str(args.out),
+        "--no-progress",
     ]
     for seed in args.seeds:
         command += ["--seeds", str(seed)]
@@ -90,7 +115,9 @@ def main() -> int:
     print("machine:", machine())
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cxrlab", *command[1:]], check=True)
-    print(f"wall time: {time.perf_counter() - started:.0f} s (budget: {args.image_size} px, {args.epochs} epochs)")
+    print(
+        f"wall time: {time.perf_counter() - started:.0f} s (budget: {args.image_size} px, {args.epochs} epochs)"
+    )
     return 0
 
 

@@ -19,7 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
+DEFAULT_DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
+)
 
 
 def timed_cli(*args: str) -> float:
@@ -29,7 +31,9 @@ def timed_cli(*args: str) -> float:
 
 
 def dhash_bits(thumb64: np.ndarray) -> np.uint64:
-    small = np.asarray(Image.fromarray(thumb64).resize((9, 8), Image.Resampling.BOX), dtype=np.int16)
+    small = np.asarray(
+        Image.fromarray(thumb64).resize((9, 8), Image.Resampling.BOX), dtype=np.int16
+    )
     bits = (small[:, 1:] > small[:, :-1]).ravel()
     return np.uint64(int("".join("1" if b else "0" for b in bits), 2))
 
@@ -60,8 +64,13 @@ def detector_check(data: Path, seed: int = 0, n_copies: int = 200) -> dict[str, 
         copy = np.asarray(Image.open(buffer).convert("L"))
         copies.append(
             ImageRecord(
-                path=f"copy-of-{i}", split="copy", label=-1, file_size=0, width=copy.shape[1],
-                height=copy.shape[0], pixel_hash=pixel_hash(copy),
+                path=f"copy-of-{i}",
+                split="copy",
+                label=-1,
+                file_size=0,
+                width=copy.shape[1],
+                height=copy.shape[0],
+                pixel_hash=pixel_hash(copy),
                 thumbs={s: thumbnail(copy, s) for s in (16, 64)},
             )  # fmt: skip
         )
@@ -115,9 +124,15 @@ def main() -> int:
     print("\n=== cxrlab data benchmark ===")
     print(f"data: {args.data}")
     print(f"audit:   {audit_s:6.1f} s   analyze: {analyze_s:6.1f} s   (goal: each < 120 s)")
-    print(f"files {s['files']}, unreadable {s['unreadable'] or 0}, excluded {s['status']['excluded']}")
-    print(f"exact duplicates: {s['exact_duplicate_groups']} groups / {s['exact_duplicate_files']} files")
-    print(f"near duplicates:  {s['near_duplicate_groups']} groups / {s['near_duplicate_files']} files")
+    print(
+        f"files {s['files']}, unreadable {s['unreadable'] or 0}, excluded {s['status']['excluded']}"
+    )
+    print(
+        f"exact duplicates: {s['exact_duplicate_groups']} groups / {s['exact_duplicate_files']} files"
+    )
+    print(
+        f"near duplicates:  {s['near_duplicate_groups']} groups / {s['near_duplicate_files']} files"
+    )
     print(f"leakage across splits: {s['leakage_groups']} groups / {s['leakage_files']} files")
     print(f"label conflicts: {s['label_conflict_groups']} groups")
     print(

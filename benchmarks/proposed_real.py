@@ -64,7 +64,11 @@ def read_seed(run_dir: Path) -> Seed:
     _, ye, pe = read_predictions(run_dir / "external" / EXTERNAL / "predictions.csv", classes)
     bal = ext["balanced_accuracy"]
     return Seed(
-        kaggle={"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "recall_COVID19": test["per_class"]["COVID19"]["recall"]},
+        kaggle={
+            "accuracy": test["accuracy"],
+            "macro_f1": test["macro_f1"],
+            "recall_COVID19": test["per_class"]["COVID19"]["recall"],
+        },
         external={
             "recall_NORMAL": ext["per_class"]["NORMAL"]["recall"]["value"],
             "recall_COVID19": ext["per_class"]["COVID19"]["recall"]["value"],
@@ -72,7 +76,11 @@ def read_seed(run_dir: Path) -> Seed:
             "normal_called_covid": ext["per_class"]["NORMAL"]["called"]["COVID19"],
         },
         external_ci=(bal["low"], bal["high"]),
-        kaggle_true=y, kaggle_pred=p.argmax(1), kaggle_probs=p, external_true=ye, external_probs=pe,
+        kaggle_true=y,
+        kaggle_pred=p.argmax(1),
+        kaggle_probs=p,
+        external_true=ye,
+        external_probs=pe,
     )
 
 
@@ -94,32 +102,67 @@ def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
     from cxrlab.evaluation.metrics import mcnemar
 
     seeds = sorted(done)
-    lines = [f"Seeds both models finished: {seeds}", "", "## Kaggle test split vs external-dev (mean ± std over seeds, argmax decisions)", ""]
+    lines = [
+        f"Seeds both models finished: {seeds}",
+        "",
+        "## Kaggle test split vs external-dev (mean ± std over seeds, argmax decisions)",
+        "",
+    ]
     lines += [
         "| model | seeds | Kaggle test accuracy | Kaggle test macro-F1 | Kaggle test COVID19 recall | external NORMAL recall | external COVID19 recall | external balanced accuracy | external NORMAL called COVID19 (of 400) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in MODELS:
         runs = [done[s][m] for s in seeds]
-        k = [mean_std([r.kaggle[key] for r in runs]) for key in ("accuracy", "macro_f1", "recall_COVID19")]
-        e = [mean_std([r.external[key] for r in runs]) for key in ("recall_NORMAL", "recall_COVID19", "balanced_accuracy")]
+        k = [
+            mean_std([r.kaggle[key] for r in runs])
+            for key in ("accuracy", "macro_f1", "recall_COVID19")
+        ]
+        e = [
+            mean_std([r.external[key] for r in runs])
+            for key in ("recall_NORMAL", "recall_COVID19", "balanced_accuracy")
+        ]
         called = " / ".join(str(r.external["normal_called_covid"]) for r in runs)
         lines.append(f"| {m} | {len(runs)} | " + " | ".join(k + e) + f" | {called} |")
     lines += ["", "External balanced accuracy per seed, bootstrap 95% CI:", ""]
     for m in MODELS:
-        cells = [f"s{s} {done[s][m].external['balanced_accuracy']:.3f} [{done[s][m].external_ci[0]:.3f}, {done[s][m].external_ci[1]:.3f}]" for s in seeds]
+        cells = [
+            f"s{s} {done[s][m].external['balanced_accuracy']:.3f} [{done[s][m].external_ci[0]:.3f}, {done[s][m].external_ci[1]:.3f}]"
+            for s in seeds
+        ]
         lines.append(f"- {m}: " + "; ".join(cells))
-    lines += ["", "## McNemar's test, proposed vs mobilenet_v2 (films only one of the two gets right)", ""]
-    lines += ["| set | pairing | only proposed right | only baseline right | p |", "|---|---|---|---|---|"]
-    for name, truth, probs in (("Kaggle test", "kaggle_true", "kaggle_probs"), ("external-dev", "external_true", "external_probs")):
+    lines += [
+        "",
+        "## McNemar's test, proposed vs mobilenet_v2 (films only one of the two gets right)",
+        "",
+    ]
+    lines += [
+        "| set | pairing | only proposed right | only baseline right | p |",
+        "|---|---|---|---|---|",
+    ]
+    for name, truth, probs in (
+        ("Kaggle test", "kaggle_true", "kaggle_probs"),
+        ("external-dev", "external_true", "external_probs"),
+    ):
         y = getattr(done[seeds[0]]["proposed"], truth)
         for s in seeds:
-            r = mcnemar(y, getattr(done[s]["proposed"], probs).argmax(1), getattr(done[s]["mobilenet_v2"], probs).argmax(1))
-            lines.append(f"| {name} | seed {s} vs seed {s} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |")
+            r = mcnemar(
+                y,
+                getattr(done[s]["proposed"], probs).argmax(1),
+                getattr(done[s]["mobilenet_v2"], probs).argmax(1),
+            )
+            lines.append(
+                f"| {name} | seed {s} vs seed {s} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+            )
         if len(seeds) > 1:  # one prediction per film from the seeds' mean probability
-            avg = {m: np.mean([getattr(done[s][m], probs) for s in seeds], axis=0).argmax(1) for m in MODELS}
+            avg = {
+                m: np.mean([getattr(done[s][m], probs) for s in seeds], axis=0).argmax(1)
+                for m in MODELS
+            }
             r = mcnemar(y, avg["proposed"], avg["mobilenet_v2"])
-            lines.append(f"| {name} | seed-averaged probabilities | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |")
+            lines.append(
+                f"| {name} | seed-averaged probabilities | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+            )
     lines += ["", "## The goals (issue 13)", ""] + goals(done)
     return lines
 
@@ -138,16 +181,25 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
     from cxrlab.evaluation.predict import predict_probs
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
 
-    lines = ["", "## Abnormal calls on the adult COVID19 training films (stage 1 never learnt from them)", "",
-             "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---|" + "---|" * len(seeds)]
+    lines = [
+        "",
+        "## Abnormal calls on the adult COVID19 training films (stage 1 never learnt from them)",
+        "",
+        "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|" + "---|" * len(seeds),
+    ]
     index = discover(data)
     for m in MODELS:
         cells = []
         for seed in seeds:
             run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
             model, extra = load_checkpoint_with_extra(run / "model.pt")
-            cache = build_cache(index, CacheSpec(extra["image_size"], extra["resize"]), progress=False)
-            covid = [item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"]
+            cache = build_cache(
+                index, CacheSpec(extra["image_size"], extra["resize"]), progress=False
+            )
+            covid = [
+                item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"
+            ]
             probs = predict_probs(model, CachedImageDataset(cache, rows_for(cache, covid)))
             called = int((probs.argmax(1) != list(model.classes).index("NORMAL")).sum())
             cells.append(f"{called}/{len(probs)} ({called / len(probs):.3f})")
@@ -159,36 +211,86 @@ def goals(done: dict[int, dict[str, Seed]]) -> list[str]:
     from cxrlab.evaluation.metrics import mcnemar
 
     seeds = sorted(done)
-    mean = {m: {k: float(np.mean([done[s][m].external[k] for s in seeds])) for k in done[seeds[0]][m].external} for m in MODELS}
-    kaggle = {m: {k: float(np.mean([done[s][m].kaggle[k] for s in seeds])) for k in done[seeds[0]][m].kaggle} for m in MODELS}
+    mean = {
+        m: {
+            k: float(np.mean([done[s][m].external[k] for s in seeds]))
+            for k in done[seeds[0]][m].external
+        }
+        for m in MODELS
+    }
+    kaggle = {
+        m: {
+            k: float(np.mean([done[s][m].kaggle[k] for s in seeds]))
+            for k in done[seeds[0]][m].kaggle
+        }
+        for m in MODELS
+    }
     worst_p = max(
-        mcnemar(done[s]["proposed"].external_true, done[s]["proposed"].external_probs.argmax(1), done[s]["mobilenet_v2"].external_probs.argmax(1)).p_value
-        if mean["proposed"]["balanced_accuracy"] > mean["mobilenet_v2"]["balanced_accuracy"] else 1.0
+        mcnemar(
+            done[s]["proposed"].external_true,
+            done[s]["proposed"].external_probs.argmax(1),
+            done[s]["mobilenet_v2"].external_probs.argmax(1),
+        ).p_value
+        if mean["proposed"]["balanced_accuracy"] > mean["mobilenet_v2"]["balanced_accuracy"]
+        else 1.0
         for s in seeds
     )
     p, b = mean["proposed"], kaggle["proposed"]
     checks = [
-        ("external-dev NORMAL recall ≥ 0.80", p["recall_NORMAL"] >= 0.80, f"{p['recall_NORMAL']:.3f}"),
-        ("external-dev COVID19 recall ≥ 0.85", p["recall_COVID19"] >= 0.85, f"{p['recall_COVID19']:.3f}"),
-        ("external-dev balanced accuracy ≥ 0.82", p["balanced_accuracy"] >= 0.82, f"{p['balanced_accuracy']:.3f}"),
-        ("better than the baseline on external-dev, McNemar p < 0.05 on every seed", worst_p < 0.05,
-         f"{p['balanced_accuracy']:.3f} vs {mean['mobilenet_v2']['balanced_accuracy']:.3f}, largest p {worst_p:.2g}"),
-        ("Kaggle test macro-F1 ≥ baseline mean − 0.01", b["macro_f1"] >= kaggle["mobilenet_v2"]["macro_f1"] - 0.01,
-         f"{b['macro_f1']:.3f} vs {kaggle['mobilenet_v2']['macro_f1']:.3f}"),
-        ("Kaggle test COVID19 recall ≥ 0.90", b["recall_COVID19"] >= 0.90, f"{b['recall_COVID19']:.3f}"),
+        (
+            "external-dev NORMAL recall ≥ 0.80",
+            p["recall_NORMAL"] >= 0.80,
+            f"{p['recall_NORMAL']:.3f}",
+        ),
+        (
+            "external-dev COVID19 recall ≥ 0.85",
+            p["recall_COVID19"] >= 0.85,
+            f"{p['recall_COVID19']:.3f}",
+        ),
+        (
+            "external-dev balanced accuracy ≥ 0.82",
+            p["balanced_accuracy"] >= 0.82,
+            f"{p['balanced_accuracy']:.3f}",
+        ),
+        (
+            "better than the baseline on external-dev, McNemar p < 0.05 on every seed",
+            worst_p < 0.05,
+            f"{p['balanced_accuracy']:.3f} vs {mean['mobilenet_v2']['balanced_accuracy']:.3f}, largest p {worst_p:.2g}",
+        ),
+        (
+            "Kaggle test macro-F1 ≥ baseline mean − 0.01",
+            b["macro_f1"] >= kaggle["mobilenet_v2"]["macro_f1"] - 0.01,
+            f"{b['macro_f1']:.3f} vs {kaggle['mobilenet_v2']['macro_f1']:.3f}",
+        ),
+        (
+            "Kaggle test COVID19 recall ≥ 0.90",
+            b["recall_COVID19"] >= 0.90,
+            f"{b['recall_COVID19']:.3f}",
+        ),
     ]
-    return ["| goal (proposed, mean over seeds) | measured | met |", "|---|---|---|"] + [f"| {g} | {v} | {'yes' if ok else '**no**'} |" for g, ok, v in checks]
+    return ["| goal (proposed, mean over seeds) | measured | met |", "|---|---|---|"] + [
+        f"| {g} | {v} | {'yes' if ok else '**no**'} |" for g, ok, v in checks
+    ]
 
 
 def main() -> int:
     parser = real_data_parser(__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/proposed-real"))
-    parser.add_argument("--external", type=Path, default=DEFAULT_EXTERNAL, help="external-dev (scored once per finished model)")
+    parser.add_argument(
+        "--external",
+        type=Path,
+        default=DEFAULT_EXTERNAL,
+        help="external-dev (scored once per finished model)",
+    )
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--summary-only", action="store_true", help="No training: the tables from the runs already in --out.")
+    parser.add_argument(
+        "--summary-only",
+        action="store_true",
+        help="No training: the tables from the runs already in --out.",
+    )
     args = parser.parse_args()
     if shared_missing(args.data, args.weights):
         return 0
@@ -198,20 +300,49 @@ def main() -> int:
     print("machine:", machine())
     started = time.perf_counter()
     if not args.summary_only:
-        cxrlab([
-            "compare", str(args.data), "--models", *MODELS, "--mode", "finetune",
-            *(f"--weights={m}={args.weights}" for m in MODELS),
-            *(item for seed in args.seeds for item in ("--seeds", str(seed))), "--out", str(args.out),
-            "--image-size", str(args.image_size), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers), "--no-progress",
-            "--external", f"{EXTERNAL}={args.external}", "--target-recall", "COVID19=0.95",
-        ])
+        cxrlab(
+            [
+                "compare",
+                str(args.data),
+                "--models",
+                *MODELS,
+                "--mode",
+                "finetune",
+                *(f"--weights={m}={args.weights}" for m in MODELS),
+                *(item for seed in args.seeds for item in ("--seeds", str(seed))),
+                "--out",
+                str(args.out),
+                "--image-size",
+                str(args.image_size),
+                "--epochs",
+                str(args.epochs),
+                "--num-workers",
+                str(args.num_workers),
+                "--no-progress",
+                "--external",
+                f"{EXTERNAL}={args.external}",
+                "--target-recall",
+                "COVID19=0.95",
+            ]
+        )
     done = finished(args.out, args.seeds)
     if not done:
         print(f"no seed has both models finished in {args.out}")
         return 1
     title = f"# proposed vs fine-tuned mobilenet_v2 ({args.image_size} px, {args.epochs} epochs, seeds {sorted(done)})"
     lines = summary(done) + abnormal_on_unseen_covid(args.out, args.data, sorted(done))
-    text = "\n".join([title, "", *lines, "", f"Wall time of this command: {time.perf_counter() - started:.0f} s"]) + "\n"
+    text = (
+        "\n".join(
+            [
+                title,
+                "",
+                *lines,
+                "",
+                f"Wall time of this command: {time.perf_counter() - started:.0f} s",
+            ]
+        )
+        + "\n"
+    )
     (args.out / "summary.md").write_text(text)
     print(text)
     return 0

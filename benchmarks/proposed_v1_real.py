@@ -32,7 +32,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
 
-HEADLINE = (("accuracy", "accuracy"), ("macro_f1", "macro-F1"), ("recall_COVID19", "COVID19 recall"))
+HEADLINE = (
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("recall_COVID19", "COVID19 recall"),
+)
 GOALS = {"accuracy": 0.98, "macro_f1": 0.97, "recall_COVID19": 0.97}
 
 
@@ -42,7 +46,11 @@ def cxrlab(args: list[str]) -> None:
 
 
 def headline(test: dict) -> dict[str, float]:
-    return {"accuracy": test["accuracy"], "macro_f1": test["macro_f1"], "recall_COVID19": test["per_class"]["COVID19"]["recall"]}
+    return {
+        "accuracy": test["accuracy"],
+        "macro_f1": test["macro_f1"],
+        "recall_COVID19": test["per_class"]["COVID19"]["recall"],
+    }
 
 
 def load(run_dir: Path) -> dict:
@@ -62,15 +70,43 @@ def main() -> int:
         return 0
     print("machine:", machine())
     started = time.perf_counter()
-    budget = ["--image-size", str(args.image_size), "--epochs", str(args.epochs), "--num-workers", str(args.num_workers), "--no-progress"]
+    budget = [
+        "--image-size",
+        str(args.image_size),
+        "--epochs",
+        str(args.epochs),
+        "--num-workers",
+        str(args.num_workers),
+        "--no-progress",
+    ]
     seeds = [item for seed in args.seeds for item in ("--seeds", str(seed))]
-    cxrlab([
-        "compare", str(args.data), "--models", "proposed_v1", "mobilenet_v2", "--mode", "finetune",
-        "--weights", f"mobilenet_v2={args.weights}", "--weights", f"proposed_v1={args.weights}",
-        *seeds, "--out", str(args.out), *budget,
-    ])
-    lines = [f"# Proposed vs best pretrained baseline ({args.image_size} px, {args.epochs} epochs, seeds {args.seeds})", ""]
-    runs = {name: [args.out / "runs" / f"{name}-finetune-imagenet-s{s}" for s in args.seeds] for name in ("mobilenet_v2", "proposed_v1")}
+    cxrlab(
+        [
+            "compare",
+            str(args.data),
+            "--models",
+            "proposed_v1",
+            "mobilenet_v2",
+            "--mode",
+            "finetune",
+            "--weights",
+            f"mobilenet_v2={args.weights}",
+            "--weights",
+            f"proposed_v1={args.weights}",
+            *seeds,
+            "--out",
+            str(args.out),
+            *budget,
+        ]
+    )
+    lines = [
+        f"# Proposed vs best pretrained baseline ({args.image_size} px, {args.epochs} epochs, seeds {args.seeds})",
+        "",
+    ]
+    runs = {
+        name: [args.out / "runs" / f"{name}-finetune-imagenet-s{s}" for s in args.seeds]
+        for name in ("mobilenet_v2", "proposed_v1")
+    }
     lines += seed_summary(runs)
     lines += pooled_mcnemar(runs)
     lines += validation_tta(runs["proposed_v1"], args.data)
@@ -84,11 +120,32 @@ def main() -> int:
         ]
         for _label, model, folder in steps:
             if not (ablation_dir / folder / "metrics.json").is_file():
-                cxrlab([
-                    "train", str(args.data), "--model", model, "--preset", "proposed_v1", "--weights", str(args.weights),
-                    "--seed", str(args.seeds[0]), "--manifest", str(manifest), "--out", str(ablation_dir / folder), *budget, "--no-diagnose",
-                ])
-        lines += ablation_table(runs["mobilenet_v2"][0], ablation_dir / "ema", ablation_dir / "gem-head", runs["proposed_v1"][0])
+                cxrlab(
+                    [
+                        "train",
+                        str(args.data),
+                        "--model",
+                        model,
+                        "--preset",
+                        "proposed_v1",
+                        "--weights",
+                        str(args.weights),
+                        "--seed",
+                        str(args.seeds[0]),
+                        "--manifest",
+                        str(manifest),
+                        "--out",
+                        str(ablation_dir / folder),
+                        *budget,
+                        "--no-diagnose",
+                    ]
+                )
+        lines += ablation_table(
+            runs["mobilenet_v2"][0],
+            ablation_dir / "ema",
+            ablation_dir / "gem-head",
+            runs["proposed_v1"][0],
+        )
     lines.append(f"\nWall time of this command: {time.perf_counter() - started:.0f} s")
     text = "\n".join(lines) + "\n"
     (args.out / "summary.md").write_text(text)
@@ -97,17 +154,38 @@ def main() -> int:
 
 
 def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
-    lines = ["## Test metrics over seeds (mean ± std)", "", "| model | seeds | " + " | ".join(h for _, h in HEADLINE) + " | best val macro-F1 |", "|---|---|" + "---|" * (len(HEADLINE) + 1)]
+    lines = [
+        "## Test metrics over seeds (mean ± std)",
+        "",
+        "| model | seeds | " + " | ".join(h for _, h in HEADLINE) + " | best val macro-F1 |",
+        "|---|---|" + "---|" * (len(HEADLINE) + 1),
+    ]
     for name, dirs in runs.items():
         values = [headline(load(d)["test"]) for d in dirs]
         val = [load(d)["best_val_macro_f1"] for d in dirs]
-        cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
-        lines.append(f"| {name} | {len(dirs)} | " + " | ".join(cells) + f" | {np.mean(val):.4f} ± {np.std(val, ddof=1) if len(val) > 1 else 0:.4f} |")
-    no_tta = [load(d)["test_without_tta"] for d in runs["proposed_v1"] if "test_without_tta" in load(d)]
+        cells = [
+            f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
+            for k, _ in HEADLINE
+        ]
+        lines.append(
+            f"| {name} | {len(dirs)} | "
+            + " | ".join(cells)
+            + f" | {np.mean(val):.4f} ± {np.std(val, ddof=1) if len(val) > 1 else 0:.4f} |"
+        )
+    no_tta = [
+        load(d)["test_without_tta"] for d in runs["proposed_v1"] if "test_without_tta" in load(d)
+    ]
     if no_tta:  # the same checkpoints tested without test-time augmentation
         values = [headline(t) for t in no_tta]
-        cells = [f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}" for k, _ in HEADLINE]
-        lines.append(f"| proposed, same checkpoints without TTA | {len(values)} | " + " | ".join(cells) + " | |")
+        cells = [
+            f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
+            for k, _ in HEADLINE
+        ]
+        lines.append(
+            f"| proposed, same checkpoints without TTA | {len(values)} | "
+            + " | ".join(cells)
+            + " | |"
+        )
     goals = ", ".join(f"{h} ≥ {GOALS[k]}" for k, h in HEADLINE)
     lines += ["", f"Goals: {goals}."]
     return lines
@@ -118,18 +196,32 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
     from cxrlab.evaluation.predict import read_predictions
 
     classes = load(runs["proposed_v1"][0])["classes"]
-    lines = ["", "## McNemar's test, proposed vs mobilenet_v2 (test split)", "", "| pairing | only proposed right | only baseline right | p |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "## McNemar's test, proposed vs mobilenet_v2 (test split)",
+        "",
+        "| pairing | only proposed right | only baseline right | p |",
+        "|---|---|---|---|",
+    ]
     probs = {}  # (seeds, images, classes) per model, each file read once
     for name, dirs in runs.items():
         read = [read_predictions(d / "test_predictions.csv", classes) for d in dirs]
         y_true = read[0][1]
         probs[name] = np.stack([p for _, _, p in read])
     for i in range(min(len(p) for p in probs.values())):
-        result = mcnemar(y_true, probs["proposed_v1"][i].argmax(1), probs["mobilenet_v2"][i].argmax(1))
-        lines.append(f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
+        result = mcnemar(
+            y_true, probs["proposed_v1"][i].argmax(1), probs["mobilenet_v2"][i].argmax(1)
+        )
+        lines.append(
+            f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |"
+        )
     # one prediction per image from the seeds' mean probability
-    result = mcnemar(y_true, probs["proposed_v1"].mean(0).argmax(1), probs["mobilenet_v2"].mean(0).argmax(1))
-    lines.append(f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |")
+    result = mcnemar(
+        y_true, probs["proposed_v1"].mean(0).argmax(1), probs["mobilenet_v2"].mean(0).argmax(1)
+    )
+    lines.append(
+        f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |"
+    )
     return lines
 
 
@@ -144,15 +236,29 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
     from cxrlab.evaluation.predict import predict_probs
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
 
-    lines = ["", "## Test-time augmentation on validation", "", "| run | TTA | val macro-F1 | val COVID19 recall |", "|---|---|---|---|"]
+    lines = [
+        "",
+        "## Test-time augmentation on validation",
+        "",
+        "| run | TTA | val macro-F1 | val COVID19 recall |",
+        "|---|---|---|---|",
+    ]
     for run in runs:
         model, extra = load_checkpoint_with_extra(run / "model.pt")
-        cache = build_cache(discover(data), CacheSpec(extra["image_size"], extra["resize"]), progress=False)
+        cache = build_cache(
+            discover(data), CacheSpec(extra["image_size"], extra["resize"]), progress=False
+        )
         rows = rows_for(cache, load_split(run / "split.csv")["val"])
         for tta in (False, True):
             model.tta = tta
-            m = classification_metrics(cache.labels[rows], predict_probs(model, CachedImageDataset(cache, rows)), list(model.classes))
-            lines.append(f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | {m['per_class']['COVID19']['recall']:.3f} |")
+            m = classification_metrics(
+                cache.labels[rows],
+                predict_probs(model, CachedImageDataset(cache, rows)),
+                list(model.classes),
+            )
+            lines.append(
+                f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | {m['per_class']['COVID19']['recall']:.3f} |"
+            )
     return lines
 
 
@@ -160,15 +266,29 @@ def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
     """Robustness (accuracy per variant) and Grad-CAM shares, mean over seeds."""
     lines = ["", "## Robustness and Grad-CAM (mean over seeds)", ""]
     variants = ("squash", "pad", "rotate+10", "rotate-10", "darken")
-    lines += ["| model | " + " | ".join(variants) + " | lung share | lung area | border share |", "|---|" + "---|" * (len(variants) + 3)]
+    lines += [
+        "| model | " + " | ".join(variants) + " | lung share | lung area | border share |",
+        "|---|" + "---|" * (len(variants) + 3),
+    ]
     for name, dirs in runs.items():
-        rob = [json.loads((d / "robustness.json").read_text()) for d in dirs if (d / "robustness.json").is_file()]
-        cam = [json.loads((d / "gradcam.json").read_text()) for d in dirs if (d / "gradcam.json").is_file()]
+        rob = [
+            json.loads((d / "robustness.json").read_text())
+            for d in dirs
+            if (d / "robustness.json").is_file()
+        ]
+        cam = [
+            json.loads((d / "gradcam.json").read_text())
+            for d in dirs
+            if (d / "gradcam.json").is_file()
+        ]
         if not rob or not cam:
             lines.append(f"| {name} | not computed |")
             continue
         acc = [f"{np.mean([r['variants'][v]['accuracy'] for r in rob]):.4f}" for v in variants]
-        shares = [f"{np.mean([c[k] for c in cam]):.3f}" for k in ("lung_share", "lung_area", "border_share")]
+        shares = [
+            f"{np.mean([c[k] for c in cam]):.3f}"
+            for k in ("lung_share", "lung_area", "border_share")
+        ]
         lines.append(f"| {name} | " + " | ".join(acc + shares) + " |")
     return lines
 
@@ -176,12 +296,19 @@ def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
 def ablation_table(baseline: Path, ema: Path, gem: Path, full: Path) -> list[str]:
     def row(label: str, metrics: dict) -> str:
         h = headline(metrics["test"])
-        return f"| {label} | {metrics['best_val_macro_f1']:.4f} | " + " | ".join(f"{h[k]:.4f}" for k, _ in HEADLINE) + " |"
+        return (
+            f"| {label} | {metrics['best_val_macro_f1']:.4f} | "
+            + " | ".join(f"{h[k]:.4f}" for k, _ in HEADLINE)
+            + " |"
+        )
 
     b, e, g, f = (load(p) for p in (baseline, ema, gem, full))
     return [
-        "", "## Ablation (seed 0, each row adds one part)", "",
-        "| model | best val macro-F1 | " + " | ".join(h for _, h in HEADLINE) + " |", "|---|---|" + "---|" * len(HEADLINE),
+        "",
+        "## Ablation (seed 0, each row adds one part)",
+        "",
+        "| model | best val macro-F1 | " + " | ".join(h for _, h in HEADLINE) + " |",
+        "|---|---|" + "---|" * len(HEADLINE),
         row("mobilenet_v2 fine-tuned (baseline)", b),
         row("+ EMA of weights", e),
         row("+ two-scale GeM head (proposed_v1_noeq)", g),

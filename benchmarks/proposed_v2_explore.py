@@ -69,7 +69,9 @@ SIZE, BIG = 128, 224
 CROP_MARGIN = 0.05  # of the side, each side of the lung bounding box
 MASK_DILATE = 2  # px at 128, around the lung fields kept in C
 SEEDS = (0, 1, 2)
-HEAD = dict(epochs=60, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=15)  # as the frozen baseline's config.json
+HEAD = dict(
+    epochs=60, batch_size=256, lr=1e-3, weight_decay=1e-4, patience=15
+)  # as the frozen baseline's config.json
 
 
 def log(msg: str) -> None:
@@ -131,21 +133,35 @@ def load_all(files, size):
 
 
 def resize(img: np.ndarray, size: int = SIZE) -> np.ndarray:
-    return np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    return np.asarray(
+        Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8
+    )
 
 
 def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(mask)
     side = mask.shape[0]
     m = int(round(CROP_MARGIN * side))
-    return max(0, ys.min() - m), min(side, ys.max() + 1 + m), max(0, xs.min() - m), min(side, xs.max() + 1 + m)
+    return (
+        max(0, ys.min() - m),
+        min(side, ys.max() + 1 + m),
+        max(0, xs.min() - m),
+        min(side, xs.max() + 1 + m),
+    )
 
 
 def lung_crop(img: np.ndarray, mask: np.ndarray, grey_out: bool) -> np.ndarray:
     y0, y1, x0, x1 = crop_box(mask)
     out = resize(img[y0:y1, x0:x1])
     if grey_out:
-        m = np.asarray(Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize((SIZE, SIZE), Image.Resampling.BILINEAR)) > 127
+        m = (
+            np.asarray(
+                Image.fromarray(mask[y0:y1, x0:x1].astype(np.uint8) * 255).resize(
+                    (SIZE, SIZE), Image.Resampling.BILINEAR
+                )
+            )
+            > 127
+        )
         m = ndimage.binary_dilation(m, iterations=MASK_DILATE)
         out = np.where(m, out, np.uint8(128))
     return out
@@ -178,7 +194,9 @@ def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
     x = img[y0 : y0 + ch, x0 : x0 + cw].astype(np.float32) / 255.0
     x = np.clip(x, 0, 1) ** np.exp(rng.uniform(np.log(0.5), np.log(2.0)))
-    pil = Image.fromarray(np.uint8(np.clip(x * 255, 0, 255))).resize((w, h), Image.Resampling.BILINEAR)
+    pil = Image.fromarray(np.uint8(np.clip(x * 255, 0, 255))).resize(
+        (w, h), Image.Resampling.BILINEAR
+    )
     if rng.random() < 0.5:
         pil = pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5)))
     x = np.asarray(pil, dtype=np.float32)
@@ -268,12 +286,19 @@ def _film(probs_fn, g):
 
 def one_stage(F, y, sub, seed):
     tr, va, g = sub == "train", sub == "val", F.get("g", 1)
-    patch_probs, _ = train_head(_rows(F, tr), np.repeat(y[tr], g), _rows(F, va), np.repeat(y[va], g), 3, seed)
+    patch_probs, _ = train_head(
+        _rows(F, tr), np.repeat(y[tr], g), _rows(F, va), np.repeat(y[va], g), 3, seed
+    )
     probs = _film(patch_probs, g)
     pv = probs(_rows(F, va))
     pe = probs(F["e"])
-    return {"val": pv, "test": probs(_rows(F, sub == "test")), "ext": pe, "ext_score": pe[:, COVID],
-            "val_f1": macro_f1(y[va], pv.argmax(1), 3)}
+    return {
+        "val": pv,
+        "test": probs(_rows(F, sub == "test")),
+        "ext": pe,
+        "ext_score": pe[:, COVID],
+        "val_f1": macro_f1(y[va], pv.argmax(1), 3),
+    }
 
 
 def two_stage(F, y, sub, seed, rule):
@@ -281,8 +306,14 @@ def two_stage(F, y, sub, seed, rule):
     tr, va, g = sub == "train", sub == "val", F.get("g", 1)
 
     def head(train, val):
-        probs, _ = train_head(_rows(F, train), np.repeat(y[train] == PNEUMONIA, g).astype(np.int64),
-                              _rows(F, val), np.repeat(y[val] == PNEUMONIA, g).astype(np.int64), 2, seed)
+        probs, _ = train_head(
+            _rows(F, train),
+            np.repeat(y[train] == PNEUMONIA, g).astype(np.int64),
+            _rows(F, val),
+            np.repeat(y[val] == PNEUMONIA, g).astype(np.int64),
+            2,
+            seed,
+        )
         return _film(probs, g)
 
     p1 = head(tr & (y != COVID), va & (y != COVID))
@@ -322,7 +353,8 @@ def summarise(result, y_test, y_ext):
     pred = result["ext"].argmax(1)
     return {
         "val_f1": result["val_f1"],
-        "test_acc": test["accuracy"], "test_f1": test["macro_f1"],
+        "test_acc": test["accuracy"],
+        "test_f1": test["macro_f1"],
         "test_covid_recall": test["per_class"]["COVID19"]["recall"],
         "ext_normal_recall": ext["per_class"]["NORMAL"].recall.value,
         "ext_covid_recall": ext["per_class"]["COVID19"].recall.value,
@@ -331,14 +363,23 @@ def summarise(result, y_test, y_ext):
         "ext_normal_called_covid": int(((y_ext == NORMAL) & (pred == COVID)).sum()),
         "ext_auc": float(roc_auc_score(y_ext == COVID, result["ext_score"])),
         "ext_oracle_bal_acc": oracle_balanced(y_ext == COVID, result["ext_score"]),
-        **({"covid_train_abnormal": result["covid_train_abnormal"], "threshold": result["threshold"]} if "threshold" in result else {}),
+        **(
+            {
+                "covid_train_abnormal": result["covid_train_abnormal"],
+                "threshold": result["threshold"],
+            }
+            if "threshold" in result
+            else {}
+        ),
     }
 
 
 # ---------------------------------------------------------------- main
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-aug", action="store_true", help="skip the E (augmented copies) designs")
+    parser.add_argument(
+        "--no-aug", action="store_true", help="skip the E (augmented copies) designs"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -346,7 +387,9 @@ def main() -> None:
 
     paths, y, sub = kaggle_rows()
     ext_files, y_ext = external_rows()
-    log(f"Kaggle rows {len(paths)} ({', '.join(f'{s} {int((sub == s).sum())}' for s in ('train', 'val', 'test'))}); external {len(ext_files)}")
+    log(
+        f"Kaggle rows {len(paths)} ({', '.join(f'{s} {int((sub == s).sum())}' for s in ('train', 'val', 'test'))}); external {len(ext_files)}"
+    )
     y_test = y[sub == "test"]
 
     img = {
@@ -358,8 +401,12 @@ def main() -> None:
     masks_k, ok_k = cached_masks("k224", big_k)
     masks_e, ok_e = cached_masks("e224", big_e)
     seg = {}
-    for name, ok, labels, subset in (("Kaggle train", ok_k, y, sub == "train"), ("Kaggle val", ok_k, y, sub == "val"),
-                                     ("Kaggle test", ok_k, y, sub == "test"), ("external-dev", ok_e, y_ext, np.ones(len(y_ext), bool))):
+    for name, ok, labels, subset in (
+        ("Kaggle train", ok_k, y, sub == "train"),
+        ("Kaggle val", ok_k, y, sub == "val"),
+        ("Kaggle test", ok_k, y, sub == "test"),
+        ("external-dev", ok_e, y_ext, np.ones(len(y_ext), bool)),
+    ):
         for k, c in enumerate(CLASSES):
             m = subset & (labels == k)
             if m.any():
@@ -369,41 +416,68 @@ def main() -> None:
 
     img[("A224", "k")] = cached("img_k_a224", lambda: np.stack([resize(i) for i in big_k]))
     img[("A224", "e")] = cached("img_e_a224", lambda: np.stack([resize(i) for i in big_e]))
-    img[("B", "k")] = cached("img_k_crop", lambda: np.stack([lung_crop(i, m, False) for i, m in zip(big_k, masks_k)]))
-    img[("B", "e")] = cached("img_e_crop", lambda: np.stack([lung_crop(i, m, False) for i, m in zip(big_e, masks_e)]))
-    img[("C", "k")] = cached("img_k_mask", lambda: np.stack([lung_crop(i, m, True) for i, m in zip(big_k, masks_k)]))
-    img[("C", "e")] = cached("img_e_mask", lambda: np.stack([lung_crop(i, m, True) for i, m in zip(big_e, masks_e)]))
+    img[("B", "k")] = cached(
+        "img_k_crop", lambda: np.stack([lung_crop(i, m, False) for i, m in zip(big_k, masks_k)])
+    )
+    img[("B", "e")] = cached(
+        "img_e_crop", lambda: np.stack([lung_crop(i, m, False) for i, m in zip(big_e, masks_e)])
+    )
+    img[("C", "k")] = cached(
+        "img_k_mask", lambda: np.stack([lung_crop(i, m, True) for i, m in zip(big_k, masks_k)])
+    )
+    img[("C", "e")] = cached(
+        "img_e_mask", lambda: np.stack([lung_crop(i, m, True) for i, m in zip(big_e, masks_e)])
+    )
     for (v, s), arr in img.items():
-        Image.fromarray(np.concatenate(list(arr[:: max(1, len(arr) // 12)][:12]), 1)).save(OUT / f"montage_{v}_{s}.png")
+        Image.fromarray(np.concatenate(list(arr[:: max(1, len(arr) // 12)][:12]), 1)).save(
+            OUT / f"montage_{v}_{s}.png"
+        )
 
     feats = {}
-    img[("B-eq", "k")] = cached("img_k_crop_eq", lambda: np.stack([equalize(i) for i in img[("B", "k")]]))
-    img[("B-eq", "e")] = cached("img_e_crop_eq", lambda: np.stack([equalize(i) for i in img[("B", "e")]]))
+    img[("B-eq", "k")] = cached(
+        "img_k_crop_eq", lambda: np.stack([equalize(i) for i in img[("B", "k")]])
+    )
+    img[("B-eq", "e")] = cached(
+        "img_e_crop_eq", lambda: np.stack([equalize(i) for i in img[("B", "e")]])
+    )
     for v in ("A", "A224", "B", "C", "B-eq"):
-        feats[v] = {s: cached(f"feat_{s}_{v}", lambda v=v, s=s: features(img[(v, s)])) for s in ("k", "e")}
+        feats[v] = {
+            s: cached(f"feat_{s}_{v}", lambda v=v, s=s: features(img[(v, s)])) for s in ("k", "e")
+        }
         log(f"features {v}: {feats[v]['k'].shape}")
 
     for s_ in ("k", "e"):
         big, masks = (big_k, masks_k) if s_ == "k" else (big_e, masks_e)
-        img[("P", s_)] = cached(f"img_{s_}_patch", lambda big=big, masks=masks: np.stack(
-            [p for i, m in zip(big, masks) for p in lung_patches(i, m)]))
-    feats["P"] = {s_: cached(f"feat_{s_}_P", lambda s_=s_: features(img[("P", s_)])) for s_ in ("k", "e")}
+        img[("P", s_)] = cached(
+            f"img_{s_}_patch",
+            lambda big=big, masks=masks: np.stack(
+                [p for i, m in zip(big, masks) for p in lung_patches(i, m)]
+            ),
+        )
+    feats["P"] = {
+        s_: cached(f"feat_{s_}_P", lambda s_=s_: features(img[("P", s_)])) for s_ in ("k", "e")
+    }
     feats["P"]["g"] = 2
     log(f"features P: {feats['P']['k'].shape}")
 
     aug_inputs = [] if args.no_aug else ["A224", "B"]
     tr_idx = np.flatnonzero(sub == "train")
     for v in aug_inputs:
+
         def aug_images(v=v):
             rng = np.random.default_rng(13)
             out = []
             for _copy in range(2):
                 for j in tr_idx:
-                    if v in ("B", "C"):  # the source's slight geometry jitter shifts it against the mask a little
+                    if v in (
+                        "B",
+                        "C",
+                    ):  # the source's slight geometry jitter shifts it against the mask a little
                         out.append(lung_crop(augment(big_k[j], rng), masks_k[j], v == "C"))
                     else:
                         out.append(resize(augment(big_k[j], rng)))
             return np.stack(out)
+
         aug = cached(f"feat_kaug_{v}", lambda v=v: features(aug_images(v)))
         kk = np.concatenate([feats[v]["k"], aug])
         feats[f"E-aug-{v}"] = {"k": kk, "e": feats[v]["e"], "extra_rows": len(aug)}
@@ -414,7 +488,9 @@ def main() -> None:
         extra = feats[v].get("extra_rows", 0)
         if not extra:
             return y, sub
-        return np.concatenate([y, np.tile(y[tr_idx], 2)]), np.concatenate([sub, np.full(extra, "train")])
+        return np.concatenate([y, np.tile(y[tr_idx], 2)]), np.concatenate(
+            [sub, np.full(extra, "train")]
+        )
 
     designs = {}
     for v in ("A", "A224", "B", "C", "B-eq", "P", *(f"E-aug-{x}" for x in aug_inputs)):
@@ -432,55 +508,100 @@ def main() -> None:
         return float(np.mean([r["ext_bal_acc"] for r in rows[name]]))
 
     best_any = max((n for n in rows if n != "A"), key=balanced)
-    eligible = [n for n in rows if n != "A" and np.mean([r["test_covid_recall"] for r in rows[n]]) >= 0.90]
+    eligible = [
+        n for n in rows if n != "A" and np.mean([r["test_covid_recall"] for r in rows[n]]) >= 0.90
+    ]
     best_ok = max(eligible, key=balanced) if eligible else None
     tests = {}
-    for label, name in (("best by mean external balanced accuracy", best_any),
-                        ("best by mean external balanced accuracy among designs with mean Kaggle-test COVID19 recall >= 0.90", best_ok)):
+    for label, name in (
+        ("best by mean external balanced accuracy", best_any),
+        (
+            "best by mean external balanced accuracy among designs with mean Kaggle-test COVID19 recall >= 0.90",
+            best_ok,
+        ),
+    ):
         if name is not None:
-            tests[(label, name)] = (mcnemar(y_ext, designs["A"][0]["ext"].argmax(1), designs[name][0]["ext"].argmax(1)),
-                                    mcnemar(y_test, designs["A"][0]["test"].argmax(1), designs[name][0]["test"].argmax(1)))
+            tests[(label, name)] = (
+                mcnemar(y_ext, designs["A"][0]["ext"].argmax(1), designs[name][0]["ext"].argmax(1)),
+                mcnemar(
+                    y_test, designs["A"][0]["test"].argmax(1), designs[name][0]["test"].argmax(1)
+                ),
+            )
 
     # ------------------------------------------------ summary.md
-    cols = [("val_f1", "val macro-F1"), ("test_acc", "test acc"), ("test_f1", "test macro-F1"),
-            ("test_covid_recall", "test COVID19 rec"), ("ext_normal_recall", "ext NORMAL rec"),
-            ("ext_covid_recall", "ext COVID19 rec"), ("ext_bal_acc", "ext bal acc"),
-            ("ext_called_pneumonia", "ext called PNEU"), ("ext_normal_called_covid", "ext NORMAL->COVID"), ("ext_auc", "ext AUROC*"), ("ext_oracle_bal_acc", "ext oracle bal acc**")]
-    lines = ["# Issue 13 design exploration: frozen MobileNetV2 (ImageNet) features, 128 px, linear heads", "",
-             f"Seeds {list(SEEDS)} (head training; split fixed: the frozen baseline's split.csv). Mean ± std over seeds. "
-             "Kaggle test: 1221 films; external-dev: 800 films (COVID19 400, NORMAL 400).", "",
-             "| design | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    cols = [
+        ("val_f1", "val macro-F1"),
+        ("test_acc", "test acc"),
+        ("test_f1", "test macro-F1"),
+        ("test_covid_recall", "test COVID19 rec"),
+        ("ext_normal_recall", "ext NORMAL rec"),
+        ("ext_covid_recall", "ext COVID19 rec"),
+        ("ext_bal_acc", "ext bal acc"),
+        ("ext_called_pneumonia", "ext called PNEU"),
+        ("ext_normal_called_covid", "ext NORMAL->COVID"),
+        ("ext_auc", "ext AUROC*"),
+        ("ext_oracle_bal_acc", "ext oracle bal acc**"),
+    ]
+    lines = [
+        "# Issue 13 design exploration: frozen MobileNetV2 (ImageNet) features, 128 px, linear heads",
+        "",
+        f"Seeds {list(SEEDS)} (head training; split fixed: the frozen baseline's split.csv). Mean ± std over seeds. "
+        "Kaggle test: 1221 films; external-dev: 800 films (COVID19 400, NORMAL 400).",
+        "",
+        "| design | " + " | ".join(c for _, c in cols) + " |",
+        "|---" * (len(cols) + 1) + "|",
+    ]
     for name, rs in rows.items():
         cells = []
         for key, _ in cols:
             v = np.array([r[key] for r in rs], dtype=float)
-            cells.append(f"{v.mean():.1f} ± {v.std():.1f}" if key.startswith("ext_called") or key.startswith("ext_normal_called")
-                         else f"{v.mean():.3f} ± {v.std():.3f}")
+            cells.append(
+                f"{v.mean():.1f} ± {v.std():.1f}"
+                if key.startswith("ext_called") or key.startswith("ext_normal_called")
+                else f"{v.mean():.3f} ± {v.std():.3f}"
+            )
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "*ext AUROC: COVID19 vs NORMAL films of external-dev, ranked by p(COVID19) (one-stage heads) or by "
-              "stage 1's p(abnormal) (two-stage): threshold-free, so it separates 'the features do not tell them apart' "
-              "from 'the decision threshold does not transfer'.",
-              "**ext oracle bal acc: diagnostic ceiling, the best balanced accuracy any threshold on that same score reaches "
-              "on external-dev, threshold tuned ON external-dev (not a result; shows whether re-thresholding could ever "
-              "reach the goal of 0.82).", ""]
-    lines += ["", "Two-stage designs: stage-1 threshold and share of the adult COVID19 *train* films stage 1 calls abnormal "
-              "(it never saw them), per seed:", ""]
+    lines += [
+        "",
+        "*ext AUROC: COVID19 vs NORMAL films of external-dev, ranked by p(COVID19) (one-stage heads) or by "
+        "stage 1's p(abnormal) (two-stage): threshold-free, so it separates 'the features do not tell them apart' "
+        "from 'the decision threshold does not transfer'.",
+        "**ext oracle bal acc: diagnostic ceiling, the best balanced accuracy any threshold on that same score reaches "
+        "on external-dev, threshold tuned ON external-dev (not a result; shows whether re-thresholding could ever "
+        "reach the goal of 0.82).",
+        "",
+    ]
+    lines += [
+        "",
+        "Two-stage designs: stage-1 threshold and share of the adult COVID19 *train* films stage 1 calls abnormal "
+        "(it never saw them), per seed:",
+        "",
+    ]
     for name, rs in rows.items():
         if "threshold" in rs[0]:
             ts = ", ".join("%.3f" % r["threshold"] for r in rs)
             ab = ", ".join("%.3f" % r["covid_train_abnormal"] for r in rs)
             lines.append(f"- {name}: t = {ts}; COVID19 train films called abnormal: {ab}")
-    lines += ["", "Lung fields found by the heuristic (else the two-ellipse template is used for the crop/mask):", ""]
+    lines += [
+        "",
+        "Lung fields found by the heuristic (else the two-ellipse template is used for the crop/mask):",
+        "",
+    ]
     lines += [f"- {k}: {share:.1%} of {n}" for k, (n, share) in seg.items()]
     lines += ["", "McNemar vs A, seed 0 of each (designs picked by looking at external-dev):"]
     for (label, name), (mc_ext, mc_test) in tests.items():
-        lines += [f"- {label}: **{name}**",
-                  f"  - external-dev: only A right {mc_ext.only_a_right}, only {name} right {mc_ext.only_b_right}, p = {mc_ext.p_value:.3g}",
-                  f"  - Kaggle test: only A right {mc_test.only_a_right}, only {name} right {mc_test.only_b_right}, p = {mc_test.p_value:.3g}"]
+        lines += [
+            f"- {label}: **{name}**",
+            f"  - external-dev: only A right {mc_ext.only_a_right}, only {name} right {mc_ext.only_b_right}, p = {mc_ext.p_value:.3g}",
+            f"  - Kaggle test: only A right {mc_test.only_a_right}, only {name} right {mc_test.only_b_right}, p = {mc_test.p_value:.3g}",
+        ]
     lines += [
-              "", "external-dev was looked at to compare designs (allowed by its README for design decisions); nothing "
-              "was trained or thresholded on it. Thresholds/epochs: Kaggle val split only.",
-              "", f"Wall time of this run: {time.time() - start:.0f} s (cached intermediates reused where present)."]
+        "",
+        "external-dev was looked at to compare designs (allowed by its README for design decisions); nothing "
+        "was trained or thresholded on it. Thresholds/epochs: Kaggle val split only.",
+        "",
+        f"Wall time of this run: {time.time() - start:.0f} s (cached intermediates reused where present).",
+    ]
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

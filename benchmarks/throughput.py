@@ -51,6 +51,7 @@ CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 
 # -- measuring ---------------------------------------------------------------------------------
 
+
 class PeakMemory:
     """Peak memory (MiB) while the ``with`` block runs: CUDA peak allocation, or sampled CPU RSS."""
 
@@ -109,11 +110,25 @@ def make_model(name: str, device: torch.device, channels_last: bool = False) -> 
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def train_step_fn(model: torch.nn.Module, config, device: torch.device, images: Callable[[], tuple[torch.Tensor, torch.Tensor]], amp: bool = False) -> Callable[[], int]:  # noqa: ANN001
+def train_step_fn(
+    model: torch.nn.Module,
+    config,
+    device: torch.device,
+    images: Callable[[], tuple[torch.Tensor, torch.Tensor]],
+    amp: bool = False,
+) -> Callable[[], int]:  # noqa: ANN001
     """One optimisation step as cxrlab's training step computes it (loss, groups, BatchNorm frozen)."""
-    from cxrlab.training.module import freeze_batchnorm_statistics, parameter_groups, weighted_cross_entropy
+    from cxrlab.training.module import (
+        freeze_batchnorm_statistics,
+        parameter_groups,
+        weighted_cross_entropy,
+    )
 
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.lr, config.lr * config.backbone_lr_scale, config.weight_decay))
+    optimizer = torch.optim.AdamW(
+        parameter_groups(
+            model, config.lr, config.lr * config.backbone_lr_scale, config.weight_decay
+        )
+    )
     weights = torch.ones(len(CLASSES), device=device)
     model.train()
     freeze_batchnorm_statistics(model)
@@ -130,14 +145,25 @@ def train_step_fn(model: torch.nn.Module, config, device: torch.device, images: 
     return step
 
 
-def model_only(name: str, config, device: torch.device, args: argparse.Namespace, *, channels_last: bool = False, amp: bool = False, compile: bool = False) -> dict[str, float]:  # noqa: ANN001
+def model_only(
+    name: str,
+    config,
+    device: torch.device,
+    args: argparse.Namespace,
+    *,
+    channels_last: bool = False,
+    amp: bool = False,
+    compile: bool = False,
+) -> dict[str, float]:  # noqa: ANN001
     """(a) training and inference images/s of the model alone on one synthetic batch in memory."""
     model = make_model(name, device, channels_last)
     x = torch.rand(config.batch_size, 1, config.image_size, config.image_size, device=device)
     y = torch.randint(0, len(CLASSES), (config.batch_size,), device=device)
     net = torch.compile(model) if compile else model
     with PeakMemory(device) as memory:
-        train = images_per_s(train_step_fn(net, config, device, lambda: (x, y), amp), device, args.warmup, args.steps)
+        train = images_per_s(
+            train_step_fn(net, config, device, lambda: (x, y), amp), device, args.warmup, args.steps
+        )
     net.eval()
 
     @torch.no_grad()
@@ -146,7 +172,11 @@ def model_only(name: str, config, device: torch.device, args: argparse.Namespace
             net(x)
         return len(x)
 
-    return {"train": train, "infer": images_per_s(infer, device, args.warmup, args.steps), "peak_mb": memory.peak_mb}
+    return {
+        "train": train,
+        "infer": images_per_s(infer, device, args.warmup, args.steps),
+        "peak_mb": memory.peak_mb,
+    }
 
 
 class BatchTimer:
@@ -176,7 +206,16 @@ class BatchTimer:
         return self.images / max(1e-9, self.ended - self.started)
 
 
-def cxrlab_fit(name: str, config, prepared, rows: np.ndarray, device: torch.device, *, batches: int | None, warmup: int) -> tuple[float, float, float]:  # noqa: ANN001
+def cxrlab_fit(
+    name: str,
+    config,
+    prepared,
+    rows: np.ndarray,
+    device: torch.device,
+    *,
+    batches: int | None,
+    warmup: int,
+) -> tuple[float, float, float]:  # noqa: ANN001
     """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the whole fit, peak MiB)."""
     from cxrlab.data.datasets import CachedImageDataset
     from cxrlab.training.augment import loader_augmentation
@@ -192,8 +231,15 @@ def cxrlab_fit(name: str, config, prepared, rows: np.ndarray, device: torch.devi
     timer = BatchTimer(warmup, device)
     with tempfile.TemporaryDirectory() as root, PeakMemory(device) as memory:
         trainer = build_trainer(
-            config.updated(epochs=1), device, callbacks=[timer.callback], logger=False, progress=False, root=Path(root),
-            limit_train_batches=batches if batches else 1.0, limit_val_batches=0, enable_checkpointing=False,
+            config.updated(epochs=1),
+            device,
+            callbacks=[timer.callback],
+            logger=False,
+            progress=False,
+            root=Path(root),
+            limit_train_batches=batches if batches else 1.0,
+            limit_val_batches=0,
+            enable_checkpointing=False,
         )
         started = time.perf_counter()
         trainer.fit(module, datamodule=data)
@@ -202,21 +248,38 @@ def cxrlab_fit(name: str, config, prepared, rows: np.ndarray, device: torch.devi
     return timer.images_per_s, seconds, memory.peak_mb
 
 
-def naive_loader(config, train_dir: Path, excluded: set[str], device: torch.device) -> torch.utils.data.DataLoader:  # noqa: ANN001
+def naive_loader(
+    config, train_dir: Path, excluded: set[str], device: torch.device
+) -> torch.utils.data.DataLoader:  # noqa: ANN001
     """torchvision ImageFolder: PIL decode, resize and augment every image, every epoch."""
     from torchvision import datasets, transforms
 
     from cxrlab.training.augment import DEGREES, JITTER, SCALE, TRANSLATE
 
-    transform = transforms.Compose([
-        transforms.Grayscale(1),
-        transforms.Resize((config.image_size, config.image_size)),
-        transforms.RandomAffine(DEGREES, translate=(TRANSLATE, TRANSLATE), scale=SCALE),
-        transforms.ColorJitter(brightness=JITTER, contrast=JITTER),
-        transforms.ToTensor(),
-    ])
-    folder = datasets.ImageFolder(str(train_dir), transform=transform, is_valid_file=lambda p: p.lower().endswith((".jpg", ".jpeg", ".png")) and Path(p).name not in excluded)
-    return torch.utils.data.DataLoader(folder, batch_size=config.batch_size, shuffle=True, num_workers=config.num_workers, pin_memory=device.type == "cuda", drop_last=True)
+    transform = transforms.Compose(
+        [
+            transforms.Grayscale(1),
+            transforms.Resize((config.image_size, config.image_size)),
+            transforms.RandomAffine(DEGREES, translate=(TRANSLATE, TRANSLATE), scale=SCALE),
+            transforms.ColorJitter(brightness=JITTER, contrast=JITTER),
+            transforms.ToTensor(),
+        ]
+    )
+    folder = datasets.ImageFolder(
+        str(train_dir),
+        transform=transform,
+        is_valid_file=lambda p: (
+            p.lower().endswith((".jpg", ".jpeg", ".png")) and Path(p).name not in excluded
+        ),
+    )
+    return torch.utils.data.DataLoader(
+        folder,
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=config.num_workers,
+        pin_memory=device.type == "cuda",
+        drop_last=True,
+    )
 
 
 def cxrlab_loader(config, prepared) -> torch.utils.data.DataLoader:  # noqa: ANN001
@@ -228,10 +291,19 @@ def cxrlab_loader(config, prepared) -> torch.utils.data.DataLoader:  # noqa: ANN
 
     rows = prepared.rows["train"]
     train_set = CachedImageDataset(prepared.cache, rows, transform=loader_augmentation(config))
-    return CxrDataModule(train_set, train_set, prepared.cache.labels[rows], config).train_dataloader()
+    return CxrDataModule(
+        train_set, train_set, prepared.cache.labels[rows], config
+    ).train_dataloader()
 
 
-def naive_fit(name: str, config, train_dir: Path, excluded: set[str], device: torch.device, args: argparse.Namespace) -> tuple[float, float]:  # noqa: ANN001
+def naive_fit(
+    name: str,
+    config,
+    train_dir: Path,
+    excluded: set[str],
+    device: torch.device,
+    args: argparse.Namespace,
+) -> tuple[float, float]:  # noqa: ANN001
     """(c) the naive loader feeding the same training step, in a plain loop."""
     batches = iter(naive_loader(config, train_dir, excluded, device))
 
@@ -241,11 +313,14 @@ def naive_fit(name: str, config, train_dir: Path, excluded: set[str], device: to
 
     model = make_model(name, device)
     with PeakMemory(device) as memory:
-        speed = images_per_s(train_step_fn(model, config, device, next_batch), device, args.warmup, args.steps)
+        speed = images_per_s(
+            train_step_fn(model, config, device, next_batch), device, args.warmup, args.steps
+        )
     return speed, memory.peak_mb
 
 
 # -- the sections --------------------------------------------------------------------------------
+
 
 def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     print(f"\n## {title}\n")
@@ -272,16 +347,38 @@ def throughput_section(args: argparse.Namespace, config, prepared, device: torch
     rows = []
     for name in args.models:
         a = model_only(name, config, device, args)
-        b, _, b_peak = cxrlab_fit(name, config, prepared, rows_needed, device, batches=batches, warmup=args.warmup)
+        b, _, b_peak = cxrlab_fit(
+            name, config, prepared, rows_needed, device, batches=batches, warmup=args.warmup
+        )
         c, c_peak = naive_fit(name, config, train_dir, excluded, device, args)
-        rows.append([
-            name, f"{a['train']:.1f}", f"{b:.1f}", f"{c:.1f}", f"**{b / a['train']:.2f}**", f"**{b / c:.2f}**", f"{a['infer']:.1f}",
-            f"{a['peak_mb']:.0f} / {b_peak:.0f} / {c_peak:.0f}",
-        ])
-        print(f"  {name}: model-only {a['train']:.1f}, cxrlab {b:.1f}, naive {c:.1f} img/s", flush=True)
+        rows.append(
+            [
+                name,
+                f"{a['train']:.1f}",
+                f"{b:.1f}",
+                f"{c:.1f}",
+                f"**{b / a['train']:.2f}**",
+                f"**{b / c:.2f}**",
+                f"{a['infer']:.1f}",
+                f"{a['peak_mb']:.0f} / {b_peak:.0f} / {c_peak:.0f}",
+            ]
+        )
+        print(
+            f"  {name}: model-only {a['train']:.1f}, cxrlab {b:.1f}, naive {c:.1f} img/s",
+            flush=True,
+        )
     table(
         f"Training throughput, {config.image_size} px, batch {config.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, {config.num_workers} loader workers, {device.type}",
-        ["model", "(a) model only img/s", "(b) cxrlab img/s", "(c) naive ImageFolder img/s", "(b)/(a) goal >= 0.9", "(b)/(c) goal >= 2", "inference img/s", "peak MiB a / b / c"],
+        [
+            "model",
+            "(a) model only img/s",
+            "(b) cxrlab img/s",
+            "(c) naive ImageFolder img/s",
+            "(b)/(a) goal >= 0.9",
+            "(b)/(c) goal >= 2",
+            "inference img/s",
+            "peak MiB a / b / c",
+        ],
         rows,
     )
 
@@ -292,8 +389,14 @@ def loaders_section(args: argparse.Namespace, config, prepared, device: torch.de
     rows = []
     loaders = (
         ("cxrlab (decode-once cache, augmenting per image)", cxrlab_loader(config, prepared)),
-        ("naive ImageFolder (PIL decode + PIL augmentations)", naive_loader(config, train_dir, excluded, device)),
-        ("cxrlab, --augment-on device (augmentation batched on the device)", cxrlab_loader(config.updated(augment_on="device"), prepared)),
+        (
+            "naive ImageFolder (PIL decode + PIL augmentations)",
+            naive_loader(config, train_dir, excluded, device),
+        ),
+        (
+            "cxrlab, --augment-on device (augmentation batched on the device)",
+            cxrlab_loader(config.updated(augment_on="device"), prepared),
+        ),
     )
     from cxrlab.training.augment import BatchXrayAugmentation
 
@@ -309,7 +412,11 @@ def loaders_section(args: argparse.Namespace, config, prepared, device: torch.de
 
         speed = images_per_s(step, device, args.warmup, args.steps * 3)
         rows.append([label, f"{speed:.0f}"])
-    table(f"Loaders alone, {config.image_size} px with augmentation, {config.num_workers} workers", ["loader", "images/s"], rows)
+    table(
+        f"Loaders alone, {config.image_size} px with augmentation, {config.num_workers} workers",
+        ["loader", "images/s"],
+        rows,
+    )
     print(f"cxrlab / naive loader: {float(rows[0][1]) / float(rows[1][1]):.1f}x")
 
 
@@ -325,9 +432,15 @@ def options_section(args: argparse.Namespace, config, device: torch.device) -> N
         cells = [name, f"{base['train']:.1f} / {base['infer']:.1f}"]
         for _, options in variants:
             v = model_only(name, config, device, args, **options)
-            cells.append(f"{v['train']:.1f} / {v['infer']:.1f} ({v['train'] / base['train']:.2f}x / {v['infer'] / base['infer']:.2f}x)")
+            cells.append(
+                f"{v['train']:.1f} / {v['infer']:.1f} ({v['train'] / base['train']:.2f}x / {v['infer'] / base['infer']:.2f}x)"
+            )
         rows.append(cells)
-    table(f"Hardware options, model only, train / inference img/s ({device.type})", ["model", "plain fp32"] + [v for v, _ in variants], rows)
+    table(
+        f"Hardware options, model only, train / inference img/s ({device.type})",
+        ["model", "plain fp32"] + [v for v, _ in variants],
+        rows,
+    )
 
 
 def calibrate_batchnorm(model: torch.nn.Module, films: torch.Tensor) -> torch.nn.Module:
@@ -344,7 +457,9 @@ def calibrate_batchnorm(model: torch.nn.Module, films: torch.Tensor) -> torch.nn
             model(batch)
         model.eval()
         head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-        spread = model(films).std().clamp_min(1e-6)  # logits of unit spread: probabilities away from 0 and 1
+        spread = (
+            model(films).std().clamp_min(1e-6)
+        )  # logits of unit spread: probabilities away from 0 and 1
         head.weight /= spread
         head.bias /= spread
     return model
@@ -355,16 +470,43 @@ def onnx_section(args: argparse.Namespace, config, prepared, device: torch.devic
     from cxrlab.models.checkpoint import save_checkpoint
     from cxrlab.models.export import compare_eager_onnx, export_onnx
 
-    films = torch.stack([CachedImageDataset(prepared.cache, prepared.rows["train"][:64])[i][0] for i in range(64)])
+    films = torch.stack(
+        [CachedImageDataset(prepared.cache, prepared.rows["train"][:64])[i][0] for i in range(64)]
+    )
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             model = calibrate_batchnorm(make_model(name, torch.device("cpu")), films)
-            checkpoint = save_checkpoint(model, Path(folder) / f"{name}.pt", image_size=config.image_size, resize=config.resize)
+            checkpoint = save_checkpoint(
+                model,
+                Path(folder) / f"{name}.pt",
+                image_size=config.image_size,
+                resize=config.resize,
+            )
             path = export_onnx(checkpoint)
-            m = compare_eager_onnx(model, path, config.image_size, repeats=args.latency_repeats, films=films)
-            rows.append([name, f"{m['eager_ms']:.2f}", f"{m['onnx_ms']:.2f}", f"**{m['speedup']:.2f}x**", f"{m['max_abs_diff']:.1e}"])
-    table(f"Batch-1 latency on CPU, {config.image_size} px (median of {args.latency_repeats})", ["model", "eager PyTorch ms", "ONNX Runtime ms", "speed-up (goal >= 1.5x)", "max |p diff| on 64 films (goal <= 1e-4)"], rows)
+            m = compare_eager_onnx(
+                model, path, config.image_size, repeats=args.latency_repeats, films=films
+            )
+            rows.append(
+                [
+                    name,
+                    f"{m['eager_ms']:.2f}",
+                    f"{m['onnx_ms']:.2f}",
+                    f"**{m['speedup']:.2f}x**",
+                    f"{m['max_abs_diff']:.1e}",
+                ]
+            )
+    table(
+        f"Batch-1 latency on CPU, {config.image_size} px (median of {args.latency_repeats})",
+        [
+            "model",
+            "eager PyTorch ms",
+            "ONNX Runtime ms",
+            "speed-up (goal >= 1.5x)",
+            "max |p diff| on 64 films (goal <= 1e-4)",
+        ],
+        rows,
+    )
 
 
 def scaling_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
@@ -372,10 +514,24 @@ def scaling_section(args: argparse.Namespace, config, prepared, device: torch.de
     rows, first = [], None
     for factor in (1, 2, 4):
         rows_n = np.tile(base, factor)
-        _, seconds, peak = cxrlab_fit(args.scale_model, config, prepared, rows_n, device, batches=None, warmup=1)
+        _, seconds, peak = cxrlab_fit(
+            args.scale_model, config, prepared, rows_n, device, batches=None, warmup=1
+        )
         first = first or seconds
-        rows.append([f"{factor}x", str(len(rows_n)), f"{seconds:.1f}", f"{seconds / first:.2f}", f"{peak:.0f}"])
-    table(f"One training epoch as the set grows ({args.scale_model}, {config.image_size} px, base {args.scale_images} images replicated)", ["set", "images", "epoch s", "time vs 1x (ideal 1, 2, 4)", "peak MiB"], rows)
+        rows.append(
+            [
+                f"{factor}x",
+                str(len(rows_n)),
+                f"{seconds:.1f}",
+                f"{seconds / first:.2f}",
+                f"{peak:.0f}",
+            ]
+        )
+    table(
+        f"One training epoch as the set grows ({args.scale_model}, {config.image_size} px, base {args.scale_images} images replicated)",
+        ["set", "images", "epoch s", "time vs 1x (ideal 1, 2, 4)", "peak MiB"],
+        rows,
+    )
 
 
 def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
@@ -386,40 +542,85 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
     with tempfile.TemporaryDirectory() as folder:
         for name in args.models:
             weights = str(args.weights) if name == "mobilenet_v2" else None
-            config = preset("frozen", model=name, pretrained=False, weights=weights, image_size=args.frozen_image_size, manifest=str(args.manifest) if args.manifest else None)
+            config = preset(
+                "frozen",
+                model=name,
+                pretrained=False,
+                weights=weights,
+                image_size=args.frozen_image_size,
+                manifest=str(args.manifest) if args.manifest else None,
+            )
             result = train_run(args.data, config, Path(folder) / name, workers=2, progress=False)
             t = result.metrics["timings"]
             source = "ImageNet" if weights else "random"
-            rows.append([name, source, f"{t['features_s']:.1f}", f"{t['train_s']:.1f}", f"{result.metrics['epochs_run']}", f"{result.metrics['best_val_macro_f1']:.3f}"])
-            print(f"  {name}: features {t['features_s']:.1f} s, head {t['train_s']:.1f} s", flush=True)
+            rows.append(
+                [
+                    name,
+                    source,
+                    f"{t['features_s']:.1f}",
+                    f"{t['train_s']:.1f}",
+                    f"{result.metrics['epochs_run']}",
+                    f"{result.metrics['best_val_macro_f1']:.3f}",
+                ]
+            )
+            print(
+                f"  {name}: features {t['features_s']:.1f} s, head {t['train_s']:.1f} s", flush=True
+            )
     table(
         f"Frozen mode on the real data ({args.frozen_image_size} px): backbone features cached once, then the head trains",
-        ["model", "backbone", "features s (0 = read from the cache)", "head training s", "epochs", "val macro-F1"],
+        [
+            "model",
+            "backbone",
+            "features s (0 = read from the cache)",
+            "head training s",
+            "epochs",
+            "val macro-F1",
+        ],
         rows,
     )
 
 
 def main() -> int:
     parser = real_data_parser(__doc__.splitlines()[0])
-    parser.add_argument("--manifest", type=Path, default=Path("runs/benchmarks/proposed-real/audit/manifest.csv"), help="Audit manifest (files it excludes are left out); made by the other benchmarks.")
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=Path("runs/benchmarks/proposed-real/audit/manifest.csv"),
+        help="Audit manifest (files it excludes are left out); made by the other benchmarks.",
+    )
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for (b) and (c).")
-    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps before each measurement.")
+    parser.add_argument(
+        "--num-workers", type=int, default=0, help="DataLoader workers for (b) and (c)."
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="Untimed steps before each measurement."
+    )
     parser.add_argument("--steps", type=int, default=6, help="Timed steps per measurement.")
     parser.add_argument("--compile", action="store_true", help="Also measure torch.compile.")
     parser.add_argument("--latency-repeats", type=int, default=50)
     parser.add_argument("--scale-model", default="resnet18")
     parser.add_argument("--scale-images", type=int, default=128)
-    parser.add_argument("--frozen-image-size", type=int, default=None, help="Default: 224 on a GPU, 128 on CPU (features of ~6000 films per model).")
-    parser.add_argument("--sections", nargs="+", default=["throughput", "loaders", "options", "onnx", "scaling", "frozen"])
+    parser.add_argument(
+        "--frozen-image-size",
+        type=int,
+        default=None,
+        help="Default: 224 on a GPU, 128 on CPU (features of ~6000 films per model).",
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["throughput", "loaders", "options", "onnx", "scaling", "frozen"],
+    )
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     if shared_missing(args.data, args.weights):
         return 0
     if args.manifest and not args.manifest.is_file():
-        print(f"note: {args.manifest} not found; no audit exclusions (run benchmarks/proposed_real.py or cxrlab audit first)")
+        print(
+            f"note: {args.manifest} not found; no audit exclusions (run benchmarks/proposed_real.py or cxrlab audit first)"
+        )
         args.manifest = None
 
     from cxrlab.evaluation.predict import pick_device
@@ -432,11 +633,18 @@ def main() -> int:
     print("machine:", machine(), f"| torch threads {torch.get_num_threads()}", flush=True)
     started = time.perf_counter()
     config = preset(
-        "finetune", image_size=args.image_size, batch_size=args.batch_size, num_workers=args.num_workers,
-        accelerator="gpu" if device.type == "cuda" else "cpu", devices="1", manifest=str(args.manifest) if args.manifest else None,
+        "finetune",
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        accelerator="gpu" if device.type == "cuda" else "cpu",
+        devices="1",
+        manifest=str(args.manifest) if args.manifest else None,
     )
     with timed("decode-once cache (built on first use, then reused)"):
-        prepared = prepare_data(args.data, config, workers=min(8, os.cpu_count() or 1), progress=False)
+        prepared = prepare_data(
+            args.data, config, workers=min(8, os.cpu_count() or 1), progress=False
+        )
     if "throughput" in args.sections:
         throughput_section(args, config, prepared, device)
     if "loaders" in args.sections:

@@ -17,7 +17,9 @@ def smooth_image(seed: int, size: tuple[int, int] = (80, 96)) -> np.ndarray:
     """A distinct smooth random ``uint8`` image (H, W): low-frequency noise, full contrast."""
     rng = np.random.default_rng(seed)
     coarse = rng.random((6, 6))
-    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize(size[::-1], Image.Resampling.BICUBIC)
+    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+        size[::-1], Image.Resampling.BICUBIC
+    )
     array = np.asarray(image, dtype=np.float64)
     array = (array - array.min()) / max(array.max() - array.min(), 1) * 255
     return array.astype(np.uint8)
@@ -48,7 +50,9 @@ def requires_real_data() -> Path:
     return REAL_DATA
 
 
-TINY = dict(image_size=32, batch_size=8, val_fraction=0.25)  # a training run of seconds on tiny_data
+TINY = dict(
+    image_size=32, batch_size=8, val_fraction=0.25
+)  # a training run of seconds on tiny_data
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +61,9 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from cxrlab.data.synthetic import make_demo_dataset
 
     base = tmp_path_factory.mktemp("train")
-    root = make_demo_dataset(base / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
+    root = make_demo_dataset(
+        base / "data", train_per_class=8, test_per_class=3, size=48, defects=False
+    )
     return root, base / "cache"
 
 

@@ -28,8 +28,13 @@ def write_image(path: Path, width: int, height: int, level: int, seed: int) -> N
     Image.fromarray(pixels).save(path)
 
 
-def make_dataset(root: Path, spec: dict[str, dict[str, list[tuple[int, int]]]], *,
-                 kaggle: bool = True, levels: dict[str, int] | None = None) -> Path:
+def make_dataset(
+    root: Path,
+    spec: dict[str, dict[str, list[tuple[int, int]]]],
+    *,
+    kaggle: bool = True,
+    levels: dict[str, int] | None = None,
+) -> Path:
     """``spec[split][class] = [(w, h), ...]``; a (0, 0) size writes a zero-byte file."""
     seed = 0
     for split, classes in spec.items():
@@ -119,7 +124,11 @@ def test_size_and_shape_statistics(main_case: tuple[Path, dict]) -> None:
     assert sq["median_aspect"] == pytest.approx(1.0)
     assert wide["square_share"] == 0.0
     assert wide["most_common_size"] == {
-        "size": "50x30", "width": 50, "height": 30, "count": 6, "share": 1.0
+        "size": "50x30",
+        "width": 50,
+        "height": 30,
+        "count": 6,
+        "share": 1.0,
     }
     assert wide["median_aspect"] == pytest.approx(50 / 30)
     assert wide["width"] == {"median": 50.0, "min": 50, "max": 50}
@@ -160,7 +169,13 @@ def test_summary_table_renders(main_case: tuple[Path, dict]) -> None:
     _, summary = main_case
     table = summary_table(summary)
     assert [c.header for c in table.columns] == [
-        "split", "class", "files", "share", "median WxH", "square", "mean intensity"
+        "split",
+        "class",
+        "files",
+        "share",
+        "median WxH",
+        "square",
+        "mean intensity",
     ]
     assert table.row_count == 4
     buffer = io.StringIO()
@@ -170,10 +185,13 @@ def test_summary_table_renders(main_case: tuple[Path, dict]) -> None:
 
 
 def test_class_with_no_readable_images(tmp_path: Path) -> None:
-    root = make_dataset(tmp_path / "ds", {
-        "train": {"A": [(32, 32), (32, 40)], "B": [(0, 0), (0, 0)]},
-        "test": {"A": [(32, 32)], "B": [(0, 0)]},
-    })
+    root = make_dataset(
+        tmp_path / "ds",
+        {
+            "train": {"A": [(32, 32), (32, 40)], "B": [(0, 0), (0, 0)]},
+            "test": {"A": [(32, 32)], "B": [(0, 0)]},
+        },
+    )
     summary = run_analysis(root, tmp_path / "out")
     assert_outputs(tmp_path / "out")
     assert summary["per_class"]["B"]["n_ok"] == 0
@@ -192,8 +210,11 @@ def test_nothing_readable(tmp_path: Path) -> None:
 
 def test_single_split_single_image_same_size(tmp_path: Path) -> None:
     # ImageFolder layout (one split), one image per class, every image the same size.
-    root = make_dataset(tmp_path / "ds", {"train": {"A": [(36, 36)], "B": [(36, 36)], "C": [(36, 36)]}},
-                        kaggle=False)
+    root = make_dataset(
+        tmp_path / "ds",
+        {"train": {"A": [(36, 36)], "B": [(36, 36)], "C": [(36, 36)]}},
+        kaggle=False,
+    )
     summary = run_analysis(root, tmp_path / "out", samples_per_class=2)
     assert_outputs(tmp_path / "out")
     assert summary["dataset"]["layout"] == "imagefolder"
@@ -206,10 +227,13 @@ def test_single_split_single_image_same_size(tmp_path: Path) -> None:
 
 def test_missing_class_in_a_split_and_zero_samples(tmp_path: Path) -> None:
     # Class B exists in train only through an unreadable file; samples_per_class=0 still plots.
-    root = make_dataset(tmp_path / "ds", {
-        "train": {"A": [(20, 30)] * 3, "B": [(0, 0)]},
-        "test": {"A": [(20, 30)], "B": [(30, 20)]},
-    })
+    root = make_dataset(
+        tmp_path / "ds",
+        {
+            "train": {"A": [(20, 30)] * 3, "B": [(0, 0)]},
+            "test": {"A": [(20, 30)], "B": [(30, 20)]},
+        },
+    )
     summary = run_analysis(root, tmp_path / "out", samples_per_class=0)
     assert_outputs(tmp_path / "out")
     assert summary["samples"] == []

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save, smooth_image
 from PIL import Image
 
 from cxrlab.data.audit import AuditConfig, audit_records, read_manifest, run_audit
@@ -14,13 +15,14 @@ from cxrlab.data.duplicates import near_pairs
 from cxrlab.data.scan import scan_dataset
 from cxrlab.data.synthetic import synth_cxr
 from cxrlab.errors import CxrlabError
-from conftest import save, smooth_image
 
 
 def reencoded_resized(pixels: np.ndarray, scale: float, quality: int = 70) -> np.ndarray:
     """A copy as a careless user would make it: resized, then JPEG re-encoded."""
     height, width = pixels.shape
-    small = Image.fromarray(pixels).resize((int(width * scale), int(height * scale)), Image.Resampling.LANCZOS)
+    small = Image.fromarray(pixels).resize(
+        (int(width * scale), int(height * scale)), Image.Resampling.LANCZOS
+    )
     buffer = io.BytesIO()
     small.save(buffer, format="JPEG", quality=quality)
     return np.asarray(Image.open(buffer).convert("L"))
@@ -51,7 +53,9 @@ def messy_tree(kaggle_tree: Path) -> Path:
     save(train / "A/copy_A(1).bmp", source)  # exact copy, other format
     test_image = np.asarray(Image.open(test / "B/B(0).png"))
     save(train / "B/leak.jpg", reencoded_resized(test_image, 0.6))  # near copy of a test image
-    save(train / "C/conflict.png", np.asarray(Image.open(train / "A/A(2).png")))  # same image, other label
+    save(
+        train / "C/conflict.png", np.asarray(Image.open(train / "A/A(2).png"))
+    )  # same image, other label
     return kaggle_tree
 
 
@@ -98,7 +102,10 @@ def test_near_duplicates_found_and_similar_films_not_flagged() -> None:
     films = [synth_cxr(rng, "NORMAL", 160) for _ in range(60)]
     records = [record(f, f"film{i}") for i, f in enumerate(films)]
     assert near_pairs(records) == []  # look-alike films of different "patients"
-    copies = [record(reencoded_resized(films[i], s), f"copy{i}") for i, s in ((0, 0.5), (1, 0.8), (2, 1.3))]
+    copies = [
+        record(reencoded_resized(films[i], s), f"copy{i}")
+        for i, s in ((0, 0.5), (1, 0.8), (2, 1.3))
+    ]
     squashed = Image.fromarray(films[3]).resize((120, 120), Image.Resampling.BILINEAR)
     copies.append(record(np.asarray(squashed), "squashed3"))
     pairs = near_pairs(records + copies)
@@ -114,7 +121,10 @@ def test_manifest_and_report_files(messy_tree: Path, tmp_path: Path) -> None:
     for name in ("manifest.csv", "audit.json", "audit.md", "duplicates.png", "shortcuts.png"):
         assert (out / name).stat().st_size > 0
     statuses = read_manifest(out)
-    assert statuses["Data/train/B/leak.jpg"] == "excluded" and statuses["Data/train/A/A(0).png"] == "ok"
+    assert (
+        statuses["Data/train/B/leak.jpg"] == "excluded"
+        and statuses["Data/train/A/A(0).png"] == "ok"
+    )
     with open(out / "manifest.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(discover(messy_tree).samples)

@@ -43,7 +43,9 @@ def test_each_film_gets_its_own_draw_within_the_ranges() -> None:
     assert out.shape == images.shape and out.min() >= 0 and out.max() <= 1
     centre, area = centroid_and_area(out)
     shift = (centre - 23.5).abs()
-    assert shift.max() <= 0.06 * 48 * 1.2 + 1  # translate 6% of the side (plus scaling about the centre)
+    assert (
+        shift.max() <= 0.06 * 48 * 1.2 + 1
+    )  # translate 6% of the side (plus scaling about the centre)
     assert shift.std() > 0.3  # films do not all move alike
     assert ((area / 256) > 0.9**2 * 0.85).all() and ((area / 256) < 1.1**2 * 1.15).all()
 
@@ -60,9 +62,22 @@ def test_matches_the_loader_augmentation_in_distribution() -> None:
 
 
 def test_training_with_device_augmentation_and_channels_last(tmp_path: Path) -> None:
-    root = make_demo_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False)
-    config = RunConfig(model="resnet18", pretrained=False, image_size=32, epochs=1, batch_size=4, val_fraction=0.25, augment_on="device", channels_last=True)
-    result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
+    root = make_demo_dataset(
+        tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False
+    )
+    config = RunConfig(
+        model="resnet18",
+        pretrained=False,
+        image_size=32,
+        epochs=1,
+        batch_size=4,
+        val_fraction=0.25,
+        augment_on="device",
+        channels_last=True,
+    )
+    result = train_run(
+        root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
+    )
     assert result.metrics["test"]["n"] == 6
     with pytest.raises(CxrlabError, match="--augment-on"):
         RunConfig(augment_on="gpu")

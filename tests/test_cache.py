@@ -10,16 +10,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save, smooth_image
 
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache, load_square, resize_square
 from cxrlab.data.datasets import CachedImageDataset, rows_for
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
-from conftest import save, smooth_image
 
 
 def build(root: Path, cache_root: Path, size: int = 32, resize: str = "squash"):
-    return build_cache(discover(root), CacheSpec(size, resize), cache_root=cache_root, workers=1, progress=False)
+    return build_cache(
+        discover(root), CacheSpec(size, resize), cache_root=cache_root, workers=1, progress=False
+    )
 
 
 def test_build_then_reuse(kaggle_tree: Path, tmp_path: Path) -> None:
@@ -68,7 +70,9 @@ def test_pad_keeps_aspect_ratio() -> None:
     wide = np.full((20, 80), 200, dtype=np.uint8)
     padded = resize_square(wide, CacheSpec(40, "pad"))
     assert padded.shape == (40, 40)
-    assert padded[:10].max() == 0 and padded[20, :].min() == 200  # black bars above, image in the middle
+    assert (
+        padded[:10].max() == 0 and padded[20, :].min() == 200
+    )  # black bars above, image in the middle
     assert resize_square(wide, CacheSpec(40, "squash")).min() == 200
 
 
@@ -81,7 +85,11 @@ def test_bad_spec_names_the_option() -> None:
 
 def assert_rows_match(cache: ImageCache, root: Path) -> None:
     """Every row of ``cache`` holds the pixels of its own file, as decoded now."""
-    wrong = [p for p, image in zip(cache.paths, cache.images) if not np.array_equal(image, load_square(root / p, cache.spec))]
+    wrong = [
+        p
+        for p, image in zip(cache.paths, cache.images)
+        if not np.array_equal(image, load_square(root / p, cache.spec))
+    ]
     assert wrong == [], f"{len(wrong)} of {len(cache.paths)} rows hold another file's pixels"
 
 
@@ -111,11 +119,15 @@ def build_killed_at(step: int, root: Path, cache_root: Path) -> int | None:
     return process.exitcode
 
 
-def test_kill_at_any_moment_of_an_update_leaves_a_correct_cache(kaggle_tree: Path, tmp_path: Path) -> None:
+def test_kill_at_any_moment_of_an_update_leaves_a_correct_cache(
+    kaggle_tree: Path, tmp_path: Path
+) -> None:
     cache_root, before = tmp_path / "cache", tmp_path / "before"
     build(kaggle_tree, cache_root)
     shutil.copytree(cache_root, before)
-    save(kaggle_tree / "Data/test/A/A(00).png", smooth_image(50))  # an added file shifts the rows after it
+    save(
+        kaggle_tree / "Data/test/A/A(00).png", smooth_image(50)
+    )  # an added file shifts the rows after it
     for step in itertools.count(1):
         shutil.rmtree(cache_root)
         shutil.copytree(before, cache_root)
@@ -123,7 +135,9 @@ def test_kill_at_any_moment_of_an_update_leaves_a_correct_cache(kaggle_tree: Pat
         assert code in (0, KILLED)
         cache = build(kaggle_tree, cache_root)
         assert_rows_match(cache, kaggle_tree)
-        assert len(list(cache.folder.glob("*images*"))) == 1  # leftovers of the killed build are gone
+        assert (
+            len(list(cache.folder.glob("*images*"))) == 1
+        )  # leftovers of the killed build are gone
         if code == 0:
             break
     assert step > 5  # the sweep did kill the update at every file-system call it makes
@@ -159,7 +173,10 @@ def test_concurrent_builds_wait_for_each_other_and_reuse(kaggle_tree: Path, tmp_
     racers = [
         subprocess.Popen(
             [sys.executable, "-c", RACER, str(kaggle_tree), str(tmp_path / "c")],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for _ in range(2)
     ]

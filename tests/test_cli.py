@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import shutil
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,16 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("demo") / "data"
-    args = ["demo-data", str(root), "--train-per-class", "6", "--test-per-class", "3", "--size", "96"]
+    args = [
+        "demo-data",
+        str(root),
+        "--train-per-class",
+        "6",
+        "--test-per-class",
+        "3",
+        "--size",
+        "96",
+    ]
     assert run(args) == 0
     return root
 
@@ -31,18 +40,38 @@ def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         assert "Usage" in capsys.readouterr().out
 
 
-def test_audit_analyze_cache_split(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_analyze_cache_split(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     audit_dir = tmp_path / "audit"
-    assert run(["audit", str(demo_root), "--out", str(audit_dir), "--no-progress", "--workers", "1"]) == 0
+    assert (
+        run(["audit", str(demo_root), "--out", str(audit_dir), "--no-progress", "--workers", "1"])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "LEAKAGE" in out and "Shortcut check" in out
     assert (audit_dir / "manifest.csv").is_file()
     assert run(["analyze", str(demo_root), "--out", str(tmp_path / "an"), "--no-progress"]) == 0
     assert (tmp_path / "an" / "summary.md").is_file()
-    assert run(["cache", str(demo_root), "--image-size", "32", "--cache-dir", str(tmp_path / "c"), "--no-progress"]) == 0
+    assert (
+        run(
+            [
+                "cache",
+                str(demo_root),
+                "--image-size",
+                "32",
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "unreadable" in capsys.readouterr().out
     split_csv = tmp_path / "split.csv"
-    assert run(["split", str(demo_root), "--out", str(split_csv), "--manifest", str(audit_dir)]) == 0
+    assert (
+        run(["split", str(demo_root), "--out", str(split_csv), "--manifest", str(audit_dir)]) == 0
+    )
     text = split_csv.read_text()
     assert "leak" not in text and "empty.jpg" not in text and ",test\n" in text
 
@@ -52,7 +81,9 @@ def test_missing_folder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path
     assert "nowhere: dataset folder does not exist" in one_line_error(capsys)
 
 
-def test_wrong_option_value_names_the_option(demo_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_wrong_option_value_names_the_option(
+    demo_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(["cache", str(demo_root), "--resize", "crop"]) == 2
     assert "--resize" in one_line_error(capsys)
     assert run(["audit", str(demo_root), "--min-size", "0"]) == 2
@@ -79,7 +110,10 @@ def test_download_offline_says_how_to_place_data(
 
 
 def test_download_calls_kagglehub_and_indexes(
-    monkeypatch: pytest.MonkeyPatch, demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch,
+    demo_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import kagglehub
 
@@ -98,7 +132,12 @@ def test_download_calls_kagglehub_and_indexes(
 
 def test_quick_start_demo(tmp_path: Path) -> None:
     assert run(["demo", str(tmp_path / "demo"), "--no-progress"]) == 0
-    for rel in ("audit/audit.md", "analysis/summary.md", "compare/report.html", "compare/results.csv"):
+    for rel in (
+        "audit/audit.md",
+        "analysis/summary.md",
+        "compare/report.html",
+        "compare/results.csv",
+    ):
         assert (tmp_path / "demo" / rel).is_file(), rel
     report = (tmp_path / "demo" / "compare" / "report.html").read_text()
     assert "alexnet-finetune-scratch-s0" in report and "resnet18-finetune-scratch-s0" in report
@@ -108,14 +147,45 @@ def test_quick_start_demo(tmp_path: Path) -> None:
 def test_multi_value_options_are_expanded() -> None:
     argv = ["compare", "D", "--models", "a", "b", "--mode", "both", "--seeds", "0", "1"]
     assert expand_multi_values(argv) == [
-        "compare", "D", "--models", "a", "--models", "b", "--mode", "both", "--seeds", "0", "--seeds", "1"
+        "compare",
+        "D",
+        "--models",
+        "a",
+        "--models",
+        "b",
+        "--mode",
+        "both",
+        "--seeds",
+        "0",
+        "--seeds",
+        "1",
     ]
 
 
-def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_train_then_predict(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     run_dir = tmp_path / "run"
-    args = ["train", str(demo_root), "--model", "resnet18", "--preset", "smoke", "--no-pretrained", "--image-size", "32"]
-    args += ["--out", str(run_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress", "--workers", "1"]
+    args = [
+        "train",
+        str(demo_root),
+        "--model",
+        "resnet18",
+        "--preset",
+        "smoke",
+        "--no-pretrained",
+        "--image-size",
+        "32",
+    ]
+    args += [
+        "--out",
+        str(run_dir),
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
     assert run(args) == 0
     assert "accuracy" in capsys.readouterr().out
     card = (run_dir / "MODEL_CARD.md").read_text()
@@ -124,10 +194,24 @@ def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.Capt
     for name in ("robustness.json", "gradcam.json", "gradcam.png"):  # diagnostics after testing
         assert (run_dir / name).is_file(), name
     robustness = json.loads((run_dir / "robustness.json").read_text())
-    assert list(robustness["variants"]) == ["squash", "pad", "rotate+10", "rotate-10", "darken", "lungs-hidden", "lungs-only"]
-    assert set(robustness["lung_fields"]["segmented_by_class"]) == {"COVID19", "NORMAL", "PNEUMONIA"}
+    assert list(robustness["variants"]) == [
+        "squash",
+        "pad",
+        "rotate+10",
+        "rotate-10",
+        "darken",
+        "lungs-hidden",
+        "lungs-only",
+    ]
+    assert set(robustness["lung_fields"]["segmented_by_class"]) == {
+        "COVID19",
+        "NORMAL",
+        "PNEUMONIA",
+    }
     assert robustness["chance"]["balanced_accuracy"] == pytest.approx(1 / 3)
-    assert robustness["variants"]["squash"]["accuracy"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"])
+    assert robustness["variants"]["squash"]["accuracy"] == pytest.approx(
+        json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
+    )
     assert run(["explain", str(run_dir), "--data", str(tmp_path / "elsewhere")]) == 2
     assert "not found" in capsys.readouterr().err
     folder = tmp_path / "new"
@@ -136,7 +220,19 @@ def test_train_then_predict(demo_root: Path, tmp_path: Path, capsys: pytest.Capt
         shutil.copy(next((demo_root / "Data" / "test" / "NORMAL").glob("*.jpg")), folder / name)
     (folder / "broken.jpg").write_bytes(b"not a jpeg")
     out_csv = tmp_path / "p.csv"
-    assert run(["predict", str(run_dir / "model.pt"), str(folder), "--out", str(out_csv), "--no-progress"]) == 0
+    assert (
+        run(
+            [
+                "predict",
+                str(run_dir / "model.pt"),
+                str(folder),
+                "--out",
+                str(out_csv),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     rows = out_csv.read_text().splitlines()
     assert rows[0] == "path,predicted,p_COVID19,p_NORMAL,p_PNEUMONIA" and len(rows) == 3
     assert "broken.jpg" in capsys.readouterr().err

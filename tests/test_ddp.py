@@ -14,33 +14,80 @@ import pytest
 
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
+from cxrlab.reporting.runs import read_history
 from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
-from cxrlab.reporting.runs import read_history
 from cxrlab.training.run import check_runnable, launched_rank, train_run
 
 # 33 train films: 9 for validation (odd: a padding sampler would show a duplicate), 24 to train
 # in one full batch, so the gradient does not depend on how the images are shared out.
-OPTIONS = dict(val_fraction=0.27, image_size=32, epochs=3, batch_size=24, augment=False, balance="none", accelerator="cpu")
+OPTIONS = dict(
+    val_fraction=0.27,
+    image_size=32,
+    epochs=3,
+    batch_size=24,
+    augment=False,
+    balance="none",
+    accelerator="cpu",
+)
 
 
 def run_cli_ddp(data: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
     command = [
-        sys.executable, "-m", "cxrlab", "train", str(data), "--model", "resnet18", "--no-pretrained",
-        "--val-fraction", "0.27", "--image-size", "32", "--epochs", "3", "--batch-size", "24", "--no-augment",
-        "--balance", "none", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
-        "--out", str(out), "--cache-dir", str(cache), "--workers", "1", "--no-progress", "--no-diagnose",
+        sys.executable,
+        "-m",
+        "cxrlab",
+        "train",
+        str(data),
+        "--model",
+        "resnet18",
+        "--no-pretrained",
+        "--val-fraction",
+        "0.27",
+        "--image-size",
+        "32",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "24",
+        "--no-augment",
+        "--balance",
+        "none",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(cache),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--no-diagnose",
     ]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "SLURM_PROCID")
+    }
     env["OMP_NUM_THREADS"] = "1"
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
 def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) -> None:
-    data = make_demo_dataset(tmp_path / "data", train_per_class=11, test_per_class=3, size=40, defects=False)
+    data = make_demo_dataset(
+        tmp_path / "data", train_per_class=11, test_per_class=3, size=40, defects=False
+    )
     single = train_run(
-        data, RunConfig(model="resnet18", pretrained=False, devices="1", **OPTIONS), tmp_path / "single",
-        cache_root=tmp_path / "cache", workers=1, progress=False,
+        data,
+        RunConfig(model="resnet18", pretrained=False, devices="1", **OPTIONS),
+        tmp_path / "single",
+        cache_root=tmp_path / "cache",
+        workers=1,
+        progress=False,
     )
     done = run_cli_ddp(data, tmp_path / "ddp", tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,11 +107,17 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
     # The test split: every image exactly once, probabilities as in the single-process run.
     assert ddp["test"]["n"] == single.metrics["test"]["n"] == 9
-    rows = {name: list(csv.DictReader(open(d / "test_predictions.csv"))) for name, d in (("one", single.run_dir), ("two", ddp_dir))}
+    rows = {
+        name: list(csv.DictReader(open(d / "test_predictions.csv")))
+        for name, d in (("one", single.run_dir), ("two", ddp_dir))
+    }
     paths = [r["path"] for r in rows["two"]]
     assert len(paths) == len(set(paths)) == 9
     assert paths == [r["path"] for r in rows["one"]]
-    probs = {name: np.array([[float(r[k]) for k in r if k.startswith("p_")] for r in rs]) for name, rs in rows.items()}
+    probs = {
+        name: np.array([[float(r[k]) for k in r if k.startswith("p_")] for r in rs])
+        for name, rs in rows.items()
+    }
     np.testing.assert_allclose(probs["two"], probs["one"], atol=1e-4)
     assert ddp["test"]["accuracy"] == pytest.approx(single.metrics["test"]["accuracy"])
 
@@ -83,7 +136,9 @@ def test_global_batch_must_split_evenly_over_processes() -> None:
     class Trainer:  # what the data module reads of a Lightning Trainer
         world_size, global_rank = 4, 0
 
-    with pytest.raises(CxrlabError, match="--batch-size 30: not divisible by the 4 training processes"):
+    with pytest.raises(
+        CxrlabError, match="--batch-size 30: not divisible by the 4 training processes"
+    ):
         check_runnable(RunConfig(batch_size=30, devices="2", num_nodes=2, accelerator="cpu"))
     check_runnable(RunConfig(batch_size=32, devices="4", accelerator="cpu"))
     with pytest.raises(CxrlabError, match="--devices two"):

@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import requires_real_data, save, smooth_image
 
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
-from conftest import requires_real_data, save, smooth_image
 
 
 def make(root: Path, rel: str) -> None:

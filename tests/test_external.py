@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY, train_tiny
 
 from cxrlab.cli import run
 from cxrlab.evaluation.external import load_evaluation, score
 from cxrlab.training.config import preset
-
-from conftest import TINY, train_tiny
 
 
 def test_subset_metrics_by_hand() -> None:
@@ -28,9 +27,15 @@ def test_subset_metrics_by_hand() -> None:
     assert result["per_class"]["B"].recall.value == pytest.approx(1 / 2)
     assert result["balanced_accuracy"].value == pytest.approx((2 / 3 + 1 / 2) / 2)
     assert result["accuracy"].value == pytest.approx(3 / 5)
-    assert result["per_class"]["A"].precision.value == pytest.approx(2 / 3)  # A called 3 times, right twice
+    assert result["per_class"]["A"].precision.value == pytest.approx(
+        2 / 3
+    )  # A called 3 times, right twice
     assert result["per_class"]["B"].precision.value == pytest.approx(1.0)
-    assert result["per_class"]["A"].called == {"A": 2, "B": 0, "C": 1}  # how often A is called the absent C
+    assert result["per_class"]["A"].called == {
+        "A": 2,
+        "B": 0,
+        "C": 1,
+    }  # how often A is called the absent C
     assert result["macro_f1"] is None and result["macro_auc"] is None  # not defined without C
     low, high = result["balanced_accuracy"].low, result["balanced_accuracy"].high
     assert 0 <= low <= result["balanced_accuracy"].value <= high <= 1
@@ -53,7 +58,10 @@ def _external_set(tiny_data: tuple[Path, Path], root: Path, classes: tuple[str, 
 
 
 def test_evaluate_a_run_on_a_set_with_a_subset_of_classes(
-    tiny_data: tuple[Path, Path], finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_data: tuple[Path, Path],
+    finished_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = _external_set(tiny_data, tmp_path / "adults", ("COVID19", "NORMAL"))
     (data / "NORMAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
@@ -62,7 +70,11 @@ def test_evaluate_a_run_on_a_set_with_a_subset_of_classes(
     folder = finished_run / "external" / "adults"
     evaluation = load_evaluation(folder)
     assert evaluation.present == ["COVID19", "NORMAL"] and evaluation.absent == ["PNEUMONIA"]
-    assert evaluation.n == 6 and list(evaluation.skipped) == ["NORMAL/broken.jpg"] and "broken.jpg" in printed.err
+    assert (
+        evaluation.n == 6
+        and list(evaluation.skipped) == ["NORMAL/broken.jpg"]
+        and "broken.jpg" in printed.err
+    )
     assert evaluation.macro_f1 is None and "not defined here (PNEUMONIA absent)" in printed.out
     # the same films as the run's own test split: the same recalls, so no gap
     own = json.loads((finished_run / "metrics.json").read_text())["test"]["per_class"]
@@ -74,7 +86,10 @@ def test_evaluate_a_run_on_a_set_with_a_subset_of_classes(
     assert rows[0] == "path,true,predicted,p_COVID19,p_NORMAL,p_PNEUMONIA" and len(rows) == 7
     assert "own test split" in printed.out and "How each class is called" in printed.out
     card = (finished_run / "MODEL_CARD.md").read_text()  # rewritten with this result
-    assert "## Off its own test split" in card and "**adults** (6 films, classes COVID19, NORMAL)" in card
+    assert (
+        "## Off its own test split" in card
+        and "**adults** (6 films, classes COVID19, NORMAL)" in card
+    )
     assert "Not a diagnostic device" in card or "**Not a " in card
 
 
@@ -83,8 +98,32 @@ def test_evaluate_the_onnx_export_and_a_kaggle_split(
 ) -> None:
     onnx = tmp_path / "model.onnx"
     assert run(["export", str(finished_run / "model.pt"), "--onnx", "--out", str(onnx)]) == 0
-    assert run(["evaluate", str(onnx), str(tiny_data[0]), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
-    assert run(["evaluate", str(finished_run), str(tiny_data[0]), "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert (
+        run(
+            [
+                "evaluate",
+                str(onnx),
+                str(tiny_data[0]),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert (
+        run(
+            [
+                "evaluate",
+                str(finished_run),
+                str(tiny_data[0]),
+                "--out",
+                str(tmp_path / "p"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     by_onnx, by_torch = load_evaluation(tmp_path / "o"), load_evaluation(tmp_path / "p")
     assert by_onnx.split == "test" and by_onnx.n == 9 and by_onnx.macro_f1 is not None
     assert by_onnx.internal is None  # a bare .onnx has no run beside it
@@ -92,17 +131,44 @@ def test_evaluate_the_onnx_export_and_a_kaggle_split(
 
 
 def test_unknown_class_folder_is_one_line_and_writes_nothing(
-    tiny_data: tuple[Path, Path], finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_data: tuple[Path, Path],
+    finished_run: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     data = _external_set(tiny_data, tmp_path / "other", ("COVID19",))
     (data / "TUBERCULOSIS").mkdir()
     shutil.copy(next((data / "COVID19").iterdir()), data / "TUBERCULOSIS" / "t.jpg")
-    assert run(["evaluate", str(finished_run), str(data), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                "evaluate",
+                str(finished_run),
+                str(data),
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "TUBERCULOSIS" in err and "not one the model knows" in err
     assert not (tmp_path / "o").exists()
     assert run(["evaluate", str(tmp_path / "nowhere"), str(data), "--no-progress"]) == 2
-    assert run(["evaluate", str(finished_run), str(data), "--out", str(data / "inside"), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                "evaluate",
+                str(finished_run),
+                str(data),
+                "--out",
+                str(data / "inside"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
 
 
 def test_compare_scores_every_model_on_every_external_set(
@@ -110,9 +176,28 @@ def test_compare_scores_every_model_on_every_external_set(
 ) -> None:
     data = _external_set(tiny_data, tmp_path / "adults", ("COVID19", "NORMAL"))
     out = tmp_path / "cmp"
-    args = ["compare", str(tiny_data[0]), "--models", "resnet18", "mobilenet_v2", "--no-pretrained", "--image-size", "32",
-            "--epochs", "1", "--val-fraction", "0.25", "--no-audit", "--external", f"adults={data}", "--out", str(out),
-            "--cache-dir", str(tiny_data[1]), "--no-progress"]
+    args = [
+        "compare",
+        str(tiny_data[0]),
+        "--models",
+        "resnet18",
+        "mobilenet_v2",
+        "--no-pretrained",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--val-fraction",
+        "0.25",
+        "--no-audit",
+        "--external",
+        f"adults={data}",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tiny_data[1]),
+        "--no-progress",
+    ]
     assert run(args) == 0
     for run_dir in (out / "runs").iterdir():
         assert (run_dir / "external" / "adults" / "metrics.json").is_file()
@@ -121,16 +206,42 @@ def test_compare_scores_every_model_on_every_external_set(
     html = (out / "report.html").read_text()
     assert 'id="external"' in html and "External validation" in html and "called PNEUMONIA" in html
     markdown = (out / "results.md").read_text()
-    assert "## External validation" in markdown and "### adults" in markdown and "only A right" in markdown.split("### adults")[1]
+    assert (
+        "## External validation" in markdown
+        and "### adults" in markdown
+        and "only A right" in markdown.split("### adults")[1]
+    )
     header = (out / "results.csv").read_text().splitlines()[0]
-    assert "adults_balanced_accuracy" in header and "adults_recall_NORMAL" in header and "adults_balanced_accuracy_gap" in header
-    stamp = (out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json").stat().st_mtime_ns
+    assert (
+        "adults_balanced_accuracy" in header
+        and "adults_recall_NORMAL" in header
+        and "adults_balanced_accuracy_gap" in header
+    )
+    stamp = (
+        (out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json")
+        .stat()
+        .st_mtime_ns
+    )
     assert run(args) == 0  # a re-run evaluates only what is missing
-    assert (out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json").stat().st_mtime_ns == stamp
+    assert (
+        out / "runs" / "resnet18-finetune-scratch-s0" / "external" / "adults" / "metrics.json"
+    ).stat().st_mtime_ns == stamp
     capsys.readouterr()
     (data / "TUBERCULOSIS").mkdir()
     shutil.copy(next((data / "NORMAL").iterdir()), data / "TUBERCULOSIS" / "t.jpg")
-    assert run([*args[:-5], "--out", str(tmp_path / "cmp2"), "--cache-dir", str(tiny_data[1]), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                *args[:-5],
+                "--out",
+                str(tmp_path / "cmp2"),
+                "--cache-dir",
+                str(tiny_data[1]),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "TUBERCULOSIS" in capsys.readouterr().err and not (tmp_path / "cmp2" / "runs").exists()
     assert run(["compare", str(tiny_data[0]), "--external", "adults"]) == 2
     assert "--external adults: write NAME=PATH" in capsys.readouterr().err

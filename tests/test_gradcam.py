@@ -26,8 +26,18 @@ from cxrlab.models import create_model
 
 CLASSES = list(DEMO_CLASSES)
 SUMMARY_KEYS = {
-    "n_images", "target", "layer", "lung_share", "border_share", "other_share", "lung_area",
-    "lung_enrichment", "lung_share_by_class", "lung_share_correct", "lung_share_wrong", "segmented",
+    "n_images",
+    "target",
+    "layer",
+    "lung_share",
+    "border_share",
+    "other_share",
+    "lung_area",
+    "lung_enrichment",
+    "lung_share_by_class",
+    "lung_share_correct",
+    "lung_share_wrong",
+    "segmented",
     "n_zero_maps",
 }
 
@@ -43,8 +53,7 @@ def one_thread():
 
 def no_hooks(model: nn.Module) -> bool:
     return all(
-        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks)
-        for m in model.modules()
+        not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks) for m in model.modules()
     )
 
 
@@ -258,7 +267,9 @@ def test_lung_mask_of_a_large_film_is_found_at_the_working_size() -> None:
 
 
 @pytest.mark.parametrize(("level", "least_dice"), [(0, 0.9), (40, 0.75)])
-def test_lungs_open_to_the_outside_air_are_cut_at_the_body_outline(level: int, least_dice: float) -> None:
+def test_lungs_open_to_the_outside_air_are_cut_at_the_body_outline(
+    level: int, least_dice: float
+) -> None:
     """A gap in each chest wall joins the lung to the dark air beyond the body (as on thin
     pediatric films): the lungs are still found, cut at the body outline. A gap of air (0) is
     left out of the body; one darker than the lungs but lighter than air (40) is body, so the
@@ -298,7 +309,13 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
     out = tmp_path / "figs" / "gradcam.png"
 
     summary = gradcam_summary(
-        model, images, labels, CLASSES, out_png=out, batch_size=5, progress=False,
+        model,
+        images,
+        labels,
+        CLASSES,
+        out_png=out,
+        batch_size=5,
+        progress=False,
         title="mobilenet_v2 $test",
     )
 

@@ -73,7 +73,13 @@ def test_bootstrap_interval_contains_estimate_and_shrinks_with_n() -> None:
 
 def test_headline_intervals_names() -> None:
     intervals = headline_intervals(Y, P, CLASSES, n_boot=200)
-    assert set(intervals) == {"accuracy", "macro_f1", "recall_COVID19", "recall_NORMAL", "recall_PNEUMONIA"}
+    assert set(intervals) == {
+        "accuracy",
+        "macro_f1",
+        "recall_COVID19",
+        "recall_NORMAL",
+        "recall_PNEUMONIA",
+    }
     assert intervals["accuracy"].value == pytest.approx(5 / 8)
 
 

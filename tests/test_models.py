@@ -7,14 +7,19 @@ import pytest
 import torch
 import torchvision
 
+from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model, list_models
 from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrlab.models.registry import check_model
 from cxrlab.models.weights import hub_checkpoint_dir
-from cxrlab.errors import CxrlabError
 
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
-SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-imagenet-dequantized.pth"
+SHARED_WEIGHTS = (
+    Path(__file__).resolve().parents[2]
+    / "shared"
+    / "weights"
+    / "mobilenet_v2-imagenet-dequantized.pth"
+)
 
 
 @pytest.fixture
@@ -71,7 +76,9 @@ def test_offline_download_is_one_line_naming_the_fix(torch_home: Path) -> None:
     with pytest.raises(CxrlabError) as info:
         create_model("resnet18", CLASSES, pretrained=True)
     message = str(info.value)
-    assert "resnet18-f37072fd.pth" in message and str(torch_home) in message and "--weights" in message
+    assert (
+        "resnet18-f37072fd.pth" in message and str(torch_home) in message and "--weights" in message
+    )
     assert "\n" not in message
 
 

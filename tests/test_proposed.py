@@ -31,7 +31,10 @@ def _film(seed: int = 0, size: int = 48) -> torch.Tensor:
 def test_equalisation_matches_pil_and_ignores_monotone_intensity_changes() -> None:
     film = _film()
     ours = (equalize_histogram(film) * 255).round().numpy()[0, 0]
-    pil = np.asarray(ImageOps.equalize(Image.fromarray((film[0, 0] * 255).round().byte().numpy())), dtype=np.float64)
+    pil = np.asarray(
+        ImageOps.equalize(Image.fromarray((film[0, 0] * 255).round().byte().numpy())),
+        dtype=np.float64,
+    )
     assert np.corrcoef(ours.ravel(), pil.ravel())[0, 1] > 0.995
     assert ours.min() == 0 and ours.max() == 255
     # Darker, flatter exposure of the same film (monotone): the same equalised film, up to
@@ -87,7 +90,9 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
         plain = model(x)
         model.tta = True
         averaged = model(x).exp()
-        expected = torch.stack([torch.softmax(model.single_view(affine_view(x, d, z)), 1) for d, z in TTA_VIEWS]).mean(0)
+        expected = torch.stack(
+            [torch.softmax(model.single_view(affine_view(x, d, z)), 1) for d, z in TTA_VIEWS]
+        ).mean(0)
     assert torch.allclose(averaged, expected, atol=1e-5)
     assert torch.allclose(averaged.sum(1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(averaged, torch.softmax(plain, 1))
@@ -99,14 +104,34 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
 
 
 def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
-    root = make_demo_dataset(tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False)
-    config = preset("proposed_v1", model="resnet18", pretrained=False, image_size=32, batch_size=4, val_fraction=0.25, epochs=2, ema_decay=0.9, tta=True)
-    result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
-    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
+    root = make_demo_dataset(
+        tmp_path / "data", train_per_class=6, test_per_class=2, size=40, defects=False
+    )
+    config = preset(
+        "proposed_v1",
+        model="resnet18",
+        pretrained=False,
+        image_size=32,
+        batch_size=4,
+        val_fraction=0.25,
+        epochs=2,
+        ema_decay=0.9,
+        tta=True,
+    )
+    result = train_run(
+        root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
+    )
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)[
+        "state_dict"
+    ]
     kept = load_checkpoint(tmp_path / "run" / "model.pt")
     for name, value in kept.state_dict().items():
         assert torch.equal(value, best[f"ema.module.{name}"]), name
-    assert any(not torch.equal(best[f"net.{k}"], best[f"ema.module.{k}"]) for k in kept.state_dict() if k.endswith("weight"))
+    assert any(
+        not torch.equal(best[f"net.{k}"], best[f"ema.module.{k}"])
+        for k in kept.state_dict()
+        if k.endswith("weight")
+    )
     assert kept.tta is True
     assert result.metrics["test_without_tta"]["n"] == result.metrics["test"]["n"]
     module = ClassifierModule(kept, config, 3)
@@ -115,10 +140,21 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
 
 def test_compare_gives_each_proposed_design_its_recipe_and_pairs_seeds() -> None:
     models = ["mobilenet_v2", "proposed", "proposed_v1"]
-    configs, _ = plan_runs(models, "finetune", weights={}, pretrained=True, seeds=[0, 1], finetune_overrides={"epochs": 7})
-    assert [(c.seed, c.model) for c in configs] == [(s, m) for s in (0, 1) for m in models]  # seed by seed
+    configs, _ = plan_runs(
+        models,
+        "finetune",
+        weights={},
+        pretrained=True,
+        seeds=[0, 1],
+        finetune_overrides={"epochs": 7},
+    )
+    assert [(c.seed, c.model) for c in configs] == [
+        (s, m) for s in (0, 1) for m in models
+    ]  # seed by seed
     by_model = {c.model: c for c in configs if c.seed == 0}
-    assert by_model["proposed_v1"].ema_decay > 0 and not by_model["proposed_v1"].tta  # TTA lost on validation
+    assert (
+        by_model["proposed_v1"].ema_decay > 0 and not by_model["proposed_v1"].tta
+    )  # TTA lost on validation
     # the second design is trained exactly as the baseline: the comparison measures its head
     assert by_model["proposed"].updated(model="mobilenet_v2") == by_model["mobilenet_v2"]
     assert by_model["proposed_v1"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
@@ -129,7 +165,9 @@ def test_compare_gives_each_proposed_design_its_recipe_and_pairs_seeds() -> None
 KAGGLE = ["COVID19", "NORMAL", "PNEUMONIA"]
 
 
-def test_two_stage_head_gives_probabilities_and_keeps_the_confounded_class_out_of_stage_one() -> None:
+def test_two_stage_head_gives_probabilities_and_keeps_the_confounded_class_out_of_stage_one() -> (
+    None
+):
     from cxrlab.errors import CxrlabError
     from cxrlab.models.proposed import TwoStageHead
 
@@ -140,7 +178,9 @@ def test_two_stage_head_gives_probabilities_and_keeps_the_confounded_class_out_o
     log_probs = head(x)
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(6), atol=1e-6)
     a, q = head.linear(x).unbind(1)
-    assert torch.allclose(log_probs[:, 1].exp(), torch.sigmoid(-a), atol=1e-6)  # p(NORMAL) = 1 - σ(a)
+    assert torch.allclose(
+        log_probs[:, 1].exp(), torch.sigmoid(-a), atol=1e-6
+    )  # p(NORMAL) = 1 - σ(a)
     assert torch.allclose(log_probs[:, 2].exp(), torch.sigmoid(a) * torch.sigmoid(q), atol=1e-6)
     weights = torch.ones(3)
     # COVID19 films (the confounded class) move only the second decision, never the first
@@ -184,7 +224,22 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
     with torch.no_grad():
         expected = torch.softmax(model(images) / 2.0, 1).numpy()
     assert np.abs(got - expected).max() < 1e-4
-    data = make_demo_dataset(tmp_path / "data", train_per_class=8, test_per_class=3, size=48, defects=False)
-    config = preset("frozen", model="proposed", pretrained=False, image_size=32, epochs=3, val_fraction=0.25, batch_size=8)
-    result = train_run(data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False)
-    assert result.metrics["test"]["n"] == 9 and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed"
+    data = make_demo_dataset(
+        tmp_path / "data", train_per_class=8, test_per_class=3, size=48, defects=False
+    )
+    config = preset(
+        "frozen",
+        model="proposed",
+        pretrained=False,
+        image_size=32,
+        epochs=3,
+        val_fraction=0.25,
+        batch_size=8,
+    )
+    result = train_run(
+        data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
+    )
+    assert (
+        result.metrics["test"]["n"] == 9
+        and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed"
+    )

@@ -6,16 +6,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save, smooth_image
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from cxrlab.data.reader import DEFAULT_MAX_PIXELS, decode_image, read_grayscale, scale_to_uint8
 from cxrlab.errors import ImageReadError
-from conftest import save, smooth_image
 
 
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **extra: object) -> Path:
+def write_dicom(
+    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **extra: object
+) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -103,7 +105,11 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("content", "kind"),
-    [(b"", "empty"), (b"just some notes\n" * 10, "not_image"), (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt")],
+    [
+        (b"", "empty"),
+        (b"just some notes\n" * 10, "not_image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt"),
+    ],
 )
 def test_bad_files_raise_naming_the_file(tmp_path: Path, content: bytes, kind: str) -> None:
     path = tmp_path / "bad.png"
@@ -136,23 +142,30 @@ def test_draft_decoding_keeps_requested_size(tmp_path: Path) -> None:
     assert min(pixels.shape) >= 200 and pixels.shape[0] < 800
 
 
-
 def forged_png(path: Path, width: int, height: int) -> Path:
     """A 1x1 PNG whose header claims ``width`` x ``height`` (CRC fixed, so Pillow believes it)."""
     data = bytearray(save(path, np.zeros((1, 1), dtype=np.uint8)).read_bytes())
-    data[16:24] = struct.pack(">II", width, height)  # IHDR payload starts after signature, length, type
+    data[16:24] = struct.pack(
+        ">II", width, height
+    )  # IHDR payload starts after signature, length, type
     data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
     path.write_bytes(bytes(data))
     return path
 
 
-@pytest.mark.parametrize("side", [10_000, 20_000])  # over Pillow's warning limit (89M), over its error limit (179M)
+@pytest.mark.parametrize(
+    "side", [10_000, 20_000]
+)  # over Pillow's warning limit (89M), over its error limit (179M)
 def test_decompression_bomb_message_states_cxrlabs_limit(tmp_path: Path, side: int) -> None:
     path = forged_png(tmp_path / "bomb.png", side, side)
     with pytest.raises(ImageReadError) as info:
         read_grayscale(path)
     message = str(info.value)
     assert info.value.kind == "too_large" and str(path) in message
-    assert str(DEFAULT_MAX_PIXELS) in message and "89478485" not in message and "178956970" not in message
+    assert (
+        str(DEFAULT_MAX_PIXELS) in message
+        and "89478485" not in message
+        and "178956970" not in message
+    )
     with pytest.raises(ImageReadError, match="limit of 1000 pixels"):
         read_grayscale(path, max_pixels=1000)

@@ -27,13 +27,26 @@ from cxrlab.training.run import train_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TABLES = [
-    "report.html", "results.md", "results.csv", "mcnemar.csv", "robustness.csv", "gradcam.csv"
+    "report.html",
+    "results.md",
+    "results.csv",
+    "mcnemar.csv",
+    "robustness.csv",
+    "gradcam.csv",
 ]
 FIGURES = ["curves.png", "confusion.png", "roc.png", "bars.png"]
 HEADINGS = [
-    "Dataset", "Comparison on the test split", "Headline metrics", "Learning curves",
-    "Confusion matrices", "ROC curves", "Paired comparison (McNemar)", "Per-class metrics",
-    "Robustness", "Explainability (Grad-CAM)", "Runs",
+    "Dataset",
+    "Comparison on the test split",
+    "Headline metrics",
+    "Learning curves",
+    "Confusion matrices",
+    "ROC curves",
+    "Paired comparison (McNemar)",
+    "Per-class metrics",
+    "Robustness",
+    "Explainability (Grad-CAM)",
+    "Runs",
 ]
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 COPY_FOLDER = "a&<copy>"  # a run folder whose name needs escaping
@@ -43,21 +56,31 @@ CI = re.compile(r"\[\d\.\d{3}, \d\.\d{3}\]")
 # robustness.json of run "c" as robustness_eval writes it: reference squash, darken worst
 ACCURACIES = {"squash": 0.75, "pad": 0.5, "rotate+10": 0.75, "rotate-10": 0.6875, "darken": 0.4375}
 ROBUSTNESS = {
-    "reference": "squash", "image_size": 32, "n_images": 16, "unreadable": 1,
+    "reference": "squash",
+    "image_size": 32,
+    "n_images": 16,
+    "unreadable": 1,
     "variants": {
         name: {
-            "description": f"description of {name}", "accuracy": acc, "macro_f1": acc - 0.05,
-            "recall": {c: acc for c in CLASSES}, "accuracy_drop": 0.75 - acc,
+            "description": f"description of {name}",
+            "accuracy": acc,
+            "macro_f1": acc - 0.05,
+            "recall": {c: acc for c in CLASSES},
+            "accuracy_drop": 0.75 - acc,
         }
         for name, acc in ACCURACIES.items()
     },
 }
 # robustness.json with the shortcut probes (run "copy"); run "c" keeps the older file without them
 PROBED = ROBUSTNESS | {
-    "variants": ROBUSTNESS["variants"] | {
+    "variants": ROBUSTNESS["variants"]
+    | {
         name: {
-            "description": f"description of {name}", "accuracy": acc, "balanced_accuracy": balanced,
-            "macro_f1": balanced, "recall": dict.fromkeys(CLASSES, balanced),
+            "description": f"description of {name}",
+            "accuracy": acc,
+            "balanced_accuracy": balanced,
+            "macro_f1": balanced,
+            "recall": dict.fromkeys(CLASSES, balanced),
             "accuracy_drop": 0.75 - acc,
         }
         # drops past darken's
@@ -65,16 +88,25 @@ PROBED = ROBUSTNESS | {
     },
     "chance": {"balanced_accuracy": 1 / 3, "accuracy": 0.5, "majority_class": "PNEUMONIA"},
     "lung_fields": {
-        "mode": "squash", "segmented": 0.8125, "n_segmented": 13,
+        "mode": "squash",
+        "segmented": 0.8125,
+        "n_segmented": 13,
         "segmented_by_class": {"COVID19": 1.0, "NORMAL": 0.75, "PNEUMONIA": None},
     },
 }
 GRADCAM = {
-    "n_images": 24, "target": "predicted class", "layer": "network.features.18",
-    "lung_share": 0.6125, "border_share": 0.0875, "other_share": 0.3, "lung_area": 0.25,
+    "n_images": 24,
+    "target": "predicted class",
+    "layer": "network.features.18",
+    "lung_share": 0.6125,
+    "border_share": 0.0875,
+    "other_share": 0.3,
+    "lung_area": 0.25,
     "lung_enrichment": 2.45,
     "lung_share_by_class": {"COVID19": 0.5, "NORMAL": 0.65, "PNEUMONIA": 0.7},
-    "lung_share_correct": 0.6375, "lung_share_wrong": None, "segmented": 0.917,
+    "lung_share_correct": 0.6375,
+    "lung_share_wrong": None,
+    "segmented": 0.917,
 }
 
 
@@ -93,7 +125,7 @@ def add_extras(run_dir: Path) -> None:
 
 
 def section(page: str, anchor: str, next_anchor: str) -> str:
-    return page[page.index(f'id="{anchor}"'):page.index(f'id="{next_anchor}"')]
+    return page[page.index(f'id="{anchor}"') : page.index(f'id="{next_anchor}"')]
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +227,7 @@ def test_mcnemar_table_and_csv(report: Path, runs: dict[str, Path]) -> None:
         assert int(r["n"]) == 12 and int(r["only_a_right"]) >= 0 and int(r["only_b_right"]) >= 0
     assert all(r["p_value"] == "" and "different test image" in r["note"] for r in skipped)
     page = (report / "report.html").read_text()
-    section = page[page.index('id="mcnemar"'):page.index('id="per-class"')]
+    section = page[page.index('id="mcnemar"') : page.index('id="per-class"')]
     for header in ("only A right", "only B right", "p (Holm)"):
         assert header in section
     assert re.search(r"<td>(\d\.\d{3}|\d\.\de-\d\d)</td>", section)  # p-values
@@ -208,11 +240,25 @@ def test_results_csv_one_row_per_run(report: Path, runs: dict[str, Path]) -> Non
     rows = read_csv(report / "results.csv")
     assert [r["run"] for r in rows] == labels(runs)
     expected = {
-        "run", "model", "mode", "balanced_accuracy", "macro_auc", "ece", "ece_uncalibrated",
-        "temperature", "train_s", "parameters",
-        "trainable_parameters", "inference_img_per_s", "best_epoch", "epochs_run",
-        *(f"{key}{suffix}" for key in ("accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES))
-          for suffix in ("", "_low", "_high")),
+        "run",
+        "model",
+        "mode",
+        "balanced_accuracy",
+        "macro_auc",
+        "ece",
+        "ece_uncalibrated",
+        "temperature",
+        "train_s",
+        "parameters",
+        "trainable_parameters",
+        "inference_img_per_s",
+        "best_epoch",
+        "epochs_run",
+        *(
+            f"{key}{suffix}"
+            for key in ("accuracy", "macro_f1", *(f"recall_{c}" for c in CLASSES))
+            for suffix in ("", "_low", "_high")
+        ),
     }
     assert set(rows[0]) == expected
     for r in rows:
@@ -263,15 +309,14 @@ def test_robustness_section_and_csv(report: Path, runs: dict[str, Path]) -> None
     page = (report / "report.html").read_text()
     part = section(page, "robustness", "gradcam")
     rows = {
-        label: part[part.index(f"<td class=\"text\">{html.escape(label)}</td>"):]
-        for label in (a, c)
+        label: part[part.index(f'<td class="text">{html.escape(label)}</td>') :] for label in (a, c)
     }
     row_c = rows[c][: rows[c].index("</tr>")]
     assert "squash 32px" in row_c and "(1 unreadable)" in row_c
-    assert "0.750<br><span class=\"ci\">(reference)" in row_c
-    assert "0.500<br><span class=\"ci\">(−0.250)" in row_c
-    assert "0.750<br><span class=\"ci\">(0.000)" in row_c  # rotate+10: no change, no sign
-    assert "0.438<br><span class=\"ci\">(−0.312)" in row_c and "(darken)" in row_c  # worst
+    assert '0.750<br><span class="ci">(reference)' in row_c
+    assert '0.500<br><span class="ci">(−0.250)' in row_c
+    assert '0.750<br><span class="ci">(0.000)' in row_c  # rotate+10: no change, no sign
+    assert '0.438<br><span class="ci">(−0.312)' in row_c and "(darken)" in row_c  # worst
     assert "not computed" in rows[a][: rows[a].index("</tr>")]
     for name in ACCURACIES:
         assert f"<th>{html.escape(name)}</th>" in part
@@ -299,13 +344,13 @@ def test_robustness_shows_the_shortcut_probes(report: Path, runs: dict[str, Path
     part = section(page, "robustness", "gradcam")
     for header in ("lungs hidden (balanced)", "lungs only (balanced)", "lungs found"):
         assert f"<th>{header}</th>" in part
-    row = part[part.index(f"<td class=\"text\">{html.escape(copy)}</td>"):]
+    row = part[part.index(f'<td class="text">{html.escape(copy)}</td>') :]
     row = row[: row.index("</tr>")]
-    assert "0.700<br><span class=\"ci\">(chance 0.333)" in row
-    assert "0.350<br><span class=\"ci\">(chance 0.333)" in row
-    assert "81%<br><span class=\"ci\">(COVID19 100%, NORMAL 75%, PNEUMONIA –)" in row
-    assert "0.312<br><span class=\"ci\">(darken)" in row  # the probes are no format drop
-    old = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
+    assert '0.700<br><span class="ci">(chance 0.333)' in row
+    assert '0.350<br><span class="ci">(chance 0.333)' in row
+    assert '81%<br><span class="ci">(COVID19 100%, NORMAL 75%, PNEUMONIA –)' in row
+    assert '0.312<br><span class="ci">(darken)' in row  # the probes are no format drop
+    old = part[part.index(f'<td class="text">{html.escape(c)}</td>') :]
     # an older file: both probes and lungs found are not computed
     assert old[: old.index("</tr>")].count("not computed") == 3
     reading = (
@@ -329,7 +374,7 @@ def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> 
     _a, b, c, _copy = labels(runs)
     page = (report / "report.html").read_text()
     part = section(page, "gradcam", "runs")
-    row_c = part[part.index(f"<td class=\"text\">{html.escape(c)}</td>"):]
+    row_c = part[part.index(f'<td class="text">{html.escape(c)}</td>') :]
     row_c = row_c[: row_c.index("</tr>")]
     shown = ("network.features.18", "0.613", "0.087", "0.300", "0.250", "2.45×", "0.637", "0.700")
     for text in (*shown, "92%"):
@@ -337,7 +382,7 @@ def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> 
     assert "not computed" in part and "Otsu" in part and "lung share" in part
     png = base64.b64encode((runs["c"] / "gradcam.png").read_bytes()).decode("ascii")
     assert f'src="data:image/png;base64,{png}"' in part
-    assert part.count("<figure>") == 1 and "network.features.18" in part[part.index("<figure>"):]
+    assert part.count("<figure>") == 1 and "network.features.18" in part[part.index("<figure>") :]
     csv_rows = {r["run"]: r for r in read_csv(report / "gradcam.csv")}
     assert list(csv_rows) == labels(runs)
     assert float(csv_rows[c]["lung_enrichment"]) == pytest.approx(2.45)
@@ -351,8 +396,8 @@ def test_gradcam_section_figure_and_csv(report: Path, runs: dict[str, Path]) -> 
 def test_runs_section_names_tta_and_ema(report: Path, runs: dict[str, Path]) -> None:
     _a, _b, c, _copy = labels(runs)
     page = (report / "report.html").read_text()
-    part = page[page.index('id="runs"'):]
-    run_c = part[part.index(f"<h3>{html.escape(c)}</h3>"):]
+    part = page[page.index('id="runs"') :]
+    run_c = part[part.index(f"<h3>{html.escape(c)}</h3>") :]
     run_c = run_c[: run_c.index("</dl>")]
     assert "<dt>TTA</dt><dd>on (test accuracy without TTA: 0.123)</dd>" in run_c
     assert "<dt>EMA of weights</dt><dd>decay 0.999</dd>" in run_c

@@ -90,7 +90,7 @@ def test_templates_escape_every_value() -> None:
     page = render("mcnemar.html", tests=[], table=table(), alpha="0.05", tested=0, skipped="")
     assert page == "<p>One run only: nothing to test.</p>"
     notes = render("runs.html", recipes={ODD: {"folder": "<x>"}})
-    assert notes == "<h3>run-\\xe9</h3><dl class=\"meta\"><dt>folder</dt><dd>&lt;x&gt;</dd></dl>"
+    assert notes == '<h3>run-\\xe9</h3><dl class="meta"><dt>folder</dt><dd>&lt;x&gt;</dd></dl>'
 
 
 def test_reporting_imports_no_training_code() -> None:

@@ -36,7 +36,9 @@ def film(height: int, width: int, seed: int) -> np.ndarray:
     coarse = rng.random((4, 4))
     from PIL import Image
 
-    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
+    image = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+        (width, height), Image.Resampling.BICUBIC
+    )
     return (60 + np.asarray(image, dtype=np.float64) / 255 * 160).astype(np.uint8)
 
 
@@ -69,7 +71,15 @@ class BarDetector(nn.Module):
 
 
 def test_variants_are_named_and_described() -> None:
-    assert list(VARIANTS) == ["squash", "pad", "rotate+10", "rotate-10", "darken", "lungs-hidden", "lungs-only"]
+    assert list(VARIANTS) == [
+        "squash",
+        "pad",
+        "rotate+10",
+        "rotate-10",
+        "darken",
+        "lungs-hidden",
+        "lungs-only",
+    ]
     assert PROBES == ("lungs-hidden", "lungs-only")
     assert all(isinstance(d, str) and d for d in VARIANTS.values())
 
@@ -101,7 +111,9 @@ def test_shortcut_model_shows_a_drop(films: tuple[list[Path], np.ndarray]) -> No
     assert variants["darken"]["description"] == VARIANTS["darken"]
 
     # The same model trained on squashed films: squash is the reference, pad looks "better".
-    squash = robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False)
+    squash = robustness_eval(
+        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
+    )
     assert squash["variants"]["squash"]["accuracy_drop"] == 0.0
     assert squash["variants"]["pad"]["accuracy_drop"] == -0.5
 
@@ -111,7 +123,13 @@ def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarra
     model = BarDetector()
     images = load_variant_images(paths, CacheSpec(SIZE, "squash"), progress=False)
     robustness_eval(
-        model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), batch_size=64, progress=False,
+        model,
+        paths,
+        labels,
+        CLASSES,
+        CacheSpec(SIZE, "squash"),
+        batch_size=64,
+        progress=False,
         images=images,
     )
     squash, pad, plus, minus, dark, hidden, only = (batch[:, 0].numpy() for batch in model.seen)
@@ -150,26 +168,48 @@ def test_probes_grey_the_lungs_or_the_rest() -> None:
         apply_variant("lungs-hidden", x)
 
 
-def test_unreadable_file_is_skipped_and_counted(films: tuple[list[Path], np.ndarray], tmp_path: Path) -> None:
+def test_unreadable_file_is_skipped_and_counted(
+    films: tuple[list[Path], np.ndarray], tmp_path: Path
+) -> None:
     paths, labels = films
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image at all")
     paths = [*paths[:2], broken, *paths[2:]]
     labels = np.array([*labels[:2], 1, *labels[2:]])  # a wrong label would cost accuracy if kept
-    result = robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False)
+    result = robustness_eval(
+        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False
+    )
     assert result["unreadable"] == 1 and result["n_images"] == 6
     assert result["variants"]["pad"]["accuracy"] == 1.0
     with pytest.raises(CxrlabError, match="could be decoded"):
-        robustness_eval(BarDetector(), [broken], np.array([0]), CLASSES, CacheSpec(SIZE, "pad"), progress=False)
+        robustness_eval(
+            BarDetector(), [broken], np.array([0]), CLASSES, CacheSpec(SIZE, "pad"), progress=False
+        )
 
 
 def test_given_images_are_checked(films: tuple[list[Path], np.ndarray]) -> None:
     paths, labels = films
     images = load_variant_images(paths, CacheSpec(SIZE, "pad"), progress=False)
     with pytest.raises(CxrlabError, match="shape"):
-        robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(48, "pad"), images=images, progress=False)
+        robustness_eval(
+            BarDetector(),
+            paths,
+            labels,
+            CLASSES,
+            CacheSpec(48, "pad"),
+            images=images,
+            progress=False,
+        )
     with pytest.raises(CxrlabError, match="labels"):
-        robustness_eval(BarDetector(), paths, labels[:3], CLASSES, CacheSpec(SIZE, "pad"), images=images, progress=False)
+        robustness_eval(
+            BarDetector(),
+            paths,
+            labels[:3],
+            CLASSES,
+            CacheSpec(SIZE, "pad"),
+            images=images,
+            progress=False,
+        )
 
 
 def test_real_network_runs_every_variant(films: tuple[list[Path], np.ndarray]) -> None:
@@ -177,7 +217,9 @@ def test_real_network_runs_every_variant(films: tuple[list[Path], np.ndarray]) -
 
     paths, labels = films
     model = create_model("mobilenet_v2", CLASSES, pretrained=False)
-    result = robustness_eval(model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False)
+    result = robustness_eval(
+        model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
+    )
     for values in result["variants"].values():
         assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["macro_f1"] <= 1.0
         assert set(values["recall"]) == set(CLASSES)
@@ -243,8 +285,24 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
 ) -> None:
     paths, labels = region_films
     images = load_variant_images(paths, CacheSpec(SIZE, mode), progress=False)
-    lungs = robustness_eval(RegionReader(inside=True), paths, labels, CLASSES, CacheSpec(SIZE, mode), images=images, progress=False)
-    outside = robustness_eval(RegionReader(inside=False), paths, labels, CLASSES, CacheSpec(SIZE, mode), images=images, progress=False)
+    lungs = robustness_eval(
+        RegionReader(inside=True),
+        paths,
+        labels,
+        CLASSES,
+        CacheSpec(SIZE, mode),
+        images=images,
+        progress=False,
+    )
+    outside = robustness_eval(
+        RegionReader(inside=False),
+        paths,
+        labels,
+        CLASSES,
+        CacheSpec(SIZE, mode),
+        images=images,
+        progress=False,
+    )
     json.dumps(lungs, allow_nan=False)
 
     assert len(known_lungs) == 1  # segmented once, on the model's own squares, then reused
@@ -252,9 +310,15 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
     for result in (lungs, outside):
         assert result["variants"][mode]["accuracy"] == 1.0
         assert result["variants"][mode]["balanced_accuracy"] == 1.0
-        assert result["chance"] == {"balanced_accuracy": 0.5, "accuracy": pytest.approx(4 / 6), "majority_class": "tall"}
+        assert result["chance"] == {
+            "balanced_accuracy": 0.5,
+            "accuracy": pytest.approx(4 / 6),
+            "majority_class": "tall",
+        }
         assert result["lung_fields"] == {
-            "mode": mode, "segmented": pytest.approx(4 / 6), "n_segmented": 4,
+            "mode": mode,
+            "segmented": pytest.approx(4 / 6),
+            "n_segmented": 4,
             "segmented_by_class": {"tall": 0.5, "wide": 1.0},
         }
     # Reading the lungs: hidden -> every film mid-grey there -> one class -> chance; only -> intact.
@@ -273,13 +337,21 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
 
 def test_chance_levels_and_readings_of_old_files() -> None:
     assert chance_levels(np.array([0, 0, 0, 2]), ["a", "b", "c"]) == {
-        "balanced_accuracy": 0.5, "accuracy": 0.75, "majority_class": "a",  # b absent: k = 2
+        "balanced_accuracy": 0.5,
+        "accuracy": 0.75,
+        "majority_class": "a",  # b absent: k = 2
     }
     old = {"reference": "squash", "variants": {"squash": {"accuracy": 0.9}}}
     assert probe_reading(old) == probe_reading(None) == "lungs hidden: not computed"
-    below = {"variants": {"lungs-hidden": {"balanced_accuracy": 0.1}}, "chance": {"balanced_accuracy": 1 / 3}}
+    below = {
+        "variants": {"lungs-hidden": {"balanced_accuracy": 0.1}},
+        "chance": {"balanced_accuracy": 1 / 3},
+    }
     assert probe_reading(below).endswith("falls below chance")
-    near = {"variants": {"lungs-hidden": {"balanced_accuracy": 0.48}}, "chance": {"balanced_accuracy": 1 / 3}}
+    near = {
+        "variants": {"lungs-hidden": {"balanced_accuracy": 0.48}},
+        "chance": {"balanced_accuracy": 1 / 3},
+    }
     assert probe_reading(near).endswith("falls to near chance")  # 0.147 above: within the margin
 
 
@@ -309,14 +381,18 @@ def test_a_lesion_reader_falls_to_chance_with_the_lungs_hidden(tmp_path: Path) -
 
     def films(per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         pixels = [
-            resize_square(synth_cxr(np.random.default_rng([seed, i, k]), name, size=size), CacheSpec(size))
+            resize_square(
+                synth_cxr(np.random.default_rng([seed, i, k]), name, size=size), CacheSpec(size)
+            )
             for i in range(per_class)
             for k, name in enumerate(classes)
         ]
         return np.stack(pixels), np.tile(np.arange(len(classes)), per_class)
 
     train, train_labels = films(100, 1)
-    pooled = nn.functional.avg_pool2d(torch.from_numpy(train / 255.0)[:, None], 4).flatten(1).numpy()
+    pooled = (
+        nn.functional.avg_pool2d(torch.from_numpy(train / 255.0)[:, None], 4).flatten(1).numpy()
+    )
     fitted = LogisticRegression(max_iter=2000).fit(pooled, train_labels)
     model = PooledLinear(fitted.coef_.astype(np.float32), fitted.intercept_.astype(np.float32))
 
@@ -325,11 +401,12 @@ def test_a_lesion_reader_falls_to_chance_with_the_lungs_hidden(tmp_path: Path) -
     for i, pixels in enumerate(test):
         paths.append(tmp_path / f"film{i}.png")
         Image.fromarray(pixels).save(paths[-1])
-    result = robustness_eval(model, paths, labels, classes, CacheSpec(size, "squash"), progress=False)
+    result = robustness_eval(
+        model, paths, labels, classes, CacheSpec(size, "squash"), progress=False
+    )
 
     chance = result["chance"]["balanced_accuracy"]
     assert chance == pytest.approx(1 / 3) and result["lung_fields"]["segmented"] > 0.8
     assert result["variants"]["squash"]["balanced_accuracy"] > 0.75  # it learned the lesions
     assert result["variants"]["lungs-hidden"]["balanced_accuracy"] < chance + 0.1
     assert probe_reading(result).endswith("falls to near chance")
-

@@ -11,22 +11,35 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY, killed_at, train_tiny
 
 from cxrlab.cli import run
 from cxrlab.errors import CxrlabError
 from cxrlab.models.registry import check_model
+from cxrlab.reporting.runs import read_history
 from cxrlab.training import module as module_module
 from cxrlab.training.config import preset
-from cxrlab.reporting.runs import read_history
-
-from conftest import TINY, killed_at, train_tiny
 
 _train = train_tiny
 
 
 def _cli_train(tiny_data: tuple[Path, Path], out: Path, *extra: str) -> int:
     root, cache = tiny_data
-    return run(["train", str(root), "--out", str(out), "--cache-dir", str(cache), "--no-progress", "--workers", "1", "--no-diagnose", *extra])
+    return run(
+        [
+            "train",
+            str(root),
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache),
+            "--no-progress",
+            "--workers",
+            "1",
+            "--no-diagnose",
+            *extra,
+        ]
+    )
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
@@ -36,7 +49,18 @@ def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
     return err
 
 
-SMALL = ["--model", "resnet18", "--preset", "scratch", "--image-size", "32", "--batch-size", "8", "--val-fraction", "0.25"]
+SMALL = [
+    "--model",
+    "resnet18",
+    "--preset",
+    "scratch",
+    "--image-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--val-fraction",
+    "0.25",
+]
 
 
 def _fail_at_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,7 +81,9 @@ def test_failed_start_leaves_no_stub_and_the_folder_stays_usable(
         _train(tiny_data, out, config)
     assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
     monkeypatch.undo()
-    assert _train(tiny_data, out, config).metrics["epochs_run"] == 1  # no "a run already exists here"
+    assert (
+        _train(tiny_data, out, config).metrics["epochs_run"] == 1
+    )  # no "a run already exists here"
 
 
 def test_stub_left_by_a_kill_is_replaced_and_not_resumed(
@@ -65,7 +91,9 @@ def test_stub_left_by_a_kill_is_replaced_and_not_resumed(
 ) -> None:
     out = tmp_path / "run"
     out.mkdir()
-    preset("scratch", model="alexnet", image_size=96, epochs=9).save(out / "config.json")  # killed before epoch 1
+    preset("scratch", model="alexnet", image_size=96, epochs=9).save(
+        out / "config.json"
+    )  # killed before epoch 1
     (out / "split.csv").write_text("path,class,subset\n")
     (out / "notes.txt").write_text("mine")
     assert _cli_train(tiny_data, out, "--resume") == 2
@@ -83,9 +111,16 @@ def test_resume_banner_is_the_stored_run_and_conflicts_are_refused(
     out = tmp_path / "run"
     assert _cli_train(tiny_data, out, *SMALL, "--epochs", "1") == 0
     capsys.readouterr()
-    assert _cli_train(tiny_data, out, "--resume", "--model", "alexnet", "--image-size", "128", "--epochs", "1") == 2
+    assert (
+        _cli_train(
+            tiny_data, out, "--resume", "--model", "alexnet", "--image-size", "128", "--epochs", "1"
+        )
+        == 2
+    )
     err = one_line_error(capsys)
-    assert "--model alexnet" in err and "resnet18" in err and "--image-size 128" in err and "32" in err
+    assert (
+        "--model alexnet" in err and "resnet18" in err and "--image-size 128" in err and "32" in err
+    )
     assert "--epochs" not in err  # the same value as stored is no conflict
     assert _cli_train(tiny_data, out, "--resume") == 0
     banner = capsys.readouterr().out
@@ -107,10 +142,14 @@ def test_resumed_run_equals_the_uninterrupted_run(
     resumed = _train(tiny_data, tmp_path / "resumed", config, resume=True)
 
     strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]  # noqa: E731
-    assert strip(read_history(resumed.run_dir / "history.csv")) == strip(read_history(whole.run_dir / "history.csv"))
+    assert strip(read_history(resumed.run_dir / "history.csv")) == strip(
+        read_history(whole.run_dir / "history.csv")
+    )
     for key in ("test", "intervals", "best_epoch", "epochs_run", "best_val_macro_f1"):
         assert resumed.metrics[key] == whole.metrics[key], key
-    assert (resumed.run_dir / "test_predictions.csv").read_text() == (whole.run_dir / "test_predictions.csv").read_text()
+    assert (resumed.run_dir / "test_predictions.csv").read_text() == (
+        whole.run_dir / "test_predictions.csv"
+    ).read_text()
 
 
 # Defect 8: each model states its smallest input; smaller is refused before any work.
@@ -123,20 +162,66 @@ def test_too_small_images_are_refused_before_any_work(
     check_model("resnet18", 16)
     root, _ = tiny_data
     cache = tmp_path / "cache"
-    assert run(["train", str(root), "--model", "alexnet", "--image-size", "32", "--out", str(tmp_path / "r"), "--cache-dir", str(cache), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                "train",
+                str(root),
+                "--model",
+                "alexnet",
+                "--image-size",
+                "32",
+                "--out",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "--image-size 32: alexnet needs at least 63 px" in one_line_error(capsys)
     assert not cache.exists() and not (tmp_path / "r").exists()
-    assert run(["compare", str(root), "--models", "resnet18", "alexnet", "--image-size", "32", "--no-audit", "--out", str(tmp_path / "c"), "--cache-dir", str(cache), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                "compare",
+                str(root),
+                "--models",
+                "resnet18",
+                "alexnet",
+                "--image-size",
+                "32",
+                "--no-audit",
+                "--out",
+                str(tmp_path / "c"),
+                "--cache-dir",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "alexnet needs at least 63 px" in one_line_error(capsys)
     assert not cache.exists()
 
 
 # Defect 9: errors that fell through as a generic exit 1 now name the option or the file.
-def test_gpu_asked_for_without_a_gpu(tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gpu_asked_for_without_a_gpu(
+    tiny_data: tuple[Path, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _cli_train(tiny_data, tmp_path / "r", *SMALL, "--accelerator", "gpu") == 2
     assert "--accelerator gpu" in one_line_error(capsys)
-    for option, value in (("--accelerator", "tpu9"), ("--precision", "8-bit"), ("--strategy", "ddp_banana"), ("--devices", "two")):
+    for option, value in (
+        ("--accelerator", "tpu9"),
+        ("--precision", "8-bit"),
+        ("--strategy", "ddp_banana"),
+        ("--devices", "two"),
+    ):
         assert _cli_train(tiny_data, tmp_path / "r", *SMALL, option, value) == 2
         err = one_line_error(capsys)
         assert option in err and value in err
@@ -179,9 +264,28 @@ def test_unreadable_files_are_reported_and_left_out_of_split(
 
     root = tmp_path / "data"
     shutil.copytree(tiny_data[0], root)
-    (root / "Data" / "test" / "NORMAL" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "Data" / "test" / "NORMAL" / "broken.jpg").write_bytes(
+        b"\xff\xd8\xff not really a jpeg"
+    )
     out = tmp_path / "run"
-    assert run(["train", str(root), *SMALL, "--epochs", "1", "--out", str(out), "--cache-dir", str(tmp_path / "c"), "--no-progress", "--no-diagnose"]) == 0
+    assert (
+        run(
+            [
+                "train",
+                str(root),
+                *SMALL,
+                "--epochs",
+                "1",
+                "--out",
+                str(out),
+                "--cache-dir",
+                str(tmp_path / "c"),
+                "--no-progress",
+                "--no-diagnose",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "broken.jpg" in printed and "skipped" in printed
     split_rows = (out / "split.csv").read_text().splitlines()[1:]
@@ -193,31 +297,77 @@ def test_unreadable_files_are_reported_and_left_out_of_split(
 
 # Defect 11: an unknown model is named as given, with train's own option, before any caching.
 @pytest.mark.parametrize("name", ["resnet_banana", "timm:resnet_banana"])
-def test_unknown_model_is_refused_first(tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str) -> None:
+def test_unknown_model_is_refused_first(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
     cache = tmp_path / "cache"
-    assert run(["train", str(tiny_data[0]), "--model", name, "--out", str(tmp_path / "r"), "--cache-dir", str(cache), "--no-progress"]) == 2
+    assert (
+        run(
+            [
+                "train",
+                str(tiny_data[0]),
+                "--model",
+                name,
+                "--out",
+                str(tmp_path / "r"),
+                "--cache-dir",
+                str(cache),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = one_line_error(capsys)
     assert f"--model {name}:" in err and "--models" not in err
     assert not cache.exists()
 
 
 # Defect 12: an impossible DDP layout is refused once, before any process is started.
-def test_indivisible_batch_is_refused_before_spawning(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_indivisible_batch_is_refused_before_spawning(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     root, cache = tiny_data
-    args = ["train", str(root), *SMALL, "--accelerator", "cpu", "--devices", "3", "--strategy", "ddp", "--batch-size", "16"]
-    args += ["--out", str(tmp_path / "r"), "--cache-dir", str(cache), "--no-progress", "--workers", "1"]
-    done = subprocess.run([sys.executable, "-m", "cxrlab", *args], capture_output=True, text=True, timeout=300)
+    args = [
+        "train",
+        str(root),
+        *SMALL,
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "3",
+        "--strategy",
+        "ddp",
+        "--batch-size",
+        "16",
+    ]
+    args += [
+        "--out",
+        str(tmp_path / "r"),
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+        "--workers",
+        "1",
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "cxrlab", *args], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--batch-size 16" in lines[0] and "3" in lines[0], done.stderr
     assert not (tmp_path / "r").exists()
 
 
-def test_a_second_process_cannot_train_into_a_busy_folder(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_a_second_process_cannot_train_into_a_busy_folder(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     from cxrlab.fileio import locked
 
     out = tmp_path / "run"
     out.mkdir()
-    with locked(out), pytest.raises(CxrlabError, match="another cxrlab process is training into this folder"):
+    with (
+        locked(out),
+        pytest.raises(CxrlabError, match="another cxrlab process is training into this folder"),
+    ):
         _train(tiny_data, out, preset("scratch", model="resnet18", epochs=1, **TINY))
     assert list(out.iterdir()) == []

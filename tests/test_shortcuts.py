@@ -19,8 +19,14 @@ def records(n: int, format_leaks: bool, seed: int = 0) -> list[ImageRecord]:
             width = height = int(rng.integers(200, 260)) if not format_leaks else 224
         out.append(
             ImageRecord(
-                path=f"{i}.jpg", split="train", label=label, file_size=int(rng.integers(8000, 12000)),
-                width=width, height=height, mean=float(rng.normal(120, 10)), std=50.0,
+                path=f"{i}.jpg",
+                split="train",
+                label=label,
+                file_size=int(rng.integers(8000, 12000)),
+                width=width,
+                height=height,
+                mean=float(rng.normal(120, 10)),
+                std=50.0,
                 border_fraction=float(rng.uniform(0, 0.05)),
             )  # fmt: skip
         )

@@ -7,7 +7,13 @@ import pytest
 
 from cxrlab.data.datasets import make_split
 from cxrlab.data.discover import discover
-from cxrlab.data.split import balanced_sampler, class_weights, load_split, save_split, stratified_split
+from cxrlab.data.split import (
+    balanced_sampler,
+    class_weights,
+    load_split,
+    save_split,
+    stratified_split,
+)
 from cxrlab.errors import CxrlabError
 
 LABELS = np.array([0] * 20 + [1] * 100 + [2] * 280)

@@ -268,8 +268,9 @@ def test_defects_are_what_they_claim(demo: Path) -> None:
 
 
 def test_no_defects_when_disabled(tmp_path: Path) -> None:
-    out = make_demo_dataset(tmp_path / "out", train_per_class=2, test_per_class=1, size=48,
-                            defects=False)
+    out = make_demo_dataset(
+        tmp_path / "out", train_per_class=2, test_per_class=1, size=48, defects=False
+    )
     names = {p.name for p in (out / "Data").rglob("*") if p.is_file()}
     assert all(NUMBERED.match(name) for name in names)
     assert len(names) == 3 * 3
@@ -315,8 +316,7 @@ def test_learnable_from_pattern_not_brightness(tmp_path: Path) -> None:
     from sklearn.preprocessing import StandardScaler
 
     # 40 test films per class (not the default 15) keep the accuracy estimate steady.
-    out = make_demo_dataset(tmp_path / "out", train_per_class=60, test_per_class=40,
-                            defects=False)
+    out = make_demo_dataset(tmp_path / "out", train_per_class=60, test_per_class=40, defects=False)
     x_train, y_train, mean_train = _thumbnails(out, "train")
     x_test, y_test, mean_test = _thumbnails(out, "test")
     assert len(y_train) == 180 and len(y_test) == 120

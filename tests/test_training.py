@@ -10,15 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, killed_at, train_tiny
 
 from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model
 from cxrlab.models.checkpoint import load_checkpoint_with_extra
+from cxrlab.reporting.runs import read_history
 from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.module import warmup_cosine
-from cxrlab.reporting.runs import read_history
-
-from conftest import TINY, killed_at, train_tiny
 
 _train = train_tiny
 
@@ -63,13 +62,24 @@ def test_warmup_then_cosine() -> None:
     assert warmup_cosine(0, 0, 10) == pytest.approx(1.0)
 
 
-def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_finetune_run_writes_a_complete_run_folder(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     config = preset("scratch", model="resnet18", epochs=2, **TINY)
     result = _train(tiny_data, tmp_path / "run", config)
     run = result.run_dir
-    for name in ("config.json", "split.csv", "history.csv", "model.pt", "test_predictions.csv", "metrics.json"):
+    for name in (
+        "config.json",
+        "split.csv",
+        "history.csv",
+        "model.pt",
+        "test_predictions.csv",
+        "metrics.json",
+    ):
         assert (run / name).is_file(), name
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "checkpoints" / "best.ckpt").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (
+        run / "checkpoints" / "best.ckpt"
+    ).is_file()
     assert (run / "logs" / "csv" / "metrics.csv").is_file()
     history = read_history(run / "history.csv")
     assert [row["epoch"] for row in history] == [0, 1]
@@ -78,7 +88,13 @@ def test_finetune_run_writes_a_complete_run_folder(tiny_data: tuple[Path, Path],
     assert metrics["sizes"]["test"] == 9 and metrics["test"]["n"] == 9
     assert metrics["best_epoch"] == int(np.argmax([r["val_macro_f1"] for r in history]))
     assert metrics["parameters"] == metrics["trainable_parameters"] > 1e6
-    assert set(metrics["intervals"]) == {"accuracy", "macro_f1", "recall_COVID19", "recall_NORMAL", "recall_PNEUMONIA"}
+    assert set(metrics["intervals"]) == {
+        "accuracy",
+        "macro_f1",
+        "recall_COVID19",
+        "recall_NORMAL",
+        "recall_PNEUMONIA",
+    }
     with open(run / "split.csv") as handle:
         subsets = [row["subset"] for row in csv.DictReader(handle)]
     assert subsets.count("test") == 9 and subsets.count("train") + subsets.count("val") == 24
@@ -104,11 +120,15 @@ def test_same_seed_same_result_on_cpu(tiny_data: tuple[Path, Path], tmp_path: Pa
     history = [read_history(r.run_dir / "history.csv") for r in (a, b, c)]
     strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]  # noqa: E731
     assert strip(history[0]) == strip(history[1])
-    assert (a.run_dir / "test_predictions.csv").read_text() == (b.run_dir / "test_predictions.csv").read_text()
+    assert (a.run_dir / "test_predictions.csv").read_text() == (
+        b.run_dir / "test_predictions.csv"
+    ).read_text()
     assert strip(history[0]) != strip(history[2])
 
 
-def test_frozen_mode_trains_only_the_head(tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path) -> None:
+def test_frozen_mode_trains_only_the_head(
+    tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path
+) -> None:
     config = preset("frozen", model="resnet18", weights=str(local_weights), epochs=5, **TINY)
     result = _train(tiny_data, tmp_path / "frozen", config)
     trained = torch.load(result.run_dir / "model.pt", weights_only=True)["state_dict"]
@@ -126,13 +146,22 @@ def test_frozen_mode_trains_only_the_head(tiny_data: tuple[Path, Path], tmp_path
 def test_finetune_batchnorm_statistics_frozen_or_trained(
     tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path, freeze_bn: bool
 ) -> None:
-    config = preset("finetune", model="resnet18", weights=str(local_weights), epochs=1, freeze_bn=freeze_bn, **TINY)
+    config = preset(
+        "finetune",
+        model="resnet18",
+        weights=str(local_weights),
+        epochs=1,
+        freeze_bn=freeze_bn,
+        **TINY,
+    )
     result = _train(tiny_data, tmp_path / "ft", config)
     trained = torch.load(result.run_dir / "model.pt", weights_only=True)["state_dict"]
     original = torch.load(local_weights, weights_only=True)
     same = torch.equal(trained["network.bn1.running_mean"], original["bn1.running_mean"])
     assert same is freeze_bn
-    assert not torch.equal(trained["network.conv1.weight"], original["conv1.weight"])  # the backbone did train
+    assert not torch.equal(
+        trained["network.conv1.weight"], original["conv1.weight"]
+    )  # the backbone did train
 
 
 def test_existing_run_needs_resume(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
@@ -155,14 +184,18 @@ def test_resume_after_interruption_loses_at_most_one_epoch(
     before = read_history(tmp_path / "run" / "history.csv")
     assert len(before) == 2 and not (tmp_path / "run" / "metrics.json").exists()
 
-    result = _train(tiny_data, tmp_path / "run", preset("smoke"), resume=True)  # the saved config wins
+    result = _train(
+        tiny_data, tmp_path / "run", preset("smoke"), resume=True
+    )  # the saved config wins
     after = read_history(result.run_dir / "history.csv")
     assert [row["epoch"] for row in after] == [0, 1, 2, 3]
     assert after[:2] == before
     assert result.metrics["epochs_run"] == 4
 
 
-def test_missing_logger_package_is_one_clear_error(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
+def test_missing_logger_package_is_one_clear_error(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
     pytest.importorskip("torch")
     try:
         import tensorboard  # noqa: F401
@@ -181,8 +214,16 @@ def test_missing_logger_package_is_one_clear_error(tiny_data: tuple[Path, Path],
         _train(tiny_data, tmp_path / "tb", config)
 
 
-def test_weights_file_of_another_model_is_refused(tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path) -> None:
-    config = preset("finetune", model="alexnet", weights=str(local_weights), epochs=1, **(TINY | {"image_size": 64}))
+def test_weights_file_of_another_model_is_refused(
+    tiny_data: tuple[Path, Path], tmp_path: Path, local_weights: Path
+) -> None:
+    config = preset(
+        "finetune",
+        model="alexnet",
+        weights=str(local_weights),
+        epochs=1,
+        **(TINY | {"image_size": 64}),
+    )
     with pytest.raises(CxrlabError, match="resnet18-local.pth"):
         _train(tiny_data, tmp_path / "bad", config)
     assert create_model("resnet18", 3, weights=local_weights).arch == "resnet18"

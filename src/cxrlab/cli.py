@@ -31,7 +31,10 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-DataArg = Annotated[Path, typer.Argument(help="Dataset folder (Kaggle layout Data/train/<CLASS>, or <CLASS>/ folders).")]
+DataArg = Annotated[
+    Path,
+    typer.Argument(help="Dataset folder (Kaggle layout Data/train/<CLASS>, or <CLASS>/ folders)."),
+]
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decoding processes.")]
 NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
 
@@ -61,31 +64,47 @@ def _root(
 
 @app.command()
 def download(
-    out: Annotated[Path, typer.Option("--out", help="Where to put the dataset.")] = Path("data/chest-xray-covid19-pneumonia"),
-    handle: Annotated[str, typer.Option("--handle", help="Kaggle dataset handle.")] = "prashant268/chest-xray-covid19-pneumonia",
+    out: Annotated[Path, typer.Option("--out", help="Where to put the dataset.")] = Path(
+        "data/chest-xray-covid19-pneumonia"
+    ),
+    handle: Annotated[
+        str, typer.Option("--handle", help="Kaggle dataset handle.")
+    ] = "prashant268/chest-xray-covid19-pneumonia",
     force: Annotated[bool, typer.Option("--force", help="Download again even if cached.")] = False,
 ) -> None:
     """Download the Kaggle dataset with kagglehub (needs internet)."""
     from cxrlab.data.download import download_dataset
 
     index = download_dataset(out, handle, force=force)
-    console.print(f"Downloaded to {shown(index.root)}: {len(index.samples)} files, classes {shown(', '.join(index.classes))}")
+    console.print(
+        f"Downloaded to {shown(index.root)}: {len(index.samples)} files, classes {shown(', '.join(index.classes))}"
+    )
 
 
 @app.command("demo-data")
 def demo_data(
-    out: Annotated[Path, typer.Argument(help="Folder to write the synthetic dataset into.")] = Path("data/demo"),
+    out: Annotated[Path, typer.Argument(help="Folder to write the synthetic dataset into.")] = Path(
+        "data/demo"
+    ),
     train_per_class: Annotated[int, typer.Option(help="Training images per class.")] = 40,
     test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 15,
     size: Annotated[int, typer.Option(help="Approximate image side in pixels.")] = 128,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    defects: Annotated[bool, typer.Option(help="Add a few broken, duplicate and leaked files for the audit to find.")] = True,
+    defects: Annotated[
+        bool,
+        typer.Option(help="Add a few broken, duplicate and leaked files for the audit to find."),
+    ] = True,
 ) -> None:
     """Write a small synthetic chest X-ray dataset (Kaggle layout) that needs no download."""
     from cxrlab.data.synthetic import make_demo_dataset
 
     root = make_demo_dataset(
-        out, train_per_class=train_per_class, test_per_class=test_per_class, size=size, seed=seed, defects=defects
+        out,
+        train_per_class=train_per_class,
+        test_per_class=test_per_class,
+        size=size,
+        seed=seed,
+        defects=defects,
     )
     console.print(f"Demo dataset in {shown(root)}")
 
@@ -99,9 +118,17 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
     table.add_row("kept per split", ", ".join(f"{k} {v}" for k, v in s["kept_per_split"].items()))
     table.add_row("unreadable", ", ".join(f"{k} {v}" for k, v in s["unreadable"].items()) or "0")
     table.add_row(f"too small (< {result.config.min_size} px)", str(s["too_small"]))
-    table.add_row("exact duplicates: groups (files)", f"{s['exact_duplicate_groups']} ({s['exact_duplicate_files']})")
-    table.add_row("near duplicates: groups (files)", f"{s['near_duplicate_groups']} ({s['near_duplicate_files']})")
-    table.add_row("LEAKAGE across splits: groups (files)", f"{s['leakage_groups']} ({s['leakage_files']})")
+    table.add_row(
+        "exact duplicates: groups (files)",
+        f"{s['exact_duplicate_groups']} ({s['exact_duplicate_files']})",
+    )
+    table.add_row(
+        "near duplicates: groups (files)",
+        f"{s['near_duplicate_groups']} ({s['near_duplicate_files']})",
+    )
+    table.add_row(
+        "LEAKAGE across splits: groups (files)", f"{s['leakage_groups']} ({s['leakage_files']})"
+    )
     table.add_row("label conflicts (groups)", str(s["label_conflict_groups"]))
     table.add_row("excluded (see manifest)", str(s["status"]["excluded"]))
     console.print(table)
@@ -109,11 +136,25 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
         leaks = [g for g in result.groups if g.cross_split]
         lines = [" <-> ".join(g.members) for g in leaks[:10]]
         more = f"\n... and {len(leaks) - 10} more (audit.md)" if len(leaks) > 10 else ""
-        console.print(Panel(shown("\n".join(lines)) + more, title=f"LEAKAGE: {len(leaks)} image(s) in two splits; train copies excluded", border_style="red"))
+        console.print(
+            Panel(
+                shown("\n".join(lines)) + more,
+                title=f"LEAKAGE: {len(leaks)} image(s) in two splits; train copies excluded",
+                border_style="red",
+            )
+        )
     if s["label_conflict_groups"]:
         conflicts = [g for g in result.groups if g.label_conflict]
-        lines = [" <-> ".join(f"{m} ({c})" for m, c in zip(g.members, g.classes)) for g in conflicts[:10]]
-        console.print(Panel(shown("\n".join(lines)), title="Same image with different labels", border_style="yellow"))
+        lines = [
+            " <-> ".join(f"{m} ({c})" for m, c in zip(g.members, g.classes)) for g in conflicts[:10]
+        ]
+        console.print(
+            Panel(
+                shown("\n".join(lines)),
+                title="Same image with different labels",
+                border_style="yellow",
+            )
+        )
     sc = result.shortcut
     if sc is not None:
         style = {"high": "red", "moderate": "yellow", "low": "green"}[sc.level]
@@ -126,16 +167,32 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
             body += f"\ntrained on train, scored on test: accuracy {sc.test_accuracy:.1%}"
         if sc.explanation:
             body += "\n" + "\n".join(f"- {line}" for line in sc.explanation)
-        console.print(Panel(shown(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style))
-    console.print(f"Manifest, report and plots in {shown(out)}/ (audit.md, manifest.csv, duplicates.png, shortcuts.png)")
+        console.print(
+            Panel(shown(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style)
+        )
+    console.print(
+        f"Manifest, report and plots in {shown(out)}/ (audit.md, manifest.csv, duplicates.png, shortcuts.png)"
+    )
 
 
 @app.command()
 def audit(
     data: DataArg,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/audit].")] = None,
-    min_size: Annotated[int, typer.Option("--min-size", min=1, help="Smallest acceptable image side in pixels.")] = 64,
-    near_threshold: Annotated[float, typer.Option("--near-threshold", min=0.5, max=1.0, help="64x64 NCC above which two images are copies.")] = 0.98,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/audit].")
+    ] = None,
+    min_size: Annotated[
+        int, typer.Option("--min-size", min=1, help="Smallest acceptable image side in pixels.")
+    ] = 64,
+    near_threshold: Annotated[
+        float,
+        typer.Option(
+            "--near-threshold",
+            min=0.5,
+            max=1.0,
+            help="64x64 NCC above which two images are copies.",
+        ),
+    ] = 0.98,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -157,8 +214,12 @@ def audit(
 @app.command()
 def analyze(
     data: DataArg,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/analysis].")] = None,
-    samples_per_class: Annotated[int, typer.Option(min=1, help="Images per class in the sample grid.")] = 8,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder \\[default: runs/<DATA>/analysis].")
+    ] = None,
+    samples_per_class: Annotated[
+        int, typer.Option(min=1, help="Images per class in the sample grid.")
+    ] = 8,
     seed: Annotated[int, typer.Option(help="Seed for picking sample images.")] = 0,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
@@ -185,9 +246,21 @@ def analyze(
 @app.command()
 def cache(
     data: DataArg,
-    image_size: Annotated[int, typer.Option("--image-size", help="Side of the cached square images.")] = 224,
-    resize: Annotated[str, typer.Option("--resize", help="squash (stretch to square) or pad (keep aspect, pad black).")] = "squash",
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab].")] = None,
+    image_size: Annotated[
+        int, typer.Option("--image-size", help="Side of the cached square images.")
+    ] = 224,
+    resize: Annotated[
+        str,
+        typer.Option(
+            "--resize", help="squash (stretch to square) or pad (keep aspect, pad black)."
+        ),
+    ] = "squash",
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab]."
+        ),
+    ] = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -199,7 +272,11 @@ def cache(
     started = time.perf_counter()
     check_output_folder(cache_dir or default_cache_root(), data, option="--cache-dir")
     built = build_cache(
-        discover(data), CacheSpec(image_size, resize), cache_root=cache_dir, workers=workers, progress=not no_progress
+        discover(data),
+        CacheSpec(image_size, resize),
+        cache_root=cache_dir,
+        workers=workers,
+        progress=not no_progress,
     )
     console.print(
         f"Cache {shown(built.folder)}: {len(built.paths)} images at {image_size}px ({resize}); "
@@ -212,11 +289,25 @@ def cache(
 @app.command()
 def split(
     data: DataArg,
-    out: Annotated[Path, typer.Option("--out", help="CSV file to write (path,class,subset).")] = Path("split.csv"),
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")] = 0.15,
+    out: Annotated[
+        Path, typer.Option("--out", help="CSV file to write (path,class,subset).")
+    ] = Path("split.csv"),
+    val_fraction: Annotated[
+        float, typer.Option("--val-fraction", help="Share of train held out for validation.")
+    ] = 0.15,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    manifest: Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a cxrlab split file.")] = False,
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--manifest", help="Audit manifest (or its folder): excluded files are left out."
+        ),
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force", help="Overwrite an existing --out that is not a cxrlab split file."
+        ),
+    ] = False,
 ) -> None:
     """Carve a stratified, seeded validation split from train and write it as CSV."""
     from cxrlab.data.datasets import make_split
@@ -228,12 +319,16 @@ def split(
     check_output(out, kind="split", inputs=[data], force=force)
     subsets = make_split(index, val_fraction=val_fraction, seed=seed, manifest=manifest)
     save_split(out, subsets)
-    console.print(f"Split written to {shown(out)}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items()))
+    console.print(
+        f"Split written to {shown(out)}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
+    )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Argument(help="Folder for the demo data and every output.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Argument(help="Folder for the demo data and every output.")] = Path(
+        "runs/demo"
+    ),
     no_progress: NoProgressOpt = False,
 ) -> None:
     """The quick start: synthetic data, its audit and analysis, then AlexNet vs ResNet-18 (from
@@ -243,38 +338,134 @@ def demo(
     audit(data, out=out / "audit", no_progress=no_progress)
     analyze(data, out=out / "analysis", no_progress=no_progress)
     compare(
-        data, models=["alexnet", "resnet18"], mode="finetune", no_pretrained=True, image_size=64, epochs=4,
-        out=out / "compare", manifest=out / "audit", cache_dir=out / "cache", no_progress=no_progress,
+        data,
+        models=["alexnet", "resnet18"],
+        mode="finetune",
+        no_pretrained=True,
+        image_size=64,
+        epochs=4,
+        out=out / "compare",
+        manifest=out / "audit",
+        cache_dir=out / "cache",
+        no_progress=no_progress,
     )
 
 
 # Training options shared by `train` and `compare` (None = the preset's value).
-ImageSizeOpt = Annotated[int | None, typer.Option("--image-size", help="Image side in pixels \\[preset: 224].")]
-ResizeOpt = Annotated[str, typer.Option("--resize", help="squash (stretch to square) or pad (keep aspect, pad black).")]
-EpochsOpt = Annotated[int | None, typer.Option("--epochs", min=1, help="Training epochs (finetune/scratch runs).")]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", help="Image side in pixels \\[preset: 224].")
+]
+ResizeOpt = Annotated[
+    str,
+    typer.Option("--resize", help="squash (stretch to square) or pad (keep aspect, pad black)."),
+]
+EpochsOpt = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Training epochs (finetune/scratch runs).")
+]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", min=1, help="Batch size.")]
-LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate of the new head (finetune: the backbone gets a tenth of it).")]
+LrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--lr", help="Learning rate of the new head (finetune: the backbone gets a tenth of it)."
+    ),
+]
 OptimizerOpt = Annotated[str | None, typer.Option("--optimizer", help="adamw or sgd.")]
-BalanceOpt = Annotated[str | None, typer.Option("--balance", help="Class imbalance: weights (weighted loss), sampler (balanced batches) or none.")]
-AugmentOpt = Annotated[bool | None, typer.Option("--augment/--no-augment", help="X-ray augmentations (rotation, shift, scale, brightness, contrast).")]
-FreezeBnOpt = Annotated[bool | None, typer.Option("--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed when fine-tuning.")]
-EmaOpt = Annotated[float | None, typer.Option("--ema-decay", help="Keep an EMA of the weights with this decay (0: off) \\[preset].")]
-TtaOpt = Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time augmentation when testing and predicting \\[preset].")]
-TargetRecallOpt = Annotated[str | None, typer.Option("--target-recall", help="CLASS=RECALL, e.g. COVID19=0.95: a decision threshold chosen on the validation split for that recall; sensitivity and specificity are reported on test and external sets.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (split, initialisation, order, augmentation).")]
-ValFractionOpt = Annotated[float, typer.Option("--val-fraction", help="Share of train held out for validation.")]
-ManifestOpt = Annotated[Path | None, typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out.")]
-NoPretrainedOpt = Annotated[bool, typer.Option("--no-pretrained", help="Start from random weights (models without --weights).")]
-PrecisionOpt = Annotated[str, typer.Option("--precision", help="auto (bf16-mixed on GPU, 32 on CPU), 32-true, 16-mixed, bf16-mixed.")]
+BalanceOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--balance",
+        help="Class imbalance: weights (weighted loss), sampler (balanced batches) or none.",
+    ),
+]
+AugmentOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--augment/--no-augment",
+        help="X-ray augmentations (rotation, shift, scale, brightness, contrast).",
+    ),
+]
+FreezeBnOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--freeze-bn/--train-bn", help="Keep BatchNorm statistics fixed when fine-tuning."
+    ),
+]
+EmaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--ema-decay", help="Keep an EMA of the weights with this decay (0: off) \\[preset]."
+    ),
+]
+TtaOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tta/--no-tta", help="Test-time augmentation when testing and predicting \\[preset]."
+    ),
+]
+TargetRecallOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--target-recall",
+        help="CLASS=RECALL, e.g. COVID19=0.95: a decision threshold chosen on the validation split for that recall; sensitivity and specificity are reported on test and external sets.",
+    ),
+]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed (split, initialisation, order, augmentation).")
+]
+ValFractionOpt = Annotated[
+    float, typer.Option("--val-fraction", help="Share of train held out for validation.")
+]
+ManifestOpt = Annotated[
+    Path | None,
+    typer.Option("--manifest", help="Audit manifest (or its folder): excluded files are left out."),
+]
+NoPretrainedOpt = Annotated[
+    bool,
+    typer.Option("--no-pretrained", help="Start from random weights (models without --weights)."),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision", help="auto (bf16-mixed on GPU, 32 on CPU), 32-true, 16-mixed, bf16-mixed."
+    ),
+]
 AcceleratorOpt = Annotated[str, typer.Option("--accelerator", help="auto, cpu or gpu.")]
 DevicesOpt = Annotated[str, typer.Option("--devices", help="Devices per node (a number or auto).")]
-NumNodesOpt = Annotated[int, typer.Option("--num-nodes", min=1, help="Machines (DDP; run the same command on each, with NODE_RANK and MASTER_ADDR set).")]
-StrategyOpt = Annotated[str, typer.Option("--strategy", help="Lightning strategy: auto, ddp (one process per device), ddp_spawn, ...")]
-AugmentOnOpt = Annotated[str | None, typer.Option("--augment-on", help="loader (per image, in the DataLoader) or device (batched, on the GPU).")]
-ChannelsLastOpt = Annotated[bool, typer.Option("--channels-last", help="Train in NHWC memory format.")]
-LoaderWorkersOpt = Annotated[int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")]
-LoggerOpt = Annotated[str, typer.Option("--logger", help="Extra logger besides CSV: csv (none), tensorboard or mlflow.")]
-CacheDirOpt = Annotated[Path | None, typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab].")]
+NumNodesOpt = Annotated[
+    int,
+    typer.Option(
+        "--num-nodes",
+        min=1,
+        help="Machines (DDP; run the same command on each, with NODE_RANK and MASTER_ADDR set).",
+    ),
+]
+StrategyOpt = Annotated[
+    str,
+    typer.Option(
+        "--strategy", help="Lightning strategy: auto, ddp (one process per device), ddp_spawn, ..."
+    ),
+]
+AugmentOnOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--augment-on",
+        help="loader (per image, in the DataLoader) or device (batched, on the GPU).",
+    ),
+]
+ChannelsLastOpt = Annotated[
+    bool, typer.Option("--channels-last", help="Train in NHWC memory format.")
+]
+LoaderWorkersOpt = Annotated[
+    int, typer.Option("--num-workers", min=0, help="DataLoader worker processes.")
+]
+LoggerOpt = Annotated[
+    str,
+    typer.Option("--logger", help="Extra logger besides CSV: csv (none), tensorboard or mlflow."),
+]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab]."),
+]
 
 
 def _run_options(**options: object) -> dict[str, object]:
@@ -303,7 +494,9 @@ def _parse_external(items: list[str]) -> dict[str, Path]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise CxrlabError(f"--external {item}: write NAME=PATH, e.g. --external adult=../shared/data/external-dev")
+            raise CxrlabError(
+                f"--external {item}: write NAME=PATH, e.g. --external adult=../shared/data/external-dev"
+            )
         if name in parsed:
             raise CxrlabError(f"--external {item}: the name {name} is given twice")
         if not Path(path).expanduser().is_dir():
@@ -321,7 +514,9 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
         console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
         return
     ci = m["intervals"]
-    table = Table(title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})")
+    table = Table(
+        title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})"
+    )
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
     fmt = lambda k: str(Interval(**ci[k]))  # noqa: E731
@@ -333,7 +528,9 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
     console.print(table)
     print_calibration(m)
-    console.print(f"Run folder {shown(result.run_dir)} (model.pt, metrics.json, test_predictions.csv, history.csv)")
+    console.print(
+        f"Run folder {shown(result.run_dir)} (model.pt, metrics.json, test_predictions.csv, history.csv)"
+    )
 
 
 def print_calibration(metrics: dict) -> None:
@@ -341,8 +538,13 @@ def print_calibration(metrics: dict) -> None:
     calibration, point = metrics.get("calibration"), metrics.get("operating_point")
     if calibration:
         sets = [name for name in ("val", "test") if calibration.get(name)]
-        eces = "; ".join(f"{name} {calibration[name]['ece_before']:.3f} -> {calibration[name]['ece_after']:.3f}" for name in sets)
-        console.print(f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); ECE {eces}")
+        eces = "; ".join(
+            f"{name} {calibration[name]['ece_before']:.3f} -> {calibration[name]['ece_after']:.3f}"
+            for name in sets
+        )
+        console.print(
+            f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); ECE {eces}"
+        )
     if point:
         console.print(
             f"Operating point {shown(point['label'])}={point['target_recall']:g}: p({shown(point['label'])}) >= {point['threshold']:.3f} "
@@ -365,7 +567,11 @@ def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingRe
 
 def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
     """Of ``names`` (parameter -> value), those typed on the command line (not defaults)."""
-    return {k: v for k, v in names.items() if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"}
+    return {
+        k: v
+        for k, v in names.items()
+        if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"
+    }
 
 
 def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
@@ -378,7 +584,10 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
     requested: dict[str, tuple[str, object]] = {}
     if given_options(ctx, {"preset_name": preset_name}):
         requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}
-    requested |= {k: (f"{option_name(k)} {v}" if k != "pretrained" else option_name(k), v) for k, v in options.items()}
+    requested |= {
+        k: (f"{option_name(k)} {v}" if k != "pretrained" else option_name(k), v)
+        for k, v in options.items()
+    }
     conflicts = resume_conflicts(stored, requested)
     if conflicts:
         raise CxrlabError(
@@ -391,13 +600,26 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
 def train(
     ctx: typer.Context,
     data: DataArg,
-    model: Annotated[str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")] = "resnet18",
-    preset_name: Annotated[str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")] = "finetune",
-    mode: Annotated[str | None, typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset].")] = None,
-    weights: Annotated[Path | None, typer.Option("--weights", help="Local ImageNet state dict for the model.")] = None,
+    model: Annotated[
+        str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")
+    ] = "resnet18",
+    preset_name: Annotated[
+        str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")
+    ] = "finetune",
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset]."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Local ImageNet state dict for the model.")
+    ] = None,
     no_pretrained: NoPretrainedOpt = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Run folder \\[default: runs/<DATA>/<run name>].")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder \\[default: runs/<DATA>/<run name>].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
     image_size: ImageSizeOpt = None,
     resize: ResizeOpt = "squash",
     epochs: EpochsOpt = None,
@@ -410,7 +632,9 @@ def train(
     ema_decay: EmaOpt = None,
     tta: TtaOpt = None,
     target_recall: TargetRecallOpt = None,
-    no_diagnose: Annotated[bool, typer.Option("--no-diagnose", help="Skip robustness and Grad-CAM after testing.")] = False,
+    no_diagnose: Annotated[
+        bool, typer.Option("--no-diagnose", help="Skip robustness and Grad-CAM after testing.")
+    ] = False,
     seed: SeedOpt = 0,
     val_fraction: ValFractionOpt = 0.15,
     manifest: ManifestOpt = None,
@@ -437,18 +661,42 @@ def train(
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
     options = _run_options(
-        model=model, mode=mode, weights=str(weights) if weights else None, image_size=image_size, resize=resize, epochs=epochs,
-        batch_size=batch_size, lr=lr, optimizer=optimizer, balance=balance, augment=augment, freeze_bn=freeze_bn,
-        ema_decay=ema_decay, tta=tta, target_recall=target_recall, seed=seed, val_fraction=val_fraction, manifest=str(manifest) if manifest else None, precision=precision,
-        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy, channels_last=channels_last, augment_on=augment_on,
-        num_workers=num_workers, logger=logger,
+        model=model,
+        mode=mode,
+        weights=str(weights) if weights else None,
+        image_size=image_size,
+        resize=resize,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        balance=balance,
+        augment=augment,
+        freeze_bn=freeze_bn,
+        ema_decay=ema_decay,
+        tta=tta,
+        target_recall=target_recall,
+        seed=seed,
+        val_fraction=val_fraction,
+        manifest=str(manifest) if manifest else None,
+        precision=precision,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        channels_last=channels_last,
+        augment_on=augment_on,
+        num_workers=num_workers,
+        logger=logger,
     ) | ({"pretrained": False} if no_pretrained else {})
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
     if resume:
         if out is None:
             raise CxrlabError("--resume: name the run folder with --out")
         given = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
-        config = resumed_config(out, ctx, preset_name, given | ({"pretrained": False} if no_pretrained else {}))
+        config = resumed_config(
+            out, ctx, preset_name, given | ({"pretrained": False} if no_pretrained else {})
+        )
     else:
         config = preset(preset_name, **options)
     run_dir = out or default_out(data, config.run_name)
@@ -458,8 +706,21 @@ def train(
     if not worker:
         check_runnable(config)  # before the banner: an impossible run says so first
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
-    say = (lambda line: None) if worker else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
-    result = train_run(data, config, run_dir, resume=resume, cache_root=cache_dir, workers=workers, progress=not no_progress, say=say)
+    say = (
+        (lambda line: None)
+        if worker
+        else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
+    )
+    result = train_run(
+        data,
+        config,
+        run_dir,
+        resume=resume,
+        cache_root=cache_dir,
+        workers=workers,
+        progress=not no_progress,
+        say=say,
+    )
     if worker:
         return
     _print_result(result)
@@ -479,8 +740,12 @@ def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str =
         drops = ", ".join(f"{name} {v['accuracy']:.3f}" for name, v in rob["variants"].items())
         share = cam["lung_share"] or 0.0
         console.print(f"  accuracy by variant: {drops}")
-        console.print(f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}")
-        console.print(f"  written: {shown(run_dir / 'robustness.json')}, {shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}")
+        console.print(
+            f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}"
+        )
+        console.print(
+            f"  written: {shown(run_dir / 'robustness.json')}, {shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}"
+        )
         _write_card(run_dir)
 
 
@@ -493,8 +758,15 @@ def _write_card(run_dir: Path) -> None:
 
 @app.command()
 def explain(
-    runs: Annotated[list[Path], typer.Argument(help="Finished run folders (each with model.pt and split.csv).")],
-    data: Annotated[Path, typer.Option("--data", help="The runs' dataset root (its split.csv paths are relative to it).")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="Finished run folders (each with model.pt and split.csv).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="The runs' dataset root (its split.csv paths are relative to it)."
+        ),
+    ],
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
 ) -> None:
@@ -505,19 +777,42 @@ def explain(
 @app.command()
 def compare(
     data: DataArg,
-    models: Annotated[list[str], typer.Option("--models", help="Models to compare (repeat, or space-separated).")] = ["alexnet", "resnet18"],  # noqa: B006
+    models: Annotated[
+        list[str], typer.Option("--models", help="Models to compare (repeat, or space-separated).")
+    ] = ["alexnet", "resnet18"],  # noqa: B006
     mode: Annotated[str, typer.Option("--mode", help="frozen, finetune or both.")] = "finetune",
-    weights: Annotated[list[str] | None, typer.Option("--weights", help="MODEL=PATH: a local ImageNet state dict (repeatable).")] = None,
+    weights: Annotated[
+        list[str] | None,
+        typer.Option("--weights", help="MODEL=PATH: a local ImageNet state dict (repeatable)."),
+    ] = None,
     no_pretrained: NoPretrainedOpt = False,
-    seeds: Annotated[list[int] | None, typer.Option("--seeds", help="Seeds; each model and mode runs once per seed.")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare].")] = None,
+    seeds: Annotated[
+        list[int] | None,
+        typer.Option("--seeds", help="Seeds; each model and mode runs once per seed."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare]."),
+    ] = None,
     manifest: ManifestOpt = None,
-    no_audit: Annotated[bool, typer.Option("--no-audit", help="Skip the audit (no files excluded unless --manifest).")] = False,
-    external: Annotated[list[str] | None, typer.Option("--external", help="NAME=PATH: a labelled set from elsewhere every model is scored on after testing (repeatable; never used to train or select).")] = None,
+    no_audit: Annotated[
+        bool,
+        typer.Option("--no-audit", help="Skip the audit (no files excluded unless --manifest)."),
+    ] = False,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external",
+            help="NAME=PATH: a labelled set from elsewhere every model is scored on after testing (repeatable; never used to train or select).",
+        ),
+    ] = None,
     image_size: ImageSizeOpt = None,
     resize: ResizeOpt = "squash",
     epochs: EpochsOpt = None,
-    head_epochs: Annotated[int | None, typer.Option("--head-epochs", min=1, help="Epochs of head training in frozen mode.")] = None,
+    head_epochs: Annotated[
+        int | None,
+        typer.Option("--head-epochs", min=1, help="Epochs of head training in frozen mode."),
+    ] = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     optimizer: OptimizerOpt = None,
@@ -541,8 +836,16 @@ def compare(
 
     models = [name for item in models for name in item.split()]
     shared = _run_options(
-        image_size=image_size, resize=resize, val_fraction=val_fraction, precision=precision, accelerator=accelerator,
-        devices=devices, num_workers=num_workers, logger=logger, balance=balance, target_recall=target_recall,
+        image_size=image_size,
+        resize=resize,
+        val_fraction=val_fraction,
+        precision=precision,
+        accelerator=accelerator,
+        devices=devices,
+        num_workers=num_workers,
+        logger=logger,
+        balance=balance,
+        target_recall=target_recall,
     )
     configs, notes = plan_runs(
         models,
@@ -550,7 +853,15 @@ def compare(
         weights=_parse_weights(weights or [], models),
         pretrained=not no_pretrained,
         seeds=seeds or [0],
-        finetune_overrides=shared | _run_options(epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, augment=augment, freeze_bn=freeze_bn),
+        finetune_overrides=shared
+        | _run_options(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            augment=augment,
+            freeze_bn=freeze_bn,
+        ),
         frozen_overrides=shared | _run_options(epochs=head_epochs),
     )
     for note in notes:
@@ -561,19 +872,35 @@ def compare(
     if cache_dir is not None:
         check_output_folder(cache_dir, data, option="--cache-dir")
     report = run_comparison(
-        data, configs, out, manifest=manifest, audit=not no_audit, cache_root=cache_dir, workers=workers, external=externals,
-        progress=not no_progress, command="cxrlab " + " ".join(sys.argv[1:]), say=lambda line: console.print(shown(line)),
+        data,
+        configs,
+        out,
+        manifest=manifest,
+        audit=not no_audit,
+        cache_root=cache_dir,
+        workers=workers,
+        external=externals,
+        progress=not no_progress,
+        command="cxrlab " + " ".join(sys.argv[1:]),
+        say=lambda line: console.print(shown(line)),
     )
     results_md = out / "results.md"
     if results_md.is_file():
-        console.print(read_text(results_md), markup=False, highlight=False, soft_wrap=True)  # the Markdown source: every number visible
+        console.print(
+            read_text(results_md), markup=False, highlight=False, soft_wrap=True
+        )  # the Markdown source: every number visible
     console.print(f"Report: {shown(report)}")
 
 
 @app.command()
 def calibrate(
     runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
-    data: Annotated[Path, typer.Option("--data", help="The runs' dataset root (their split.csv paths are relative to it).")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="The runs' dataset root (their split.csv paths are relative to it)."
+        ),
+    ],
     target_recall: TargetRecallOpt = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     cache_dir: CacheDirOpt = None,
@@ -586,7 +913,13 @@ def calibrate(
 
     for run_dir in runs:
         result = calibrate_run(
-            run_dir, data, target_recall=target_recall, cache_root=cache_dir, workers=workers, device=device, progress=not no_progress
+            run_dir,
+            data,
+            target_recall=target_recall,
+            cache_root=cache_dir,
+            workers=workers,
+            device=device,
+            progress=not no_progress,
         )
         console.print(f"Run {shown(run_dir)}:")
         print_calibration(result.metrics)
@@ -595,10 +928,29 @@ def calibrate(
 
 @app.command()
 def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime).")],
-    images: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
-    out: Annotated[Path, typer.Option("--out", help="CSV file for the probabilities (never an input, nor inside an input or dataset folder).")] = Path("predictions.csv"),
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a previous cxrlab predictions CSV (inputs and dataset folders stay protected).")] = False,
+    checkpoint: Annotated[
+        Path,
+        typer.Argument(
+            help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime)."
+        ),
+    ],
+    images: Annotated[
+        list[Path], typer.Argument(help="Image files or folders (searched recursively).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="CSV file for the probabilities (never an input, nor inside an input or dataset folder).",
+        ),
+    ] = Path("predictions.csv"),
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite an existing --out that is not a previous cxrlab predictions CSV (inputs and dataset folders stay protected).",
+        ),
+    ] = False,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
@@ -609,7 +961,9 @@ def predict(
 
     files = expand_image_paths(images)
     check_output(out, kind="predictions", inputs=[checkpoint, *images, *files], force=force)
-    result = predict_files(checkpoint, files, batch_size=batch_size or 32, device=device, progress=not no_progress)
+    result = predict_files(
+        checkpoint, files, batch_size=batch_size or 32, device=device, progress=not no_progress
+    )
     result.write_csv(out)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {shown(note)}")
@@ -624,7 +978,12 @@ def predict(
         table.add_column(f"p({shown(name)})", justify="right")
     for i, (path, row) in enumerate(list(zip(result.paths, result.probs))[:25]):
         decision = [shown(decisions[i])] if decisions is not None else []
-        table.add_row(shown(path), shown(result.classes[int(row.argmax())]), *decision, *(f"{v:.3f}" for v in row))
+        table.add_row(
+            shown(path),
+            shown(result.classes[int(row.argmax())]),
+            *decision,
+            *(f"{v:.3f}" for v in row),
+        )
     console.print(table)
     if len(result.paths) > 25:
         console.print(f"... {len(result.paths) - 25} more in {shown(out)}")
@@ -643,11 +1002,24 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
     """The external result beside the run's own test split, per present class."""
     ev, internal = evaluation, evaluation.internal
     absent = f"; absent: {', '.join(ev.absent)}" if ev.absent else ""
-    recalls = Table(title=shown(f"{ev.arch} on {ev.name}: {ev.n} films (present: {', '.join(ev.present)}{absent})"))
-    for column in ("class", "films", "recall [95% CI]", *(["own test split (gap)"] if internal else [])):
+    recalls = Table(
+        title=shown(
+            f"{ev.arch} on {ev.name}: {ev.n} films (present: {', '.join(ev.present)}{absent})"
+        )
+    )
+    for column in (
+        "class",
+        "films",
+        "recall [95% CI]",
+        *(["own test split (gap)"] if internal else []),
+    ):
         recalls.add_column(column, justify="left" if column == "class" else "right")
     for name, result in ev.per_class.items():
-        gap = [f"{internal.recall[name]:.3f} ({result.recall.value - internal.recall[name]:+.3f})"] if internal else []
+        gap = (
+            [f"{internal.recall[name]:.3f} ({result.recall.value - internal.recall[name]:+.3f})"]
+            if internal
+            else []
+        )
         recalls.add_row(shown(name), str(result.n), str(result.recall), *gap)
     console.print(recalls)
     called = Table(title="How each class is called")
@@ -656,19 +1028,33 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
         called.add_column(shown(name), justify="right")
     called.add_column("precision [95% CI]", justify="right")
     for name, result in ev.per_class.items():
-        called.add_row(shown(name), *(str(result.called[c]) for c in ev.classes), str(result.precision))
+        called.add_row(
+            shown(name), *(str(result.called[c]) for c in ev.classes), str(result.precision)
+        )
     console.print(called)
-    own = f" (own test split: {internal.balanced_accuracy:.3f}, gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})" if internal else ""
+    own = (
+        f" (own test split: {internal.balanced_accuracy:.3f}, gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})"
+        if internal
+        else ""
+    )
     console.print(f"balanced accuracy over the present classes: {ev.balanced_accuracy}{own}")
-    before = f" (without the temperature {ev.temperature:.3f}: {ev.ece_uncalibrated:.3f})" if ev.ece_uncalibrated is not None else ""
+    before = (
+        f" (without the temperature {ev.temperature:.3f}: {ev.ece_uncalibrated:.3f})"
+        if ev.ece_uncalibrated is not None
+        else ""
+    )
     console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}{before}")
     if ev.point is not None and ev.at_point is not None:
-        console.print(f"Operating point {shown(ev.point.target)}: p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, chosen on the run's validation split")
+        console.print(
+            f"Operating point {shown(ev.point.target)}: p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, chosen on the run's validation split"
+        )
         print_point_result(ev.name, ev.at_point)
         if internal is not None and internal.at_point is not None:
             print_point_result("own test split", internal.at_point)
     if ev.macro_f1 is None:
-        console.print(f"macro-F1 and macro AUC: not defined here ({shown(', '.join(ev.absent))} absent)")
+        console.print(
+            f"macro-F1 and macro AUC: not defined here ({shown(', '.join(ev.absent))} absent)"
+        )
     else:
         console.print(f"macro-F1 {ev.macro_f1:.3f}; macro AUC {ev.macro_auc:.3f}")
     for path, why in list(ev.skipped.items())[:20]:
@@ -679,11 +1065,29 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(help="A run folder, its model.pt, or its .onnx export.")],
-    data: Annotated[Path, typer.Argument(help="A labelled folder: Kaggle layout (its test split) or <CLASS>/ folders; may hold a subset of the model's classes.")],
-    split: Annotated[str | None, typer.Option("--split", help="Split of DATA to score \\[default: test if there is one].")] = None,
-    name: Annotated[str | None, typer.Option("--name", help="Name of the set \\[default: DATA's folder name].")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder \\[default: RUN/external/<NAME>].")] = None,
-    target_recall: Annotated[str | None, typer.Option("--target-recall", help="CLASS=RECALL: score at a threshold chosen for that recall on the run's validation split \\[default: the run's own operating point].")] = None,
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="A labelled folder: Kaggle layout (its test split) or <CLASS>/ folders; may hold a subset of the model's classes."
+        ),
+    ],
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="Split of DATA to score \\[default: test if there is one]."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", help="Name of the set \\[default: DATA's folder name].")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder \\[default: RUN/external/<NAME>].")
+    ] = None,
+    target_recall: Annotated[
+        str | None,
+        typer.Option(
+            "--target-recall",
+            help="CLASS=RECALL: score at a threshold chosen for that recall on the run's validation split \\[default: the run's own operating point].",
+        ),
+    ] = None,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
@@ -692,7 +1096,14 @@ def evaluate(
     from cxrlab.evaluation.external import evaluate_model, resolve_model
 
     evaluation, written = evaluate_model(
-        model, data, split=split, name=name, out=out, batch_size=batch_size or 32, device=device, progress=not no_progress,
+        model,
+        data,
+        split=split,
+        name=name,
+        out=out,
+        batch_size=batch_size or 32,
+        device=device,
+        progress=not no_progress,
         target_recall=target_recall,
     )
     print_evaluation(evaluation, written)
@@ -706,15 +1117,35 @@ EXPORT_FORMATS = ("--onnx (an ONNX model for ONNX Runtime)",)
 
 @app.command("export")
 def export_model(
-    checkpoint: Annotated[Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run).")],
-    onnx: Annotated[bool, typer.Option("--onnx", help="Write an ONNX model for ONNX Runtime (the one format so far).")] = False,
-    out: Annotated[Path | None, typer.Option("--out", help="Output file \\[default: CHECKPOINT with suffix .onnx].")] = None,
-    opset: Annotated[int | None, typer.Option("--opset", min=7, help="ONNX opset \\[default: the exporter's].")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing --out that is not a previous cxrlab ONNX export (the checkpoint and images stay protected).")] = False,
+    checkpoint: Annotated[
+        Path, typer.Argument(help="A cxrlab model checkpoint (model.pt of a run).")
+    ],
+    onnx: Annotated[
+        bool,
+        typer.Option(
+            "--onnx", help="Write an ONNX model for ONNX Runtime (the one format so far)."
+        ),
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Output file \\[default: CHECKPOINT with suffix .onnx]."),
+    ] = None,
+    opset: Annotated[
+        int | None, typer.Option("--opset", min=7, help="ONNX opset \\[default: the exporter's].")
+    ] = None,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Overwrite an existing --out that is not a previous cxrlab ONNX export (the checkpoint and images stay protected).",
+        ),
+    ] = False,
 ) -> None:
     """Export a checkpoint for deployment, checked against PyTorch (`cxrlab predict` runs the .onnx)."""
     if not onnx:
-        raise CxrlabError(f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; e.g. cxrlab export {checkpoint} --onnx")
+        raise CxrlabError(
+            f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; e.g. cxrlab export {checkpoint} --onnx"
+        )
     from cxrlab.models.export import TOLERANCE, OnnxModel, export_onnx
     from cxrlab.outputs import check_output
 
@@ -724,7 +1155,10 @@ def export_model(
     path = export_onnx(checkpoint, out, opset=opset)
     exported = OnnxModel(path)
     size_mb = path.stat().st_size / 1e6
-    console.print(f"ONNX model: {shown(path)} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)", soft_wrap=True)
+    console.print(
+        f"ONNX model: {shown(path)} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)",
+        soft_wrap=True,
+    )
     console.print(
         f"checked against PyTorch: max |probability difference| {exported.max_abs_diff:.1e} (limit {TOLERANCE:.0e}); "
         f"export took {time.perf_counter() - started:.1f} s",

@@ -48,10 +48,14 @@ def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(fd, FILE_MODE)  # mkstemp's 0600 would make outputs private; give them the usual mode
+        os.chmod(
+            fd, FILE_MODE
+        )  # mkstemp's 0600 would make outputs private; give them the usual mode
         text = "b" not in mode
         with os.fdopen(
-            fd, mode, **({"encoding": ENCODING, "errors": TEXT_ERRORS, "newline": newline} if text else {})
+            fd,
+            mode,
+            **({"encoding": ENCODING, "errors": TEXT_ERRORS, "newline": newline} if text else {}),
         ) as handle:
             yield handle
             handle.flush()
@@ -86,7 +90,9 @@ def locked(path: str | Path, *, busy: str | None = None) -> Iterator[None]:
     try:  # a folder is locked as it is; a lock file is created when missing
         fd = os.open(path, os.O_RDONLY if path.is_dir() else os.O_RDONLY | os.O_CREAT, 0o666)
     except OSError as exc:
-        raise CxrlabError(f"{path}: cannot take a lock here ({exc.strerror}); is the folder writable?") from None
+        raise CxrlabError(
+            f"{path}: cannot take a lock here ({exc.strerror}); is the folder writable?"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (fcntl.LOCK_NB if busy else 0))

@@ -26,7 +26,10 @@ from cxrlab.data.discover import SPLIT_ALIASES
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.errors import CxrlabError
 
-PREDICTION_HEADERS = (b"path,predicted,p_", b"path,true,predicted")  # write_predictions, without / with truth
+PREDICTION_HEADERS = (
+    b"path,predicted,p_",
+    b"path,true,predicted",
+)  # write_predictions, without / with truth
 SPLIT_HEADERS = (b"path,class,subset",)  # cxrlab.data.split.save_split
 
 
@@ -71,7 +74,10 @@ def dataset_folders(images: Iterable[Path]) -> set[Path]:
     has a split folder's name and two or more class folders, the folder holding ``SPLIT``."""
     folders: set[Path] = set()
     for split in {image.resolve().parent.parent for image in images}:
-        if split.name.lower() in SPLIT_ALIASES and sum(child.is_dir() for child in split.iterdir()) >= 2:
+        if (
+            split.name.lower() in SPLIT_ALIASES
+            and sum(child.is_dir() for child in split.iterdir()) >= 2
+        ):
             folders.add(split.parent)
     return folders
 
@@ -91,7 +97,9 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
         raise CxrlabError(f"{where}: is a folder; give a file name")
     for path in files:
         if out.exists() and os.path.samefile(out, path):
-            raise CxrlabError(f"{where}: is an input {'image' if path in images else 'file'}; choose another file")
+            raise CxrlabError(
+                f"{where}: is an input {'image' if path in images else 'file'}; choose another file"
+            )
     if is_image_name(out) or is_image_name(out.resolve()):
         raise CxrlabError(f"{where}: has an image extension; choose another file")
     protected = [(path, "input folder") for path in inputs if path.is_dir()]
@@ -108,4 +116,6 @@ def check_output_folder(out: Path, data: Path, *, option: str = "--out") -> None
     """Refuse an output folder that is the dataset folder ``data`` or lies inside it: cxrlab
     writes nothing among the films it reads."""
     if Path(out).resolve().is_relative_to(Path(data).resolve()):
-        raise CxrlabError(f"{option} {out}: is inside the dataset folder {data}; choose a folder outside it")
+        raise CxrlabError(
+            f"{option} {out}: is inside the dataset folder {data}; choose a folder outside it"
+        )

@@ -272,11 +272,13 @@ def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> 
     size_counts = {
         c: Counter((r.width, r.height) for r in recs) for c, recs in ok_by_class.items() if recs
     }
-    candidates = list(dict.fromkeys(  # in class order, so that ties resolve the same way each run
-        (s["most_common_size"]["width"], s["most_common_size"]["height"])
-        for s in stats.values()
-        if s["most_common_size"]["share"] >= MOSTLY
-    ))
+    candidates = list(
+        dict.fromkeys(  # in class order, so that ties resolve the same way each run
+            (s["most_common_size"]["width"], s["most_common_size"]["height"])
+            for s in stats.values()
+            if s["most_common_size"]["share"] >= MOSTLY
+        )
+    )
     best: tuple[int, str] | None = None
     for size in candidates:
         share = {c: size_counts[c][size] / stats[c]["n_ok"] for c in stats}
@@ -494,12 +496,14 @@ def _markdown(summary: dict) -> str:
     count_rows.append(("total", "all", summary["totals"]["per_class"]))
     for name, key, counts in count_rows:
         shares = summary["shares"][key]
-        rows.append([
-            name,
-            *(f"{counts[c]} ({_share(shares[c])})" for c in classes),
-            sum(counts.values()),
-            _fmt(summary["imbalance_ratio"][key], ".2f"),
-        ])
+        rows.append(
+            [
+                name,
+                *(f"{counts[c]} ({_share(shares[c])})" for c in classes),
+                sum(counts.values()),
+                _fmt(summary["imbalance_ratio"][key], ".2f"),
+            ]
+        )
     lines += _md_table(["split", *classes, "total", "max/min"], rows)
     lines += ["", *_md_figure("class_counts")]
 
@@ -519,24 +523,39 @@ def _markdown(summary: dict) -> str:
         common = st["most_common_size"]
         width, height = st["width"], st["height"]
         intensity = st["intensity"]
-        rows.append([
-            c,
-            st["n_ok"],
-            st["median_size"],
-            f"{_fmt(width['min'])}–{_fmt(width['max'])}",
-            f"{_fmt(height['min'])}–{_fmt(height['max'])}",
-            _share(st["square_share"]),
-            f"{common['size']} ({pct(common['share'])})" if common else "-",
-            _fmt(st["median_aspect"], ".2f"),
-            "-" if intensity["mean"] is None
-            else f"{_fmt(intensity['mean'])} ± {_fmt(intensity['std'])}",
-            _share(st["median_border_fraction"]),
-            ", ".join(f"{k} {v}" for k, v in st["formats"].items()) or "-",
-            ", ".join(f"{k} {v}" for k, v in st["modes"].items()) or "-",
-        ])
+        rows.append(
+            [
+                c,
+                st["n_ok"],
+                st["median_size"],
+                f"{_fmt(width['min'])}–{_fmt(width['max'])}",
+                f"{_fmt(height['min'])}–{_fmt(height['max'])}",
+                _share(st["square_share"]),
+                f"{common['size']} ({pct(common['share'])})" if common else "-",
+                _fmt(st["median_aspect"], ".2f"),
+                "-"
+                if intensity["mean"] is None
+                else f"{_fmt(intensity['mean'])} ± {_fmt(intensity['std'])}",
+                _share(st["median_border_fraction"]),
+                ", ".join(f"{k} {v}" for k, v in st["formats"].items()) or "-",
+                ", ".join(f"{k} {v}" for k, v in st["modes"].items()) or "-",
+            ]
+        )
     lines += _md_table(
-        ["class", "images", "median WxH", "width", "height", "square", "most common size",
-         "median aspect", "mean intensity", "median border", "formats", "modes"],
+        [
+            "class",
+            "images",
+            "median WxH",
+            "width",
+            "height",
+            "square",
+            "most common size",
+            "median aspect",
+            "mean intensity",
+            "median border",
+            "formats",
+            "modes",
+        ],
         rows,
     )
     lines += [
@@ -545,7 +564,8 @@ def _markdown(summary: dict) -> str:
         "frequent exact size and its share; *mean intensity*: mean ± std over images of each "
         "image's mean (0–255); *median border*: share of the area in dark rows/columns at the edges.",
         "",
-        "## Per split and class", "",
+        "## Per split and class",
+        "",
     ]
     rows = [
         [s, c, *_split_class_cells(cell)]

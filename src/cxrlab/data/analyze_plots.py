@@ -72,8 +72,12 @@ def plot_image_sizes(
         recs = ok_by_class[c]
         if recs:
             ax_scatter.scatter(
-                [r.width for r in recs], [r.height for r in recs], s=8, alpha=0.35,
-                color=colours[c], edgecolors="none",
+                [r.width for r in recs],
+                [r.height for r in recs],
+                s=8,
+                alpha=0.35,
+                color=colours[c],
+                edgecolors="none",
             )
     handles = [
         Line2D([], [], ls="", marker="o", ms=6, color=colours[c], label=f"{c} (n={len(recs)})")
@@ -104,13 +108,28 @@ def plot_image_sizes(
         detail = ", ".join(f"{classes[label]} {k}" for label, k in sorted(per.items()))
         ax_scatter.plot([w], [h], marker="o", ms=14, mfc="none", mec="black", mew=1.2, ls="")
         ax_scatter.annotate(
-            f"{w}x{h}", xy=(w, h), xytext=(-10, 10), textcoords="offset points", ha="right",
-            va="bottom", fontsize=8.5, fontweight="bold",
+            f"{w}x{h}",
+            xy=(w, h),
+            xytext=(-10, 10),
+            textcoords="offset points",
+            ha="right",
+            va="bottom",
+            fontsize=8.5,
+            fontweight="bold",
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.8},
         )
         handles.append(
-            Line2D([], [], ls="", marker="o", ms=9, mfc="none", mec="black", mew=1.2,
-                   label=f"exactly {w}x{h}: {sizes[(w, h)]} images\n({detail})")
+            Line2D(
+                [],
+                [],
+                ls="",
+                marker="o",
+                ms=9,
+                mfc="none",
+                mec="black",
+                mew=1.2,
+                label=f"exactly {w}x{h}: {sizes[(w, h)]} images\n({detail})",
+            )
         )
     ax_scatter.legend(handles=handles, loc="best", fontsize=8, framealpha=0.9)
 
@@ -128,7 +147,12 @@ def plot_image_sizes(
         )
         label = f"{c} (median {np.median(aspect):.2f}, {pct(float(np.mean(aspect == 1.0)))} square)"
         ax_aspect.hist(
-            values, bins=bins, weights=weights, histtype="step", lw=1.6, color=colours[c],
+            values,
+            bins=bins,
+            weights=weights,
+            histtype="step",
+            lw=1.6,
+            color=colours[c],
             label=label,
         )
     ax_aspect.axvline(1.0, ls="--", lw=0.8, color="0.5")
@@ -178,7 +202,11 @@ def plot_intensity(
             positions.append(i)
     if data:
         parts = ax_box.boxplot(
-            data, positions=positions, widths=0.6, patch_artist=True, showfliers=True,
+            data,
+            positions=positions,
+            widths=0.6,
+            patch_artist=True,
+            showfliers=True,
             flierprops={"marker": ".", "markersize": 3, "alpha": 0.4},
             medianprops={"color": "black"},
         )
@@ -205,7 +233,8 @@ def _sample_pixels(root: Path, record: ImageRecord) -> np.ndarray:
         if thumb is None:
             return np.zeros((max(record.height, 1), max(record.width, 1)), dtype=np.uint8)
         image = Image.fromarray(thumb).resize(
-            (max(1, round(64 * min(record.aspect, 4))), 64) if record.aspect >= 1
+            (max(1, round(64 * min(record.aspect, 4))), 64)
+            if record.aspect >= 1
             else (64, max(1, round(64 / max(record.aspect, 0.25)))),
         )
         return np.asarray(image)
@@ -249,13 +278,27 @@ def plot_samples(
                 )
             if col >= len(picks):
                 if col == 0:
-                    ax.text(0.5, 0.5, "no readable\nimages", ha="center", va="center",
-                            transform=ax.transAxes, fontsize=8, color="0.4")
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "no readable\nimages",
+                        ha="center",
+                        va="center",
+                        transform=ax.transAxes,
+                        fontsize=8,
+                        color="0.4",
+                    )
                 continue
             record = recs[picks[col]]
             ax.set_facecolor("#dcdcdc")
-            ax.imshow(_sample_pixels(root, record), cmap="gray", vmin=0, vmax=255, aspect="equal",
-                      interpolation="antialiased")
+            ax.imshow(
+                _sample_pixels(root, record),
+                cmap="gray",
+                vmin=0,
+                vmax=255,
+                aspect="equal",
+                interpolation="antialiased",
+            )
             size = f"{record.width}x{record.height}"
             ax.set_xlabel(size, fontsize=8, labelpad=2)
             shown.append({"class": c, "path": record.path, "size": size})

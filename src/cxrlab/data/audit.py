@@ -94,7 +94,9 @@ def _resolve_groups(
 ) -> list[DuplicateGroup]:
     resolved = []
     for group in groups:
-        group = sorted(group, key=lambda i: (-_split_rank(records[i].split), natural_key(records[i].path)))
+        group = sorted(
+            group, key=lambda i: (-_split_rank(records[i].split), natural_key(records[i].path))
+        )
         labels = {records[i].label for i in group}
         splits = {records[i].split for i in group}
         sims = [similarity[(a, b)] for (a, b) in similarity if a in group and b in group]
@@ -117,7 +119,11 @@ def _resolve_groups(
             if record.split != keeper_split:
                 reasons[i].append(f"leakage: copy of {keeper_split} file {records[keeper].path}")
             else:
-                kind = "duplicate" if record.pixel_hash == records[keeper].pixel_hash else "near_duplicate"
+                kind = (
+                    "duplicate"
+                    if record.pixel_hash == records[keeper].pixel_hash
+                    else "near_duplicate"
+                )
                 reasons[i].append(f"{kind}: copy of {records[keeper].path}")
             statuses[i] = "excluded"
         resolved.append(
@@ -190,7 +196,9 @@ def summarize(result: AuditResult) -> dict[str, object]:
     leaking = [g for g in result.groups if g.cross_split]
     status_counts = {s: result.statuses.count(s) for s in ("ok", "warning", "excluded")}
     kept = {
-        split: sum(1 for r, s in zip(records, result.statuses) if r.split == split and s != "excluded")
+        split: sum(
+            1 for r, s in zip(records, result.statuses) if r.split == split and s != "excluded"
+        )
         for split in SPLIT_ORDER
         if any(r.split == split for r in records)
     }
@@ -301,7 +309,12 @@ def markdown_report(result: AuditResult) -> str:
     ]
     flagged = [g for g in result.groups if g.cross_split or g.label_conflict or not g.exact]
     if flagged:
-        lines += ["## Leakage, label conflicts and near duplicates", "", "| files | splits | classes | min NCC |", "|---|---|---|---|"]
+        lines += [
+            "## Leakage, label conflicts and near duplicates",
+            "",
+            "| files | splits | classes | min NCC |",
+            "|---|---|---|---|",
+        ]
         for g in flagged:
             lines.append(
                 f"| {'<br>'.join(map(md, g.members))} | {', '.join(g.splits)} | "
@@ -319,7 +332,8 @@ def markdown_report(result: AuditResult) -> str:
             "",
             f"- accuracy **{sc.cv_accuracy:.1%}** vs majority-class rate {sc.majority_rate:.1%}",
             f"- balanced accuracy **{sc.cv_balanced_accuracy:.1%}** vs chance {sc.chance_balanced:.1%}",
-            "- recall per class: " + md(", ".join(f"{k} {v:.0%}" for k, v in sc.per_class_recall.items())),
+            "- recall per class: "
+            + md(", ".join(f"{k} {v:.0%}" for k, v in sc.per_class_recall.items())),
         ]
         if sc.test_accuracy is not None:
             lines.append(
@@ -328,9 +342,18 @@ def markdown_report(result: AuditResult) -> str:
             )
         lines += [f"- level: **{sc.level}**", ""] + [f"- {md(line)}" for line in sc.explanation]
         lines += ["", "![shortcuts](shortcuts.png)", ""]
-    problems = [(r.path, st, why) for r, st, why in zip(result.records, result.statuses, result.reasons) if st != "ok"]
+    problems = [
+        (r.path, st, why)
+        for r, st, why in zip(result.records, result.statuses, result.reasons)
+        if st != "ok"
+    ]
     if problems:
-        lines += ["## Files excluded or flagged", "", "| file | status | reasons |", "|---|---|---|"]
+        lines += [
+            "## Files excluded or flagged",
+            "",
+            "| file | status | reasons |",
+            "|---|---|---|",
+        ]
         lines += [f"| {md(p)} | {st} | {md('; '.join(why))} |" for p, st, why in problems[:500]]
         if len(problems) > 500:
             lines.append(f"| ... {len(problems) - 500} more in manifest.csv | | |")
@@ -338,7 +361,11 @@ def markdown_report(result: AuditResult) -> str:
 
 
 def run_audit(
-    index: DatasetIndex, out_dir: str | Path, config: AuditConfig | None = None, *, progress: bool = True
+    index: DatasetIndex,
+    out_dir: str | Path,
+    config: AuditConfig | None = None,
+    *,
+    progress: bool = True,
 ) -> AuditResult:
     """Scan, judge and write the audit of ``index`` into ``out_dir``."""
     config = config or AuditConfig()
@@ -346,4 +373,3 @@ def run_audit(
     result = audit_records(index, records, config)
     write_report(result, Path(out_dir))
     return result
-

@@ -55,7 +55,9 @@ def plot_duplicates(result: AuditResult, path: Path) -> None:
             0.0, -0.08, kind, transform=axes[row, 2 * col].transAxes, fontsize=7,
             color="crimson" if group.cross_split or group.label_conflict else "black", va="top",
         )  # fmt: skip
-    fig.suptitle(f"Duplicate groups ({len(result.groups)} in all; {len(groups)} shown)", fontsize=10)
+    fig.suptitle(
+        f"Duplicate groups ({len(result.groups)} in all; {len(groups)} shown)", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)

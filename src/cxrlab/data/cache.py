@@ -122,7 +122,9 @@ class ImageCache:
     errors: dict[str, str]
     images: np.ndarray  # read-only memmap
     rebuilt: int  # how many rows were decoded in the last build (0 = fully reused)
-    generation: str = ""  # changes whenever any row changes: what is derived from the rows is keyed by it
+    generation: str = (
+        ""  # changes whenever any row changes: what is derived from the rows is keyed by it
+    )
 
     def rows(self, split: str, exclude: set[str] | None = None) -> np.ndarray:
         """Indices of decodable rows of ``split``, minus the relative paths in ``exclude``."""
@@ -159,7 +161,9 @@ def build_cache(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CxrlabError(f"{folder}: cannot create the cache folder ({exc.strerror}); choose a writable --cache-dir") from None
+        raise CxrlabError(
+            f"{folder}: cannot create the cache folder ({exc.strerror}); choose a writable --cache-dir"
+        ) from None
     with locked(folder / LOCK):
         meta = _read_index(folder)
         images = _open_images(folder, meta, spec)
@@ -167,7 +171,9 @@ def build_cache(
             rebuilt = 0
         else:
             old = (meta, images) if images is not None else None
-            meta, images, rebuilt = _write_generation(folder, index, spec, paths, prints, old, workers, progress)
+            meta, images, rebuilt = _write_generation(
+                folder, index, spec, paths, prints, old, workers, progress
+            )
         _remove_stale(folder, keep=meta["images"])
     errors = meta["errors"]
     return ImageCache(
@@ -224,10 +230,14 @@ def _write_generation(
     """Write a new generation (rows of ``old`` reused where the fingerprint matches) and commit it
     by writing the index; return the new index, its array (read-only) and how many rows were decoded."""
     old_meta, old_images = old or ({"paths": [], "fingerprints": [], "errors": {}}, None)
-    old_rows = {(p, *fp): i for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))}
+    old_rows = {
+        (p, *fp): i for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))
+    }
     size = spec.image_size
     images_file = folder / f"images-{uuid.uuid4().hex}.npy"
-    images = np.lib.format.open_memmap(images_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size))
+    images = np.lib.format.open_memmap(
+        images_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
+    )
     errors: dict[str, str] = {}
     todo = []
     for i, (path, fp) in enumerate(zip(paths, prints)):
@@ -242,10 +252,17 @@ def _write_generation(
     desc = f"Caching {len(todo)} images at {size}px"
     if workers > 1 and len(jobs) >= 64:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = track(pool.map(_load_resized, jobs, chunksize=32), total=len(jobs), description=desc, enabled=progress)
+            results = track(
+                pool.map(_load_resized, jobs, chunksize=32),
+                total=len(jobs),
+                description=desc,
+                enabled=progress,
+            )
             _store(images, todo, results, paths, errors)
     else:
-        results = track(map(_load_resized, jobs), total=len(jobs), description=desc, enabled=progress)
+        results = track(
+            map(_load_resized, jobs), total=len(jobs), description=desc, enabled=progress
+        )
         _store(images, todo, results, paths, errors)
     images.flush()  # msync: on disk before the index names it
     del images
@@ -275,7 +292,9 @@ def _remove_stale(folder: Path, keep: str) -> None:
             shutil.rmtree(derived, ignore_errors=True)
 
 
-def _store(images: np.ndarray, todo: list[int], results, paths: list[str], errors: dict[str, str]) -> None:
+def _store(
+    images: np.ndarray, todo: list[int], results, paths: list[str], errors: dict[str, str]
+) -> None:
     for i, result in zip(todo, results):
         if isinstance(result, str):
             errors[paths[i]] = result

@@ -26,7 +26,11 @@ def excluded_paths(manifest: str | Path | None) -> set[str]:
 
 
 def make_split(
-    index: DatasetIndex, *, val_fraction: float = 0.15, seed: int = 0, manifest: str | Path | None = None
+    index: DatasetIndex,
+    *,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    manifest: str | Path | None = None,
 ) -> Subsets:
     """``{"train", "val", "test"}`` lists of ``(relative path, class)``.
 

@@ -61,7 +61,9 @@ class DatasetIndex:
     def require(self, name: str) -> list[Sample]:
         samples = self.split(name)
         if not samples:
-            raise CxrlabError(f"{self.root}: no '{name}' split found (have: {', '.join(self.splits)})")
+            raise CxrlabError(
+                f"{self.root}: no '{name}' split found (have: {', '.join(self.splits)})"
+            )
         return samples
 
     def relative(self, path: Path) -> str:
@@ -100,7 +102,9 @@ def _split_folders(base: Path) -> dict[str, Path]:
         if split is None:
             continue
         if split in found:
-            raise CxrlabError(f"{base}: two folders for the '{split}' split: {found[split].name}, {child.name}")
+            raise CxrlabError(
+                f"{base}: two folders for the '{split}' split: {found[split].name}, {child.name}"
+            )
         found[split] = child
     return found
 
@@ -167,4 +171,6 @@ def discover(root: str | Path, *, min_classes: int = 2) -> DatasetIndex:
         ignored.extend(p for p in split_dir.iterdir() if p.is_file())
     if len(classes or []) < min_classes:
         raise CxrlabError(f"{root}: need at least {min_classes} class folders, found {classes}")
-    return DatasetIndex(root=root, layout=layout, classes=classes or [], samples=samples, ignored=ignored)
+    return DatasetIndex(
+        root=root, layout=layout, classes=classes or [], samples=samples, ignored=ignored
+    )

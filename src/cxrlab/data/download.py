@@ -18,7 +18,9 @@ def manual_hint(handle: str, out: Path) -> str:
     )
 
 
-def download_dataset(out: str | Path, handle: str = KAGGLE_HANDLE, *, force: bool = False) -> DatasetIndex:
+def download_dataset(
+    out: str | Path, handle: str = KAGGLE_HANDLE, *, force: bool = False
+) -> DatasetIndex:
     """Download ``handle`` into ``out`` and return its index; one-line error when it cannot."""
     out = Path(out).expanduser()
     try:

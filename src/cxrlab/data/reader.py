@@ -32,9 +32,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cxrlab.errors import ImageReadError
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"GIF8")
 DEFAULT_MAX_PIXELS = 80_000_000  # ~9000 x 9000; the largest real CXR detectors are ~4300 x 4300

@@ -99,7 +99,10 @@ def scan_file(sample: Sample, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
     except OSError:
         size = -1
     record = ImageRecord(
-        path=path.relative_to(root).as_posix(), split=sample.split, label=sample.label, file_size=size
+        path=path.relative_to(root).as_posix(),
+        split=sample.split,
+        label=sample.label,
+        file_size=size,
     )
     try:
         decoded = decode_image(path, max_pixels=max_pixels)

@@ -47,10 +47,7 @@ class ShortcutReport:
 def feature_matrix(records: list[ImageRecord]) -> np.ndarray:
     """One row per record, columns in :data:`FEATURES` order."""
     return np.array(
-        [
-            [r.width, r.height, r.aspect, r.file_size, r.mean, r.border_fraction]
-            for r in records
-        ],
+        [[r.width, r.height, r.aspect, r.file_size, r.mean, r.border_fraction] for r in records],
         dtype=np.float64,
     )
 
@@ -120,7 +117,11 @@ def shortcut_check(
 
     def forest() -> RandomForestClassifier:
         return RandomForestClassifier(
-            n_estimators=200, min_samples_leaf=2, class_weight="balanced", random_state=seed, n_jobs=2
+            n_estimators=200,
+            min_samples_leaf=2,
+            class_weight="balanced",
+            random_state=seed,
+            n_jobs=2,
         )
 
     predicted = cross_val_predict(forest(), features, labels, cv=splitter)

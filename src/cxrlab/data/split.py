@@ -74,7 +74,9 @@ class EpochSeededSampler(WeightedRandomSampler):
 
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
         self.seed = seed
-        super().__init__(weights, num_samples, replacement=True, generator=torch.Generator().manual_seed(seed))
+        super().__init__(
+            weights, num_samples, replacement=True, generator=torch.Generator().manual_seed(seed)
+        )
 
     def set_epoch(self, epoch: int) -> None:
         self.generator.manual_seed(self.seed + 1_000_003 * epoch)

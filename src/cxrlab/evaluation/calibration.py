@@ -53,7 +53,11 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     """The ``T`` minimising :func:`nll` (a bounded 1-D search over ``log T``)."""
     if not len(y_true):
         raise CxrlabError("temperature scaling: the validation split is empty")
-    found = minimize_scalar(lambda log_t: nll(logits, y_true, float(np.exp(log_t))), bounds=LOG_T_BOUNDS, method="bounded")
+    found = minimize_scalar(
+        lambda log_t: nll(logits, y_true, float(np.exp(log_t))),
+        bounds=LOG_T_BOUNDS,
+        method="bounded",
+    )
     return float(np.exp(found.x))
 
 
@@ -69,7 +73,9 @@ class Reliability:
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = RELIABILITY_BINS) -> Reliability:
     """Top-class confidence against accuracy in ``bins`` equal-width bins (empty bins left out)."""
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y_true)
-    which = np.clip(np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True), 0, bins - 1)
+    which = np.clip(
+        np.digitize(confidence, np.linspace(0.0, 1.0, bins + 1)[1:-1], right=True), 0, bins - 1
+    )
     kept = [b for b in range(bins) if (which == b).any()]
     return Reliability(
         [float(confidence[which == b].mean()) for b in kept],
@@ -94,17 +100,28 @@ class CalibrationEffect:
     def of(cls, logits: np.ndarray, y_true: np.ndarray, temperature: float) -> CalibrationEffect:
         before, after = softmax(logits), softmax(logits, temperature)
         return cls(
-            int(len(y_true)), nll(logits, y_true), nll(logits, y_true, temperature),
-            expected_calibration_error(y_true, before), expected_calibration_error(y_true, after),
-            reliability(y_true, before), reliability(y_true, after),
+            int(len(y_true)),
+            nll(logits, y_true),
+            nll(logits, y_true, temperature),
+            expected_calibration_error(y_true, before),
+            expected_calibration_error(y_true, after),
+            reliability(y_true, before),
+            reliability(y_true, after),
         )
 
     @classmethod
     def from_dict(cls, raw: dict) -> CalibrationEffect:
-        return cls(**(raw | {k: Reliability(**raw[k]) for k in ("reliability_before", "reliability_after")}))
+        return cls(
+            **(
+                raw
+                | {k: Reliability(**raw[k]) for k in ("reliability_before", "reliability_after")}
+            )
+        )
 
 
-def parse_target_recall(text: str, classes: list[str] | None = None, *, option: str = "--target-recall") -> tuple[str, float]:
+def parse_target_recall(
+    text: str, classes: list[str] | None = None, *, option: str = "--target-recall"
+) -> tuple[str, float]:
     """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when given."""
     name, sep, value = str(text).rpartition("=")
     try:
@@ -112,9 +129,13 @@ def parse_target_recall(text: str, classes: list[str] | None = None, *, option: 
     except ValueError:
         recall = float("nan")
     if not sep or not name or not 0.0 < recall <= 1.0:
-        raise CxrlabError(f"{option} {text}: write CLASS=RECALL with RECALL in (0, 1], e.g. {option} COVID19=0.95")
+        raise CxrlabError(
+            f"{option} {text}: write CLASS=RECALL with RECALL in (0, 1], e.g. {option} COVID19=0.95"
+        )
     if classes is not None and name not in classes:
-        raise CxrlabError(f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})")
+        raise CxrlabError(
+            f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})"
+        )
     return name, recall
 
 
@@ -147,20 +168,33 @@ class OperatingPoint:
         return np.where(probs[:, k] >= self.threshold, k, others.argmax(axis=1))
 
 
-def choose_operating_point(probs: np.ndarray, y_true: np.ndarray, classes: list[str], label: str, target_recall: float) -> OperatingPoint:
+def choose_operating_point(
+    probs: np.ndarray, y_true: np.ndarray, classes: list[str], label: str, target_recall: float
+) -> OperatingPoint:
     """The highest threshold on ``p(label)`` whose recall of ``label`` on these films (the
     validation split) reaches ``target_recall``: the most specific point that keeps the promise."""
     k = classes.index(label)
     positive = np.asarray(y_true) == k
     if not positive.any():
-        raise CxrlabError(f"--target-recall {label}={target_recall:g}: the validation split has no {label} films")
+        raise CxrlabError(
+            f"--target-recall {label}={target_recall:g}: the validation split has no {label} films"
+        )
     scores = np.sort(probs[positive, k])[::-1]
-    needed = int(np.ceil(target_recall * len(scores) - 1e-9))  # films of the class that must be called it
+    needed = int(
+        np.ceil(target_recall * len(scores) - 1e-9)
+    )  # films of the class that must be called it
     threshold = float(scores[max(needed, 1) - 1])
     point = OperatingPoint(label, float(target_recall), threshold, 0.0, 0.0, int(positive.sum()))
     decided = point.decide(probs, classes) == k
     specificity = float((~decided[~positive]).mean()) if (~positive).any() else float("nan")
-    return OperatingPoint(label, float(target_recall), threshold, float(decided[positive].mean()), specificity, int(positive.sum()))
+    return OperatingPoint(
+        label,
+        float(target_recall),
+        threshold,
+        float(decided[positive].mean()),
+        specificity,
+        int(positive.sum()),
+    )
 
 
 @dataclass(frozen=True)
@@ -173,22 +207,44 @@ class OperatingResult:
     n: int
 
     @classmethod
-    def of(cls, point: OperatingPoint, y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000) -> OperatingResult:
+    def of(
+        cls,
+        point: OperatingPoint,
+        y_true: np.ndarray,
+        probs: np.ndarray,
+        classes: list[str],
+        *,
+        n_boot: int = 2000,
+    ) -> OperatingResult:
         k = classes.index(point.label)
-        truth, decided = (np.asarray(y_true) == k).astype(np.int64), (point.decide(probs, classes) == k).astype(np.int64)
+        truth, decided = (
+            (np.asarray(y_true) == k).astype(np.int64),
+            (point.decide(probs, classes) == k).astype(np.int64),
+        )
 
         def rate(of: int):  # recall of 1 (sensitivity) or of 0 (specificity), NaN when absent
-            return lambda t, d: float((d[t == of] == of).mean()) if (t == of).any() else float("nan")
+            return lambda t, d: (
+                float((d[t == of] == of).mean()) if (t == of).any() else float("nan")
+            )
 
         return cls(
             bootstrap_ci(truth, decided, rate(1), n_boot=n_boot) if truth.any() else None,
             bootstrap_ci(truth, decided, rate(0), n_boot=n_boot) if (truth == 0).any() else None,
-            int(decided.sum()), int(len(truth)),
+            int(decided.sum()),
+            int(len(truth)),
         )
 
     @classmethod
     def from_dict(cls, raw: dict) -> OperatingResult:
-        return cls(**(raw | {k: Interval(**raw[k]) if raw[k] else None for k in ("sensitivity", "specificity")}))
+        return cls(
+            **(
+                raw
+                | {
+                    k: Interval(**raw[k]) if raw[k] else None
+                    for k in ("sensitivity", "specificity")
+                }
+            )
+        )
 
 
 def run_target(metrics: dict) -> str | None:

@@ -24,10 +24,10 @@ import numpy as np
 from cxrlab.data.cache import CacheSpec
 from cxrlab.data.split import load_split
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_write_text
 from cxrlab.evaluation.gradcam import gradcam_summary
 from cxrlab.evaluation.predict import pick_device
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
+from cxrlab.fileio import atomic_write_text
 
 DIAGNOSTIC_FILES = ("robustness.json", "gradcam.json", "gradcam.png")
 
@@ -39,18 +39,29 @@ def has_diagnostics(run_dir: Path) -> bool:
     return all((run_dir / name).is_file() for name in DIAGNOSTIC_FILES)
 
 
-def gradcam_sample(labels: np.ndarray, readable: np.ndarray, per_class: int | None, seed: int = 0) -> np.ndarray:
+def gradcam_sample(
+    labels: np.ndarray, readable: np.ndarray, per_class: int | None, seed: int = 0
+) -> np.ndarray:
     """Indices of up to ``per_class`` readable films of each class (all when ``None``), sorted."""
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels):
         rows = np.flatnonzero((labels == label) & readable)
-        chosen.append(rows if per_class is None or len(rows) <= per_class else rng.choice(rows, per_class, replace=False))
+        chosen.append(
+            rows
+            if per_class is None or len(rows) <= per_class
+            else rng.choice(rows, per_class, replace=False)
+        )
     return np.sort(np.concatenate(chosen))
 
 
 def diagnose_run(
-    run_dir: Path, data: Path, *, device: str = "auto", progress: bool = True, gradcam_per_class: int | None = 100
+    run_dir: Path,
+    data: Path,
+    *,
+    device: str = "auto",
+    progress: bool = True,
+    gradcam_per_class: int | None = 100,
 ) -> dict[str, dict]:
     """Write the diagnostics of the finished run in ``run_dir``; ``data`` is its dataset root.
 
@@ -68,7 +79,9 @@ def diagnose_run(
     paths = [data / relative for relative, _ in test]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise CxrlabError(f"{missing[0]}: test file of {run_dir.name} not found (is {data} the run's dataset?)")
+        raise CxrlabError(
+            f"{missing[0]}: test file of {run_dir.name} not found (is {data} the run's dataset?)"
+        )
     classes = list(model.classes)
     labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
     spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
@@ -79,12 +92,20 @@ def diagnose_run(
     images = _DECODED[key]
     target = pick_device(device)
 
-    robustness = robustness_eval(model, paths, labels, classes, spec, images=images, device=target, progress=progress)
+    robustness = robustness_eval(
+        model, paths, labels, classes, spec, images=images, device=target, progress=progress
+    )
     atomic_write_text(run_dir / "robustness.json", json.dumps(robustness, indent=2) + "\n")
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
     gradcam = gradcam_summary(
-        model, images[spec.resize][sample], labels[sample], classes, out_png=run_dir / "gradcam.png",
-        device=target, progress=progress, title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
+        model,
+        images[spec.resize][sample],
+        labels[sample],
+        classes,
+        out_png=run_dir / "gradcam.png",
+        device=target,
+        progress=progress,
+        title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
     )
     atomic_write_text(run_dir / "gradcam.json", json.dumps(gradcam, indent=2) + "\n")
     return {"robustness": robustness, "gradcam": gradcam}

@@ -89,7 +89,9 @@ class Evaluation:
     internal: Internal | None = None
     temperature: float = 1.0  # the model's, applied to every probability here
     ece_uncalibrated: float | None = None  # the same films without the temperature
-    point: OperatingPoint | None = None  # the operating point applied (chosen on the run's validation split)
+    point: OperatingPoint | None = (
+        None  # the operating point applied (chosen on the run's validation split)
+    )
     at_point: OperatingResult | None = None  # its sensitivity and specificity on this set
 
     @property
@@ -102,16 +104,32 @@ class Evaluation:
     @classmethod
     def from_json(cls, text: str) -> Evaluation:
         raw = json.loads(text)
-        raw["accuracy"], raw["balanced_accuracy"] = Interval(**raw["accuracy"]), Interval(**raw["balanced_accuracy"])
+        raw["accuracy"], raw["balanced_accuracy"] = (
+            Interval(**raw["accuracy"]),
+            Interval(**raw["balanced_accuracy"]),
+        )
         raw["per_class"] = {
-            name: ClassResult(c["n"], Interval(**c["recall"]), Interval(**c["precision"]), c["called"], c["auc"])
+            name: ClassResult(
+                c["n"], Interval(**c["recall"]), Interval(**c["precision"]), c["called"], c["auc"]
+            )
             for name, c in raw["per_class"].items()
         }
         if raw.get("internal"):
             internal = raw["internal"]
-            raw["internal"] = Internal(**(internal | {"at_point": OperatingResult.from_dict(internal["at_point"]) if internal.get("at_point") else None}))
+            raw["internal"] = Internal(
+                **(
+                    internal
+                    | {
+                        "at_point": OperatingResult.from_dict(internal["at_point"])
+                        if internal.get("at_point")
+                        else None
+                    }
+                )
+            )
         raw["point"] = OperatingPoint(**raw["point"]) if raw.get("point") else None
-        raw["at_point"] = OperatingResult.from_dict(raw["at_point"]) if raw.get("at_point") else None
+        raw["at_point"] = (
+            OperatingResult.from_dict(raw["at_point"]) if raw.get("at_point") else None
+        )
         return cls(**raw)
 
 
@@ -160,7 +178,9 @@ def score(
             n=int((y_true == k).sum()),
             recall=ci(recall_of(k)),
             precision=ci(precision_of(k)),
-            called={name: int(((y_true == k) & (y_pred == j)).sum()) for j, name in enumerate(classes)},
+            called={
+                name: int(((y_true == k) & (y_pred == j)).sum()) for j, name in enumerate(classes)
+            },
             auc=None if np.isnan(aucs[k]) else aucs[k],
         )
         for k in present_labels
@@ -190,13 +210,17 @@ def resolve_model(model: Path) -> tuple[Path, Path | None]:
     return model, run_dir
 
 
-def external_films(data: Path, classes: list[str], split: str | None) -> tuple[DatasetIndex, str, list[tuple[Path, int]]]:
+def external_films(
+    data: Path, classes: list[str], split: str | None
+) -> tuple[DatasetIndex, str, list[tuple[Path, int]]]:
     """The films of ``data`` (its ``split``: by default ``test`` when there is one) with the model's
     label index of each; a class folder the model does not know is an error naming it."""
     index = discover(data, min_classes=1)
     split = split or ("test" if "test" in index.splits else index.splits[0])
     if split not in index.splits:
-        raise CxrlabError(f"--split {split}: {index.root} has no such split (have: {', '.join(index.splits)})")
+        raise CxrlabError(
+            f"--split {split}: {index.root} has no such split (have: {', '.join(index.splits)})"
+        )
     unknown = sorted({index.classes[s.label] for s in index.split(split)} - set(classes))
     if unknown:
         raise CxrlabError(
@@ -207,7 +231,9 @@ def external_films(data: Path, classes: list[str], split: str | None) -> tuple[D
     return index, split, films
 
 
-def internal_reference(run_dir: Path | None, present: list[str], point: OperatingPoint | None = None) -> Internal | None:
+def internal_reference(
+    run_dir: Path | None, present: list[str], point: OperatingPoint | None = None
+) -> Internal | None:
     """The run's own test numbers for the external set's present classes (None without a run);
     with ``point``, its rates on the test split (from ``test_predictions.csv``)."""
     metrics_file = run_dir / "metrics.json" if run_dir is not None else None
@@ -220,7 +246,9 @@ def internal_reference(run_dir: Path | None, present: list[str], point: Operatin
     recall = {c: float(test["per_class"][c]["recall"]) for c in present}
     at_point = None
     if point is not None and (run_dir / "test_predictions.csv").is_file():
-        _, y_true, probs = read_predictions(run_dir / "test_predictions.csv", list(metrics["classes"]))
+        _, y_true, probs = read_predictions(
+            run_dir / "test_predictions.csv", list(metrics["classes"])
+        )
         at_point = OperatingResult.of(point, y_true, probs, list(metrics["classes"]))
     return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))), at_point)
 
@@ -228,7 +256,9 @@ def internal_reference(run_dir: Path | None, present: list[str], point: Operatin
 VALIDATION_PREDICTIONS = "val_predictions.csv"  # written by every run (calibrated probabilities)
 
 
-def validation_point(run_dir: Path | None, model: Path, classes: list[str], target_recall: str) -> OperatingPoint:
+def validation_point(
+    run_dir: Path | None, model: Path, classes: list[str], target_recall: str
+) -> OperatingPoint:
     """The operating point for ``target_recall`` chosen on the run's validation predictions."""
     label, recall = parse_target_recall(target_recall, classes)
     found = run_dir / VALIDATION_PREDICTIONS if run_dir is not None else None
@@ -271,28 +301,51 @@ def evaluate_model(
     model_file, run_dir = resolve_model(model)
     predictor = load_predictor(model_file, device)
     point = predictor.point
-    if target_recall is not None and (point is None or point.target != target_name(*parse_target_recall(target_recall))):
+    if target_recall is not None and (
+        point is None or point.target != target_name(*parse_target_recall(target_recall))
+    ):
         point = validation_point(run_dir, model_file, predictor.classes, target_recall)
     index, split, films = external_films(data, predictor.classes, split)
     name = name or default_name(data, split, index)
     out = Path(out) if out is not None else model_file.parent / EXTERNAL_DIR / name
     check_output_folder(out, data)
-    found = predict_files(predictor, [path for path, _ in films], batch_size=batch_size, progress=progress)
+    found = predict_files(
+        predictor, [path for path, _ in films], batch_size=batch_size, progress=progress
+    )
     label_of = {path: label for path, label in films}
     y_true = np.array([label_of[path] for path in found.paths], dtype=np.int64)
     if not len(y_true):
         raise CxrlabError(f"{data}: none of the {len(films)} films could be read")
     scored = score(y_true, found.probs, predictor.classes)
     evaluation = Evaluation(
-        name=name, data=str(index.root), split=split, arch=predictor.arch, classes=list(predictor.classes),
+        name=name,
+        data=str(index.root),
+        split=split,
+        arch=predictor.arch,
+        classes=list(predictor.classes),
         skipped={index.relative(Path(p)): why for p, why in found.errors.items()},
-        internal=internal_reference(run_dir, scored["present"], point), **scored,
+        internal=internal_reference(run_dir, scored["present"], point),
+        **scored,
         temperature=predictor.temperature,
-        ece_uncalibrated=expected_calibration_error(y_true, retemper(found.probs, 1.0 / predictor.temperature)),
-        point=point, at_point=OperatingResult.of(point, y_true, found.probs, predictor.classes) if point else None,
+        ece_uncalibrated=expected_calibration_error(
+            y_true, retemper(found.probs, 1.0 / predictor.temperature)
+        ),
+        point=point,
+        at_point=OperatingResult.of(point, y_true, found.probs, predictor.classes)
+        if point
+        else None,
     )
-    write_predictions(out / "predictions.csv", [index.relative(p) for p in found.paths], y_true, found.probs, predictor.classes, point)
-    atomic_write_text(out / "metrics.json", evaluation.to_json())  # last: it marks the evaluation done
+    write_predictions(
+        out / "predictions.csv",
+        [index.relative(p) for p in found.paths],
+        y_true,
+        found.probs,
+        predictor.classes,
+        point,
+    )
+    atomic_write_text(
+        out / "metrics.json", evaluation.to_json()
+    )  # last: it marks the evaluation done
     return evaluation, out
 
 
@@ -313,6 +366,8 @@ def load_evaluation(folder: Path) -> Evaluation:
     return Evaluation.from_json(read_text(Path(folder) / "metrics.json"))
 
 
-def evaluation_predictions(folder: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def evaluation_predictions(
+    folder: Path, classes: list[str]
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(paths, y_true, probs)`` of an evaluation, for paired tests between models."""
     return read_predictions(Path(folder) / "predictions.csv", classes)

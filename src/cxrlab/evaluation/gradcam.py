@@ -60,17 +60,17 @@ def _explaining(model: nn.Module) -> Iterator[None]:
     """Eval mode and ``tta = False`` inside; every module's mode and ``tta`` restored after."""
     modes = [(module, module.training) for module in model.modules()]
     has_tta = hasattr(model, "tta")
-    tta = getattr(model, "tta") if has_tta else None
+    tta = model.tta if has_tta else None
     model.eval()
     if has_tta:
-        setattr(model, "tta", False)
+        model.tta = False
     try:
         yield
     finally:
         for module, training in modes:
             module.training = training
         if has_tta:
-            setattr(model, "tta", tta)
+            model.tta = tta
 
 
 def _is_pooling(module: nn.Module) -> bool:
@@ -341,8 +341,17 @@ def gradcam_summary(
     }
     if out_png is not None:
         plot_gradcam_examples(
-            model, images, labels, probs, classes, Path(out_png), layer=layer, device=device,
-            examples_per_cell=examples_per_cell, seed=seed, title=title,
+            model,
+            images,
+            labels,
+            probs,
+            classes,
+            Path(out_png),
+            layer=layer,
+            device=device,
+            examples_per_cell=examples_per_cell,
+            seed=seed,
+            title=title,
         )
     return summary
 
@@ -413,18 +422,26 @@ def plot_gradcam_examples(
                 mask, segmented = lung_field_mask(images[i])
                 ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
                 ax.imshow(
-                    cams[i], cmap=CAM_CMAP, vmin=0.0, vmax=1.0, alpha=CAM_ALPHA,
+                    cams[i],
+                    cmap=CAM_CMAP,
+                    vmin=0.0,
+                    vmax=1.0,
+                    alpha=CAM_ALPHA,
                     interpolation="bilinear",
                 )
                 if mask.any() and not mask.all():
                     ax.contour(  # dashed: the template, where the segmentation failed
-                        mask.astype(np.float32), levels=[0.5], colors=MASK_COLOUR, linewidths=0.6,
+                        mask.astype(np.float32),
+                        levels=[0.5],
+                        colors=MASK_COLOUR,
+                        linewidths=0.6,
                         linestyles="solid" if segmented else "dashed",
                     )
                 pred = int(predicted[i])
                 ax.set_title(
                     f"true {names[class_index]} → pred {names[pred]} ({probs[i, pred]:.2f})",
-                    fontsize=6.5, color="black" if pred == labels[i] else "#b00000",
+                    fontsize=6.5,
+                    color="black" if pred == labels[i] else "#b00000",
                 )
                 ax.set_xticks([])
                 ax.set_yticks([])

@@ -24,7 +24,9 @@ from sklearn.metrics import (
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Unweighted mean of the per-class F1 over all ``n_classes`` (an absent class counts 0)."""
-    return float(f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0))
+    return float(
+        f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0)
+    )
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
@@ -46,11 +48,17 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> dict[int, float]:
     aucs = {}
     for k in range(probs.shape[1]):
         positive = y_true == k
-        aucs[k] = float(roc_auc_score(positive, probs[:, k])) if 0 < positive.sum() < len(y_true) else float("nan")
+        aucs[k] = (
+            float(roc_auc_score(positive, probs[:, k]))
+            if 0 < positive.sum() < len(y_true)
+            else float("nan")
+        )
     return aucs
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict[str, object]:
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str]
+) -> dict[str, object]:
     """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1 and AUC, confusion matrix, ECE."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
@@ -131,6 +139,7 @@ def headline_intervals(
 ) -> dict[str, Interval]:
     """95% bootstrap CIs for accuracy, macro-F1 and each class's recall."""
     y_pred = np.asarray(probs).argmax(axis=1)
+
     def macro_f1_of(t: np.ndarray, p: np.ndarray) -> float:
         return macro_f1(t, p, len(classes))
 
@@ -157,7 +166,9 @@ class McNemarResult:
     exact: bool
 
 
-def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, exact_below: int = 25) -> McNemarResult:
+def mcnemar(
+    y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, exact_below: int = 25
+) -> McNemarResult:
     """McNemar's test of two classifiers on the same images.
 
     With fewer than ``exact_below`` discordant pairs, the exact two-sided binomial test;
@@ -170,7 +181,9 @@ def mcnemar(y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, *, exact
     if b + c == 0:
         return McNemarResult(b, c, 0.0, 1.0, True)
     if b + c < exact_below:
-        return McNemarResult(b, c, float(min(b, c)), float(binomtest(min(b, c), b + c, 0.5).pvalue), True)
+        return McNemarResult(
+            b, c, float(min(b, c)), float(binomtest(min(b, c), b + c, 0.5).pvalue), True
+        )
     stat = (abs(b - c) - 1.0) ** 2 / (b + c)
     return McNemarResult(b, c, float(stat), float(chi2.sf(stat, df=1)), False)
 

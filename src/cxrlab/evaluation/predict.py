@@ -14,10 +14,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrlab.data.cache import CacheSpec, load_square
-from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
-from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.data.discover import natural_key
+from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
 from cxrlab.fileio import atomic_open, open_text
 from cxrlab.progress import track
 
@@ -28,7 +28,9 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name in ("gpu", "cuda") or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise CxrlabError(f"--device {name}: no CUDA GPU is available here; use --device cpu or auto")
+            raise CxrlabError(
+                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
+            )
         return torch.device("cuda" if name == "gpu" else name)
     if name != "cpu":
         raise CxrlabError(f"--device {name}: not one of auto, cpu, cuda")
@@ -55,7 +57,9 @@ def predict_logits(
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
 
 
-def predict_probs(model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: object) -> np.ndarray:
+def predict_probs(
+    model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: object
+) -> np.ndarray:
     """Probabilities ``softmax(logits / temperature)`` ``(n, classes)`` for every item of ``dataset``."""
     logits = predict_logits(model, dataset, **options)
     return softmax(logits, temperature) if logits.size else logits
@@ -63,7 +67,12 @@ def predict_probs(model: nn.Module, dataset: Dataset, *, temperature: float = 1.
 
 @torch.no_grad()
 def inference_speed(
-    model: nn.Module, image_size: int, *, device: str | torch.device = "cpu", batch_size: int = 32, repeats: int = 3
+    model: nn.Module,
+    image_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    batch_size: int = 32,
+    repeats: int = 3,
 ) -> float:
     """Images per second of a forward pass on a random batch (after one warm-up pass)."""
     device = torch.device(device)
@@ -86,7 +95,11 @@ def expand_image_paths(inputs: list[Path]) -> list[Path]:
     for item in inputs:
         if item.is_dir():
             found = sorted(
-                (p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS),
+                (
+                    p
+                    for p in item.rglob("*")
+                    if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                ),
                 key=lambda p: natural_key(str(p)),
             )
             files += found
@@ -112,12 +125,25 @@ def write_predictions(
     decided = point.decide(probs, classes) if point is not None and len(probs) else None
     with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
-        head = ["path"] + (["true"] if y_true is not None else []) + ["predicted"] + (["decision"] if point else [])
+        head = (
+            ["path"]
+            + (["true"] if y_true is not None else [])
+            + ["predicted"]
+            + (["decision"] if point else [])
+        )
         writer.writerow(head + [f"p_{c}" for c in classes])
         for i, p in enumerate(paths):
             truth = [classes[int(y_true[i])]] if y_true is not None else []
             decision = [classes[int(decided[i])]] if decided is not None else []
-            writer.writerow([p, *truth, classes[int(probs[i].argmax())], *decision, *(f"{v:.6f}" for v in probs[i])])
+            writer.writerow(
+                [
+                    p,
+                    *truth,
+                    classes[int(probs[i].argmax())],
+                    *decision,
+                    *(f"{v:.6f}" for v in probs[i]),
+                ]
+            )
 
 
 def read_predictions(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -126,7 +152,9 @@ def read_predictions(path: Path, classes: list[str]) -> tuple[list[str], np.ndar
         rows = list(csv.DictReader(handle))
     paths = [r["path"] for r in rows]
     y_true = np.array([classes.index(r["true"]) for r in rows], dtype=np.int64)
-    probs = np.array([[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64).reshape(len(rows), len(classes))
+    probs = np.array(
+        [[float(r[f"p_{c}"]) for c in classes] for r in rows], dtype=np.float64
+    ).reshape(len(rows), len(classes))
     return paths, y_true, probs
 
 
@@ -144,7 +172,9 @@ class FilePredictions:
     point: OperatingPoint | None = None  # the model's operating point, when its run chose one
 
     def write_csv(self, path: Path) -> None:
-        write_predictions(path, [str(p) for p in self.paths], None, self.probs, self.classes, self.point)
+        write_predictions(
+            path, [str(p) for p in self.paths], None, self.probs, self.classes, self.point
+        )
 
     @property
     def decisions(self) -> list[str] | None:
@@ -183,7 +213,14 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         spec = CacheSpec(onnx_model.image_size, onnx_model.resize)
         temperature, point = stored_calibration(onnx_model.calibration)
         return Predictor(
-            onnx_model.arch, onnx_model.classes, spec, onnx_model.predict, "ONNX Runtime", onnx_model.notes, temperature, point
+            onnx_model.arch,
+            onnx_model.classes,
+            spec,
+            onnx_model.predict,
+            "ONNX Runtime",
+            onnx_model.notes,
+            temperature,
+            point,
         )
 
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
@@ -199,16 +236,25 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         return torch.softmax(logits.float() / temperature, dim=1).cpu().numpy()
 
     spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
-    return Predictor(model.arch, list(model.classes), spec, batch_probs, temperature=temperature, point=point)
+    return Predictor(
+        model.arch, list(model.classes), spec, batch_probs, temperature=temperature, point=point
+    )
 
 
 def predict_files(
-    checkpoint: Path | Predictor, files: list[Path], *, batch_size: int = 32, device: str = "auto", progress: bool = True
+    checkpoint: Path | Predictor,
+    files: list[Path],
+    *,
+    batch_size: int = 32,
+    device: str = "auto",
+    progress: bool = True,
 ) -> FilePredictions:
     """Run a cxrlab checkpoint (or its ``.onnx`` export, through ONNX Runtime; or a loaded
     :class:`Predictor`) on image files, preprocessed as in training (size and resize mode stored
     with the model). Files that cannot be decoded are skipped and reported."""
-    predictor = checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    predictor = (
+        checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
+    )
     arch, classes, spec = predictor.arch, predictor.classes, predictor.spec
     readable: list[Path] = []
     squares: list[np.ndarray] = []  # uint8 S x S each, decoded once
@@ -220,13 +266,31 @@ def predict_files(
         except ImageReadError as exc:
             errors[str(path)] = str(exc)
     if not squares:
-        return FilePredictions(arch, classes, [], np.zeros((0, len(classes))), errors, predictor.runtime, predictor.notes, predictor.point)
-    images = np.stack(squares)[:, None].astype(np.float32) / np.float32(255.0)  # (N, 1, S, S) in 0..1
+        return FilePredictions(
+            arch,
+            classes,
+            [],
+            np.zeros((0, len(classes))),
+            errors,
+            predictor.runtime,
+            predictor.notes,
+            predictor.point,
+        )
+    images = np.stack(squares)[:, None].astype(np.float32) / np.float32(
+        255.0
+    )  # (N, 1, S, S) in 0..1
     starts = range(0, len(images), batch_size)
     probs = [
         predictor.batch_probs(images[i : i + batch_size])
         for i in track(starts, total=len(starts), description="Predicting", enabled=progress)
     ]
     return FilePredictions(
-        arch, classes, readable, np.concatenate(probs).astype(np.float64), errors, predictor.runtime, predictor.notes, predictor.point
+        arch,
+        classes,
+        readable,
+        np.concatenate(probs).astype(np.float64),
+        errors,
+        predictor.runtime,
+        predictor.notes,
+        predictor.point,
     )

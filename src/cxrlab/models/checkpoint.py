@@ -46,7 +46,9 @@ def load_checkpoint_with_extra(
     path = Path(path)
     payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise CxrlabError(f"{path}: not a cxrlab model checkpoint (use --weights for plain state dicts)")
+        raise CxrlabError(
+            f"{path}: not a cxrlab model checkpoint (use --weights for plain state dicts)"
+        )
     if arch is not None and payload["arch"] != arch:
         raise CxrlabError(f"{path}: checkpoint is a {payload['arch']}, not a {arch}")
     if classes is not None and list(payload["classes"]) != list(classes):
@@ -57,7 +59,9 @@ def load_checkpoint_with_extra(
     try:
         model.load_state_dict(payload["state_dict"])
     except RuntimeError as exc:
-        raise CxrlabError(f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})") from exc
+        raise CxrlabError(
+            f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})"
+        ) from exc
     extra = dict(payload.get("extra", {}))
     model.tta = bool(extra.get("tta", False))
     return model, extra

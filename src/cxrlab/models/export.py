@@ -38,7 +38,10 @@ ONNX_FORMAT = "cxrlab-onnx-v1"
 TOLERANCE = 1e-4  # largest accepted |p_onnx - p_eager| over the verification batch
 TTA_NOTE = "test-time augmentation is not part of the ONNX graph (it predicts the single view)"
 EXAMPLE_BATCH = 2  # batch size traced at export
-CALIBRATION_KEYS = ("temperature", "operating_point")  # stored with the model, as in model.pt's extra
+CALIBRATION_KEYS = (
+    "temperature",
+    "operating_point",
+)  # stored with the model, as in model.pt's extra
 VERIFY_BATCH = 3  # a different batch size, so the check also covers the dynamic batch axis
 
 
@@ -79,7 +82,9 @@ def _session(source: str | bytes, *, threads: int | None = None, device: str = "
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         elif device in ("gpu", "cuda"):
-            raise CxrlabError(f"--device {device}: this onnxruntime has no CUDA provider (use --device cpu)")
+            raise CxrlabError(
+                f"--device {device}: this onnxruntime has no CUDA provider (use --device cpu)"
+            )
     return ort.InferenceSession(source, options, providers=providers)
 
 
@@ -94,7 +99,11 @@ def _first_line(exc: BaseException) -> str:
 @contextlib.contextmanager
 def _quiet() -> Any:
     """Silence the exporters' progress lines, warnings and log messages."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(io.StringIO()),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         warnings.simplefilter("ignore")
         yield
 
@@ -116,8 +125,14 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
     try:
         with _quiet():
             program = torch.onnx.export(
-                wrapper, (example,), dynamo=True, external_data=False, verbose=False, optimize=True,
-                dynamic_shapes={"images": {0: torch.export.Dim("batch")}}, **names,
+                wrapper,
+                (example,),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                optimize=True,
+                dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
+                **names,
             )
             return program.model_proto.SerializeToString()
     except Exception as dynamo_error:
@@ -125,8 +140,13 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
         try:
             with _quiet():
                 torch.onnx.export(
-                    wrapper, (example,), buffer, dynamo=False, verbose=False,
-                    dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}}, **names,
+                    wrapper,
+                    (example,),
+                    buffer,
+                    dynamo=False,
+                    verbose=False,
+                    dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},
+                    **names,
                 )
         except Exception as legacy_error:
             raise CxrlabError(
@@ -165,7 +185,9 @@ def export_model(
         with torch.no_grad():
             expected = wrapper(check).numpy()
     except Exception as exc:
-        raise CxrlabError(f"{source}: the model does not run on {image_size} px images ({_first_line(exc)})") from exc
+        raise CxrlabError(
+            f"{source}: the model does not run on {image_size} px images ({_first_line(exc)})"
+        ) from exc
     try:
         data = _to_onnx(wrapper, example, opset)
     except CxrlabError as exc:
@@ -173,7 +195,9 @@ def export_model(
     try:
         got = _session(data).run(None, {"images": check.numpy()})[0]
     except Exception as exc:
-        raise CxrlabError(f"{source}: the exported ONNX model does not run in ONNX Runtime ({_first_line(exc)})") from exc
+        raise CxrlabError(
+            f"{source}: the exported ONNX model does not run in ONNX Runtime ({_first_line(exc)})"
+        ) from exc
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= TOLERANCE:
         raise CxrlabError(
@@ -205,7 +229,9 @@ def is_cxrlab_onnx(path: Path) -> bool:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception:  # not ONNX at all
         return False
-    return any(prop.key == "cxrlab_format" and prop.value == ONNX_FORMAT for prop in proto.metadata_props)
+    return any(
+        prop.key == "cxrlab_format" and prop.value == ONNX_FORMAT for prop in proto.metadata_props
+    )
 
 
 def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None = None) -> Path:
@@ -222,8 +248,13 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
     if out.resolve() == checkpoint.resolve():
         raise CxrlabError(f"--out: {out} is the checkpoint itself; choose another file")
     return export_model(
-        model, out, image_size=int(extra.get("image_size", 224)), resize=str(extra.get("resize", "squash")),
-        opset=opset, source=str(checkpoint), calibration=extra,
+        model,
+        out,
+        image_size=int(extra.get("image_size", 224)),
+        resize=str(extra.get("resize", "squash")),
+        opset=opset,
+        source=str(checkpoint),
+        calibration=extra,
     )
 
 
@@ -243,7 +274,9 @@ class OnnxModel:
         except CxrlabError:
             raise
         except Exception as exc:
-            raise CxrlabError(f"{self.path}: not a readable ONNX model ({_first_line(exc)})") from exc
+            raise CxrlabError(
+                f"{self.path}: not a readable ONNX model ({_first_line(exc)})"
+            ) from exc
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         if meta.get("cxrlab_format") != ONNX_FORMAT:
             raise CxrlabError(
@@ -256,7 +289,9 @@ class OnnxModel:
             self.resize: str = meta["resize"]
             self.tta_dropped: bool = meta.get("checkpoint_tta") == "1"
             self.max_abs_diff: float = float(meta.get("verified_max_abs_diff", "nan"))
-            self.calibration: dict = json.loads(meta.get("calibration", "{}"))  # temperature, operating_point
+            self.calibration: dict = json.loads(
+                meta.get("calibration", "{}")
+            )  # temperature, operating_point
         except (KeyError, ValueError) as exc:
             raise CxrlabError(f"{self.path}: damaged cxrlab metadata ({_first_line(exc)})") from exc
 
@@ -270,11 +305,15 @@ class OnnxModel:
         images = np.ascontiguousarray(images, dtype=np.float32)
         expected = (1, self.image_size, self.image_size)
         if images.ndim != 4 or images.shape[1:] != expected:
-            raise CxrlabError(f"{self.path}: expects images of shape (N, {', '.join(map(str, expected))}), got {images.shape}")
+            raise CxrlabError(
+                f"{self.path}: expects images of shape (N, {', '.join(map(str, expected))}), got {images.shape}"
+            )
         return self.session.run(None, {"images": images})[0]
 
 
-def latency_ms(fn: Callable[[Any], object], example: Any, repeats: int = 30, warmup: int = 3) -> float:
+def latency_ms(
+    fn: Callable[[Any], object], example: Any, repeats: int = 30, warmup: int = 3
+) -> float:
     """Median wall time of ``fn(example)`` in milliseconds, after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn(example)
@@ -287,7 +326,13 @@ def latency_ms(fn: Callable[[Any], object], example: Any, repeats: int = 30, war
 
 
 def compare_eager_onnx(
-    model: CxrClassifier, onnx_path: Path, image_size: int, repeats: int = 30, *, seed: int = 0, films: torch.Tensor | None = None
+    model: CxrClassifier,
+    onnx_path: Path,
+    image_size: int,
+    repeats: int = 30,
+    *,
+    seed: int = 0,
+    films: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Batch-1 CPU latency of eager PyTorch (eval, no_grad, single view) against ONNX Runtime.
 
@@ -298,10 +343,16 @@ def compare_eager_onnx(
     """
     threads = torch.get_num_threads()
     runtime = OnnxModel(Path(onnx_path), threads=threads)
-    wrapper = SoftmaxSingleView(model.cpu().eval(), runtime.calibration.get("temperature") or 1.0).eval()
+    wrapper = SoftmaxSingleView(
+        model.cpu().eval(), runtime.calibration.get("temperature") or 1.0
+    ).eval()
     generator = torch.Generator().manual_seed(seed)
     one = torch.rand(1, 1, image_size, image_size, generator=generator)
-    batch = films.float().cpu() if films is not None else torch.rand(4, 1, image_size, image_size, generator=generator)
+    batch = (
+        films.float().cpu()
+        if films is not None
+        else torch.rand(4, 1, image_size, image_size, generator=generator)
+    )
     with torch.no_grad():
         eager_ms = latency_ms(wrapper, one, repeats)
         expected = wrapper(batch).numpy()

@@ -36,7 +36,9 @@ def equalize_histogram(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
     """Global histogram equalisation of each ``(1, H, W)`` image in 0..1 (as PIL ``ImageOps.equalize``)."""
     b = images.shape[0]
     grey = (images.clamp(0, 1) * (levels - 1)).round().long().reshape(b, -1)
-    counts = torch.zeros(b, levels, device=images.device).scatter_add_(1, grey, torch.ones_like(grey, dtype=torch.float32))
+    counts = torch.zeros(b, levels, device=images.device).scatter_add_(
+        1, grey, torch.ones_like(grey, dtype=torch.float32)
+    )
     cdf = counts.cumsum(1)
     lowest = cdf.gather(1, grey.min(1, keepdim=True).values)  # pixels at the darkest level map to 0
     mapped = (cdf - lowest) / (grey.shape[1] - lowest).clamp_min(1)
@@ -66,11 +68,15 @@ class GeM(nn.Module):
 class EqualizedMultiScaleNet(nn.Module):
     """``features`` of a torchvision MobileNetV2 split at stride 16, pooled at both scales."""
 
-    def __init__(self, features: nn.Sequential, num_classes: int, *, split_at: int = 14, dropout: float = 0.2) -> None:
+    def __init__(
+        self, features: nn.Sequential, num_classes: int, *, split_at: int = 14, dropout: float = 0.2
+    ) -> None:
         super().__init__()
         self.stage16 = features[:split_at]
         self.stage32 = features[split_at:]
-        self.pool16 = nn.AdaptiveAvgPool2d(1)  # the stride-16 block output is linear (can be negative)
+        self.pool16 = nn.AdaptiveAvgPool2d(
+            1
+        )  # the stride-16 block output is linear (can be negative)
         self.pool32 = GeM()
         self.dropout = nn.Dropout(dropout)
         width16 = self.stage16[-1].out_channels
@@ -84,7 +90,10 @@ class EqualizedMultiScaleNet(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-TWO_STAGE_ROLES = ("NORMAL", "PNEUMONIA")  # the normal class, and the abnormal class from the same source
+TWO_STAGE_ROLES = (
+    "NORMAL",
+    "PNEUMONIA",
+)  # the normal class, and the abnormal class from the same source
 
 
 def two_stage_roles(classes: list[str]) -> tuple[int, int, int]:
@@ -92,12 +101,16 @@ def two_stage_roles(classes: list[str]) -> tuple[int, int, int]:
     (``other``: the remaining class, COVID19 on the Kaggle set). Generic names ``class0..2`` (the
     registry's shape check) take the Kaggle order: COVID19, NORMAL, PNEUMONIA."""
     if len(classes) != 3:
-        raise CxrlabError(f"the two-stage head needs three classes (NORMAL, PNEUMONIA and one more), got {', '.join(classes)}")
+        raise CxrlabError(
+            f"the two-stage head needs three classes (NORMAL, PNEUMONIA and one more), got {', '.join(classes)}"
+        )
     if classes == [f"class{i}" for i in range(3)]:
         return 1, 2, 0
     missing = [c for c in TWO_STAGE_ROLES if c not in classes]
     if missing:
-        raise CxrlabError(f"the two-stage head needs classes NORMAL and PNEUMONIA; {', '.join(classes)} lacks {', '.join(missing)}")
+        raise CxrlabError(
+            f"the two-stage head needs classes NORMAL and PNEUMONIA; {', '.join(classes)} lacks {', '.join(missing)}"
+        )
     normal, contrast = (classes.index(c) for c in TWO_STAGE_ROLES)
     return normal, contrast, 3 - normal - contrast
 
@@ -119,7 +132,10 @@ class TwoStageHead(nn.Module):
 
     def __init__(self, in_features: int, classes: list[str]) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, 3  # like the nn.Linear it replaces: one output per class
+        self.in_features, self.out_features = (
+            in_features,
+            3,
+        )  # like the nn.Linear it replaces: one output per class
         self.linear = nn.Linear(in_features, 2)
         self.normal, self.contrast, self.other = two_stage_roles(list(classes))
 
@@ -133,7 +149,9 @@ class TwoStageHead(nn.Module):
         }
         return torch.stack([parts[k] for k in range(3)], dim=1)
 
-    def loss(self, log_probs: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, log_probs: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor
+    ) -> torch.Tensor:
         """Stage 1 (abnormal vs NORMAL) on NORMAL and PNEUMONIA films only; stage 2 (PNEUMONIA vs
         the other class) on abnormal films only; each a class-weighted mean, summed."""
         log_probs = log_probs.float()
@@ -144,4 +162,6 @@ class TwoStageHead(nn.Module):
         stage2 = (target != self.normal).float() * weights
         nll1 = -torch.where(target == self.normal, own, abnormal)
         nll2 = -(own - abnormal)
-        return (nll1 * stage1).sum() / stage1.sum().clamp_min(1e-12) + (nll2 * stage2).sum() / stage2.sum().clamp_min(1e-12)
+        return (nll1 * stage1).sum() / stage1.sum().clamp_min(1e-12) + (
+            nll2 * stage2
+        ).sum() / stage2.sum().clamp_min(1e-12)

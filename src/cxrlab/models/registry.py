@@ -115,7 +115,9 @@ def replace_head(network: nn.Module, head_name: str, num_classes: int) -> None:
     setattr(parent, child, nn.Linear(old.in_features, num_classes))
 
 
-def _torchvision(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
+def _torchvision(
+    name: str, pretrained: bool, weights: Path | None, classes: list[str]
+) -> CxrClassifier:
     network = torchvision.models.get_model(name, weights=None)
     if weights is not None:
         load_state_dict_file(network, weights, name)
@@ -145,7 +147,9 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
     import timm
 
     if name not in timm.list_models():
-        raise CxrlabError(f"no such model in cxrlab or timm (registered: {', '.join(list_models())}; or any timm name)")
+        raise CxrlabError(
+            f"no such model in cxrlab or timm (registered: {', '.join(list_models())}; or any timm name)"
+        )
     try:
         network = timm.create_model(name, pretrained=pretrained and weights is None)
     except Exception as exc:  # hub/network errors come in many types
@@ -194,7 +198,11 @@ PROBE_SIZES = (16, 32, 64, 128, 224, 256, 384, 512, 1024, 2048)
 def _accepts(network: nn.Module, image_size: int) -> bool:
     try:
         network(torch.empty(1, 3, image_size, image_size, device="meta"))
-    except (RuntimeError, AssertionError, ValueError):  # "Output size is too small", fixed-size inputs
+    except (
+        RuntimeError,
+        AssertionError,
+        ValueError,
+    ):  # "Output size is too small", fixed-size inputs
         return False
     return True
 
@@ -219,6 +227,10 @@ def check_model(name: str, image_size: int, *, option: str = "--model") -> None:
         while smallest - low > 1:
             middle = (low + smallest) // 2
             low, smallest = (low, middle) if _accepts(network, middle) else (middle, smallest)
-    what = f"needs at least {smallest} px" if smallest and smallest > image_size else f"does not take {image_size} px images"
+    what = (
+        f"needs at least {smallest} px"
+        if smallest and smallest > image_size
+        else f"does not take {image_size} px images"
+    )
     hint = f" (e.g. --image-size {smallest})" if smallest else ""
     raise CxrlabError(f"--image-size {image_size}: {name} {what}{hint}")

@@ -22,12 +22,20 @@ def affine_view(images: torch.Tensor, degrees: float, zoom: float) -> torch.Tens
         return images
     angle = math.radians(degrees)
     cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
-    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=images.dtype, device=images.device)
-    grid = F.affine_grid(theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False)
+    theta = torch.tensor(
+        [[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=images.dtype, device=images.device
+    )
+    grid = F.affine_grid(
+        theta.expand(images.shape[0], 2, 3), list(images.shape), align_corners=False
+    )
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def tta_log_probs(forward, images: torch.Tensor, views: tuple[tuple[float, float], ...] = TTA_VIEWS) -> torch.Tensor:
+def tta_log_probs(
+    forward, images: torch.Tensor, views: tuple[tuple[float, float], ...] = TTA_VIEWS
+) -> torch.Tensor:
     """Log of the mean softmax of ``forward`` over ``views`` of ``images``."""
-    probs = torch.stack([torch.softmax(forward(affine_view(images, d, z)).float(), dim=1) for d, z in views])
+    probs = torch.stack(
+        [torch.softmax(forward(affine_view(images, d, z)).float(), dim=1) for d, z in views]
+    )
     return probs.mean(0).clamp_min(1e-12).log()

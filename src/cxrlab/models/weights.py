@@ -47,7 +47,9 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
-    if not isinstance(payload, dict) or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+    if not isinstance(payload, dict) or not all(
+        isinstance(v, torch.Tensor) for v in payload.values()
+    ):
         raise CxrlabError(f"--weights: {path} holds no state dict of tensors")
     return payload
 
@@ -67,6 +69,8 @@ def load_state_dict_file(network: nn.Module, path: Path, name: str) -> None:
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
         if wrong_shape:
             k = wrong_shape[0]
-            parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})")
+            parts.append(
+                f"{len(wrong_shape)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+            )
         raise CxrlabError(f"--weights: {path} does not fit {name}: {'; '.join(parts)}")
     network.load_state_dict(state)

@@ -51,7 +51,11 @@ def calibration_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet
     """Per run: T, then ECE before → after on validation, test and each external set; test
     NLL."""
     headers = [
-        "run", "temperature", "ECE validation", "ECE test", *(f"ECE {e.name}" for e in externals),
+        "run",
+        "temperature",
+        "ECE validation",
+        "ECE test",
+        *(f"ECE {e.name}" for e in externals),
         "NLL test",
     ]
     rows = []
@@ -85,7 +89,12 @@ def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[Externa
     """Per run with an operating point: target, threshold, validation rates, then sensitivity and
     specificity [CI] on the test split and on each external set."""
     headers = [
-        "run", "target", "threshold", "val recall", "val specificity", "test sensitivity [CI]",
+        "run",
+        "target",
+        "threshold",
+        "val recall",
+        "val specificity",
+        "test sensitivity [CI]",
         "test specificity [CI]",
     ]
     for external in externals:
@@ -97,8 +106,10 @@ def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[Externa
             continue
         results = [_test_point(point)] + [e.evaluations[position].at_point for e in externals]
         row = [
-            Cell(run.label), Cell(f"{point['label']} ≥ {point['target_recall']:g}"),
-            Cell(fmt(point["threshold"])), Cell(fmt(point["val_recall"])),
+            Cell(run.label),
+            Cell(f"{point['label']} ≥ {point['target_recall']:g}"),
+            Cell(fmt(point["threshold"])),
+            Cell(fmt(point["val_recall"])),
             Cell(fmt(point["val_specificity"])),
         ]
         for result in results:

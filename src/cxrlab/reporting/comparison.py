@@ -117,7 +117,9 @@ def results_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
     rows = []
     for run in runs:
         row: dict[str, object] = {
-            "run": run.label, "model": run.recipe.model, "mode": run.recipe.mode
+            "run": run.label,
+            "model": run.recipe.model,
+            "mode": run.recipe.mode,
         }
         for key in ("accuracy", "macro_f1"):
             row |= interval_fields(key, run.interval(key))

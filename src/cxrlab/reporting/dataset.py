@@ -18,7 +18,7 @@ ANALYSIS_CAPTIONS = {  # the cxrlab analyze figures shown in the dataset section
     "class_counts": "Files per class and split.",
     "samples": "Random readable images per class.",
     "image_sizes": "Image sizes and shapes per class: a size or shape that differs by class is a "
-                   "shortcut risk.",
+    "shortcut risk.",
     "intensity": "Intensity per class: brightness that differs by class is a shortcut risk.",
     "mean_images": "Pixel-wise mean image per class and its difference to the mean of all classes.",
 }

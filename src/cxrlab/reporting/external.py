@@ -102,7 +102,9 @@ def external_table(runs: Sequence[ReportRun], found: ExternalSet) -> Table:
     for run, ev in zip(runs, found.evaluations):
         internal = ev.internal
         row = [
-            Cell(run.label), Cell(str(ev.n)), interval_cell(ev.balanced_accuracy),
+            Cell(run.label),
+            Cell(str(ev.n)),
+            interval_cell(ev.balanced_accuracy),
             Cell(fmt(internal.balanced_accuracy) if internal else MISSING),
             _gap(ev.balanced_accuracy.value, internal.balanced_accuracy if internal else None),
         ]
@@ -120,8 +122,11 @@ def called_table(runs: Sequence[ReportRun], found: ExternalSet) -> Table:
     classes = found.evaluations[0].classes
     rows = [
         [
-            Cell(run.label), Cell(name), Cell(str(result.n)),
-            *(Cell(str(result.called[c])) for c in classes), interval_cell(result.precision),
+            Cell(run.label),
+            Cell(name),
+            Cell(str(result.n)),
+            *(Cell(str(result.called[c])) for c in classes),
+            interval_cell(result.precision),
         ]
         for run, ev in zip(runs, found.evaluations)
         for name, result in ev.per_class.items()
@@ -170,9 +175,7 @@ GAP_CAPTION = (
 )
 
 
-def external_html(
-    runs: Sequence[ReportRun], found: Sequence[ExternalSet], out_dir: Path
-) -> Markup:
+def external_html(runs: Sequence[ReportRun], found: Sequence[ExternalSet], out_dir: Path) -> Markup:
     """The report section: explanation, the gap chart, then per set its tables and paired
     tests."""
     gaps = {

@@ -31,8 +31,19 @@ GRADCAM_SHARES = (
     ("lung_area", "lung area (uniform)", None),
 )
 GRADCAM_FIELDS = (
-    "run", "computed", "n_images", "target", "layer", "lung_share", "border_share", "other_share",
-    "lung_area", "lung_enrichment", "lung_share_correct", "lung_share_wrong", "segmented",
+    "run",
+    "computed",
+    "n_images",
+    "target",
+    "layer",
+    "lung_share",
+    "border_share",
+    "other_share",
+    "lung_area",
+    "lung_enrichment",
+    "lung_share_correct",
+    "lung_share_wrong",
+    "segmented",
 )
 
 
@@ -46,8 +57,15 @@ def gradcam_table(runs: Sequence[ReportRun]) -> Table:
     many lung masks were segmented. Bold: highest lung share and enrichment, lowest border."""
     classes = runs[0].classes
     headers = [
-        "run", "layer", "images", *(h for _, h, _ in GRADCAM_SHARES), "enrichment",
-        "lung share right", "lung share wrong", *(f"lung share {c}" for c in classes), "segmented",
+        "run",
+        "layer",
+        "images",
+        *(h for _, h, _ in GRADCAM_SHARES),
+        "enrichment",
+        "lung share right",
+        "lung share wrong",
+        *(f"lung share {c}" for c in classes),
+        "segmented",
     ]
     rows = []
     for run in runs:
@@ -58,15 +76,19 @@ def gradcam_table(runs: Sequence[ReportRun]) -> Table:
             continue
         enrichment = number(data.get("lung_enrichment"))
         by_class = data.get("lung_share_by_class") or {}
-        rows.append([
-            Cell(run.label), Cell(str(data.get("layer") or MISSING)),
-            Cell(str(data.get("n_images", MISSING))),
-            *(_share(data, key) for key, _, _ in GRADCAM_SHARES),
-            Cell(f"{fmt(enrichment, 2)}×" if math.isfinite(enrichment) else MISSING),
-            _share(data, "lung_share_correct"), _share(data, "lung_share_wrong"),
-            *(Cell(fmt(by_class.get(c))) for c in classes),
-            Cell(fmt_percent(data.get("segmented"))),
-        ])
+        rows.append(
+            [
+                Cell(run.label),
+                Cell(str(data.get("layer") or MISSING)),
+                Cell(str(data.get("n_images", MISSING))),
+                *(_share(data, key) for key, _, _ in GRADCAM_SHARES),
+                Cell(f"{fmt(enrichment, 2)}×" if math.isfinite(enrichment) else MISSING),
+                _share(data, "lung_share_correct"),
+                _share(data, "lung_share_wrong"),
+                *(Cell(fmt(by_class.get(c))) for c in classes),
+                Cell(fmt_percent(data.get("segmented"))),
+            ]
+        )
     table = Table(headers, rows, text=(0, 1))
     ranked = [(key, higher) for key, _, higher in GRADCAM_SHARES] + [("lung_enrichment", True)]
     for j, (key, higher) in enumerate(ranked):

@@ -155,8 +155,10 @@ def external_lines(external: list[Evaluation]) -> list[str]:
             for name, result in ev.per_class.items()
         )
         present = ", ".join(markdown_escape(c) for c in ev.present)
-        own = "" if gap is None else (
-            f", own test split {ev.internal.balanced_accuracy:.3f}, gap {gap:+.3f}"
+        own = (
+            ""
+            if gap is None
+            else (f", own test split {ev.internal.balanced_accuracy:.3f}, gap {gap:+.3f}")
         )
         lines.append(
             f"- **{markdown_escape(ev.name)}** ({ev.n} films, classes {present}): "
@@ -185,13 +187,16 @@ def robustness_lines(robustness: dict | None) -> list[str]:
         f"- {markdown_escape(name)}: accuracy {v.get('accuracy', NAN):.3f}"
         + (
             f" ({-v['accuracy_drop']:+.3f} against its own preprocessing)"
-            if "accuracy_drop" in v else ""
+            if "accuracy_drop" in v
+            else ""
         )
         for name, v in robustness.get("variants", {}).items()
     ]
     found = (robustness.get("lung_fields") or {}).get("segmented")
-    where = "" if found is None else (
-        f" (lung fields found on {found:.0%} of the films, a template elsewhere)"
+    where = (
+        ""
+        if found is None
+        else (f" (lung fields found on {found:.0%} of the films, a template elsewhere)")
     )
     lines.append(f"- **{probe_reading(robustness)}**{where}")
     return lines
@@ -234,15 +239,38 @@ def model_card(run_dir: Path) -> str:
     audit, external = _audit_of(config), _external(run_dir)
     lines = [
         f"# Model card: {markdown_escape(metrics.get('run', run_dir.name))}",
-        "", "## Intended use", "", INTENDED_USE,
-        "", "## Model", "", *model_lines(metrics),
-        "", "## Training data", "", *training_data_lines(metrics, audit),
-        "", "## Test split (same sources as the training data)", "", *test_split_lines(metrics),
-        "", "## Off its own test split", "", *external_lines(external),
-        "", "## Calibration and operating point", "", *calibration_lines(metrics, external),
-        "", "## Robustness probes (test split)", "",
+        "",
+        "## Intended use",
+        "",
+        INTENDED_USE,
+        "",
+        "## Model",
+        "",
+        *model_lines(metrics),
+        "",
+        "## Training data",
+        "",
+        *training_data_lines(metrics, audit),
+        "",
+        "## Test split (same sources as the training data)",
+        "",
+        *test_split_lines(metrics),
+        "",
+        "## Off its own test split",
+        "",
+        *external_lines(external),
+        "",
+        "## Calibration and operating point",
+        "",
+        *calibration_lines(metrics, external),
+        "",
+        "## Robustness probes (test split)",
+        "",
         *robustness_lines(_json(run_dir / "robustness.json")),
-        "", "## Known limitations", "", *limitation_lines(metrics, audit, external),
+        "",
+        "## Known limitations",
+        "",
+        *limitation_lines(metrics, audit, external),
     ]
     return "\n".join(lines) + "\n"
 

@@ -20,8 +20,16 @@ from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, csv_row, f
 
 ALPHA = 0.05  # significance level for the Holm-adjusted McNemar p-values
 MCNEMAR_FIELDS = (
-    "run_a", "run_b", "n", "only_a_right", "only_b_right", "statistic", "exact", "p_value",
-    "p_holm", "note",
+    "run_a",
+    "run_b",
+    "n",
+    "only_a_right",
+    "only_b_right",
+    "statistic",
+    "exact",
+    "p_value",
+    "p_holm",
+    "note",
 )
 
 
@@ -78,15 +86,28 @@ def mcnemar_table(tests: Sequence[PairTest]) -> Table:
             rows.append([Cell(t.a.label), Cell(t.b.label), *dashes, Cell(t.note), *dashes])
             continue
         differ = t.p_holm is not None and t.p_holm < ALPHA
-        rows.append([
-            Cell(t.a.label), Cell(t.b.label), Cell(str(t.n)),
-            Cell(str(r.only_a_right)), Cell(str(r.only_b_right)),
-            Cell("exact binomial" if r.exact else "χ² (continuity corr.)"),
-            Cell(fmt_p(r.p_value)), Cell(fmt_p(t.p_holm), bold=differ),
-            Cell("yes" if differ else "no"),
-        ])
+        rows.append(
+            [
+                Cell(t.a.label),
+                Cell(t.b.label),
+                Cell(str(t.n)),
+                Cell(str(r.only_a_right)),
+                Cell(str(r.only_b_right)),
+                Cell("exact binomial" if r.exact else "χ² (continuity corr.)"),
+                Cell(fmt_p(r.p_value)),
+                Cell(fmt_p(t.p_holm), bold=differ),
+                Cell("yes" if differ else "no"),
+            ]
+        )
     headers = [
-        "run A", "run B", "test images", "only A right", "only B right", "test", "p", "p (Holm)",
+        "run A",
+        "run B",
+        "test images",
+        "only A right",
+        "only B right",
+        "test",
+        "p",
+        "p (Holm)",
         f"differ at {ALPHA:g} (Holm)",
     ]
     return Table(headers, rows, text=(0, 1, 5, 8))
@@ -100,9 +121,13 @@ def mcnemar_rows(tests: Sequence[PairTest]) -> list[dict[str, object]]:
         if t.result is not None:
             r = t.result
             row |= {
-                "n": t.n, "only_a_right": r.only_a_right, "only_b_right": r.only_b_right,
-                "statistic": csv_number(r.statistic), "exact": r.exact,
-                "p_value": csv_number(r.p_value), "p_holm": csv_number(t.p_holm),
+                "n": t.n,
+                "only_a_right": r.only_a_right,
+                "only_b_right": r.only_b_right,
+                "statistic": csv_number(r.statistic),
+                "exact": r.exact,
+                "p_value": csv_number(r.p_value),
+                "p_holm": csv_number(t.p_holm),
             }
         rows.append(row)
     return rows
@@ -112,6 +137,10 @@ def mcnemar_html(tests: Sequence[PairTest]) -> Markup:
     """The pairwise McNemar table with how to read it, and the pairs that were skipped."""
     skipped = [f"{t.a.label} vs {t.b.label} ({t.note})" for t in tests if t.result is None]
     return render(
-        "mcnemar.html", tests=tests, table=mcnemar_table(tests), alpha=f"{ALPHA:g}",
-        tested=sum(t.result is not None for t in tests), skipped="; ".join(skipped),
+        "mcnemar.html",
+        tests=tests,
+        table=mcnemar_table(tests),
+        alpha=f"{ALPHA:g}",
+        tested=sum(t.result is not None for t in tests),
+        skipped="; ".join(skipped),
     )

@@ -73,8 +73,13 @@ def plot_learning_curves(runs: Sequence[ReportRun], path: Path) -> Path:
                 values = [h[key] for h in run.history]
                 ax.plot(epochs, values, color=colour, ls=style, label=label, **marker)
             if run.best_epoch >= 0:
-                ax.axvline(run.best_epoch + 1, color="0.35", ls=":", lw=1.4,
-                           label=f"chosen epoch ({run.best_epoch + 1})")
+                ax.axvline(
+                    run.best_epoch + 1,
+                    color="0.35",
+                    ls=":",
+                    lw=1.4,
+                    label=f"chosen epoch ({run.best_epoch + 1})",
+                )
             if series is SCORE_SERIES:
                 ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("epoch")
@@ -103,16 +108,24 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
         image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{counts[i, j]}\n{100 * share[i, j]:.0f}%", ha="center", va="center",
-                        fontsize=fontsize, color="white" if share[i, j] > 0.55 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{counts[i, j]}\n{100 * share[i, j]:.0f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if share[i, j] > 0.55 else "black",
+                )
         tilted = k > 2
-        ax.set_xticks(range(k), classes, rotation=30 if tilted else 0,
-                      ha="right" if tilted else "center")
+        ax.set_xticks(
+            range(k), classes, rotation=30 if tilted else 0, ha="right" if tilted else "center"
+        )
         ax.set_yticks(range(k), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{figure_text(run.label)}\naccuracy {run.test['accuracy']:.3f}", fontsize=10)
-    for ax in axes[len(runs):]:
+    for ax in axes[len(runs) :]:
         ax.set_visible(False)
     figure.colorbar(image, ax=list(axes[: len(runs)]), shrink=0.7, label="share of the true class")
     figure.suptitle("Test confusion matrices (count and % of the true class)", fontsize=12)
@@ -149,13 +162,14 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
         ax.set_ylabel("true positive rate")
         ax.set_title(figure_text(f"{name} vs rest"), fontsize=11)
         ax.grid(alpha=0.25)
-    for ax in axes[len(classes):]:
+    for ax in axes[len(classes) :]:
         ax.set_visible(False)
     handles = [
         Line2D([], [], color=colours[r.label], lw=2, label=figure_text(r.label)) for r in runs
     ]
-    figure.legend(handles=handles, loc="outside lower center", ncols=_legend_columns(runs),
-                  frameon=False)
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=_legend_columns(runs), frameon=False
+    )
     figure.suptitle("Test ROC curves, one class against the others", fontsize=12)
     return save_figure(figure, path)
 
@@ -182,14 +196,28 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     for i, run in enumerate(runs):
         values, high, errors = interval_bars([run.interval(key) for key in keys])
         offset = (i - (len(runs) - 1) / 2) * width
-        bars = ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[run.label],
-                      label=figure_text(run.label), yerr=errors, capsize=3,
-                      error_kw={"lw": 1, "ecolor": "0.25"})
+        bars = ax.bar(
+            x + offset,
+            np.nan_to_num(values),
+            width * 0.92,
+            color=colours[run.label],
+            label=figure_text(run.label),
+            yerr=errors,
+            capsize=3,
+            error_kw={"lw": 1, "ecolor": "0.25"},
+        )
         tops = np.fmax(np.nan_to_num(high), np.nan_to_num(values))
         for bar, value, top in zip(bars, values, tops):
             text = f"{value:.2f}" if np.isfinite(value) else "n/a"
-            ax.text(bar.get_x() + bar.get_width() / 2, top + 0.015, text, ha="center", va="bottom",
-                    fontsize=8, rotation=90 if len(runs) > 3 else 0)
+            ax.text(
+                bar.get_x() + bar.get_width() / 2,
+                top + 0.015,
+                text,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                rotation=90 if len(runs) > 3 else 0,
+            )
     ax.set_xticks(x, names)
     ax.set_ylim(0, 1.12 if len(runs) <= 3 else 1.2)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -197,8 +225,9 @@ def plot_metric_bars(runs: Sequence[ReportRun], path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.spines[["top", "right"]].set_visible(False)
-    figure.legend(loc="outside upper center", ncols=_legend_columns(runs), frameon=False,
-                  fontsize=9)
+    figure.legend(
+        loc="outside upper center", ncols=_legend_columns(runs), frameon=False, fontsize=9
+    )
     return save_figure(figure, path)
 
 
@@ -222,12 +251,24 @@ def plot_external_gap(
             errors = None
         else:
             values, _, errors = interval_bars([iv for iv, _ in sets[bar]])
-        ax.bar(x + offset, np.nan_to_num(values), width * 0.92, color=colours[bar],
-               label=figure_text(bar), yerr=errors, capsize=3, error_kw={"lw": 1, "ecolor": "0.25"})
+        ax.bar(
+            x + offset,
+            np.nan_to_num(values),
+            width * 0.92,
+            color=colours[bar],
+            label=figure_text(bar),
+            yerr=errors,
+            capsize=3,
+            error_kw={"lw": 1, "ecolor": "0.25"},
+        )
     ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
     tilted = len(labels) > 3
-    ax.set_xticks(x, [figure_text(label) for label in labels], rotation=20 if tilted else 0,
-                  ha="right" if tilted else "center")
+    ax.set_xticks(
+        x,
+        [figure_text(label) for label in labels],
+        rotation=20 if tilted else 0,
+        ha="right" if tilted else "center",
+    )
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("balanced accuracy (present classes)")
     ax.grid(axis="y", alpha=0.3)

@@ -142,8 +142,16 @@ def results_markdown(
     """``results.md``: the comparison table, (two runs or more) the McNemar table, and the
     robustness and Grad-CAM tables when given."""
     parts = [
-        f"# {markdown_escape(title)}", "", PROTOCOL, "",
-        "## Comparison on the test split", "", COMPARISON_NOTE, "", comparison.markdown(), "",
+        f"# {markdown_escape(title)}",
+        "",
+        PROTOCOL,
+        "",
+        "## Comparison on the test split",
+        "",
+        COMPARISON_NOTE,
+        "",
+        comparison.markdown(),
+        "",
     ]
     if pairs is not None:
         parts += ["## McNemar's test, every pair of runs", "", MCNEMAR_NOTE, ""]
@@ -228,10 +236,12 @@ def write_report(
         Section("comparison", "Comparison on the test split", comparison_html(comparison)),
         *(
             [Section("external", "External validation", external_html(runs, externals, out_dir))]
-            if externals else []
+            if externals
+            else []
         ),
         Section(
-            "calibration", "Calibration and operating point",
+            "calibration",
+            "Calibration and operating point",
             calibration_html(runs, externals, out_dir),
         ),
         Section("bars", "Headline metrics", figures["bars"].html()),

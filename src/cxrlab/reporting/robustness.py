@@ -137,14 +137,27 @@ def robustness_fields(runs: Sequence[ReportRun]) -> list[str]:
         f"{name}_{key}"
         for name in robustness_variants(runs)
         for key in (
-            "accuracy", "accuracy_drop", "balanced_accuracy", "macro_f1",
+            "accuracy",
+            "accuracy_drop",
+            "balanced_accuracy",
+            "macro_f1",
             *(f"recall_{c}" for c in runs[0].classes),
         )
     ]
     return [
-        "run", "computed", "reference", "image_size", "n_images", "unreadable", "worst_drop",
-        "worst_variant", *per_variant, "chance_balanced_accuracy", "chance_accuracy",
-        "lungs_segmented", *(f"lungs_segmented_{c}" for c in runs[0].classes),
+        "run",
+        "computed",
+        "reference",
+        "image_size",
+        "n_images",
+        "unreadable",
+        "worst_drop",
+        "worst_variant",
+        *per_variant,
+        "chance_balanced_accuracy",
+        "chance_accuracy",
+        "lungs_segmented",
+        *(f"lungs_segmented_{c}" for c in runs[0].classes),
     ]
 
 
@@ -158,9 +171,12 @@ def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
             data = run.robustness
             drop, where = worst_drop(run)
             row |= {
-                "reference": data.get("reference", ""), "image_size": data.get("image_size", ""),
-                "n_images": data.get("n_images", ""), "unreadable": data.get("unreadable", ""),
-                "worst_drop": csv_number(drop), "worst_variant": where,
+                "reference": data.get("reference", ""),
+                "image_size": data.get("image_size", ""),
+                "n_images": data.get("n_images", ""),
+                "unreadable": data.get("unreadable", ""),
+                "worst_drop": csv_number(drop),
+                "worst_variant": where,
             }
             for name in robustness_variants(runs):
                 variant = _variant(run, name)

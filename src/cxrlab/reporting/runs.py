@@ -146,7 +146,14 @@ def load_run(run_dir: Path) -> ReportRun:
     history = read_history(history_file) if history_file.is_file() else []
     paths, y_true, probs = read_predictions(predictions, list(metrics["classes"]))
     return ReportRun(
-        run_dir, recipe, metrics, history, paths, y_true, probs, metrics["run"],
+        run_dir,
+        recipe,
+        metrics,
+        history,
+        paths,
+        y_true,
+        probs,
+        metrics["run"],
         robustness=optional_json(run_dir / ROBUSTNESS_JSON),
         gradcam=optional_json(run_dir / GRADCAM_JSON),
     )

@@ -28,7 +28,10 @@ DEGREES, TRANSLATE, SCALE, JITTER = 7.0, 0.06, (0.9, 1.1), 0.2
 
 
 def xray_augmentation(
-    degrees: float = DEGREES, translate: float = TRANSLATE, scale: tuple[float, float] = SCALE, jitter: float = JITTER
+    degrees: float = DEGREES,
+    translate: float = TRANSLATE,
+    scale: tuple[float, float] = SCALE,
+    jitter: float = JITTER,
 ) -> v2.Compose:
     """Random affine (rotation, shift, scale) then brightness/contrast jitter."""
     return v2.Compose(
@@ -55,7 +58,11 @@ class BatchXrayAugmentation(nn.Module):
     ``(B, C, S, S)`` at once on its device (zero fill outside the film, values clamped to 0..1)."""
 
     def __init__(
-        self, degrees: float = DEGREES, translate: float = TRANSLATE, scale: tuple[float, float] = SCALE, jitter: float = JITTER
+        self,
+        degrees: float = DEGREES,
+        translate: float = TRANSLATE,
+        scale: tuple[float, float] = SCALE,
+        jitter: float = JITTER,
     ) -> None:
         super().__init__()
         self.degrees, self.translate, self.scale, self.jitter = degrees, translate, scale, jitter
@@ -68,13 +75,26 @@ class BatchXrayAugmentation(nn.Module):
 
         angle = uniform(-self.degrees, self.degrees) * (math.pi / 180)
         scale = uniform(*self.scale)
-        shift = torch.stack([uniform(-self.translate, self.translate), uniform(-self.translate, self.translate)], 1) * 2  # normalised coords
+        shift = (
+            torch.stack(
+                [
+                    uniform(-self.translate, self.translate),
+                    uniform(-self.translate, self.translate),
+                ],
+                1,
+            )
+            * 2
+        )  # normalised coords
         cos, sin = torch.cos(angle), torch.sin(angle)
         # affine_grid maps output to input coordinates: the inverse of "scale, rotate, then shift".
-        inverse = torch.stack([torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1) / scale.view(n, 1, 1)
+        inverse = torch.stack(
+            [torch.stack([cos, sin], 1), torch.stack([-sin, cos], 1)], 1
+        ) / scale.view(n, 1, 1)
         theta = torch.cat([inverse, -(inverse @ shift.unsqueeze(2))], 2)
         grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-        out = F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out = F.grid_sample(
+            images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
         brightness = uniform(1 - self.jitter, 1 + self.jitter).view(n, 1, 1, 1)
         contrast = uniform(1 - self.jitter, 1 + self.jitter).view(n, 1, 1, 1)
         out = (out * brightness).clamp_(0, 1)

@@ -17,15 +17,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.analyze import analyze_dataset
+from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
 from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films, is_current
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
-from cxrlab.training.run import RunResult, calibrate_run, check_runnable, is_calibrated, is_resumable, train_run
+from cxrlab.training.run import (
+    RunResult,
+    calibrate_run,
+    check_runnable,
+    is_calibrated,
+    is_resumable,
+    train_run,
+)
 
 COMPARE_MODES = ("frozen", "finetune", "both")
 
@@ -60,10 +67,18 @@ def plan_runs(
             for run_mode in modes:
                 if run_mode == "frozen" and not has_imagenet:
                     if seed == seeds[0]:
-                        notes.append(f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)")
+                        notes.append(
+                            f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)"
+                        )
                     continue
-                recipe = "frozen" if run_mode == "frozen" else ("finetune" if has_imagenet else "scratch")
-                if run_mode == "finetune" and model in PRESETS:  # a model with a recipe of its own (proposed)
+                recipe = (
+                    "frozen"
+                    if run_mode == "frozen"
+                    else ("finetune" if has_imagenet else "scratch")
+                )
+                if (
+                    run_mode == "finetune" and model in PRESETS
+                ):  # a model with a recipe of its own (proposed)
                     recipe = model
                 overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
                 configs.append(preset(recipe, **source, seed=seed).updated(**(overrides or {})))
@@ -77,7 +92,16 @@ def plan_runs(
 
 def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
     # how it runs, not what it computes; and the operating point, which calibration sets on a finished run
-    ignore = {"num_workers", "devices", "num_nodes", "strategy", "accelerator", "logger", "channels_last", "target_recall"}
+    ignore = {
+        "num_workers",
+        "devices",
+        "num_nodes",
+        "strategy",
+        "accelerator",
+        "logger",
+        "channels_last",
+        "target_recall",
+    }
     left, right = asdict(a), asdict(b)
     return all(left[k] == right[k] for k in left if k not in ignore)
 
@@ -104,9 +128,13 @@ def run_comparison(
 
     for config in configs:
         if str(config.devices) not in ("auto", "1") or config.num_nodes > 1:
-            raise CxrlabError(f"--devices {config.devices}: compare trains in one process; for DDP train each model with cxrlab train --devices N")
+            raise CxrlabError(
+                f"--devices {config.devices}: compare trains in one process; for DDP train each model with cxrlab train --devices N"
+            )
     index = discover(data)
-    for folder in (external or {}).values():  # a class the models do not know fails now, not after training
+    for folder in (
+        external or {}
+    ).values():  # a class the models do not know fails now, not after training
         external_films(folder, index.classes, None)
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None and audit:
@@ -125,31 +153,65 @@ def run_comparison(
         config = config.updated(manifest=str(manifest) if manifest else None)
         run_dir = out / "runs" / config.run_name
         saved = run_dir / "config.json"
-        resume = is_resumable(run_dir)  # a folder left by a run that failed before its first epoch is replaced
+        resume = is_resumable(
+            run_dir
+        )  # a folder left by a run that failed before its first epoch is replaced
         if resume and not _same_recipe(RunConfig.load(saved), config):
-            raise CxrlabError(f"{run_dir}: holds a run with another recipe; use another --out or delete that folder")
-        state = "reusing finished" if (run_dir / "metrics.json").is_file() else ("resuming" if resume else "training")
+            raise CxrlabError(
+                f"{run_dir}: holds a run with another recipe; use another --out or delete that folder"
+            )
+        state = (
+            "reusing finished"
+            if (run_dir / "metrics.json").is_file()
+            else ("resuming" if resume else "training")
+        )
         say(f"[{position}/{len(configs)}] {state} {config.describe()}")
         result: RunResult = train_run(
-            data, config, run_dir, resume=resume, cache_root=cache_root, workers=workers, progress=progress, say=say
+            data,
+            config,
+            run_dir,
+            resume=resume,
+            cache_root=cache_root,
+            workers=workers,
+            progress=progress,
+            say=say,
         )
-        if not is_calibrated(result.metrics, config.target_recall):  # a run made before cxrlab calibrated, or a new operating point
+        if not is_calibrated(
+            result.metrics, config.target_recall
+        ):  # a run made before cxrlab calibrated, or a new operating point
             say("    calibrating on the validation split ...")
-            result = calibrate_run(run_dir, data, target_recall=config.target_recall, cache_root=cache_root, workers=workers, progress=progress)
+            result = calibrate_run(
+                run_dir,
+                data,
+                target_recall=config.target_recall,
+                cache_root=cache_root,
+                workers=workers,
+                progress=progress,
+            )
         test = result.metrics.get("test", {})
         if test:
-            say(f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})")
+            say(
+                f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})"
+            )
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
                 diagnose_run(run_dir, index.root, progress=progress)
-            for name, folder in (external or {}).items():  # scored once per finished model, never used to select
+            for name, folder in (
+                external or {}
+            ).items():  # scored once per finished model, never used to select
                 if not is_current(run_dir / EXTERNAL_DIR / name, result.metrics):
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
-                    say(f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}")
+                    say(
+                        f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}"
+                    )
             write_model_card(run_dir)
         run_dirs.append(run_dir)
     report = write_report(
-        run_dirs, out, title=f"cxrlab comparison on {index.root.name}", analysis_dir=out / "analysis", command=command,
+        run_dirs,
+        out,
+        title=f"cxrlab comparison on {index.root.name}",
+        analysis_dir=out / "analysis",
+        command=command,
         external=list(external or {}),
     )
     return report

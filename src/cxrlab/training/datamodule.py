@@ -26,7 +26,9 @@ from cxrlab.training.config import RunConfig
 class CxrDataModule(L.LightningDataModule):
     """Loaders for one run; ``train_labels`` drive balanced sampling when it is asked for."""
 
-    def __init__(self, train: Dataset, val: Dataset, train_labels: np.ndarray, config: RunConfig) -> None:
+    def __init__(
+        self, train: Dataset, val: Dataset, train_labels: np.ndarray, config: RunConfig
+    ) -> None:
         super().__init__()
         self.train_set, self.val_set = train, val
         self.train_labels = np.asarray(train_labels)
@@ -55,11 +57,20 @@ class CxrDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         if self.config.balance == "sampler":
-            return self._loader(self.train_set, sampler=balanced_sampler(self.train_labels, self.config.seed))
-        return self._loader(self.train_set, shuffle=True, drop_last=len(self.train_set) > self.config.batch_size)
+            return self._loader(
+                self.train_set, sampler=balanced_sampler(self.train_labels, self.config.seed)
+            )
+        return self._loader(
+            self.train_set, shuffle=True, drop_last=len(self.train_set) > self.config.batch_size
+        )
 
     def val_dataloader(self) -> DataLoader:
         if self.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(self.val_set, num_replicas=self.world_size, rank=self.trainer.global_rank, shuffle=False)
+            sampler = UnrepeatedDistributedSampler(
+                self.val_set,
+                num_replicas=self.world_size,
+                rank=self.trainer.global_rank,
+                shuffle=False,
+            )
             return self._loader(self.val_set, sampler=sampler)
         return self._loader(self.val_set, shuffle=False)

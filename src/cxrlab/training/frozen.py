@@ -35,14 +35,20 @@ def extract_features(
     """The inputs of ``model.head`` for every image of ``dataset``: ``float32 (n, d)``."""
     model = model.to(device).eval()
     captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_hook(lambda _m, inputs, _o: captured.append(inputs[0].detach().cpu()))
+    hook = model.head.register_forward_hook(
+        lambda _m, inputs, _o: captured.append(inputs[0].detach().cpu())
+    )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     try:
-        for images, _ in track(loader, total=len(loader), description=f"Features {model.arch}", enabled=progress):
+        for images, _ in track(
+            loader, total=len(loader), description=f"Features {model.arch}", enabled=progress
+        ):
             model(images.to(device))
     finally:
         hook.remove()
-    return torch.cat(captured).numpy().astype(np.float32) if captured else np.zeros((0, 0), np.float32)
+    return (
+        torch.cat(captured).numpy().astype(np.float32) if captured else np.zeros((0, 0), np.float32)
+    )
 
 
 def cached_features(
@@ -56,12 +62,18 @@ def cached_features(
     progress: bool = True,
 ) -> np.ndarray:
     """:func:`extract_features` for cache ``rows``, memoised in the cache folder."""
-    digest = hashlib.sha1(model_key.encode() + b"|" + np.asarray(rows, dtype=np.int64).tobytes()).hexdigest()[:16]
+    digest = hashlib.sha1(
+        model_key.encode() + b"|" + np.asarray(rows, dtype=np.int64).tobytes()
+    ).hexdigest()[:16]
     path = cache.folder / "features" / cache.generation / f"{digest}.npy"
     if path.is_file():
         return np.load(path)
     features = extract_features(
-        model, CachedImageDataset(cache, rows), batch_size=batch_size, device=device, progress=progress
+        model,
+        CachedImageDataset(cache, rows),
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
     )
     with atomic_open(path, "wb") as handle:
         np.save(handle, features)

@@ -35,19 +35,26 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def weighted_cross_entropy(
-    logits: torch.Tensor, target: torch.Tensor, class_weights: torch.Tensor, label_smoothing: float = 0.0
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    class_weights: torch.Tensor,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy with each sample weighted by its true class, label smoothing unweighted.
 
     (PyTorch's ``cross_entropy(weight=..., label_smoothing=...)`` also weights the smoothing
     term by class, which pulls every prediction towards the rare class and ruins calibration.)
     """
-    per_sample = nn.functional.cross_entropy(logits.float(), target, reduction="none", label_smoothing=label_smoothing)
+    per_sample = nn.functional.cross_entropy(
+        logits.float(), target, reduction="none", label_smoothing=label_smoothing
+    )
     weights = class_weights[target]
     return (per_sample * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
-def parameter_groups(net: nn.Module, lr: float, backbone_lr: float, weight_decay: float) -> list[dict]:
+def parameter_groups(
+    net: nn.Module, lr: float, backbone_lr: float, weight_decay: float
+) -> list[dict]:
     """Head and backbone groups, each split into decayed weights and undecayed biases/norms."""
     if isinstance(net, CxrClassifier):
         parts = [(list(net.head_parameters()), lr), (list(net.backbone_parameters()), backbone_lr)]
@@ -98,26 +105,42 @@ def freeze_batchnorm_statistics(net: nn.Module) -> None:
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training with validation macro-F1 as the selection metric."""
 
-    def __init__(self, net: nn.Module, config: RunConfig, num_classes: int, class_weights: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        config: RunConfig,
+        num_classes: int,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.net = net
         self.config = config
         self.num_classes = num_classes
-        self.register_buffer("class_weights", class_weights if class_weights is not None else torch.ones(num_classes))
+        self.register_buffer(
+            "class_weights", class_weights if class_weights is not None else torch.ones(num_classes)
+        )
         self.train_loss, self.val_loss = MeanMetric(), MeanMetric()
-        self.val_count = SumMetric()  # images validated this epoch, over all processes (each exactly once)
+        self.val_count = (
+            SumMetric()
+        )  # images validated this epoch, over all processes (each exactly once)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.history: list[dict[str, float]] = []
         # EMA of the weights (timm's, with decay warm-up): validated, selected and kept instead of the raw weights.
-        self.ema = ModelEmaV3(net, decay=config.ema_decay, use_warmup=True, warmup_power=3 / 4) if config.ema_decay > 0 else None
+        self.ema = (
+            ModelEmaV3(net, decay=config.ema_decay, use_warmup=True, warmup_power=3 / 4)
+            if config.ema_decay > 0
+            else None
+        )
         if self.ema is not None:
             self.ema.requires_grad_(False)
         self._epoch_started = time.perf_counter()
         self.batch_augment = device_augmentation(config)
 
-    def on_after_batch_transfer(self, batch: tuple[torch.Tensor, torch.Tensor], _loader_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def on_after_batch_transfer(
+        self, batch: tuple[torch.Tensor, torch.Tensor], _loader_index: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_augment is not None and self.trainer.training:
             return self.batch_augment(batch[0]), batch[1]
         return batch
@@ -148,7 +171,9 @@ class ClassifierModule(L.LightningModule):
         """The weights that are validated and kept: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.net
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    def loss(
+        self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
+    ) -> torch.Tensor:
         """The head's own loss when it has one (the two-stage head), else class-weighted cross-entropy."""
         head = self.net.head if isinstance(self.net, CxrClassifier) else self.net
         own = getattr(head, "loss", None)
@@ -181,8 +206,12 @@ class ClassifierModule(L.LightningModule):
         row = {
             "epoch": float(self.current_epoch),
             "lr": float(self.optimizers().param_groups[0]["lr"]),
-            "train_loss": float(self.train_loss.compute()) if self.train_loss.update_called else math.nan,
-            "train_acc": float(self.train_acc.compute()) if self.train_acc.update_called else math.nan,
+            "train_loss": float(self.train_loss.compute())
+            if self.train_loss.update_called
+            else math.nan,
+            "train_acc": float(self.train_acc.compute())
+            if self.train_acc.update_called
+            else math.nan,
             "val_loss": float(self.val_loss.compute()),
             "val_acc": float(self.val_acc.compute()),
             "val_macro_f1": float(self.val_f1.compute()),
@@ -203,8 +232,12 @@ class ClassifierModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=c.lr)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = min(total - 1, round(c.warmup_epochs * total / c.epochs)) if c.warmup_epochs > 0 else 0
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, warmup, total))
+        warmup = (
+            min(total - 1, round(c.warmup_epochs * total / c.epochs)) if c.warmup_epochs > 0 else 0
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, warmup, total)
+        )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

@@ -59,7 +59,12 @@ from cxrlab.evaluation.calibration import (
     target_name,
 )
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
-from cxrlab.evaluation.predict import inference_speed, pick_device, predict_logits, write_predictions
+from cxrlab.evaluation.predict import (
+    inference_speed,
+    pick_device,
+    predict_logits,
+    write_predictions,
+)
 from cxrlab.fileio import atomic_open, atomic_write_text, locked, read_text
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier, check_model, create_model
@@ -70,7 +75,17 @@ from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
 
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "epoch_time_s", "val_n")
+HISTORY_FIELDS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "val_macro_f1",
+    "epoch_time_s",
+    "val_n",
+)
 
 
 @dataclass
@@ -81,7 +96,9 @@ class PreparedData:
     cache: ImageCache
     subsets: dict[str, list[tuple[str, str]]]
     rows: dict[str, np.ndarray]
-    skipped: dict[str, str] = field(default_factory=dict)  # files of the split that could not be decoded: why
+    skipped: dict[str, str] = field(
+        default_factory=dict
+    )  # files of the split that could not be decoded: why
 
     @property
     def classes(self) -> list[str]:
@@ -108,12 +125,18 @@ def prepare_data(
     index = discover(data)
     index.require("train")
     cache = build_cache(
-        index, CacheSpec(config.image_size, config.resize), cache_root=cache_root, workers=workers, progress=progress
+        index,
+        CacheSpec(config.image_size, config.resize),
+        cache_root=cache_root,
+        workers=workers,
+        progress=progress,
     )
     if split_file is not None and split_file.is_file():
         subsets = load_split(split_file)
     else:
-        subsets = make_split(index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest)
+        subsets = make_split(
+            index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest
+        )
     usable = {path for path, ok in zip(cache.paths, cache.ok) if ok}
     skipped = {
         path: cache.errors.get(path, f"{path}: no longer in the dataset")
@@ -121,13 +144,17 @@ def prepare_data(
         for path, _ in items
         if path not in usable
     }
-    subsets = {name: [item for item in items if item[0] in usable] for name, items in subsets.items()}
+    subsets = {
+        name: [item for item in items if item[0] in usable] for name, items in subsets.items()
+    }
     rows = {name: rows_for(cache, items) for name, items in subsets.items()}
     for name in ("train", "val"):
         present = set(cache.labels[rows.get(name, np.zeros(0, np.int64))].tolist())
         missing = [c for k, c in enumerate(index.classes) if k not in present]
         if missing:
-            raise CxrlabError(f"{data}: the {name} subset has no usable images of class {', '.join(missing)}")
+            raise CxrlabError(
+                f"{data}: the {name} subset has no usable images of class {', '.join(missing)}"
+            )
     return PreparedData(index, cache, subsets, rows, skipped)
 
 
@@ -147,13 +174,22 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
-            writer.writerow({k: (int(row[k]) if k == "epoch" else f"{row.get(k, math.nan):.6g}") for k in HISTORY_FIELDS})
+            writer.writerow(
+                {
+                    k: (int(row[k]) if k == "epoch" else f"{row.get(k, math.nan):.6g}")
+                    for k in HISTORY_FIELDS
+                }
+            )
 
 
 def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
     """CSV always (a resumed run logs into a new folder, keeping the old logs); TensorBoard or MLflow on request."""
-    versions = [p.name for p in (run_dir / "logs").glob("csv*")] if (run_dir / "logs").is_dir() else []
-    loggers: list[Logger] = [CSVLogger(run_dir, name="logs", version=f"csv-{len(versions)}" if versions else "csv")]
+    versions = (
+        [p.name for p in (run_dir / "logs").glob("csv*")] if (run_dir / "logs").is_dir() else []
+    )
+    loggers: list[Logger] = [
+        CSVLogger(run_dir, name="logs", version=f"csv-{len(versions)}" if versions else "csv")
+    ]
     try:
         if config.logger == "tensorboard":
             from lightning.pytorch.loggers import TensorBoardLogger
@@ -162,16 +198,26 @@ def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
         elif config.logger == "mlflow":
             from lightning.pytorch.loggers import MLFlowLogger
 
-            loggers.append(MLFlowLogger(experiment_name="cxrlab", run_name=run_dir.name, tracking_uri=f"file:{run_dir / 'logs' / 'mlruns'}"))
+            loggers.append(
+                MLFlowLogger(
+                    experiment_name="cxrlab",
+                    run_name=run_dir.name,
+                    tracking_uri=f"file:{run_dir / 'logs' / 'mlruns'}",
+                )
+            )
     except ImportError as exc:  # Lightning raises ModuleNotFoundError when the backend is missing
-        raise CxrlabError(f"--logger {config.logger}: the {config.logger} package is not installed (pip install {config.logger})") from exc
+        raise CxrlabError(
+            f"--logger {config.logger}: the {config.logger} package is not installed (pip install {config.logger})"
+        ) from exc
     return loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written whole or not at all (a kill mid-write keeps the previous file)."""
 
-    def save_checkpoint(self, checkpoint: dict, path: str | Path, storage_options: object | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict, path: str | Path, storage_options: object | None = None
+    ) -> None:
         with atomic_open(path, "wb") as handle:
             torch.save(checkpoint, handle)
 
@@ -204,19 +250,30 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 
 
 def build_trainer(
-    config: RunConfig, device: torch.device, *, callbacks: list[Callback], logger: list[Logger] | bool, progress: bool, root: Path, **overrides: object
+    config: RunConfig,
+    device: torch.device,
+    *,
+    callbacks: list[Callback],
+    logger: list[Logger] | bool,
+    progress: bool,
+    root: Path,
+    **overrides: object,
 ) -> L.Trainer:
     """The Lightning Trainer of a run (``overrides``: extra Trainer arguments, e.g. for benchmarks)."""
     settings: dict[str, object] = dict(
         max_epochs=config.epochs,
-        accelerator="cpu" if device.type == "cpu" and config.accelerator == "auto" else config.accelerator,
+        accelerator="cpu"
+        if device.type == "cpu" and config.accelerator == "auto"
+        else config.accelerator,
         devices=config.devices,
         num_nodes=config.num_nodes,
         strategy=config.strategy,
         precision=_precision(config),
         callbacks=callbacks,
         logger=logger,
-        deterministic=True if device.type == "cpu" else "warn",  # some CUDA kernels have no deterministic version
+        deterministic=True
+        if device.type == "cpu"
+        else "warn",  # some CUDA kernels have no deterministic version
         num_sanity_val_steps=0,
         enable_progress_bar=progress,
         enable_model_summary=False,
@@ -238,8 +295,12 @@ class RunResult:
     def load(cls, run_dir: Path) -> RunResult:
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
-            raise CxrlabError(f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)")
-        return cls(run_dir, RunConfig.load(run_dir / "config.json"), json.loads(read_text(metrics_file)))
+            raise CxrlabError(
+                f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
+            )
+        return cls(
+            run_dir, RunConfig.load(run_dir / "config.json"), json.loads(read_text(metrics_file))
+        )
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -248,7 +309,9 @@ def is_finished(run_dir: Path) -> bool:
 
 def is_resumable(run_dir: Path) -> bool:
     """A run that finished at least one epoch (a folder with only a config failed before that)."""
-    return (run_dir / "config.json").is_file() and (is_finished(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file())
+    return (run_dir / "config.json").is_file() and (
+        is_finished(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file()
+    )
 
 
 def launched_rank() -> int:
@@ -264,7 +327,13 @@ def launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
-RUN_FILES = ("config.json", "split.csv", "history.csv", "checkpoints", "logs")  # what a run writes before its first epoch ends
+RUN_FILES = (
+    "config.json",
+    "split.csv",
+    "history.csv",
+    "checkpoints",
+    "logs",
+)  # what a run writes before its first epoch ends
 
 
 def discard_unstarted(run_dir: Path) -> None:
@@ -282,11 +351,15 @@ def check_runnable(config: RunConfig, *, model_option: str = "--model") -> None:
     small for it, a GPU that is not there, a global batch that the processes cannot share."""
     check_model(config.model, config.image_size, option=model_option)
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise CxrlabError(f"--accelerator {config.accelerator}: no CUDA GPU is available here; use --accelerator cpu or auto")
+        raise CxrlabError(
+            f"--accelerator {config.accelerator}: no CUDA GPU is available here; use --accelerator cpu or auto"
+        )
     from lightning.pytorch.strategies import StrategyRegistry
 
     if config.strategy != "auto" and config.strategy not in StrategyRegistry:
-        raise CxrlabError(f"--strategy {config.strategy}: not a Lightning strategy (e.g. auto, ddp, ddp_spawn, fsdp)")
+        raise CxrlabError(
+            f"--strategy {config.strategy}: not a Lightning strategy (e.g. auto, ddp, ddp_spawn, fsdp)"
+        )
     processes = planned_processes(config)
     if config.batch_size % processes:
         raise CxrlabError(
@@ -307,7 +380,9 @@ def planned_processes(config: RunConfig) -> int:
         try:
             count = int(devices)
         except ValueError:
-            raise CxrlabError(f"--devices {config.devices}: not a number, a list like 0,1, or auto") from None
+            raise CxrlabError(
+                f"--devices {config.devices}: not a number, a list like 0,1, or auto"
+            ) from None
         if count < 1:
             raise CxrlabError(f"--devices {config.devices}: must be at least 1 (or auto)")
     return count * config.num_nodes
@@ -328,11 +403,23 @@ def subset_logits(
         with torch.no_grad():
             return model.head(torch.from_numpy(feats[name])).double().numpy()
     dataset = CachedImageDataset(prepared.cache, prepared.rows[name])
-    return predict_logits(model, dataset, batch_size=batch_size, device=device, progress=progress, description=f"Predicting {name}")
+    return predict_logits(
+        model,
+        dataset,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        description=f"Predicting {name}",
+    )
 
 
 def calibrate_and_test(
-    run_dir: Path, model: CxrClassifier, config: RunConfig, prepared: PreparedData, logits: dict[str, np.ndarray], metrics: dict
+    run_dir: Path,
+    model: CxrClassifier,
+    config: RunConfig,
+    prepared: PreparedData,
+    logits: dict[str, np.ndarray],
+    metrics: dict,
 ) -> None:
     """Fit the temperature (and the operating point of ``config.target_recall``) on the validation
     logits, save ``model.pt`` with them, write ``val_predictions.csv`` and ``test_predictions.csv``
@@ -343,17 +430,30 @@ def calibrate_and_test(
     val_probs = softmax(logits["val"], temperature)
     point = None
     if config.target_recall:
-        point = choose_operating_point(val_probs, y_val, classes, *parse_target_recall(config.target_recall, classes))
+        point = choose_operating_point(
+            val_probs, y_val, classes, *parse_target_recall(config.target_recall, classes)
+        )
     save_checkpoint(
-        model, run_dir / "model.pt", image_size=config.image_size, resize=config.resize, tta=model.tta, config=asdict(config),
-        temperature=temperature, operating_point=asdict(point) if point else None,
+        model,
+        run_dir / "model.pt",
+        image_size=config.image_size,
+        resize=config.resize,
+        tta=model.tta,
+        config=asdict(config),
+        temperature=temperature,
+        operating_point=asdict(point) if point else None,
     )
 
     def paths(subset: str) -> list[str]:
         return [prepared.cache.paths[r] for r in prepared.rows[subset]]
 
-    write_predictions(run_dir / "val_predictions.csv", paths("val"), y_val, val_probs, classes, point)
-    calibration = {"temperature": temperature, "val": asdict(CalibrationEffect.of(logits["val"], y_val, temperature))}
+    write_predictions(
+        run_dir / "val_predictions.csv", paths("val"), y_val, val_probs, classes, point
+    )
+    calibration = {
+        "temperature": temperature,
+        "val": asdict(CalibrationEffect.of(logits["val"], y_val, temperature)),
+    }
     if point is not None:
         metrics["operating_point"] = asdict(point)
     if "test" in logits:
@@ -361,16 +461,24 @@ def calibrate_and_test(
         probs = softmax(logits["test"], temperature)
         calibration["test"] = asdict(CalibrationEffect.of(logits["test"], y_true, temperature))
         metrics["test"] = classification_metrics(y_true, probs, classes)
-        metrics["intervals"] = {k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()}
-        write_predictions(run_dir / "test_predictions.csv", paths("test"), y_true, probs, classes, point)
+        metrics["intervals"] = {
+            k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()
+        }
+        write_predictions(
+            run_dir / "test_predictions.csv", paths("test"), y_true, probs, classes, point
+        )
         if point is not None:
-            metrics["operating_point"]["test"] = asdict(OperatingResult.of(point, y_true, probs, classes))
+            metrics["operating_point"]["test"] = asdict(
+                OperatingResult.of(point, y_true, probs, classes)
+            )
     metrics["calibration"] = calibration
 
 
 def is_calibrated(metrics: dict, target_recall: str | None = None) -> bool:
     """Whether a finished run (its ``metrics.json``) has its temperature (and, when asked, that operating point)."""
-    wanted = target_recall is None or run_target(metrics) == target_name(*parse_target_recall(target_recall))
+    wanted = target_recall is None or run_target(metrics) == target_name(
+        *parse_target_recall(target_recall)
+    )
     return "calibration" in metrics and wanted
 
 
@@ -396,14 +504,31 @@ def calibrate_run(
     model = load_checkpoint(run_dir / "model.pt")
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
-        prepared = prepare_data(data, config, split_file=run_dir / "split.csv", cache_root=cache_root, workers=workers, progress=progress)
+        prepared = prepare_data(
+            data,
+            config,
+            split_file=run_dir / "split.csv",
+            cache_root=cache_root,
+            workers=workers,
+            progress=progress,
+        )
         if prepared.classes != list(model.classes):
-            raise CxrlabError(f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} (is this the run's dataset?)")
+            raise CxrlabError(
+                f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} (is this the run's dataset?)"
+            )
         if config.target_recall:
             parse_target_recall(config.target_recall, prepared.classes)
         torch_device = pick_device(device)
         logits = {
-            name: subset_logits(model, prepared, name, feats=None, device=torch_device, batch_size=64, progress=progress)
+            name: subset_logits(
+                model,
+                prepared,
+                name,
+                feats=None,
+                device=torch_device,
+                batch_size=64,
+                progress=progress,
+            )
             for name in ("val", "test")
             if name in prepared.rows and len(prepared.rows[name])
         }
@@ -437,7 +562,17 @@ def train_run(
     config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
     if launched_rank() != 0:  # a DDP process started by Lightning: rank 0 owns the run folder
         config = RunConfig.load(config_file) if resume else config
-        return _fit_and_test(data, config, run_dir, resume=resume, worker=True, cache_root=cache_root, workers=workers, progress=False, say=say)
+        return _fit_and_test(
+            data,
+            config,
+            run_dir,
+            resume=resume,
+            worker=True,
+            cache_root=cache_root,
+            workers=workers,
+            progress=False,
+            say=say,
+        )
     if resume:
         if not config_file.is_file():
             raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
@@ -451,15 +586,31 @@ def train_run(
     with locked(run_dir, busy=busy):
         if resume:
             if not last.is_file():
-                raise CxrlabError(f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume")
-            safe_load(last, "--resume")  # a damaged checkpoint is named here, not deep inside Lightning
+                raise CxrlabError(
+                    f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume"
+                )
+            safe_load(
+                last, "--resume"
+            )  # a damaged checkpoint is named here, not deep inside Lightning
         elif is_resumable(run_dir):
-            raise CxrlabError(f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out")
+            raise CxrlabError(
+                f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out"
+            )
         elif config_file.is_file():
             discard_unstarted(run_dir)
             say(f"note: {run_dir} held a run that failed before its first epoch; it is replaced")
         try:
-            return _fit_and_test(data, config, run_dir, resume=resume, worker=False, cache_root=cache_root, workers=workers, progress=progress, say=say)
+            return _fit_and_test(
+                data,
+                config,
+                run_dir,
+                resume=resume,
+                worker=False,
+                cache_root=cache_root,
+                workers=workers,
+                progress=progress,
+                say=say,
+            )
         except BaseException:
             if not last.is_file():  # failed before its first epoch: leave nothing
                 discard_unstarted(run_dir)
@@ -483,13 +634,20 @@ def _fit_and_test(
     """Prepare the data, fit, choose on validation, test once, write the run folder."""
     config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
     prepared = prepare_data(
-        data, config, split_file=run_dir / "split.csv" if resume or worker else None, cache_root=cache_root, workers=workers, progress=progress
+        data,
+        config,
+        split_file=run_dir / "split.csv" if resume or worker else None,
+        cache_root=cache_root,
+        workers=workers,
+        progress=progress,
     )
     if not worker:
         for reason in list(prepared.skipped.values())[:10]:
             say(f"skipped {reason}")
         if len(prepared.skipped) > 10:
-            say(f"skipped {len(prepared.skipped) - 10} more unreadable file(s) (listed in metrics.json)")
+            say(
+                f"skipped {len(prepared.skipped) - 10} more unreadable file(s) (listed in metrics.json)"
+            )
     if not worker and not resume:
         config.save(config_file)
         save_split(run_dir / "split.csv", prepared.subsets)
@@ -499,26 +657,38 @@ def _fit_and_test(
 
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
-    model = create_model(config.model, classes, pretrained=config.pretrained, weights=config.weights)
-    weights = class_weights(prepared.labels("train"), len(classes)) if config.balance == "weights" else None
+    model = create_model(
+        config.model, classes, pretrained=config.pretrained, weights=config.weights
+    )
+    weights = (
+        class_weights(prepared.labels("train"), len(classes))
+        if config.balance == "weights"
+        else None
+    )
     device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
 
     timings: dict[str, float] = {}
-    feats: dict[str, np.ndarray] | None = None  # frozen mode: the backbone's features of each subset
+    feats: dict[str, np.ndarray] | None = (
+        None  # frozen mode: the backbone's features of each subset
+    )
     if config.mode == "frozen":
         for p in model.backbone_parameters():
             p.requires_grad_(False)
         started = time.perf_counter()
         key = f"{config.model}|{config.weights or ('imagenet' if config.pretrained else f'scratch-seed{config.seed}')}"
         feats = {
-            name: cached_features(model, prepared.cache, prepared.rows[name], key, device=device, progress=progress)
+            name: cached_features(
+                model, prepared.cache, prepared.rows[name], key, device=device, progress=progress
+            )
             for name in ("train", "val", "test")
             if name in prepared.rows
         }
         timings["features_s"] = time.perf_counter() - started
 
         def subset(name: str) -> TensorDataset:
-            return TensorDataset(torch.from_numpy(feats[name]), torch.from_numpy(prepared.labels(name)))
+            return TensorDataset(
+                torch.from_numpy(feats[name]), torch.from_numpy(prepared.labels(name))
+            )
 
         net: torch.nn.Module = model.head
         train_set, val_set = subset("train"), subset("val")
@@ -526,13 +696,19 @@ def _fit_and_test(
         net = model
         if config.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        train_set = CachedImageDataset(prepared.cache, prepared.rows["train"], transform=loader_augmentation(config))
+        train_set = CachedImageDataset(
+            prepared.cache, prepared.rows["train"], transform=loader_augmentation(config)
+        )
         val_set = CachedImageDataset(prepared.cache, prepared.rows["val"])
 
     module = ClassifierModule(net, config, len(classes), weights)
     datamodule = CxrDataModule(train_set, val_set, prepared.labels("train"), config)
-    checkpoints = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor="val_macro_f1", mode="max")
-    latest = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)  # every epoch
+    checkpoints = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="best", monitor="val_macro_f1", mode="max"
+    )
+    latest = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
+    )  # every epoch
     callbacks: list[Callback] = [
         checkpoints,
         latest,
@@ -542,16 +718,28 @@ def _fit_and_test(
     if progress:
         callbacks.append(RichProgressBar())
     trainer = build_trainer(
-        config, device, callbacks=callbacks, logger=_loggers(config, run_dir), progress=progress, root=run_dir,
+        config,
+        device,
+        callbacks=callbacks,
+        logger=_loggers(config, run_dir),
+        progress=progress,
+        root=run_dir,
         log_every_n_steps=min(10, max(1, len(train_set) // config.batch_size)),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume and last.is_file() else None, weights_only=True)
+    trainer.fit(
+        module,
+        datamodule=datamodule,
+        ckpt_path=last if resume and last.is_file() else None,
+        weights_only=True,
+    )
     if not trainer.is_global_zero:
         return RunResult(run_dir, config, {})
 
     # the callback's best, or (a resumed run whose folder was moved: the remembered path is gone) its copy here
     candidates = [Path(checkpoints.best_model_path)] if checkpoints.best_model_path else []
-    best = next((p for p in [*candidates, run_dir / "checkpoints" / "best.ckpt"] if p.is_file()), last)
+    best = next(
+        (p for p in [*candidates, run_dir / "checkpoints" / "best.ckpt"] if p.is_file()), last
+    )
     state = safe_load(best, "Lightning checkpoint")["state_dict"]
     module.load_state_dict(state)
     if module.ema is not None:
@@ -561,7 +749,9 @@ def _fit_and_test(
     best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
     timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
     model.eval()
-    model.tta = config.tta and config.mode == "finetune"  # frozen mode tests cached features: no views
+    model.tta = (
+        config.tta and config.mode == "finetune"
+    )  # frozen mode tests cached features: no views
 
     metrics: dict[str, object] = {
         "run": config.run_name,
@@ -578,18 +768,52 @@ def _fit_and_test(
         "skipped": prepared.skipped,
     }
     batch_size = max(64, config.batch_size)
-    logits = {"val": subset_logits(model, prepared, "val", feats=feats, device=device, batch_size=batch_size, progress=progress)}
-    if "test" in prepared.rows and len(prepared.rows["test"]):  # the test split, once, with the checkpoint chosen on validation
+    logits = {
+        "val": subset_logits(
+            model,
+            prepared,
+            "val",
+            feats=feats,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    }
+    if "test" in prepared.rows and len(
+        prepared.rows["test"]
+    ):  # the test split, once, with the checkpoint chosen on validation
         started = time.perf_counter()
-        logits["test"] = subset_logits(model, prepared, "test", feats=feats, device=device, batch_size=batch_size, progress=progress)
+        logits["test"] = subset_logits(
+            model,
+            prepared,
+            "test",
+            feats=feats,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
         timings["test_s"] = time.perf_counter() - started
     calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
-    if model.tta and "test" in logits:  # the same checkpoint without test-time augmentation, for the ablation
+    if (
+        model.tta and "test" in logits
+    ):  # the same checkpoint without test-time augmentation, for the ablation
         model.tta = False
-        plain = subset_logits(model, prepared, "test", feats=None, device=device, batch_size=batch_size, progress=progress)
-        metrics["test_without_tta"] = classification_metrics(prepared.labels("test"), softmax(plain, metrics["calibration"]["temperature"]), classes)
+        plain = subset_logits(
+            model,
+            prepared,
+            "test",
+            feats=None,
+            device=device,
+            batch_size=batch_size,
+            progress=progress,
+        )
+        metrics["test_without_tta"] = classification_metrics(
+            prepared.labels("test"), softmax(plain, metrics["calibration"]["temperature"]), classes
+        )
         model.tta = True
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
     metrics["inference_device"] = device.type
-    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")  # last: it marks the run finished
+    atomic_write_text(
+        run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n"
+    )  # last: it marks the run finished
     return RunResult(run_dir, config, metrics)
