@@ -1,9 +1,10 @@
 """Benchmark: `cxrlab compare` on the real Kaggle data, AlexNet / ResNet-18 / MobileNetV2, each
 model also scored on the external adult films of ../shared/data/external-dev.
 
-    uv run python benchmarks/compare_real.py                 # the CPU budget (about an hour, 2 cores)
+    uv run python benchmarks/compare_real.py  # the CPU budget (about an hour, 2 cores)
     uv run python benchmarks/compare_real.py --models alexnet resnet18 mobilenet_v2 proposed
-    uv run python benchmarks/compare_real.py --image-size 224 --epochs 30 --num-workers 8   # on a GPU
+    # on a GPU
+    uv run python benchmarks/compare_real.py --image-size 224 --epochs 30 --num-workers 8
 
 External sets (``--external NAME=PATH``, default ``adult=../shared/data/external-dev`` where it
 exists) are scored once per finished model and never used to train or select. Every run is
@@ -52,7 +53,8 @@ def real_data_parser(description: str) -> argparse.ArgumentParser:
 
 
 def shared_missing(data: Path, weights: Path) -> bool:
-    """Say SKIP and return True when the dataset or the MobileNetV2 weights are not beside the repo."""
+    """Say SKIP and return True when the dataset or the MobileNetV2 weights are not beside the
+    repo."""
     for path, what in ((data, "dataset"), (weights, "MobileNetV2 weights")):
         if not path.exists():
             print(f"SKIP: {what} not found at {path} (place ../shared beside the repo)")
@@ -116,7 +118,8 @@ def main() -> int:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cxrlab", *command[1:]], check=True)
     print(
-        f"wall time: {time.perf_counter() - started:.0f} s (budget: {args.image_size} px, {args.epochs} epochs)"
+        f"wall time: {time.perf_counter() - started:.0f} s "
+        f"(budget: {args.image_size} px, {args.epochs} epochs)"
     )
     return 0
 

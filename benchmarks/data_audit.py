@@ -128,7 +128,8 @@ def main() -> int:
         f"files {s['files']}, unreadable {s['unreadable'] or 0}, excluded {s['status']['excluded']}"
     )
     print(
-        f"exact duplicates: {s['exact_duplicate_groups']} groups / {s['exact_duplicate_files']} files"
+        f"exact duplicates: {s['exact_duplicate_groups']} groups / "
+        f"{s['exact_duplicate_files']} files"
     )
     print(
         f"near duplicates:  {s['near_duplicate_groups']} groups / {s['near_duplicate_files']} files"
@@ -146,7 +147,8 @@ def main() -> int:
     check = detector_check(args.data)
     print(f"near-duplicate detector ({time.perf_counter() - started:.1f} s):")
     print(
-        f"  recall on {check['copies']} re-encoded/resized/squashed copies of real images: {check['recall']:.3f}"
+        f"  recall on {check['copies']} re-encoded/resized/squashed copies of real images: "
+        f"{check['recall']:.3f}"
     )
     print(
         f"  false matches of those copies to other images: {check['false_matches_of_copies']} "
@@ -154,7 +156,8 @@ def main() -> int:
     )
     print(
         f"  train x test pairs flagged ({check['cross_split_pairs']:,} pairs): 64x64 NCC >= 0.98: "
-        f"{check['cross_split_flagged_ncc']}; 8x8 dHash <= 5 bits: {check['cross_split_flagged_dhash_le_5']:,}; "
+        f"{check['cross_split_flagged_ncc']}; "
+        f"8x8 dHash <= 5 bits: {check['cross_split_flagged_dhash_le_5']:,}; "
         f"<= 10 bits: {check['cross_split_flagged_dhash_le_10']:,}"
     )
     return 0

@@ -1,8 +1,12 @@
-"""Benchmark: the proposed model (second design) against fine-tuned MobileNetV2, on the Kaggle test split and on external-dev.
+"""Benchmark: the proposed model (second design) against fine-tuned MobileNetV2, on the Kaggle \
+test split and on external-dev.
 
-    uv run python benchmarks/proposed_real.py                  # the CPU budget: 128 px, 15 epochs, seeds 0 1 2 (2 cores: about 2.5 h)
-    uv run python benchmarks/proposed_real.py --image-size 224 --epochs 25 --num-workers 8   # on a GPU
-    uv run python benchmarks/proposed_real.py --summary-only   # the tables again, from the runs already in OUT
+    # the CPU budget: 128 px, 15 epochs, seeds 0 1 2 (2 cores: about 2.5 h)
+    uv run python benchmarks/proposed_real.py
+    # on a GPU
+    uv run python benchmarks/proposed_real.py --image-size 224 --epochs 25 --num-workers 8
+    # the tables again, from the runs already in OUT
+    uv run python benchmarks/proposed_real.py --summary-only
 
 1. ``cxrlab compare`` of ``mobilenet_v2`` (ImageNet, fine-tuned: the best pretrained model of
    the comparison, on the Kaggle test split and on external-dev) and ``proposed`` under the same
@@ -109,7 +113,10 @@ def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
         "",
     ]
     lines += [
-        "| model | seeds | Kaggle test accuracy | Kaggle test macro-F1 | Kaggle test COVID19 recall | external NORMAL recall | external COVID19 recall | external balanced accuracy | external NORMAL called COVID19 (of 400) |",
+        "| model | seeds | Kaggle test accuracy | Kaggle test macro-F1 "
+        "| Kaggle test COVID19 recall | external NORMAL recall | external COVID19 recall "
+        "| external balanced accuracy "
+        "| external NORMAL called COVID19 (of 400) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for m in MODELS:
@@ -127,7 +134,8 @@ def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
     lines += ["", "External balanced accuracy per seed, bootstrap 95% CI:", ""]
     for m in MODELS:
         cells = [
-            f"s{s} {done[s][m].external['balanced_accuracy']:.3f} [{done[s][m].external_ci[0]:.3f}, {done[s][m].external_ci[1]:.3f}]"
+            f"s{s} {done[s][m].external['balanced_accuracy']:.3f} "
+            f"[{done[s][m].external_ci[0]:.3f}, {done[s][m].external_ci[1]:.3f}]"
             for s in seeds
         ]
         lines.append(f"- {m}: " + "; ".join(cells))
@@ -152,7 +160,8 @@ def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
                 getattr(done[s]["mobilenet_v2"], probs).argmax(1),
             )
             lines.append(
-                f"| {name} | seed {s} vs seed {s} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+                f"| {name} | seed {s} vs seed {s} | {r.only_a_right} | {r.only_b_right} | "
+                f"{r.p_value:.2g} |"
             )
         if len(seeds) > 1:  # one prediction per film from the seeds' mean probability
             avg = {
@@ -161,7 +170,8 @@ def summary(done: dict[int, dict[str, Seed]]) -> list[str]:
             }
             r = mcnemar(y, avg["proposed"], avg["mobilenet_v2"])
             lines.append(
-                f"| {name} | seed-averaged probabilities | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+                f"| {name} | seed-averaged probabilities | {r.only_a_right} | {r.only_b_right} | "
+                f"{r.p_value:.2g} |"
             )
     lines += ["", "## The goals (issue 13)", ""] + goals(done)
     return lines
@@ -255,7 +265,8 @@ def goals(done: dict[int, dict[str, Seed]]) -> list[str]:
         (
             "better than the baseline on external-dev, McNemar p < 0.05 on every seed",
             worst_p < 0.05,
-            f"{p['balanced_accuracy']:.3f} vs {mean['mobilenet_v2']['balanced_accuracy']:.3f}, largest p {worst_p:.2g}",
+            f"{p['balanced_accuracy']:.3f} vs {mean['mobilenet_v2']['balanced_accuracy']:.3f}, "
+            f"largest p {worst_p:.2g}",
         ),
         (
             "Kaggle test macro-F1 ≥ baseline mean − 0.01",
@@ -329,7 +340,10 @@ def main() -> int:
     if not done:
         print(f"no seed has both models finished in {args.out}")
         return 1
-    title = f"# proposed vs fine-tuned mobilenet_v2 ({args.image_size} px, {args.epochs} epochs, seeds {sorted(done)})"
+    title = (
+        f"# proposed vs fine-tuned mobilenet_v2 ({args.image_size} px, {args.epochs} epochs, "
+        f"seeds {sorted(done)})"
+    )
     lines = summary(done) + abnormal_on_unseen_covid(args.out, args.data, sorted(done))
     text = (
         "\n".join(

@@ -1,7 +1,10 @@
-"""Benchmark: the first proposed design (``proposed_v1``) against the best pretrained baseline on the real data, with an ablation.
+"""Benchmark: the first proposed design (``proposed_v1``) against the best pretrained baseline \
+on the real data, with an ablation.
 
-    uv run python benchmarks/proposed_v1_real.py                    # the CPU budget (2 cores: about 2.5 h from scratch)
-    uv run python benchmarks/proposed_v1_real.py --image-size 224 --epochs 25 --num-workers 8   # on a GPU
+    # the CPU budget (2 cores: about 2.5 h from scratch)
+    uv run python benchmarks/proposed_v1_real.py
+    # on a GPU
+    uv run python benchmarks/proposed_v1_real.py --image-size 224 --epochs 25 --num-workers 8
 
 1. ``cxrlab compare`` of ``mobilenet_v2`` (ImageNet, fine-tuned: the best pretrained model of
    the comparison) and ``proposed_v1`` under the same budget (image size, epochs, patience,
@@ -100,7 +103,8 @@ def main() -> int:
         ]
     )
     lines = [
-        f"# Proposed vs best pretrained baseline ({args.image_size} px, {args.epochs} epochs, seeds {args.seeds})",
+        f"# Proposed vs best pretrained baseline ({args.image_size} px, {args.epochs} epochs, "
+        f"seeds {args.seeds})",
         "",
     ]
     runs = {
@@ -164,7 +168,8 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
         values = [headline(load(d)["test"]) for d in dirs]
         val = [load(d)["best_val_macro_f1"] for d in dirs]
         cells = [
-            f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
+            f"{np.mean([v[k] for v in values]):.4f} ± "
+            f"{np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
             for k, _ in HEADLINE
         ]
         lines.append(
@@ -178,7 +183,8 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
     if no_tta:  # the same checkpoints tested without test-time augmentation
         values = [headline(t) for t in no_tta]
         cells = [
-            f"{np.mean([v[k] for v in values]):.4f} ± {np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
+            f"{np.mean([v[k] for v in values]):.4f} ± "
+            f"{np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
             for k, _ in HEADLINE
         ]
         lines.append(
@@ -213,14 +219,16 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
             y_true, probs["proposed_v1"][i].argmax(1), probs["mobilenet_v2"][i].argmax(1)
         )
         lines.append(
-            f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |"
+            f"| seed {i} vs seed {i} | {result.only_a_right} | {result.only_b_right} | "
+            f"{result.p_value:.3g} |"
         )
     # one prediction per image from the seeds' mean probability
     result = mcnemar(
         y_true, probs["proposed_v1"].mean(0).argmax(1), probs["mobilenet_v2"].mean(0).argmax(1)
     )
     lines.append(
-        f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | {result.p_value:.3g} |"
+        f"| seed-averaged probabilities | {result.only_a_right} | {result.only_b_right} | "
+        f"{result.p_value:.3g} |"
     )
     return lines
 
@@ -257,7 +265,8 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
                 list(model.classes),
             )
             lines.append(
-                f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | {m['per_class']['COVID19']['recall']:.3f} |"
+                f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | "
+                f"{m['per_class']['COVID19']['recall']:.3f} |"
             )
     return lines
 

@@ -13,13 +13,15 @@ costs one backbone pass over the Kaggle films (+ the 800 external-dev films). Th
 * ``C``     B with everything outside the (slightly dilated) lung fields set to mid-grey;
 * ``B-eq``  B with global histogram equalisation of each crop (PIL ImageOps.equalize);
 * ``P``     patches: each lung's bounding box (image left and right half of the mask) as its own
-            128 px patch, one head on patches (film label), film probability = mean over its 2 patches;
+            128 px patch, one head on patches (film label), film probability = mean over its 2
+            patches;
 * ``D-<x>`` two-stage decision on input x: stage 1 "abnormal vs NORMAL" trained on NORMAL vs
             PNEUMONIA train films only; stage 2 "COVID19 vs PNEUMONIA" on those two classes;
             NORMAL if p(abnormal) < t, else stage 2's class. t = 0.5 (``t.5``) or t such that
             NORMAL recall on the val split is 0.95 (``tv95``);
-* ``E-aug-<x>`` (x = A224, B) input x with k=2 intensity-augmented copies of every train film (gamma, blur,
-            noise, JPEG quality, slight scale/aspect jitter) added before feature extraction.
+* ``E-aug-<x>`` (x = A224, B) input x with k=2 intensity-augmented copies of every train film
+            (gamma, blur, noise, JPEG quality, slight scale/aspect jitter) added before feature
+            extraction.
 
 Protocol: heads train on the Kaggle train subset of the baseline's split file; the epoch
 (best val macro-F1, 60 epochs, patience 15) and the thresholds are chosen on its val subset;
@@ -187,7 +189,8 @@ def equalize(img: np.ndarray) -> np.ndarray:
 
 
 def augment(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Intensity (gamma, blur, noise, JPEG quality) and slight scale/aspect jitter of a uint8 film."""
+    """Intensity (gamma, blur, noise, JPEG quality) and slight scale/aspect jitter of a uint8
+    film."""
     h, w = img.shape
     s, a = rng.uniform(0.85, 1.0), np.exp(rng.uniform(-0.15, 0.15))
     ch, cw = int(min(h, h * s * a)), int(min(w, w * s / a))
@@ -388,7 +391,9 @@ def main() -> None:
     paths, y, sub = kaggle_rows()
     ext_files, y_ext = external_rows()
     log(
-        f"Kaggle rows {len(paths)} ({', '.join(f'{s} {int((sub == s).sum())}' for s in ('train', 'val', 'test'))}); external {len(ext_files)}"
+        f"Kaggle rows {len(paths)} "
+        f"({', '.join(f'{s} {int((sub == s).sum())}' for s in ('train', 'val', 'test'))}); "
+        f"external {len(ext_files)}"
     )
     y_test = y[sub == "test"]
 
@@ -516,7 +521,8 @@ def main() -> None:
     for label, name in (
         ("best by mean external balanced accuracy", best_any),
         (
-            "best by mean external balanced accuracy among designs with mean Kaggle-test COVID19 recall >= 0.90",
+            "best by mean external balanced accuracy among designs with mean Kaggle-test COVID19 "
+            "recall >= 0.90",
             best_ok,
         ),
     ):
@@ -543,9 +549,11 @@ def main() -> None:
         ("ext_oracle_bal_acc", "ext oracle bal acc**"),
     ]
     lines = [
-        "# Issue 13 design exploration: frozen MobileNetV2 (ImageNet) features, 128 px, linear heads",
+        "# Issue 13 design exploration: frozen MobileNetV2 (ImageNet) features, 128 px, "
+        "linear heads",
         "",
-        f"Seeds {list(SEEDS)} (head training; split fixed: the frozen baseline's split.csv). Mean ± std over seeds. "
+        f"Seeds {list(SEEDS)} (head training; split fixed: the frozen baseline's split.csv). "
+        "Mean ± std over seeds. "
         "Kaggle test: 1221 films; external-dev: 800 films (COVID19 400, NORMAL 400).",
         "",
         "| design | " + " | ".join(c for _, c in cols) + " |",
@@ -563,28 +571,29 @@ def main() -> None:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "*ext AUROC: COVID19 vs NORMAL films of external-dev, ranked by p(COVID19) (one-stage heads) or by "
-        "stage 1's p(abnormal) (two-stage): threshold-free, so it separates 'the features do not tell them apart' "
-        "from 'the decision threshold does not transfer'.",
-        "**ext oracle bal acc: diagnostic ceiling, the best balanced accuracy any threshold on that same score reaches "
-        "on external-dev, threshold tuned ON external-dev (not a result; shows whether re-thresholding could ever "
-        "reach the goal of 0.82).",
+        "*ext AUROC: COVID19 vs NORMAL films of external-dev, ranked by p(COVID19) (one-stage "
+        "heads) or by stage 1's p(abnormal) (two-stage): threshold-free, so it separates 'the "
+        "features do not tell them apart' from 'the decision threshold does not transfer'.",
+        "**ext oracle bal acc: diagnostic ceiling, the best balanced accuracy any threshold on "
+        "that same score reaches on external-dev, threshold tuned ON external-dev (not a result; "
+        "shows whether re-thresholding could ever reach the goal of 0.82).",
         "",
     ]
     lines += [
         "",
-        "Two-stage designs: stage-1 threshold and share of the adult COVID19 *train* films stage 1 calls abnormal "
-        "(it never saw them), per seed:",
+        "Two-stage designs: stage-1 threshold and share of the adult COVID19 *train* films stage 1 "
+        "calls abnormal (it never saw them), per seed:",
         "",
     ]
     for name, rs in rows.items():
         if "threshold" in rs[0]:
-            ts = ", ".join("%.3f" % r["threshold"] for r in rs)
-            ab = ", ".join("%.3f" % r["covid_train_abnormal"] for r in rs)
+            ts = ", ".join(f"{r['threshold']:.3f}" for r in rs)
+            ab = ", ".join(f"{r['covid_train_abnormal']:.3f}" for r in rs)
             lines.append(f"- {name}: t = {ts}; COVID19 train films called abnormal: {ab}")
     lines += [
         "",
-        "Lung fields found by the heuristic (else the two-ellipse template is used for the crop/mask):",
+        "Lung fields found by the heuristic "
+        "(else the two-ellipse template is used for the crop/mask):",
         "",
     ]
     lines += [f"- {k}: {share:.1%} of {n}" for k, (n, share) in seg.items()]
@@ -592,15 +601,19 @@ def main() -> None:
     for (label, name), (mc_ext, mc_test) in tests.items():
         lines += [
             f"- {label}: **{name}**",
-            f"  - external-dev: only A right {mc_ext.only_a_right}, only {name} right {mc_ext.only_b_right}, p = {mc_ext.p_value:.3g}",
-            f"  - Kaggle test: only A right {mc_test.only_a_right}, only {name} right {mc_test.only_b_right}, p = {mc_test.p_value:.3g}",
+            f"  - external-dev: only A right {mc_ext.only_a_right}, "
+            f"only {name} right {mc_ext.only_b_right}, p = {mc_ext.p_value:.3g}",
+            f"  - Kaggle test: only A right {mc_test.only_a_right}, "
+            f"only {name} right {mc_test.only_b_right}, p = {mc_test.p_value:.3g}",
         ]
     lines += [
         "",
-        "external-dev was looked at to compare designs (allowed by its README for design decisions); nothing "
-        "was trained or thresholded on it. Thresholds/epochs: Kaggle val split only.",
+        "external-dev was looked at to compare designs (allowed by its README for design "
+        "decisions); nothing was trained or thresholded on it. Thresholds/epochs: Kaggle val split "
+        "only.",
         "",
-        f"Wall time of this run: {time.time() - start:.0f} s (cached intermediates reused where present).",
+        f"Wall time of this run: {time.time() - start:.0f} s "
+        "(cached intermediates reused where present).",
     ]
     (OUT / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -1,4 +1,5 @@
-"""Benchmark: how close cxrlab's training runs to the hardware limit, and what it costs as data grows.
+"""Benchmark: how close cxrlab's training runs to the hardware limit, and what it costs as data \
+grows.
 
     uv run python benchmarks/throughput.py                          # CPU (2 cores: about 25 min)
     uv run python benchmarks/throughput.py --num-workers 8          # on a GPU machine
@@ -19,8 +20,9 @@ In one run, for alexnet, resnet18, resnet50, mobilenet_v2 and efficientnet_b0 at
 4. Cost as the work grows: one cxrlab training epoch over 1x, 2x and 4x a base set (the base
    images replicated): time should grow linearly, peak memory stay flat.
 5. Frozen mode: heads of all models trained on cached backbone features of the real data
-   (``--frozen-image-size``, 224 px on a GPU and 128 px on CPU by default; only mobilenet_v2 has ImageNet weights offline: the other
-   backbones are random, which changes nothing about the time).
+   (``--frozen-image-size``, 224 px on a GPU and 128 px on CPU by default; only mobilenet_v2 has
+   ImageNet weights offline: the other backbones are random, which changes nothing about the
+   time).
 
 Absolute figures on shared machines are noisy; the ratios are what the goals are about.
 Peak memory: the GPU's peak allocation on CUDA; on CPU the process's peak resident set
@@ -117,7 +119,8 @@ def train_step_fn(
     images: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     amp: bool = False,
 ) -> Callable[[], int]:  # noqa: ANN001
-    """One optimisation step as cxrlab's training step computes it (loss, groups, BatchNorm frozen)."""
+    """One optimisation step as cxrlab's training step computes it (loss, groups, BatchNorm
+    frozen)."""
     from cxrlab.training.module import (
         freeze_batchnorm_statistics,
         parameter_groups,
@@ -216,7 +219,8 @@ def cxrlab_fit(
     batches: int | None,
     warmup: int,
 ) -> tuple[float, float, float]:  # noqa: ANN001
-    """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the whole fit, peak MiB)."""
+    """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the
+    whole fit, peak MiB)."""
     from cxrlab.data.datasets import CachedImageDataset
     from cxrlab.training.augment import loader_augmentation
     from cxrlab.training.datamodule import CxrDataModule
@@ -368,7 +372,9 @@ def throughput_section(args: argparse.Namespace, config, prepared, device: torch
             flush=True,
         )
     table(
-        f"Training throughput, {config.image_size} px, batch {config.batch_size}, {args.steps} timed steps after {args.warmup} warm-up, {config.num_workers} loader workers, {device.type}",
+        f"Training throughput, {config.image_size} px, batch {config.batch_size}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up, "
+        f"{config.num_workers} loader workers, {device.type}",
         [
             "model",
             "(a) model only img/s",
@@ -404,7 +410,7 @@ def loaders_section(args: argparse.Namespace, config, prepared, device: torch.de
     for label, loader in loaders:
         batches = iter(loader)
 
-        def step() -> int:
+        def step(batches=batches, label=label) -> int:
             x, y = next(batches)
             if "device" in label:  # the batched augmentation is part of this loader's cost
                 on_device(x.to(device, non_blocking=True))
@@ -433,7 +439,8 @@ def options_section(args: argparse.Namespace, config, device: torch.device) -> N
         for _, options in variants:
             v = model_only(name, config, device, args, **options)
             cells.append(
-                f"{v['train']:.1f} / {v['infer']:.1f} ({v['train'] / base['train']:.2f}x / {v['infer'] / base['infer']:.2f}x)"
+                f"{v['train']:.1f} / {v['infer']:.1f} "
+                f"({v['train'] / base['train']:.2f}x / {v['infer'] / base['infer']:.2f}x)"
             )
         rows.append(cells)
     table(
@@ -528,7 +535,8 @@ def scaling_section(args: argparse.Namespace, config, prepared, device: torch.de
             ]
         )
     table(
-        f"One training epoch as the set grows ({args.scale_model}, {config.image_size} px, base {args.scale_images} images replicated)",
+        f"One training epoch as the set grows ({args.scale_model}, {config.image_size} px, "
+        f"base {args.scale_images} images replicated)",
         ["set", "images", "epoch s", "time vs 1x (ideal 1, 2, 4)", "peak MiB"],
         rows,
     )
@@ -567,7 +575,8 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
                 f"  {name}: features {t['features_s']:.1f} s, head {t['train_s']:.1f} s", flush=True
             )
     table(
-        f"Frozen mode on the real data ({args.frozen_image_size} px): backbone features cached once, then the head trains",
+        f"Frozen mode on the real data ({args.frozen_image_size} px): "
+        "backbone features cached once, then the head trains",
         [
             "model",
             "backbone",
@@ -619,7 +628,8 @@ def main() -> int:
         return 0
     if args.manifest and not args.manifest.is_file():
         print(
-            f"note: {args.manifest} not found; no audit exclusions (run benchmarks/proposed_real.py or cxrlab audit first)"
+            f"note: {args.manifest} not found; no audit exclusions "
+            "(run benchmarks/proposed_real.py or cxrlab audit first)"
         )
         args.manifest = None
 

@@ -89,12 +89,14 @@ def test_clean_distinct_images_are_not_flagged(kaggle_tree: Path) -> None:
 
 
 def test_near_duplicates_found_and_similar_films_not_flagged() -> None:
-    """Re-encoded and resized copies are found; 60 different synthetic films of one class are not."""
+    """Re-encoded and resized copies are found; 60 different synthetic films of one class are
+    not."""
     from cxrlab.data.scan import ImageRecord, pixel_hash, thumbnail
 
     def record(pixels: np.ndarray, name: str) -> ImageRecord:
         return ImageRecord(
-            path=name, split="train", label=0, file_size=1, width=pixels.shape[1], height=pixels.shape[0],
+            path=name, split="train", label=0, file_size=1,
+            width=pixels.shape[1], height=pixels.shape[0],
             pixel_hash=pixel_hash(pixels), thumbs={s: thumbnail(pixels, s) for s in (16, 64)},
         )  # fmt: skip
 

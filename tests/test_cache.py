@@ -161,11 +161,13 @@ import cxrlab.data.cache as cache
 from cxrlab.data.discover import discover
 
 decode = cache.load_square
-cache.load_square = lambda *args: (time.sleep(0.02), decode(*args))[1]  # slow decodes: the builds overlap
+cache.load_square = lambda *args: (time.sleep(0.02), decode(*args))[1]  # slow decodes: \
+the builds overlap
 index = discover(Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.readline()
-print(cache.build_cache(index, cache.CacheSpec(32), cache_root=Path(sys.argv[2]), workers=1, progress=False).rebuilt)
+print(cache.build_cache(index, cache.CacheSpec(32), cache_root=Path(sys.argv[2]), workers=1, \
+progress=False).rebuilt)
 """
 
 

@@ -1,4 +1,5 @@
-"""DDP on CPU: two gloo processes train like one, and every validation and test image counts once."""
+"""DDP on CPU: two gloo processes train like one, and every validation and test image counts
+once."""
 
 from __future__ import annotations
 

@@ -232,7 +232,8 @@ def test_onnx_without_cxrlab_metadata(tmp_path: Path) -> None:
 def test_a_mismatching_export_is_refused(
     exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The check after export: a graph that disagrees with PyTorch is an error, no file is written."""
+    """The check after export: a graph that disagrees with PyTorch is an error, no file is
+    written."""
     other = exported["proposed_v1.onnx"].read_bytes()  # another network's graph
     monkeypatch.setattr(export, "_to_onnx", lambda *args: other)
     out = tmp_path / "bad.onnx"

@@ -1,4 +1,5 @@
-"""``cxrlab evaluate``: a finished model scored on another labelled set, beside its own test split."""
+"""``cxrlab evaluate``: a finished model scored on another labelled set, beside its own test
+split."""
 
 from __future__ import annotations
 

@@ -41,9 +41,12 @@ def test_memoised_features_never_outlive_the_pixels(tmp_path: Path) -> None:
     root = make_demo_dataset(
         tmp_path / "d", train_per_class=4, test_per_class=2, size=64, defects=False
     )
-    build = lambda: build_cache(
-        discover(root), CacheSpec(32), cache_root=tmp_path / "c", workers=1, progress=False
-    )  # noqa: E731
+
+    def build():
+        return build_cache(
+            discover(root), CacheSpec(32), cache_root=tmp_path / "c", workers=1, progress=False
+        )
+
     model = create_model("resnet18", 3, pretrained=False).eval()
     cache = build()
     rows = cache.rows("train")

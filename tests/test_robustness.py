@@ -331,7 +331,8 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
     assert outside["variants"]["lungs-hidden"]["balanced_accuracy"] == 1.0
     assert outside["variants"]["lungs-only"]["balanced_accuracy"] == 0.5
     assert probe_reading(outside) == (
-        "lungs hidden: balanced accuracy 1.000 vs chance 0.500: the model reads something outside the lungs"
+        "lungs hidden: balanced accuracy 1.000 vs chance 0.500: "
+        "the model reads something outside the lungs"
     )
 
 

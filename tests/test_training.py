@@ -98,7 +98,8 @@ def test_finetune_run_writes_a_complete_run_folder(
     with open(run / "split.csv") as handle:
         subsets = [row["subset"] for row in csv.DictReader(handle)]
     assert subsets.count("test") == 9 and subsets.count("train") + subsets.count("val") == 24
-    # model.pt is the chosen model: with its temperature it reproduces the saved (calibrated) test probabilities
+    # model.pt is the chosen model: with its temperature it reproduces the saved (calibrated) test
+    # probabilities
     model, extra = load_checkpoint_with_extra(run / "model.pt", arch="resnet18")
     assert extra["temperature"] == metrics["calibration"]["temperature"] > 0
     with open(run / "test_predictions.csv") as handle:

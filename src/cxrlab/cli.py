@@ -77,7 +77,8 @@ def download(
 
     index = download_dataset(out, handle, force=force)
     console.print(
-        f"Downloaded to {shown(index.root)}: {len(index.samples)} files, classes {shown(', '.join(index.classes))}"
+        f"Downloaded to {shown(index.root)}: {len(index.samples)} files, "
+        f"classes {shown(', '.join(index.classes))}"
     )
 
 
@@ -159,7 +160,8 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
     if sc is not None:
         style = {"high": "red", "moderate": "yellow", "low": "green"}[sc.level]
         body = (
-            f"Format-only classifier (size, aspect, file size, intensity, border), {sc.folds}-fold CV on train:\n"
+            "Format-only classifier (size, aspect, file size, intensity, border), "
+            f"{sc.folds}-fold CV on train:\n"
             f"accuracy {sc.cv_accuracy:.1%} (majority class {sc.majority_rate:.1%}), "
             f"balanced accuracy {sc.cv_balanced_accuracy:.1%} (chance {sc.chance_balanced:.1%})"
         )
@@ -171,7 +173,8 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
             Panel(shown(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style)
         )
     console.print(
-        f"Manifest, report and plots in {shown(out)}/ (audit.md, manifest.csv, duplicates.png, shortcuts.png)"
+        f"Manifest, report and plots in {shown(out)}/ "
+        "(audit.md, manifest.csv, duplicates.png, shortcuts.png)"
     )
 
 
@@ -280,9 +283,10 @@ def cache(
     )
     console.print(
         f"Cache {shown(built.folder)}: {len(built.paths)} images at {image_size}px ({resize}); "
-        f"{built.rebuilt} decoded now, {len(built.errors)} unreadable; {time.perf_counter() - started:.1f} s"
+        f"{built.rebuilt} decoded now, {len(built.errors)} unreadable; "
+        f"{time.perf_counter() - started:.1f} s"
     )
-    for path, error in list(built.errors.items())[:20]:
+    for _path, error in list(built.errors.items())[:20]:
         err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
 
 
@@ -406,7 +410,10 @@ TargetRecallOpt = Annotated[
     str | None,
     typer.Option(
         "--target-recall",
-        help="CLASS=RECALL, e.g. COVID19=0.95: a decision threshold chosen on the validation split for that recall; sensitivity and specificity are reported on test and external sets.",
+        help=(
+            "CLASS=RECALL, e.g. COVID19=0.95: a decision threshold chosen on the validation split "
+            "for that recall; sensitivity and specificity are reported on test and external sets."
+        ),
     ),
 ]
 SeedOpt = Annotated[
@@ -495,7 +502,8 @@ def _parse_external(items: list[str]) -> dict[str, Path]:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             raise CxrlabError(
-                f"--external {item}: write NAME=PATH, e.g. --external adult=../shared/data/external-dev"
+                f"--external {item}: write NAME=PATH, "
+                "e.g. --external adult=../shared/data/external-dev"
             )
         if name in parsed:
             raise CxrlabError(f"--external {item}: the name {name} is given twice")
@@ -515,7 +523,10 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
         return
     ci = m["intervals"]
     table = Table(
-        title=f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} (val macro-F1 {m['best_val_macro_f1']:.3f})"
+        title=(
+            f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} "
+            f"(val macro-F1 {m['best_val_macro_f1']:.3f})"
+        )
     )
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
@@ -529,7 +540,8 @@ def _print_result(result) -> None:  # noqa: ANN001 (RunResult)
     console.print(table)
     print_calibration(m)
     console.print(
-        f"Run folder {shown(result.run_dir)} (model.pt, metrics.json, test_predictions.csv, history.csv)"
+        f"Run folder {shown(result.run_dir)} "
+        "(model.pt, metrics.json, test_predictions.csv, history.csv)"
     )
 
 
@@ -543,12 +555,15 @@ def print_calibration(metrics: dict) -> None:
             for name in sets
         )
         console.print(
-            f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); ECE {eces}"
+            f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); "
+            f"ECE {eces}"
         )
     if point:
         console.print(
-            f"Operating point {shown(point['label'])}={point['target_recall']:g}: p({shown(point['label'])}) >= {point['threshold']:.3f} "
-            f"(validation recall {point['val_recall']:.3f}, specificity {point['val_specificity']:.3f})"
+            f"Operating point {shown(point['label'])}={point['target_recall']:g}: "
+            f"p({shown(point['label'])}) >= {point['threshold']:.3f} "
+            f"(validation recall {point['val_recall']:.3f}, "
+            f"specificity {point['val_specificity']:.3f})"
         )
         if point.get("test"):
             from cxrlab.evaluation.calibration import OperatingResult
@@ -560,7 +575,8 @@ def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingRe
     """Sensitivity and specificity at the operating point on one set."""
     rate = lambda interval: str(interval) if interval is not None else "n/a"  # noqa: E731
     console.print(
-        f"  on the {shown(where)}: sensitivity {rate(result.sensitivity)}, specificity {rate(result.specificity)} "
+        f"  on the {shown(where)}: sensitivity {rate(result.sensitivity)}, "
+        f"specificity {rate(result.specificity)} "
         f"({result.called} of {result.n} called it)"
     )
 
@@ -575,7 +591,8 @@ def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, obj
 
 
 def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
-    """The stored config of the run in ``run_dir``; options given that contradict it are one error."""
+    """The stored config of the run in ``run_dir``; options given that contradict it are one
+    error."""
     from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
 
     if not (run_dir / "config.json").is_file():
@@ -591,7 +608,8 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
     conflicts = resume_conflicts(stored, requested)
     if conflicts:
         raise CxrlabError(
-            f"--resume: {'; '.join(conflicts)}: a resumed run keeps its recipe; leave these out, or train into another --out"
+            f"--resume: {'; '.join(conflicts)}: a resumed run keeps its recipe; "
+            "leave these out, or train into another --out"
         )
     return stored
 
@@ -651,9 +669,12 @@ def train(
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Train one model (validation picks the epoch), then test it once on the test split.
+    (
+        """Train one model (validation picks the epoch), then test it once on the test split.
 
-    Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the global batch."""
+    Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the """
+        """global batch."""
+    )
     from cxrlab.outputs import check_output_folder
     from cxrlab.training.config import preset
     from cxrlab.training.run import check_runnable, launched_rank, train_run
@@ -741,10 +762,13 @@ def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str =
         share = cam["lung_share"] or 0.0
         console.print(f"  accuracy by variant: {drops}")
         console.print(
-            f"  Grad-CAM mass in the lung fields {share:.2f} (uniform map: {cam['lung_area'] or 0:.2f}), on the border {cam['border_share'] or 0:.2f}"
+            f"  Grad-CAM mass in the lung fields {share:.2f} "
+            f"(uniform map: {cam['lung_area'] or 0:.2f}), "
+            f"on the border {cam['border_share'] or 0:.2f}"
         )
         console.print(
-            f"  written: {shown(run_dir / 'robustness.json')}, {shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}"
+            f"  written: {shown(run_dir / 'robustness.json')}, "
+            f"{shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}"
         )
         _write_card(run_dir)
 
@@ -770,7 +794,10 @@ def explain(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Robustness (squashed, padded, rotated, darkened test films) and Grad-CAM lung share of finished runs."""
+    (
+        """Robustness (squashed, padded, rotated, darkened test films) and Grad-CAM lung share """
+        """of finished runs."""
+    )
     _diagnose(runs, data, progress=not no_progress, device=device)
 
 
@@ -803,7 +830,10 @@ def compare(
         list[str] | None,
         typer.Option(
             "--external",
-            help="NAME=PATH: a labelled set from elsewhere every model is scored on after testing (repeatable; never used to train or select).",
+            help=(
+                "NAME=PATH: a labelled set from elsewhere every model is scored on after testing "
+                "(repeatable; never used to train or select)."
+            ),
         ),
     ] = None,
     image_size: ImageSizeOpt = None,
@@ -907,8 +937,12 @@ def calibrate(
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Fit a run's temperature (and an operating point) on its validation split: for runs made before
-    cxrlab calibrated, or to choose another operating point. Rewrites model.pt, predictions and metrics."""
+    (
+        """Fit a run's temperature (and an operating point) on its validation split: """
+        """for runs made before
+    cxrlab calibrated, or to choose another operating point. Rewrites model.pt, predictions """
+        """and metrics."""
+    )
     from cxrlab.training.run import calibrate_run
 
     for run_dir in runs:
@@ -931,7 +965,10 @@ def predict(
     checkpoint: Annotated[
         Path,
         typer.Argument(
-            help="A cxrlab model checkpoint (model.pt of a run), or its .onnx export (run by ONNX Runtime)."
+            help=(
+                "A cxrlab model checkpoint (model.pt of a run), "
+                "or its .onnx export (run by ONNX Runtime)."
+            )
         ),
     ],
     images: Annotated[
@@ -941,21 +978,30 @@ def predict(
         Path,
         typer.Option(
             "--out",
-            help="CSV file for the probabilities (never an input, nor inside an input or dataset folder).",
+            help=(
+                "CSV file for the probabilities "
+                "(never an input, nor inside an input or dataset folder)."
+            ),
         ),
     ] = Path("predictions.csv"),
     force: Annotated[
         bool,
         typer.Option(
             "--force",
-            help="Overwrite an existing --out that is not a previous cxrlab predictions CSV (inputs and dataset folders stay protected).",
+            help=(
+                "Overwrite an existing --out that is not a previous cxrlab predictions CSV "
+                "(inputs and dataset folders stay protected)."
+            ),
         ),
     ] = False,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Class probabilities for images, printed and written as CSV (unreadable files are listed, not fatal)."""
+    (
+        """Class probabilities for images, printed and written as CSV (unreadable files are """
+        """listed, not fatal)."""
+    )
     from cxrlab.evaluation.predict import expand_image_paths, predict_files
     from cxrlab.outputs import check_output
 
@@ -989,11 +1035,13 @@ def predict(
         console.print(f"... {len(result.paths) - 25} more in {shown(out)}")
     if result.point is not None:
         console.print(
-            f"decision: the run's operating point {shown(result.point.target)}, p({shown(result.point.label)}) >= "
-            f"{result.point.threshold:.3f} (chosen on its validation split); predicted: the most probable class",
+            f"decision: the run's operating point {shown(result.point.target)}, "
+            f"p({shown(result.point.label)}) >= "
+            f"{result.point.threshold:.3f} (chosen on its validation split); "
+            "predicted: the most probable class",
             soft_wrap=True,
         )
-    for path, error in result.errors.items():
+    for _path, error in result.errors.items():
         err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
     console.print(f"Probabilities written to {shown(out)}")
 
@@ -1033,7 +1081,8 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
         )
     console.print(called)
     own = (
-        f" (own test split: {internal.balanced_accuracy:.3f}, gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})"
+        f" (own test split: {internal.balanced_accuracy:.3f}, "
+        f"gap {ev.balanced_accuracy.value - internal.balanced_accuracy:+.3f})"
         if internal
         else ""
     )
@@ -1046,7 +1095,9 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
     console.print(f"accuracy: {ev.accuracy}; ECE {ev.ece:.3f}{before}")
     if ev.point is not None and ev.at_point is not None:
         console.print(
-            f"Operating point {shown(ev.point.target)}: p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, chosen on the run's validation split"
+            f"Operating point {shown(ev.point.target)}: "
+            f"p({shown(ev.point.label)}) >= {ev.point.threshold:.3f}, "
+            "chosen on the run's validation split"
         )
         print_point_result(ev.name, ev.at_point)
         if internal is not None and internal.at_point is not None:
@@ -1057,7 +1108,7 @@ def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation
         )
     else:
         console.print(f"macro-F1 {ev.macro_f1:.3f}; macro AUC {ev.macro_auc:.3f}")
-    for path, why in list(ev.skipped.items())[:20]:
+    for _path, why in list(ev.skipped.items())[:20]:
         err_console.print(f"skipped {shown(why)}", highlight=False, soft_wrap=True)
     console.print(f"Predictions and metrics in {shown(out)}/ (predictions.csv, metrics.json)")
 
@@ -1068,7 +1119,10 @@ def evaluate(
     data: Annotated[
         Path,
         typer.Argument(
-            help="A labelled folder: Kaggle layout (its test split) or <CLASS>/ folders; may hold a subset of the model's classes."
+            help=(
+                "A labelled folder: Kaggle layout (its test split) or <CLASS>/ folders; "
+                "may hold a subset of the model's classes."
+            )
         ),
     ],
     split: Annotated[
@@ -1085,14 +1139,20 @@ def evaluate(
         str | None,
         typer.Option(
             "--target-recall",
-            help="CLASS=RECALL: score at a threshold chosen for that recall on the run's validation split \\[default: the run's own operating point].",
+            help=(
+                "CLASS=RECALL: score at a threshold chosen for that recall on the run's "
+                "validation split \\[default: the run's own operating point]."
+            ),
         ),
     ] = None,
     batch_size: BatchOpt = 32,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Score a finished model on another labelled set (external validation), beside its own test split."""
+    (
+        """Score a finished model on another labelled set (external validation), beside its """
+        """own test split."""
+    )
     from cxrlab.evaluation.external import evaluate_model, resolve_model
 
     evaluation, written = evaluate_model(
@@ -1137,14 +1197,21 @@ def export_model(
         bool,
         typer.Option(
             "--force",
-            help="Overwrite an existing --out that is not a previous cxrlab ONNX export (the checkpoint and images stay protected).",
+            help=(
+                "Overwrite an existing --out that is not a previous cxrlab ONNX export "
+                "(the checkpoint and images stay protected)."
+            ),
         ),
     ] = False,
 ) -> None:
-    """Export a checkpoint for deployment, checked against PyTorch (`cxrlab predict` runs the .onnx)."""
+    (
+        """Export a checkpoint for deployment, checked against PyTorch """
+        """(`cxrlab predict` runs the .onnx)."""
+    )
     if not onnx:
         raise CxrlabError(
-            f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; e.g. cxrlab export {checkpoint} --onnx"
+            f"export: no format given; formats: {', '.join(EXPORT_FORMATS)}; "
+            f"e.g. cxrlab export {checkpoint} --onnx"
         )
     from cxrlab.models.export import TOLERANCE, OnnxModel, export_onnx
     from cxrlab.outputs import check_output
@@ -1156,11 +1223,13 @@ def export_model(
     exported = OnnxModel(path)
     size_mb = path.stat().st_size / 1e6
     console.print(
-        f"ONNX model: {shown(path)} ({size_mb:.1f} MB, {exported.arch}, {exported.image_size} px, {len(exported.classes)} classes)",
+        f"ONNX model: {shown(path)} ({size_mb:.1f} MB, {exported.arch}, "
+        f"{exported.image_size} px, {len(exported.classes)} classes)",
         soft_wrap=True,
     )
     console.print(
-        f"checked against PyTorch: max |probability difference| {exported.max_abs_diff:.1e} (limit {TOLERANCE:.0e}); "
+        f"checked against PyTorch: max |probability difference| {exported.max_abs_diff:.1e} "
+        f"(limit {TOLERANCE:.0e}); "
         f"export took {time.perf_counter() - started:.1f} s",
         soft_wrap=True,
     )
@@ -1172,7 +1241,8 @@ MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights", "--external")
 
 
 def expand_multi_values(argv: list[str]) -> list[str]:
-    """``--models a b c`` -> ``--models a --models b --models c`` (click takes one value per flag)."""
+    """``--models a b c`` -> ``--models a --models b --models c`` (click takes one value per
+    flag)."""
     out: list[str] = []
     current: str | None = None
     for token in argv:
@@ -1206,7 +1276,8 @@ def run(argv: list[str] | None = None) -> int:
         if debug:
             raise
         err_console.print(
-            f"[bold red]error:[/] {type(exc).__name__}: {shown(exc)} (run with --debug for the traceback)",
+            f"[bold red]error:[/] {type(exc).__name__}: {shown(exc)} "
+            "(run with --debug for the traceback)",
             highlight=False,
             soft_wrap=True,
         )

@@ -43,7 +43,8 @@ FILE_MODE = 0o666 & ~_umask()  # the permissions open() would give a new file
 
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", *, newline: str | None = None) -> Iterator[IO]:
-    """Open a unique temporary file beside ``path``; on success, flush, fsync and rename it to ``path``."""
+    """Open a unique temporary file beside ``path``; on success, flush, fsync and rename it to
+    ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -81,9 +82,9 @@ def read_text(path: str | Path) -> str:
 @contextmanager
 def locked(path: str | Path, *, busy: str | None = None) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on ``path``, a folder or a lock file (created
-    when missing), for the ``with`` block. Another process asking for it waits, or, when ``busy`` is given, gets a
-    :class:`CxrlabError` with that message at once. The operating system releases the lock when
-    the process dies, so a kill never leaves it stuck."""
+    when missing), for the ``with`` block. Another process asking for it waits, or, when ``busy``
+    is given, gets a :class:`CxrlabError` with that message at once. The operating system releases
+    the lock when the process dies, so a kill never leaves it stuck."""
     import fcntl
 
     path = Path(path)

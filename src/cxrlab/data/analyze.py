@@ -257,7 +257,8 @@ def _finding_imbalance(summary: dict) -> str | None:
     ratio = table[largest] / table[smallest]
     if ratio >= IMBALANCE_RATIO:
         return (
-            f"{smallest} is {pct(table[smallest] / whole)} of {split} ({table[smallest]} of {whole}; "
+            f"{smallest} is {pct(table[smallest] / whole)} of {split} "
+            f"({table[smallest]} of {whole}; "
             f"{largest} has {ratio:.1f}x as many): use class weights or balanced sampling, "
             "and report per-class recall, not accuracy."
         )
@@ -562,7 +563,8 @@ def _markdown(summary: dict) -> str:
         "",
         "*square*: share of images with width = height; *most common size*: the single most "
         "frequent exact size and its share; *mean intensity*: mean ± std over images of each "
-        "image's mean (0–255); *median border*: share of the area in dark rows/columns at the edges.",
+        "image's mean (0–255); *median border*: share of the area in dark rows/columns at the "
+        "edges.",
         "",
         "## Per split and class",
         "",

@@ -301,9 +301,12 @@ def markdown_report(result: AuditResult) -> str:
         "|---|---|",
         f"| unreadable (by kind) | {s['unreadable'] or 0} |",
         f"| too small (< {result.config.min_size} px) | {s['too_small']} |",
-        f"| exact duplicate groups (files) | {s['exact_duplicate_groups']} ({s['exact_duplicate_files']}) |",
-        f"| near-duplicate groups (files), NCC >= {result.config.near_threshold} | {s['near_duplicate_groups']} ({s['near_duplicate_files']}) |",
-        f"| **groups leaking across splits (files)** | **{s['leakage_groups']} ({s['leakage_files']})** |",
+        f"| exact duplicate groups (files) | {s['exact_duplicate_groups']} "
+        f"({s['exact_duplicate_files']}) |",
+        f"| near-duplicate groups (files), NCC >= {result.config.near_threshold} | "
+        f"{s['near_duplicate_groups']} ({s['near_duplicate_files']}) |",
+        f"| **groups leaking across splits (files)** | "
+        f"**{s['leakage_groups']} ({s['leakage_files']})** |",
         f"| groups with conflicting labels | {s['label_conflict_groups']} |",
         "",
     ]
@@ -331,7 +334,8 @@ def markdown_report(result: AuditResult) -> str:
             f"{sc.folds}-fold CV on {sc.n_train} train images:",
             "",
             f"- accuracy **{sc.cv_accuracy:.1%}** vs majority-class rate {sc.majority_rate:.1%}",
-            f"- balanced accuracy **{sc.cv_balanced_accuracy:.1%}** vs chance {sc.chance_balanced:.1%}",
+            f"- balanced accuracy **{sc.cv_balanced_accuracy:.1%}** "
+            f"vs chance {sc.chance_balanced:.1%}",
             "- recall per class: "
             + md(", ".join(f"{k} {v:.0%}" for k, v in sc.per_class_recall.items())),
         ]

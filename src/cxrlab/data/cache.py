@@ -162,7 +162,8 @@ def build_cache(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CxrlabError(
-            f"{folder}: cannot create the cache folder ({exc.strerror}); choose a writable --cache-dir"
+            f"{folder}: cannot create the cache folder ({exc.strerror}); "
+            "choose a writable --cache-dir"
         ) from None
     with locked(folder / LOCK):
         meta = _read_index(folder)
@@ -200,7 +201,8 @@ def _read_index(folder: Path) -> dict:
 
 
 def _open_images(folder: Path, meta: dict, spec: CacheSpec) -> np.ndarray | None:
-    """The array ``meta`` names, read-only memory-mapped, or None unless it is exactly what the index says."""
+    """The array ``meta`` names, read-only memory-mapped, or None unless it is exactly what the
+    index says."""
     try:
         shape = [len(meta["paths"]), spec.image_size, spec.image_size]
         images_file = folder / meta["images"]
@@ -228,7 +230,8 @@ def _write_generation(
     progress: bool,
 ) -> tuple[dict, np.ndarray, int]:
     """Write a new generation (rows of ``old`` reused where the fingerprint matches) and commit it
-    by writing the index; return the new index, its array (read-only) and how many rows were decoded."""
+    by writing the index; return the new index, its array (read-only) and how many rows were
+    decoded."""
     old_meta, old_images = old or ({"paths": [], "fingerprints": [], "errors": {}}, None)
     old_rows = {
         (p, *fp): i for i, (p, fp) in enumerate(zip(old_meta["paths"], old_meta["fingerprints"]))

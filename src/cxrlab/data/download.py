@@ -1,5 +1,6 @@
 """``cxrlab download``: fetch the Kaggle dataset with kagglehub (needs internet and, for
-some datasets, Kaggle credentials in ``~/.kaggle/kaggle.json`` or ``KAGGLE_USERNAME``/``KAGGLE_KEY``)."""
+some datasets, Kaggle credentials in ``~/.kaggle/kaggle.json`` or
+``KAGGLE_USERNAME``/``KAGGLE_KEY``)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ def download_dataset(
         if "resolve" in reason or "Connection" in type(exc).__name__:
             reason = "no internet connection"
         raise CxrlabError(
-            f"cannot download Kaggle dataset '{handle}' ({reason[:160]}); {manual_hint(handle, out)}"
+            f"cannot download Kaggle dataset '{handle}' ({reason[:160]}); "
+            f"{manual_hint(handle, out)}"
         ) from exc
     return discover(path)

@@ -44,7 +44,8 @@ def normalised(thumbs: np.ndarray) -> np.ndarray:
 
 
 def exact_pairs(records: list[ImageRecord]) -> list[DuplicatePair]:
-    """Pairs of readable records with identical decoded pixels (each member paired with the first)."""
+    """Pairs of readable records with identical decoded pixels (each member paired with the
+    first)."""
     first_seen: dict[str, int] = {}
     pairs = []
     for i, record in enumerate(records):

@@ -62,7 +62,8 @@ def _level(balanced: float, chance: float) -> str:
 
 
 def _explain(records: list[ImageRecord], classes: list[str], best: str) -> list[str]:
-    """Plain-language reasons, from the data: dominant exact sizes per class, then the best feature."""
+    """Plain-language reasons, from the data: dominant exact sizes per class, then the best
+    feature."""
     labels = np.array([r.label for r in records])
     sizes = [(r.width, r.height) for r in records]
     dominant = []

@@ -122,7 +122,8 @@ class CalibrationEffect:
 def parse_target_recall(
     text: str, classes: list[str] | None = None, *, option: str = "--target-recall"
 ) -> tuple[str, float]:
-    """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when given."""
+    """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when
+    given."""
     name, sep, value = str(text).rpartition("=")
     try:
         recall = float(value)
@@ -248,7 +249,8 @@ class OperatingResult:
 
 
 def run_target(metrics: dict) -> str | None:
-    """The target (``COVID19=0.95``) of the operating point a run's ``metrics.json`` records, if any."""
+    """The target (``COVID19=0.95``) of the operating point a run's ``metrics.json`` records, if
+    any."""
     point = metrics.get("operating_point")
     return target_name(point["label"], point["target_recall"]) if point else None
 

@@ -166,7 +166,8 @@ def balanced_accuracy_over(labels: list[int]) -> Callable[[np.ndarray, np.ndarra
 def score(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000, seed: int = 0
 ) -> dict[str, object]:
-    """The subset-aware metrics of :class:`Evaluation` for labels ``y_true`` and probabilities ``probs``."""
+    """The subset-aware metrics of :class:`Evaluation` for labels ``y_true`` and probabilities
+    ``probs``."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
     present_labels = sorted(set(y_true.tolist()))
@@ -224,7 +225,8 @@ def external_films(
     unknown = sorted({index.classes[s.label] for s in index.split(split)} - set(classes))
     if unknown:
         raise CxrlabError(
-            f"{index.root}: class folder {', '.join(unknown)} is not one the model knows ({', '.join(classes)}); "
+            f"{index.root}: class folder {', '.join(unknown)} is not one the model knows "
+            f"({', '.join(classes)}); "
             "rename it or leave it out"
         )
     films = [(s.path, classes.index(index.classes[s.label])) for s in index.split(split)]
@@ -264,8 +266,10 @@ def validation_point(
     found = run_dir / VALIDATION_PREDICTIONS if run_dir is not None else None
     if found is None or not found.is_file():
         raise CxrlabError(
-            f"--target-recall {target_recall}: the threshold is chosen on the run's validation split, and {model} has no "
-            f"{VALIDATION_PREDICTIONS} beside it (give the run folder; for a run made before cxrlab calibrated: "
+            f"--target-recall {target_recall}: the threshold is chosen on the run's validation "
+            f"split, and {model} has no "
+            f"{VALIDATION_PREDICTIONS} beside it (give the run folder; "
+            "for a run made before cxrlab calibrated: "
             "cxrlab calibrate RUN --data DATA)"
         )
     _, y_val, probs = read_predictions(found, classes)
@@ -290,8 +294,9 @@ def evaluate_model(
     progress: bool = True,
     target_recall: str | None = None,
 ) -> tuple[Evaluation, Path]:
-    """Score ``model`` on the labelled folder ``data``; write ``predictions.csv`` and ``metrics.json``
-    into ``out`` (default: ``RUN/external/<NAME>/`` beside the model) and return both.
+    """Score ``model`` on the labelled folder ``data``; write ``predictions.csv`` and
+    ``metrics.json`` into ``out`` (default: ``RUN/external/<NAME>/`` beside the model) and return
+    both.
 
     The operating point is the model's own, or, with ``target_recall`` (``CLASS=RECALL``), one
     chosen for it on the run's validation split."""

@@ -23,7 +23,8 @@ from cxrlab.progress import track
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; ``cuda``/``gpu`` without one is an error."""
+    """``auto``: the GPU when there is one, else the CPU; ``cuda``/``gpu`` without one is an
+    error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name in ("gpu", "cuda") or name.startswith("cuda:"):
@@ -60,7 +61,8 @@ def predict_logits(
 def predict_probs(
     model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: object
 ) -> np.ndarray:
-    """Probabilities ``softmax(logits / temperature)`` ``(n, classes)`` for every item of ``dataset``."""
+    """Probabilities ``softmax(logits / temperature)`` ``(n, classes)`` for every item of
+    ``dataset``."""
     logits = predict_logits(model, dataset, **options)
     return softmax(logits, temperature) if logits.size else logits
 
@@ -178,7 +180,8 @@ class FilePredictions:
 
     @property
     def decisions(self) -> list[str] | None:
-        """The operating point's class for each film (None when the model has no operating point)."""
+        """The operating point's class for each film (None when the model has no operating
+        point)."""
         if self.point is None:
             return None
         return [self.classes[int(k)] for k in self.point.decide(self.probs, self.classes)]

@@ -42,7 +42,8 @@ def load_checkpoint(
 def load_checkpoint_with_extra(
     path: str | Path, *, arch: str | None = None, classes: list[str] | None = None
 ) -> tuple[CxrClassifier, dict]:
-    """:func:`load_checkpoint` plus the ``extra`` saved with it (image size, resize mode, config)."""
+    """:func:`load_checkpoint` plus the ``extra`` saved with it (image size, resize mode,
+    config)."""
     path = Path(path)
     payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
@@ -53,7 +54,8 @@ def load_checkpoint_with_extra(
         raise CxrlabError(f"{path}: checkpoint is a {payload['arch']}, not a {arch}")
     if classes is not None and list(payload["classes"]) != list(classes):
         raise CxrlabError(
-            f"{path}: checkpoint classes {payload['classes']} differ from the dataset's {list(classes)}"
+            f"{path}: checkpoint classes {payload['classes']} "
+            f"differ from the dataset's {list(classes)}"
         )
     model = create_model(payload["arch"], list(payload["classes"]), pretrained=False)
     try:

@@ -150,7 +150,8 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
                 )
         except Exception as legacy_error:
             raise CxrlabError(
-                f"ONNX export failed ({_first_line(dynamo_error)}; legacy exporter: {_first_line(legacy_error)})"
+                f"ONNX export failed ({_first_line(dynamo_error)}; "
+                f"legacy exporter: {_first_line(legacy_error)})"
             ) from legacy_error
         return buffer.getvalue()
 
@@ -201,7 +202,8 @@ def export_model(
     diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
     if not diff <= TOLERANCE:
         raise CxrlabError(
-            f"{source}: ONNX Runtime probabilities differ from PyTorch by {diff:.2e} (> {TOLERANCE:.0e}); {out} not written"
+            f"{source}: ONNX Runtime probabilities differ from PyTorch by {diff:.2e} "
+            f"(> {TOLERANCE:.0e}); {out} not written"
         )
     proto = onnx.load_from_string(data)
     metadata = {
@@ -222,7 +224,8 @@ def export_model(
 
 
 def is_cxrlab_onnx(path: Path) -> bool:
-    """Whether ``path`` is an ONNX model written by :func:`export_model` (it has cxrlab's metadata)."""
+    """Whether ``path`` is an ONNX model written by :func:`export_model` (it has cxrlab's
+    metadata)."""
     import onnx
 
     try:
@@ -280,7 +283,8 @@ class OnnxModel:
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         if meta.get("cxrlab_format") != ONNX_FORMAT:
             raise CxrlabError(
-                f"{self.path}: an ONNX model without cxrlab metadata (write one with `cxrlab export CHECKPOINT --onnx`)"
+                f"{self.path}: an ONNX model without cxrlab metadata "
+                "(write one with `cxrlab export CHECKPOINT --onnx`)"
             )
         try:
             self.arch: str = meta["arch"]
@@ -306,7 +310,8 @@ class OnnxModel:
         expected = (1, self.image_size, self.image_size)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise CxrlabError(
-                f"{self.path}: expects images of shape (N, {', '.join(map(str, expected))}), got {images.shape}"
+                f"{self.path}: expects images of shape (N, {', '.join(map(str, expected))}), "
+                f"got {images.shape}"
             )
         return self.session.run(None, {"images": images})[0]
 

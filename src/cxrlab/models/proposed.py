@@ -33,7 +33,8 @@ from cxrlab.errors import CxrlabError
 
 
 def equalize_histogram(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
-    """Global histogram equalisation of each ``(1, H, W)`` image in 0..1 (as PIL ``ImageOps.equalize``)."""
+    """Global histogram equalisation of each ``(1, H, W)`` image in 0..1 (as PIL
+    ``ImageOps.equalize``)."""
     b = images.shape[0]
     grey = (images.clamp(0, 1) * (levels - 1)).round().long().reshape(b, -1)
     counts = torch.zeros(b, levels, device=images.device).scatter_add_(
@@ -46,7 +47,8 @@ def equalize_histogram(images: torch.Tensor, levels: int = 256) -> torch.Tensor:
 
 
 class HistogramEqualization(nn.Module):
-    """:func:`equalize_histogram` as a layer (no parameters), applied to the 0..1 grayscale input."""
+    """:func:`equalize_histogram` as a layer (no parameters), applied to the 0..1 grayscale
+    input."""
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return equalize_histogram(images)
@@ -102,14 +104,16 @@ def two_stage_roles(classes: list[str]) -> tuple[int, int, int]:
     registry's shape check) take the Kaggle order: COVID19, NORMAL, PNEUMONIA."""
     if len(classes) != 3:
         raise CxrlabError(
-            f"the two-stage head needs three classes (NORMAL, PNEUMONIA and one more), got {', '.join(classes)}"
+            "the two-stage head needs three classes (NORMAL, PNEUMONIA and one more), "
+            f"got {', '.join(classes)}"
         )
     if classes == [f"class{i}" for i in range(3)]:
         return 1, 2, 0
     missing = [c for c in TWO_STAGE_ROLES if c not in classes]
     if missing:
         raise CxrlabError(
-            f"the two-stage head needs classes NORMAL and PNEUMONIA; {', '.join(classes)} lacks {', '.join(missing)}"
+            "the two-stage head needs classes NORMAL and PNEUMONIA; "
+            f"{', '.join(classes)} lacks {', '.join(missing)}"
         )
     normal, contrast = (classes.index(c) for c in TWO_STAGE_ROLES)
     return normal, contrast, 3 - normal - contrast
@@ -124,7 +128,9 @@ class TwoStageHead(nn.Module):
     the decision: ``a`` (is the film abnormal) is trained on NORMAL and PNEUMONIA films only, ``q``
     (PNEUMONIA rather than the other abnormal class) on the two abnormal classes only::
 
-        log p(NORMAL) = log σ(-a)    log p(other) = log σ(a) + log σ(-q)    log p(PNEUMONIA) = log σ(a) + log σ(q)
+        log p(NORMAL)    = log σ(-a)
+        log p(other)     = log σ(a) + log σ(-q)
+        log p(PNEUMONIA) = log σ(a) + log σ(q)
 
     The output is a log-probability per class, so it is a valid logit vector for every consumer
     (softmax, temperature, ONNX); :meth:`loss` is the masked two-stage loss training uses.

@@ -130,7 +130,8 @@ def _torchvision(
 
 
 def _cxrlab(name: str, pretrained: bool, weights: Path | None, classes: list[str]) -> CxrClassifier:
-    """A cxrlab model on a torchvision backbone; ``weights`` is that backbone's ImageNet state dict."""
+    """A cxrlab model on a torchvision backbone; ``weights`` is that backbone's ImageNet state
+    dict."""
     from cxrlab.models.proposed import EqualizedMultiScaleNet, HistogramEqualization, TwoStageHead
 
     backbone, equalize, head = CXRLAB_MODELS[name]
@@ -148,13 +149,15 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
 
     if name not in timm.list_models():
         raise CxrlabError(
-            f"no such model in cxrlab or timm (registered: {', '.join(list_models())}; or any timm name)"
+            "no such model in cxrlab or timm "
+            f"(registered: {', '.join(list_models())}; or any timm name)"
         )
     try:
         network = timm.create_model(name, pretrained=pretrained and weights is None)
     except Exception as exc:  # hub/network errors come in many types
         raise CxrlabError(
-            f"cannot fetch timm ImageNet weights for '{name}' ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
+            f"cannot fetch timm ImageNet weights for '{name}' "
+            f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
             f"pass --weights PATH with a local state dict, or --no-pretrained"
         ) from exc
     if weights is not None:

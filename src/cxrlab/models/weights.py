@@ -25,7 +25,8 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
     except (URLError, OSError, RuntimeError) as exc:
         raise CxrlabError(
             f"cannot download ImageNet weights for {name} ({type(exc).__name__}: offline?); "
-            f"copy {filename} into {hub_checkpoint_dir()}/, or pass --weights PATH, or --no-pretrained"
+            f"copy {filename} into {hub_checkpoint_dir()}/, "
+            "or pass --weights PATH, or --no-pretrained"
         ) from exc
 
 
@@ -37,12 +38,14 @@ def safe_load(path: Path, what: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CxrlabError(
-            f"{what}: {path} cannot be read as a PyTorch weights file (truncated, damaged or of another kind: {type(exc).__name__})"
+            f"{what}: {path} cannot be read as a PyTorch weights file "
+            f"(truncated, damaged or of another kind: {type(exc).__name__})"
         ) from exc
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a file (``weights_only=True``); accepts ``{"state_dict": ...}`` wrappers."""
+    """A state dict from a file (``weights_only=True``); accepts ``{"state_dict": ...}``
+    wrappers."""
     payload = safe_load(path, "--weights")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
@@ -70,7 +73,8 @@ def load_state_dict_file(network: nn.Module, path: Path, name: str) -> None:
         if wrong_shape:
             k = wrong_shape[0]
             parts.append(
-                f"{len(wrong_shape)} shape mismatches (e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
+                f"{len(wrong_shape)} shape mismatches "
+                f"(e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
             )
         raise CxrlabError(f"--weights: {path} does not fit {name}: {'; '.join(parts)}")
     network.load_state_dict(state)

@@ -48,7 +48,8 @@ def loader_augmentation(config: RunConfig) -> v2.Compose | None:
 
 
 def device_augmentation(config: RunConfig) -> BatchXrayAugmentation | None:
-    """The batched augmentation a run applies on its device (fine-tuning with ``augment_on="device"``)."""
+    """The batched augmentation a run applies on its device (fine-tuning with
+    ``augment_on="device"``)."""
     on_device = config.augment and config.augment_on == "device" and config.mode == "finetune"
     return BatchXrayAugmentation() if on_device else None
 

@@ -68,7 +68,8 @@ def plan_runs(
                 if run_mode == "frozen" and not has_imagenet:
                     if seed == seeds[0]:
                         notes.append(
-                            f"{model}: frozen mode skipped (no ImageNet weights: a frozen random backbone is meaningless)"
+                            f"{model}: frozen mode skipped "
+                            "(no ImageNet weights: a frozen random backbone is meaningless)"
                         )
                     continue
                 recipe = (
@@ -91,7 +92,8 @@ def plan_runs(
 
 
 def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
-    # how it runs, not what it computes; and the operating point, which calibration sets on a finished run
+    # how it runs, not what it computes; and the operating point, which calibration sets on a
+    # finished run
     ignore = {
         "num_workers",
         "devices",
@@ -129,7 +131,8 @@ def run_comparison(
     for config in configs:
         if str(config.devices) not in ("auto", "1") or config.num_nodes > 1:
             raise CxrlabError(
-                f"--devices {config.devices}: compare trains in one process; for DDP train each model with cxrlab train --devices N"
+                f"--devices {config.devices}: compare trains in one process; "
+                "for DDP train each model with cxrlab train --devices N"
             )
     index = discover(data)
     for folder in (
@@ -158,7 +161,8 @@ def run_comparison(
         )  # a folder left by a run that failed before its first epoch is replaced
         if resume and not _same_recipe(RunConfig.load(saved), config):
             raise CxrlabError(
-                f"{run_dir}: holds a run with another recipe; use another --out or delete that folder"
+                f"{run_dir}: holds a run with another recipe; "
+                "use another --out or delete that folder"
             )
         state = (
             "reusing finished"
@@ -191,7 +195,8 @@ def run_comparison(
         test = result.metrics.get("test", {})
         if test:
             say(
-                f"    test accuracy {test['accuracy']:.3f}, macro-F1 {test['macro_f1']:.3f} ({run_dir})"
+                f"    test accuracy {test['accuracy']:.3f}, "
+                f"macro-F1 {test['macro_f1']:.3f} ({run_dir})"
             )
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
@@ -202,7 +207,8 @@ def run_comparison(
                 if not is_current(run_dir / EXTERNAL_DIR / name, result.metrics):
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
                     say(
-                        f"    on {name}: balanced accuracy {found.balanced_accuracy} over {', '.join(found.present)}"
+                        f"    on {name}: balanced accuracy {found.balanced_accuracy} "
+                        f"over {', '.join(found.present)}"
                     )
             write_model_card(run_dir)
         run_dirs.append(run_dir)

@@ -51,7 +51,8 @@ class RunConfig:
     ema_decay: float = (
         0.0  # > 0: validate, select and keep an exponential moving average of the weights
     )
-    tta: bool = False  # test-time augmentation (mean probability over a few views) when testing and predicting
+    # test-time augmentation (mean probability over a few views) when testing and predicting
+    tta: bool = False
     target_recall: str | None = (
         None  # CLASS=RECALL: an operating point chosen on validation (e.g. COVID19=0.95)
     )
@@ -138,8 +139,10 @@ class RunConfig:
         )
         extras += [f"operating point {self.target_recall}"] if self.target_recall else []
         return (
-            f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, {self.epochs} epochs, "
-            f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}{''.join(', ' + e for e in extras)}, seed {self.seed}"
+            f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, "
+            f"{self.epochs} epochs, "
+            f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}"
+            f"{''.join(', ' + e for e in extras)}, seed {self.seed}"
         )
 
     def save(self, path: Path) -> None:
@@ -164,7 +167,8 @@ def option_name(field_name: str) -> str:
 
 
 def resume_conflicts(stored: RunConfig, requested: dict[str, tuple[str, object]]) -> list[str]:
-    """Options given with ``--resume`` that contradict the stored run, as ``'--opt value (the run has x)'``.
+    """Options given with ``--resume`` that contradict the stored run, as
+    ``'--opt value (the run has x)'``.
 
     ``requested`` maps a config field to (the option that asked for it, the value asked for).
     """

@@ -3,9 +3,10 @@
 The backbone is unchanged, so its output for an image never changes: features are computed
 in one pass over the cache (no augmentation, eval mode) and stored beside the image cache,
 in the folder of the cache's generation (a new one whenever any cached image changes, so
-features never outlive the pixels they came from), keyed by the model key and the image rows. The new linear head is then trained on the
-feature matrix by the same Lightning loop as every other run (:mod:`cxrlab.training.run`),
-which takes seconds instead of a forward pass through the CNN per epoch.
+features never outlive the pixels they came from), keyed by the model key and the image rows.
+The new linear head is then trained on the feature matrix by the same Lightning loop as every
+other run (:mod:`cxrlab.training.run`), which takes seconds instead of a forward pass through
+the CNN per epoch.
 """
 
 from __future__ import annotations

@@ -127,7 +127,8 @@ class ClassifierModule(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.history: list[dict[str, float]] = []
-        # EMA of the weights (timm's, with decay warm-up): validated, selected and kept instead of the raw weights.
+        # EMA of the weights (timm's, with decay warm-up): validated, selected and kept instead of
+        # the raw weights.
         self.ema = (
             ModelEmaV3(net, decay=config.ema_decay, use_warmup=True, warmup_power=3 / 4)
             if config.ema_decay > 0
@@ -174,7 +175,8 @@ class ClassifierModule(L.LightningModule):
     def loss(
         self, logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0
     ) -> torch.Tensor:
-        """The head's own loss when it has one (the two-stage head), else class-weighted cross-entropy."""
+        """The head's own loss when it has one (the two-stage head), else class-weighted
+        cross-entropy."""
         head = self.net.head if isinstance(self.net, CxrClassifier) else self.net
         own = getattr(head, "loss", None)
         if own is not None:

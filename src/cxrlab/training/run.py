@@ -183,7 +183,8 @@ def write_history(path: Path, history: list[dict[str, float]]) -> None:
 
 
 def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
-    """CSV always (a resumed run logs into a new folder, keeping the old logs); TensorBoard or MLflow on request."""
+    """CSV always (a resumed run logs into a new folder, keeping the old logs); TensorBoard or
+    MLflow on request."""
     versions = (
         [p.name for p in (run_dir / "logs").glob("csv*")] if (run_dir / "logs").is_dir() else []
     )
@@ -207,13 +208,15 @@ def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
             )
     except ImportError as exc:  # Lightning raises ModuleNotFoundError when the backend is missing
         raise CxrlabError(
-            f"--logger {config.logger}: the {config.logger} package is not installed (pip install {config.logger})"
+            f"--logger {config.logger}: the {config.logger} package is not installed "
+            f"(pip install {config.logger})"
         ) from exc
     return loggers
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoints written whole or not at all (a kill mid-write keeps the previous file)."""
+    """Lightning checkpoints written whole or not at all (a kill mid-write keeps the previous
+    file)."""
 
     def save_checkpoint(
         self, checkpoint: dict, path: str | Path, storage_options: object | None = None
@@ -259,7 +262,8 @@ def build_trainer(
     root: Path,
     **overrides: object,
 ) -> L.Trainer:
-    """The Lightning Trainer of a run (``overrides``: extra Trainer arguments, e.g. for benchmarks)."""
+    """The Lightning Trainer of a run (``overrides``: extra Trainer arguments, e.g. for
+    benchmarks)."""
     settings: dict[str, object] = dict(
         max_epochs=config.epochs,
         accelerator="cpu"
@@ -317,7 +321,8 @@ def is_resumable(run_dir: Path) -> bool:
 def launched_rank() -> int:
     """This process's global rank when a DDP launcher started it (0 for the first or only process).
 
-    Known before the Trainer exists, from the variables Lightning's launchers (and SLURM, torchrun) set.
+    Known before the Trainer exists, from the variables Lightning's launchers (and SLURM,
+    torchrun) set.
     """
     import os
 
@@ -352,19 +357,23 @@ def check_runnable(config: RunConfig, *, model_option: str = "--model") -> None:
     check_model(config.model, config.image_size, option=model_option)
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise CxrlabError(
-            f"--accelerator {config.accelerator}: no CUDA GPU is available here; use --accelerator cpu or auto"
+            f"--accelerator {config.accelerator}: no CUDA GPU is available here; "
+            "use --accelerator cpu or auto"
         )
     from lightning.pytorch.strategies import StrategyRegistry
 
     if config.strategy != "auto" and config.strategy not in StrategyRegistry:
         raise CxrlabError(
-            f"--strategy {config.strategy}: not a Lightning strategy (e.g. auto, ddp, ddp_spawn, fsdp)"
+            f"--strategy {config.strategy}: not a Lightning strategy "
+            "(e.g. auto, ddp, ddp_spawn, fsdp)"
         )
     processes = planned_processes(config)
     if config.batch_size % processes:
         raise CxrlabError(
-            f"--batch-size {config.batch_size}: not divisible by the {processes} training processes "
-            f"(--devices {config.devices} x --num-nodes {config.num_nodes}); the batch is split evenly over them"
+            f"--batch-size {config.batch_size}: "
+            f"not divisible by the {processes} training processes "
+            f"(--devices {config.devices} x --num-nodes {config.num_nodes}); "
+            "the batch is split evenly over them"
         )
 
 
@@ -398,7 +407,8 @@ def subset_logits(
     batch_size: int,
     progress: bool,
 ) -> np.ndarray:
-    """The model's logits for the films of one subset (frozen mode: its head on the cached features)."""
+    """The model's logits for the films of one subset (frozen mode: its head on the cached
+    features)."""
     if feats is not None:
         with torch.no_grad():
             return model.head(torch.from_numpy(feats[name])).double().numpy()
@@ -423,7 +433,8 @@ def calibrate_and_test(
 ) -> None:
     """Fit the temperature (and the operating point of ``config.target_recall``) on the validation
     logits, save ``model.pt`` with them, write ``val_predictions.csv`` and ``test_predictions.csv``
-    (calibrated), and put the test metrics, the calibration and the operating point into ``metrics``."""
+    (calibrated), and put the test metrics, the calibration and the operating point into
+    ``metrics``."""
     classes = prepared.classes
     y_val = prepared.labels("val")
     temperature = fit_temperature(logits["val"], y_val)
@@ -475,7 +486,8 @@ def calibrate_and_test(
 
 
 def is_calibrated(metrics: dict, target_recall: str | None = None) -> bool:
-    """Whether a finished run (its ``metrics.json``) has its temperature (and, when asked, that operating point)."""
+    """Whether a finished run (its ``metrics.json``) has its temperature (and, when asked, that
+    operating point)."""
     wanted = target_recall is None or run_target(metrics) == target_name(
         *parse_target_recall(target_recall)
     )
@@ -514,7 +526,8 @@ def calibrate_run(
         )
         if prepared.classes != list(model.classes):
             raise CxrlabError(
-                f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} (is this the run's dataset?)"
+                f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} "
+                "(is this the run's dataset?)"
             )
         if config.target_recall:
             parse_target_recall(config.target_recall, prepared.classes)
@@ -582,19 +595,24 @@ def train_run(
     check_runnable(config)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    busy = f"{run_dir}: another cxrlab process is training into this folder; wait for it, or choose another --out"
+    busy = (
+        f"{run_dir}: another cxrlab process is training into this folder; "
+        "wait for it, or choose another --out"
+    )
     with locked(run_dir, busy=busy):
         if resume:
             if not last.is_file():
                 raise CxrlabError(
-                    f"--resume: the run in {run_dir} never finished an epoch, so there is nothing to resume; start it again without --resume"
+                    f"--resume: the run in {run_dir} never finished an epoch, "
+                    "so there is nothing to resume; start it again without --resume"
                 )
             safe_load(
                 last, "--resume"
             )  # a damaged checkpoint is named here, not deep inside Lightning
         elif is_resumable(run_dir):
             raise CxrlabError(
-                f"{run_dir}: a run already exists here; pass --resume to continue it, or another --out"
+                f"{run_dir}: a run already exists here; "
+                "pass --resume to continue it, or another --out"
             )
         elif config_file.is_file():
             discard_unstarted(run_dir)
@@ -646,7 +664,8 @@ def _fit_and_test(
             say(f"skipped {reason}")
         if len(prepared.skipped) > 10:
             say(
-                f"skipped {len(prepared.skipped) - 10} more unreadable file(s) (listed in metrics.json)"
+                f"skipped {len(prepared.skipped) - 10} more unreadable file(s) "
+                "(listed in metrics.json)"
             )
     if not worker and not resume:
         config.save(config_file)
@@ -675,7 +694,10 @@ def _fit_and_test(
         for p in model.backbone_parameters():
             p.requires_grad_(False)
         started = time.perf_counter()
-        key = f"{config.model}|{config.weights or ('imagenet' if config.pretrained else f'scratch-seed{config.seed}')}"
+        origin = config.weights or (
+            "imagenet" if config.pretrained else f"scratch-seed{config.seed}"
+        )
+        key = f"{config.model}|{origin}"
         feats = {
             name: cached_features(
                 model, prepared.cache, prepared.rows[name], key, device=device, progress=progress
@@ -735,7 +757,8 @@ def _fit_and_test(
     if not trainer.is_global_zero:
         return RunResult(run_dir, config, {})
 
-    # the callback's best, or (a resumed run whose folder was moved: the remembered path is gone) its copy here
+    # the callback's best, or (a resumed run whose folder was moved: the remembered path is gone)
+    # its copy here
     candidates = [Path(checkpoints.best_model_path)] if checkpoints.best_model_path else []
     best = next(
         (p for p in [*candidates, run_dir / "checkpoints" / "best.ckpt"] if p.is_file()), last
