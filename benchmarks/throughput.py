@@ -633,7 +633,7 @@ def main() -> int:
         )
         args.manifest = None
 
-    from cxrlab.evaluation.predict import pick_device
+    from cxrlab.device import pick_device
     from cxrlab.training.config import preset
     from cxrlab.training.run import prepare_data
 

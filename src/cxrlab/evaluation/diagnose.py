@@ -23,9 +23,9 @@ import numpy as np
 
 from cxrlab.data.cache import CacheSpec
 from cxrlab.data.split import load_split
+from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.gradcam import gradcam_summary
-from cxrlab.evaluation.predict import pick_device
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
 from cxrlab.fileio import atomic_write_text
 

@@ -16,26 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 from cxrlab.data.cache import CacheSpec, load_square
 from cxrlab.data.discover import natural_key
 from cxrlab.data.reader import IMAGE_EXTENSIONS
+from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
 from cxrlab.fileio import atomic_open, open_text
 from cxrlab.progress import track
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; ``cuda``/``gpu`` without one is an
-    error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name in ("gpu", "cuda") or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise CxrlabError(
-                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
-            )
-        return torch.device("cuda" if name == "gpu" else name)
-    if name != "cpu":
-        raise CxrlabError(f"--device {name}: not one of auto, cpu, cuda")
-    return torch.device(name)
 
 
 @torch.no_grad()

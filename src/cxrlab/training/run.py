@@ -47,6 +47,7 @@ from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
 from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.data.split import class_weights, load_split, save_split
+from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
     CalibrationEffect,
@@ -61,7 +62,6 @@ from cxrlab.evaluation.calibration import (
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import (
     inference_speed,
-    pick_device,
     predict_logits,
     write_predictions,
 )
