@@ -19,7 +19,7 @@ import html
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -124,3 +124,17 @@ def markdown_escape(text: object) -> str:
     specials (``\\ ` * _ [ ] | ~``) backslash-escaped, line breaks as spaces (one table cell)."""
     escaped = MARKDOWN_SPECIALS.sub(r"\\\1", html.escape(display_name(str(text)), quote=False))
     return escaped.replace("\r", " ").replace("\n", " ")
+
+
+def markdown_table(
+    header: Sequence[str], rows: Iterable[Sequence[str]], *, align: Sequence[str] | None = None
+) -> list[str]:
+    """The lines of a Markdown table whose cells are already Markdown (escape names with
+    :func:`markdown_escape` first); ``align``: one ``:---``/``---:`` per column, else plain
+    ``|---|``. The one table renderer of the audit, the analysis and the reports."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cells) + " |"
+
+    rule = line(align) if align is not None else "|" + "|".join("---" for _ in header) + "|"
+    return [line(header), rule, *(line(row) for row in rows)]

@@ -32,7 +32,7 @@ from rich.text import Text
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex
 from cxrlab.data.scan import ImageRecord
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_write_text, display_name, markdown_escape
+from cxrlab.fileio import atomic_write_text, display_name, markdown_escape, markdown_table
 
 PLOTS = {
     "class_counts": "class_counts.png",
@@ -464,11 +464,10 @@ def _split_class_cells(cell: dict) -> list[str]:
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> list[str]:
     """A Markdown table; every header and cell escaped (class names come from folder names)."""
-
-    def line(cells: Sequence[object]) -> str:
-        return "| " + " | ".join(markdown_escape(cell) for cell in cells) + " |"
-
-    return [line(header), "|" + "|".join("---" for _ in header) + "|", *(line(row) for row in rows)]
+    return markdown_table(
+        [markdown_escape(h) for h in header],
+        ([markdown_escape(cell) for cell in row] for row in rows),
+    )
 
 
 def _md_figure(key: str) -> list[str]:

@@ -31,7 +31,7 @@ from cxrlab.data.duplicates import DEFAULT_THRESHOLD, exact_pairs, group_pairs, 
 from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, ShortcutReport, shortcut_check
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, open_text
+from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = (
@@ -297,17 +297,26 @@ def markdown_report(result: AuditResult) -> str:
         "",
         f"{s['files']} files; status: {s['status']}; kept per split: {s['kept_per_split']}.",
         "",
-        "| check | count |",
-        "|---|---|",
-        f"| unreadable (by kind) | {s['unreadable'] or 0} |",
-        f"| too small (< {result.config.min_size} px) | {s['too_small']} |",
-        f"| exact duplicate groups (files) | {s['exact_duplicate_groups']} "
-        f"({s['exact_duplicate_files']}) |",
-        f"| near-duplicate groups (files), NCC >= {result.config.near_threshold} | "
-        f"{s['near_duplicate_groups']} ({s['near_duplicate_files']}) |",
-        f"| **groups leaking across splits (files)** | "
-        f"**{s['leakage_groups']} ({s['leakage_files']})** |",
-        f"| groups with conflicting labels | {s['label_conflict_groups']} |",
+        *markdown_table(
+            ["check", "count"],
+            [
+                ["unreadable (by kind)", f"{s['unreadable'] or 0}"],
+                [f"too small (< {result.config.min_size} px)", f"{s['too_small']}"],
+                [
+                    "exact duplicate groups (files)",
+                    f"{s['exact_duplicate_groups']} ({s['exact_duplicate_files']})",
+                ],
+                [
+                    f"near-duplicate groups (files), NCC >= {result.config.near_threshold}",
+                    f"{s['near_duplicate_groups']} ({s['near_duplicate_files']})",
+                ],
+                [
+                    "**groups leaking across splits (files)**",
+                    f"**{s['leakage_groups']} ({s['leakage_files']})**",
+                ],
+                ["groups with conflicting labels", f"{s['label_conflict_groups']}"],
+            ],
+        ),
         "",
     ]
     flagged = [g for g in result.groups if g.cross_split or g.label_conflict or not g.exact]
@@ -315,14 +324,19 @@ def markdown_report(result: AuditResult) -> str:
         lines += [
             "## Leakage, label conflicts and near duplicates",
             "",
-            "| files | splits | classes | min NCC |",
-            "|---|---|---|---|",
         ]
-        for g in flagged:
-            lines.append(
-                f"| {'<br>'.join(map(md, g.members))} | {', '.join(g.splits)} | "
-                f"{md(', '.join(g.classes))} | {g.min_similarity:.4f} |"
-            )
+        lines += markdown_table(
+            ["files", "splits", "classes", "min NCC"],
+            [
+                [
+                    "<br>".join(map(md, g.members)),
+                    ", ".join(g.splits),
+                    md(", ".join(g.classes)),
+                    f"{g.min_similarity:.4f}",
+                ]
+                for g in flagged
+            ],
+        )
         lines.append("")
     lines += ["![duplicates](duplicates.png)", ""]
     sc = result.shortcut
@@ -355,12 +369,11 @@ def markdown_report(result: AuditResult) -> str:
         lines += [
             "## Files excluded or flagged",
             "",
-            "| file | status | reasons |",
-            "|---|---|---|",
         ]
-        lines += [f"| {md(p)} | {st} | {md('; '.join(why))} |" for p, st, why in problems[:500]]
+        rows = [[md(p), st, md("; ".join(why))] for p, st, why in problems[:500]]
         if len(problems) > 500:
-            lines.append(f"| ... {len(problems) - 500} more in manifest.csv | | |")
+            rows.append([f"... {len(problems) - 500} more in manifest.csv", "", ""])
+        lines += markdown_table(["file", "status", "reasons"], rows)
     return "\n".join(lines) + "\n"
 
 

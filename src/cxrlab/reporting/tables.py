@@ -18,7 +18,7 @@ import numpy as np
 from markupsafe import Markup
 
 from cxrlab.evaluation.metrics import Interval
-from cxrlab.fileio import atomic_open, markdown_escape
+from cxrlab.fileio import atomic_open, markdown_escape, markdown_table
 from cxrlab.reporting.render import render
 
 MISSING = "–"
@@ -133,17 +133,14 @@ class Table:
         return render("table.html", table=self)
 
     def markdown(self) -> str:
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(cells) + " |"
-
         def cell(c: Cell) -> str:
             text = markdown_escape(c.plain)
             return f"**{text}**" if c.bold else text
 
         align = [":---" if j in self.text else "---:" for j in range(len(self.headers))]
         head = [markdown_escape(h) for h in self.headers]
-        rows = (line([cell(c) for c in row]) for row in self.rows)
-        return "\n".join([line(head), line(align), *rows])
+        rows = ([cell(c) for c in row] for row in self.rows)
+        return "\n".join(markdown_table(head, rows, align=align))
 
 
 def csv_row(fields: Sequence[str], **values: object) -> dict[str, object]:
