@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from timm.utils import ModelEmaV3
 from torch import nn
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
@@ -26,12 +27,18 @@ from cxrlab.training.augment import device_augmentation
 from cxrlab.training.config import RunConfig
 
 
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate factor: linear warm-up to 1, then cosine decay to 0."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step schedule: linear warm-up from ``1/warmup_steps`` to 1 over ``warmup_steps``
+    steps, then cosine decay to 0 at ``total_steps`` (``LinearLR`` then ``CosineAnnealingLR``)."""
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps))
+    if warmup_steps == 0:
+        return cosine
+    linear = LinearLR(
+        optimizer, start_factor=1 / warmup_steps, end_factor=1.0, total_iters=warmup_steps - 1
+    )
+    return SequentialLR(optimizer, [linear, cosine], milestones=[warmup_steps])
 
 
 def weighted_cross_entropy(
@@ -237,9 +244,7 @@ class ClassifierModule(L.LightningModule):
         warmup = (
             min(total - 1, round(c.warmup_epochs * total / c.epochs)) if c.warmup_epochs > 0 else 0
         )
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine(step, warmup, total)
-        )
+        schedule = warmup_cosine(optimizer, warmup, total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
