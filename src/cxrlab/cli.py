@@ -593,11 +593,12 @@ def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, obj
 def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
     """The stored config of the run in ``run_dir``; options given that contradict it are one
     error."""
+    from cxrlab.artifacts import RunDir
     from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
 
-    if not (run_dir / "config.json").is_file():
+    if not RunDir(run_dir).config.is_file():
         raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
-    stored = RunConfig.load(run_dir / "config.json")
+    stored = RunConfig.load(RunDir(run_dir).config)
     requested: dict[str, tuple[str, object]] = {}
     if given_options(ctx, {"preset_name": preset_name}):
         requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}

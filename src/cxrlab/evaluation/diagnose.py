@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlab.artifacts import DIAGNOSTIC_FILES, RunDir
 from cxrlab.data.cache import CacheSpec
 from cxrlab.data.split import load_split
 from cxrlab.device import pick_device
@@ -28,8 +29,6 @@ from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.gradcam import gradcam_summary
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
 from cxrlab.fileio import atomic_write_text
-
-DIAGNOSTIC_FILES = ("robustness.json", "gradcam.json", "gradcam.png")
 
 # Decoded test films shared by the runs of one process (one comparison): {(paths, spec): images}.
 _DECODED: dict[tuple[tuple[str, ...], CacheSpec], dict[str, np.ndarray]] = {}
@@ -70,10 +69,11 @@ def diagnose_run(
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
 
     run_dir, data = Path(run_dir), Path(data)
-    if not (run_dir / "model.pt").is_file():
+    files = RunDir(run_dir)
+    if not files.model.is_file():
         raise CxrlabError(f"{run_dir}: no model.pt (the run has not finished)")
-    model, extra = load_checkpoint_with_extra(run_dir / "model.pt")
-    test = load_split(run_dir / "split.csv").get("test", [])
+    model, extra = load_checkpoint_with_extra(files.model)
+    test = load_split(files.split).get("test", [])
     if not test:
         raise CxrlabError(f"{run_dir}: the run has no test split to diagnose")
     paths = [data / relative for relative, _ in test]
@@ -95,17 +95,17 @@ def diagnose_run(
     robustness = robustness_eval(
         model, paths, labels, classes, spec, images=images, device=target, progress=progress
     )
-    atomic_write_text(run_dir / "robustness.json", json.dumps(robustness, indent=2) + "\n")
+    atomic_write_text(files.robustness, json.dumps(robustness, indent=2) + "\n")
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
     gradcam = gradcam_summary(
         model,
         images[spec.resize][sample],
         labels[sample],
         classes,
-        out_png=run_dir / "gradcam.png",
+        out_png=files.gradcam_png,
         device=target,
         progress=progress,
         title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
     )
-    atomic_write_text(run_dir / "gradcam.json", json.dumps(gradcam, indent=2) + "\n")
+    atomic_write_text(files.gradcam, json.dumps(gradcam, indent=2) + "\n")
     return {"robustness": robustness, "gradcam": gradcam}

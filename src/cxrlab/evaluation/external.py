@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlab.artifacts import VAL_PREDICTIONS, ExternalDir, RunDir, read_json
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
@@ -53,8 +54,6 @@ from cxrlab.evaluation.metrics import (
 )
 from cxrlab.evaluation.predict import predict_files, read_predictions, write_predictions
 from cxrlab.fileio import atomic_write_text, read_text
-
-EXTERNAL_DIR = "external"  # RUN/external/<NAME>/{metrics.json,predictions.csv}
 
 
 @dataclass(frozen=True)
@@ -202,12 +201,12 @@ def resolve_model(model: Path) -> tuple[Path, Path | None]:
     """``(model file, run folder or None)`` for a run folder, a ``model.pt`` or an ``.onnx``."""
     model = Path(model)
     if model.is_dir():
-        if not (model / "model.pt").is_file():
+        if not RunDir(model).model.is_file():
             raise CxrlabError(f"{model}: no model.pt here (is it a finished cxrlab run folder?)")
-        return model / "model.pt", model
+        return RunDir(model).model, model
     if not model.is_file():
         raise CxrlabError(f"{model}: no such model file or run folder")
-    run_dir = model.parent if (model.parent / "metrics.json").is_file() else None
+    run_dir = model.parent if RunDir(model.parent).is_finished else None
     return model, run_dir
 
 
@@ -238,24 +237,20 @@ def internal_reference(
 ) -> Internal | None:
     """The run's own test numbers for the external set's present classes (None without a run);
     with ``point``, its rates on the test split (from ``test_predictions.csv``)."""
-    metrics_file = run_dir / "metrics.json" if run_dir is not None else None
-    if metrics_file is None or not metrics_file.is_file():
+    if run_dir is None or not RunDir(run_dir).is_finished:
         return None
-    metrics = json.loads(read_text(metrics_file))
+    metrics = read_json(RunDir(run_dir).metrics)
     test = metrics.get("test")
     if not test:
         return None
     recall = {c: float(test["per_class"][c]["recall"]) for c in present}
     at_point = None
-    if point is not None and (run_dir / "test_predictions.csv").is_file():
+    if point is not None and RunDir(run_dir).test_predictions.is_file():
         _, y_true, probs = read_predictions(
-            run_dir / "test_predictions.csv", list(metrics["classes"])
+            RunDir(run_dir).test_predictions, list(metrics["classes"])
         )
         at_point = OperatingResult.of(point, y_true, probs, list(metrics["classes"]))
     return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))), at_point)
-
-
-VALIDATION_PREDICTIONS = "val_predictions.csv"  # written by every run (calibrated probabilities)
 
 
 def validation_point(
@@ -263,12 +258,12 @@ def validation_point(
 ) -> OperatingPoint:
     """The operating point for ``target_recall`` chosen on the run's validation predictions."""
     label, recall = parse_target_recall(target_recall, classes)
-    found = run_dir / VALIDATION_PREDICTIONS if run_dir is not None else None
+    found = run_dir / VAL_PREDICTIONS if run_dir is not None else None
     if found is None or not found.is_file():
         raise CxrlabError(
             f"--target-recall {target_recall}: the threshold is chosen on the run's validation "
             f"split, and {model} has no "
-            f"{VALIDATION_PREDICTIONS} beside it (give the run folder; "
+            f"{VAL_PREDICTIONS} beside it (give the run folder; "
             "for a run made before cxrlab calibrated: "
             "cxrlab calibrate RUN --data DATA)"
         )
@@ -312,7 +307,7 @@ def evaluate_model(
         point = validation_point(run_dir, model_file, predictor.classes, target_recall)
     index, split, films = external_films(data, predictor.classes, split)
     name = name or default_name(data, split, index)
-    out = Path(out) if out is not None else model_file.parent / EXTERNAL_DIR / name
+    out = Path(out) if out is not None else RunDir(model_file.parent).external(name).root
     check_output_folder(out, data)
     found = predict_files(
         predictor, [path for path, _ in films], batch_size=batch_size, progress=progress
@@ -341,7 +336,7 @@ def evaluate_model(
         else None,
     )
     write_predictions(
-        out / "predictions.csv",
+        ExternalDir(out).predictions,
         [index.relative(p) for p in found.paths],
         y_true,
         found.probs,
@@ -349,7 +344,7 @@ def evaluate_model(
         point,
     )
     atomic_write_text(
-        out / "metrics.json", evaluation.to_json()
+        ExternalDir(out).metrics, evaluation.to_json()
     )  # last: it marks the evaluation done
     return evaluation, out
 
@@ -358,7 +353,7 @@ def is_current(folder: Path, run_metrics: dict) -> bool:
     """Whether ``folder`` holds an evaluation of the run's model as it is now (``run_metrics``: the
     run's ``metrics.json``): the same temperature and operating point (an evaluation from before the
     run was calibrated is stale)."""
-    if not (Path(folder) / "metrics.json").is_file():
+    if not ExternalDir(Path(folder)).metrics.is_file():
         return False
     evaluation = load_evaluation(folder)
     temperature = float((run_metrics.get("calibration") or {}).get("temperature", 1.0))
@@ -368,11 +363,11 @@ def is_current(folder: Path, run_metrics: dict) -> bool:
 
 def load_evaluation(folder: Path) -> Evaluation:
     """An evaluation written by :func:`evaluate_model` (``folder`` holds its ``metrics.json``)."""
-    return Evaluation.from_json(read_text(Path(folder) / "metrics.json"))
+    return Evaluation.from_json(read_text(ExternalDir(Path(folder)).metrics))
 
 
 def evaluation_predictions(
     folder: Path, classes: list[str]
 ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(paths, y_true, probs)`` of an evaluation, for paired tests between models."""
-    return read_predictions(Path(folder) / "predictions.csv", classes)
+    return read_predictions(ExternalDir(Path(folder)).predictions, classes)

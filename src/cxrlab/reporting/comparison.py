@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from markupsafe import Markup
 
-from cxrlab.reporting.model_card import MODEL_CARD
+from cxrlab.artifacts import MODEL_CARD
 from cxrlab.reporting.render import render
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (

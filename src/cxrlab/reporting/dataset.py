@@ -8,9 +8,10 @@ from pathlib import Path
 
 from markupsafe import Markup
 
+from cxrlab.artifacts import read_json
 from cxrlab.data.analyze import PLOTS
 from cxrlab.reporting.render import Figure, render
-from cxrlab.reporting.runs import ReportRun, read_json
+from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import MISSING, Cell, Table
 
 SUBSETS = ("train", "val", "test")

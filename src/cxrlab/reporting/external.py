@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
+from cxrlab.artifacts import METRICS_JSON, RunDir
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import (
-    EXTERNAL_DIR,
     Evaluation,
     evaluation_predictions,
     load_evaluation,
@@ -76,8 +76,8 @@ def load_external_sets(runs: Sequence[ReportRun], names: Sequence[str]) -> list[
     for name in names:
         evaluations, scores = [], []
         for run in runs:
-            folder = run.run_dir / EXTERNAL_DIR / name
-            if not (folder / "metrics.json").is_file():
+            folder = RunDir(run.run_dir).external(name).root
+            if not (folder / METRICS_JSON).is_file():
                 raise CxrlabError(
                     f"{run.run_dir}: not evaluated on '{name}' "
                     f"(cxrlab evaluate {run.run_dir} DATA --name {name})"

@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 from markupsafe import Markup
 
+from cxrlab.artifacts import GRADCAM_JSON
 from cxrlab.reporting.render import Figure, render
-from cxrlab.reporting.runs import GRADCAM_JSON, ReportRun
+from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (
     MISSING,
     NOT_COMPUTED,

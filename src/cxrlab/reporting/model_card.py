@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from cxrlab.artifacts import RunDir
 from cxrlab.evaluation.calibration import OperatingResult
-from cxrlab.evaluation.external import EXTERNAL_DIR, Evaluation, load_evaluation
+from cxrlab.evaluation.external import Evaluation, load_evaluation
 from cxrlab.evaluation.metrics import Interval
 from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
 
-MODEL_CARD = "MODEL_CARD.md"
 KAGGLE_CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 KAGGLE_CONFOUND = (
     " On the Kaggle COVID-19 / pneumonia set every NORMAL and PNEUMONIA film is a child from one "
@@ -69,10 +69,10 @@ def _audit_of(config: dict) -> dict | None:
 
 
 def _external(run_dir: Path) -> list[Evaluation]:
-    folder = run_dir / EXTERNAL_DIR
+    folder = RunDir(run_dir).externals
     if not folder.is_dir():
         return []
-    return [load_evaluation(d) for d in sorted(folder.glob("*")) if (d / "metrics.json").is_file()]
+    return [load_evaluation(d) for d in sorted(folder.glob("*")) if RunDir(d).is_finished]
 
 
 def _gap(ev: Evaluation) -> float | None:
@@ -235,7 +235,8 @@ def limitation_lines(metrics: dict, audit: dict | None, external: list[Evaluatio
 
 def model_card(run_dir: Path) -> str:
     """The card's Markdown for the finished run in ``run_dir``."""
-    config, metrics = _json(run_dir / "config.json") or {}, _json(run_dir / "metrics.json") or {}
+    files = RunDir(run_dir)
+    config, metrics = _json(files.config) or {}, _json(files.metrics) or {}
     audit, external = _audit_of(config), _external(run_dir)
     lines = [
         f"# Model card: {markdown_escape(metrics.get('run', run_dir.name))}",
@@ -266,7 +267,7 @@ def model_card(run_dir: Path) -> str:
         "",
         "## Robustness probes (test split)",
         "",
-        *robustness_lines(_json(run_dir / "robustness.json")),
+        *robustness_lines(_json(files.robustness)),
         "",
         "## Known limitations",
         "",
@@ -332,4 +333,4 @@ def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
 
 def write_model_card(run_dir: Path) -> Path:
     """Write (or rewrite) ``RUN/MODEL_CARD.md``; returns its path."""
-    return atomic_write_text(Path(run_dir) / MODEL_CARD, model_card(Path(run_dir)))
+    return atomic_write_text(RunDir(run_dir).model_card, model_card(Path(run_dir)))

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 
 from markupsafe import Markup
 
+from cxrlab.artifacts import ROBUSTNESS_JSON
 from cxrlab.evaluation.robustness import PROBES, VARIANTS, probe_reading
 from cxrlab.reporting.render import render
-from cxrlab.reporting.runs import ROBUSTNESS_JSON, ReportRun
+from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (
     MISSING,
     NOT_COMPUTED,

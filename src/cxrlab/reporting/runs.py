@@ -10,38 +10,18 @@ neither Lightning nor :mod:`cxrlab.training`.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from cxrlab.artifacts import RunDir, optional_json, read_json
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import Interval
 from cxrlab.evaluation.predict import read_predictions
-from cxrlab.fileio import open_text, read_text
+from cxrlab.fileio import open_text
 from cxrlab.reporting.tables import number
-
-CONFIG_JSON, METRICS_JSON, HISTORY_CSV = "config.json", "metrics.json", "history.csv"
-TEST_PREDICTIONS = "test_predictions.csv"
-ROBUSTNESS_JSON, GRADCAM_JSON, GRADCAM_PNG = "robustness.json", "gradcam.json", "gradcam.png"
-
-
-def read_json(path: Path) -> dict:
-    """The JSON object in ``path``; an error naming the file when it is not one."""
-    try:
-        data = json.loads(read_text(path))
-    except ValueError as exc:
-        raise CxrlabError(f"{path}: not valid JSON ({exc}); delete it or compute it again") from exc
-    if not isinstance(data, dict):
-        raise CxrlabError(f"{path}: expected a JSON object")
-    return data
-
-
-def optional_json(path: Path) -> dict | None:
-    """The JSON object in ``path``; None when there is no such file."""
-    return read_json(path) if path.is_file() else None
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -95,7 +75,7 @@ class ReportRun:
     @property
     def gradcam_png(self) -> Path | None:
         """The run's Grad-CAM overlay figure, when it has one."""
-        path = self.run_dir / GRADCAM_PNG
+        path = RunDir(self.run_dir).gradcam_png
         return path if path.is_file() else None
 
     @property
@@ -133,17 +113,16 @@ def load_run(run_dir: Path) -> ReportRun:
     """Read one finished run folder; it must hold test results. Robustness and Grad-CAM
     results are read when present (older runs lack them)."""
     run_dir = Path(run_dir)
-    metrics_file = run_dir / METRICS_JSON
-    if not metrics_file.is_file():
+    files = RunDir(run_dir)
+    if not files.is_finished:
         raise CxrlabError(
             f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
         )
-    metrics, recipe = read_json(metrics_file), Recipe.load(run_dir / CONFIG_JSON)
-    predictions = run_dir / TEST_PREDICTIONS
+    metrics, recipe = read_json(files.metrics), Recipe.load(files.config)
+    predictions = files.test_predictions
     if "test" not in metrics or not predictions.is_file():
         raise CxrlabError(f"{run_dir}: no test results (the dataset has no test split)")
-    history_file = run_dir / HISTORY_CSV
-    history = read_history(history_file) if history_file.is_file() else []
+    history = read_history(files.history) if files.history.is_file() else []
     paths, y_true, probs = read_predictions(predictions, list(metrics["classes"]))
     return ReportRun(
         run_dir,
@@ -154,8 +133,8 @@ def load_run(run_dir: Path) -> ReportRun:
         y_true,
         probs,
         metrics["run"],
-        robustness=optional_json(run_dir / ROBUSTNESS_JSON),
-        gradcam=optional_json(run_dir / GRADCAM_JSON),
+        robustness=optional_json(files.robustness),
+        gradcam=optional_json(files.gradcam),
     )
 
 

@@ -17,12 +17,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
+from cxrlab.artifacts import RunDir
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
-from cxrlab.evaluation.external import EXTERNAL_DIR, evaluate_model, external_films, is_current
+from cxrlab.evaluation.external import evaluate_model, external_films, is_current
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
 from cxrlab.training.run import (
@@ -155,7 +156,7 @@ def run_comparison(
     for position, config in enumerate(configs, 1):
         config = config.updated(manifest=str(manifest) if manifest else None)
         run_dir = out / "runs" / config.run_name
-        saved = run_dir / "config.json"
+        saved = RunDir(run_dir).config
         resume = is_resumable(
             run_dir
         )  # a folder left by a run that failed before its first epoch is replaced
@@ -166,7 +167,7 @@ def run_comparison(
             )
         state = (
             "reusing finished"
-            if (run_dir / "metrics.json").is_file()
+            if RunDir(run_dir).is_finished
             else ("resuming" if resume else "training")
         )
         say(f"[{position}/{len(configs)}] {state} {config.describe()}")
@@ -204,7 +205,7 @@ def run_comparison(
             for name, folder in (
                 external or {}
             ).items():  # scored once per finished model, never used to select
-                if not is_current(run_dir / EXTERNAL_DIR / name, result.metrics):
+                if not is_current(RunDir(run_dir).external(name).root, result.metrics):
                     found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
                     say(
                         f"    on {name}: balanced accuracy {found.balanced_accuracy} "

@@ -11,9 +11,10 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from cxrlab.artifacts import read_json
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import parse_target_recall
-from cxrlab.fileio import atomic_write_text, read_text
+from cxrlab.fileio import atomic_write_text
 
 MODES = ("frozen", "finetune")
 OPTIMIZERS = ("adamw", "sgd")
@@ -152,9 +153,14 @@ class RunConfig:
     def load(cls, path: Path) -> RunConfig:
         if not path.is_file():
             raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
-        data = json.loads(read_text(path))
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        data = read_json(path)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:  # a field this version does not know would be silently dropped: refuse
+            raise CxrlabError(
+                f"{path}: unknown field(s) {', '.join(unknown)} (written by another cxrlab "
+                "version?); remove them or use that version"
+            )
+        return cls(**data)  # a field missing from an older run takes today's default
 
 
 # Fields that change how a run is executed, never its numbers: free to differ on --resume.

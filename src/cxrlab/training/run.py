@@ -1,16 +1,8 @@
 """One training run, end to end: data → model → Lightning fit → test once → run folder.
 
-The run folder holds everything needed to trust, repeat or resume the run::
-
-    config.json            the RunConfig (recipe, seed, data options)
-    split.csv              the exact train/val/test files (path,class,subset)
-    history.csv            one row per epoch: lr, train/val loss and accuracy, val macro-F1
-    checkpoints/last.ckpt  Lightning state after the last finished epoch (for --resume)
-    checkpoints/best.ckpt  the epoch with the best validation macro-F1
-    model.pt               the best model as a cxrlab checkpoint (for ``cxrlab predict``)
-    test_predictions.csv   per test image: true class, predicted class, probabilities
-    metrics.json           test metrics with bootstrap CIs, timings, parameter counts
-    logs/                  Lightning's CSV logs (and TensorBoard/MLflow when asked)
+The run folder (its files are named in :mod:`cxrlab.artifacts`) holds everything needed to
+trust, repeat or resume the run: config, split, history, checkpoints, ``model.pt``, the
+predictions and ``metrics.json``, written last.
 
 Protocol: the model is chosen on validation macro-F1 (carved from train); the test split is
 read once, after training, with the chosen checkpoint.
@@ -43,6 +35,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import TensorDataset
 
+from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir, read_json
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
 from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover
@@ -65,7 +58,7 @@ from cxrlab.evaluation.predict import (
     predict_logits,
     write_predictions,
 )
-from cxrlab.fileio import atomic_open, atomic_write_text, locked, read_text
+from cxrlab.fileio import atomic_open, atomic_write_text, locked
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier, check_model, create_model
 from cxrlab.models.weights import safe_load
@@ -186,7 +179,7 @@ def _loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
     """CSV always (a resumed run logs into a new folder, keeping the old logs); TensorBoard or
     MLflow on request."""
     versions = (
-        [p.name for p in (run_dir / "logs").glob("csv*")] if (run_dir / "logs").is_dir() else []
+        [p.name for p in RunDir(run_dir).logs.glob("csv*")] if RunDir(run_dir).logs.is_dir() else []
     )
     loggers: list[Logger] = [
         CSVLogger(run_dir, name="logs", version=f"csv-{len(versions)}" if versions else "csv")
@@ -297,24 +290,22 @@ class RunResult:
 
     @classmethod
     def load(cls, run_dir: Path) -> RunResult:
-        metrics_file = run_dir / "metrics.json"
-        if not metrics_file.is_file():
+        files = RunDir(run_dir)
+        if not files.is_finished:
             raise CxrlabError(
                 f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
             )
-        return cls(
-            run_dir, RunConfig.load(run_dir / "config.json"), json.loads(read_text(metrics_file))
-        )
+        return cls(run_dir, RunConfig.load(files.config), read_json(files.metrics))
 
 
 def is_finished(run_dir: Path) -> bool:
-    return (run_dir / "metrics.json").is_file()
+    return RunDir(run_dir).is_finished
 
 
 def is_resumable(run_dir: Path) -> bool:
     """A run that finished at least one epoch (a folder with only a config failed before that)."""
-    return (run_dir / "config.json").is_file() and (
-        is_finished(run_dir) or (run_dir / "checkpoints" / "last.ckpt").is_file()
+    return RunDir(run_dir).config.is_file() and (
+        is_finished(run_dir) or RunDir(run_dir).last_checkpoint.is_file()
     )
 
 
@@ -332,13 +323,7 @@ def launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
-RUN_FILES = (
-    "config.json",
-    "split.csv",
-    "history.csv",
-    "checkpoints",
-    "logs",
-)  # what a run writes before its first epoch ends
+RUN_FILES = (CONFIG_JSON, SPLIT_CSV, HISTORY_CSV, "checkpoints", "logs")  # before epoch 1 ends
 
 
 def discard_unstarted(run_dir: Path) -> None:
@@ -446,7 +431,7 @@ def calibrate_and_test(
         )
     save_checkpoint(
         model,
-        run_dir / "model.pt",
+        RunDir(run_dir).model,
         image_size=config.image_size,
         resize=config.resize,
         tta=model.tta,
@@ -459,7 +444,7 @@ def calibrate_and_test(
         return [prepared.cache.paths[r] for r in prepared.rows[subset]]
 
     write_predictions(
-        run_dir / "val_predictions.csv", paths("val"), y_val, val_probs, classes, point
+        RunDir(run_dir).val_predictions, paths("val"), y_val, val_probs, classes, point
     )
     calibration = {
         "temperature": temperature,
@@ -476,7 +461,7 @@ def calibrate_and_test(
             k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()
         }
         write_predictions(
-            run_dir / "test_predictions.csv", paths("test"), y_true, probs, classes, point
+            RunDir(run_dir).test_predictions, paths("test"), y_true, probs, classes, point
         )
         if point is not None:
             metrics["operating_point"]["test"] = asdict(
@@ -513,13 +498,13 @@ def calibrate_run(
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir)
     config = result.config.updated(target_recall=target_recall)
-    model = load_checkpoint(run_dir / "model.pt")
+    model = load_checkpoint(RunDir(run_dir).model)
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
         prepared = prepare_data(
             data,
             config,
-            split_file=run_dir / "split.csv",
+            split_file=RunDir(run_dir).split,
             cache_root=cache_root,
             workers=workers,
             progress=progress,
@@ -547,8 +532,8 @@ def calibrate_run(
         }
         metrics = dict(result.metrics)
         calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
-        config.save(run_dir / "config.json")
-        atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        config.save(RunDir(run_dir).config)
+        atomic_write_text(RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n")
     return RunResult(run_dir, config, metrics)
 
 
@@ -572,7 +557,7 @@ def train_run(
     replaced by the next run into the folder). One process at a time trains into a folder.
     """
     run_dir = Path(run_dir)
-    config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
+    config_file, last = RunDir(run_dir).config, RunDir(run_dir).last_checkpoint
     if launched_rank() != 0:  # a DDP process started by Lightning: rank 0 owns the run folder
         config = RunConfig.load(config_file) if resume else config
         return _fit_and_test(
@@ -650,11 +635,11 @@ def _fit_and_test(
     say: Callable[[str], None],
 ) -> RunResult:
     """Prepare the data, fit, choose on validation, test once, write the run folder."""
-    config_file, last = run_dir / "config.json", run_dir / "checkpoints" / "last.ckpt"
+    config_file, last = RunDir(run_dir).config, RunDir(run_dir).last_checkpoint
     prepared = prepare_data(
         data,
         config,
-        split_file=run_dir / "split.csv" if resume or worker else None,
+        split_file=RunDir(run_dir).split if resume or worker else None,
         cache_root=cache_root,
         workers=workers,
         progress=progress,
@@ -669,7 +654,7 @@ def _fit_and_test(
             )
     if not worker and not resume:
         config.save(config_file)
-        save_split(run_dir / "split.csv", prepared.subsets)
+        save_split(RunDir(run_dir).split, prepared.subsets)
     classes = prepared.classes
     if config.target_recall:  # its class is checked before any training
         parse_target_recall(config.target_recall, classes)
@@ -726,16 +711,16 @@ def _fit_and_test(
     module = ClassifierModule(net, config, len(classes), weights)
     datamodule = CxrDataModule(train_set, val_set, prepared.labels("train"), config)
     checkpoints = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val_macro_f1", mode="max"
+        dirpath=RunDir(run_dir).checkpoints, filename="best", monitor="val_macro_f1", mode="max"
     )
     latest = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False
+        dirpath=RunDir(run_dir).checkpoints, filename="last", enable_version_counter=False
     )  # every epoch
     callbacks: list[Callback] = [
         checkpoints,
         latest,
         EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience),
-        HistoryWriter(run_dir / "history.csv"),
+        HistoryWriter(RunDir(run_dir).history),
     ]
     if progress:
         callbacks.append(RichProgressBar())
@@ -761,7 +746,7 @@ def _fit_and_test(
     # its copy here
     candidates = [Path(checkpoints.best_model_path)] if checkpoints.best_model_path else []
     best = next(
-        (p for p in [*candidates, run_dir / "checkpoints" / "best.ckpt"] if p.is_file()), last
+        (p for p in [*candidates, RunDir(run_dir).checkpoints / "best.ckpt"] if p.is_file()), last
     )
     state = safe_load(best, "Lightning checkpoint")["state_dict"]
     module.load_state_dict(state)
@@ -837,6 +822,6 @@ def _fit_and_test(
     metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
     metrics["inference_device"] = device.type
     atomic_write_text(
-        run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n"
+        RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n"
     )  # last: it marks the run finished
     return RunResult(run_dir, config, metrics)

@@ -1,0 +1,56 @@
+"""The run folder's files, named once (cxrlab.artifacts): no torch, strict JSON, strict config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cxrlab.artifacts import RunDir, optional_json, read_json
+from cxrlab.errors import CxrlabError
+from cxrlab.training.config import RunConfig, preset
+
+
+def test_run_dir_names_every_file_under_its_root(tmp_path: Path) -> None:
+    run = RunDir(tmp_path / "run")
+    assert run.metrics == tmp_path / "run" / "metrics.json"
+    assert run.last_checkpoint == tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert run.external("adult").predictions == tmp_path / "run/external/adult/predictions.csv"
+    assert not run.is_finished
+    run.root.mkdir()
+    run.metrics.write_text("{}")
+    assert run.is_finished
+
+
+def test_bad_json_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    broken, listed = tmp_path / "metrics.json", tmp_path / "list.json"
+    broken.write_text("{not json")
+    listed.write_text("[1, 2]")
+    with pytest.raises(CxrlabError, match="metrics.json: not valid JSON"):
+        read_json(broken)
+    with pytest.raises(CxrlabError, match="list.json: expected a JSON object"):
+        read_json(listed)
+    assert optional_json(tmp_path / "absent.json") is None
+
+
+def test_config_with_an_unknown_field_is_refused_not_dropped(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    preset("finetune", model="alexnet").save(path)
+    data = json.loads(path.read_text())
+    del data["ema_decay"]  # missing (an older run): today's default
+    assert RunConfig.load(path.write_text(json.dumps(data)) and path).ema_decay == 0.0
+    path.write_text(json.dumps(data | {"mixup": 0.2}))
+    with pytest.raises(CxrlabError, match=r"config.json: unknown field\(s\) mixup"):
+        RunConfig.load(path)
+
+
+def test_artifacts_import_neither_torch_nor_lightning() -> None:
+    code = "import sys, cxrlab.artifacts; print('\\n'.join(sorted(sys.modules)))"
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert "cxrlab.artifacts" in found
+    assert [m for m in found if m.split(".")[0] in ("torch", "lightning", "numpy")] == []
