@@ -138,3 +138,11 @@ def markdown_table(
 
     rule = line(align) if align is not None else "|" + "|".join("---" for _ in header) + "|"
     return [line(header), rule, *(line(row) for row in rows)]
+
+
+def pct(value: float) -> str:
+    """A share as a percentage with sensible precision (0.4%, 3.9%, 93%)."""
+    percent = 100.0 * value
+    if percent in (0, 100) or 10 <= percent <= 99:
+        return f"{percent:.0f}%"
+    return f"{percent:.1f}%"

@@ -30,9 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex
-from cxrlab.data.scan import ImageRecord
+from cxrlab.data.scan import ImageRecord, most_common_size
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_write_text, display_name, markdown_escape, markdown_table
+from cxrlab.fileio import atomic_write_text, display_name, markdown_escape, markdown_table, pct
 
 PLOTS = {
     "class_counts": "class_counts.png",
@@ -56,11 +56,6 @@ MAX_FINDINGS = 4
 
 
 # --------------------------------------------------------------------------- numbers
-
-
-def most_common_size(sizes: Counter[tuple[int, int]]) -> tuple[tuple[int, int], int]:
-    """The most frequent (width, height) in a non-empty count, and how often; ties: larger area."""
-    return max(sizes.items(), key=lambda item: (item[1], item[0][0] * item[0][1], item[0]))
 
 
 def _median(values: Sequence[float]) -> float | None:
@@ -215,14 +210,6 @@ def _build_summary(
 
 
 # --------------------------------------------------------------------------- findings
-
-
-def pct(value: float) -> str:
-    """A share as a percentage with sensible precision (0.4%, 3.9%, 93%)."""
-    percent = 100.0 * value
-    if percent in (0, 100) or 10 <= percent <= 99:
-        return f"{percent:.0f}%"
-    return f"{percent:.1f}%"
 
 
 def _join(names: Sequence[str]) -> str:

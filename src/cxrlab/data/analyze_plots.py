@@ -13,10 +13,10 @@ import numpy as np
 from matplotlib.lines import Line2D
 from PIL import Image
 
-from cxrlab.data.analyze import most_common_size, pct
 from cxrlab.data.reader import read_grayscale
-from cxrlab.data.scan import HIST_BINS, ImageRecord
+from cxrlab.data.scan import HIST_BINS, ImageRecord, most_common_size
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import pct
 from cxrlab.plotting import empty_panel, new_figure, save_figure
 
 SAMPLE_MAX_SIDE = 256  # sample images are shrunk to this before plotting

@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex, natural_key
-from cxrlab.data.duplicates import DEFAULT_THRESHOLD, exact_pairs, group_pairs, near_pairs
+from cxrlab.data.duplicates import (
+    DEFAULT_THRESHOLD,
+    DuplicateGroup,
+    exact_pairs,
+    group_pairs,
+    near_pairs,
+)
 from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, ShortcutReport, shortcut_check
 from cxrlab.errors import CxrlabError
@@ -49,19 +55,6 @@ class AuditConfig:
     workers: int = 2
     folds: int = 5
     seed: int = 0
-
-
-@dataclass
-class DuplicateGroup:
-    """Files that are copies of one image."""
-
-    members: list[str]
-    splits: list[str]
-    classes: list[str]
-    exact: bool
-    min_similarity: float
-    cross_split: bool = False
-    label_conflict: bool = False
 
 
 @dataclass
@@ -282,8 +275,8 @@ def write_report(result: AuditResult, out_dir: Path) -> None:
         ],
     }
     atomic_write_text(out_dir / "audit.json", json.dumps(payload, indent=2))
-    plot_duplicates(result, out_dir / "duplicates.png")
-    plot_shortcuts(result, out_dir / "shortcuts.png")
+    plot_duplicates(result.groups, Path(result.root), out_dir / "duplicates.png")
+    plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
     atomic_write_text(out_dir / "audit.md", markdown_report(result))
 
 

@@ -2,29 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from cxrlab.data.duplicates import DuplicateGroup  # noqa: E402
 from cxrlab.data.reader import read_grayscale  # noqa: E402
+from cxrlab.data.shortcuts import ShortcutReport  # noqa: E402
 from cxrlab.errors import ImageReadError  # noqa: E402
 from cxrlab.plotting import figure_text  # noqa: E402
-
-if TYPE_CHECKING:
-    from cxrlab.data.audit import AuditResult
 
 MAX_GROUPS_SHOWN = 8
 
 
-def plot_duplicates(result: AuditResult, path: Path) -> None:
-    """Up to eight duplicate groups (leakage and label conflicts first), two members each."""
-    groups = sorted(
-        result.groups, key=lambda g: (not g.cross_split, not g.label_conflict, g.exact)
-    )[:MAX_GROUPS_SHOWN]
+def plot_duplicates(all_groups: Sequence[DuplicateGroup], root: Path, path: Path) -> None:
+    """Up to eight duplicate groups (leakage and label conflicts first), two members each;
+    ``root``: the dataset folder the members' paths are relative to."""
+    groups = sorted(all_groups, key=lambda g: (not g.cross_split, not g.label_conflict, g.exact))[
+        :MAX_GROUPS_SHOWN
+    ]
     if not groups:
         fig, ax = plt.subplots(figsize=(5, 1.5))
         ax.text(0.5, 0.5, "No duplicates found", ha="center", va="center", fontsize=12)
@@ -46,7 +46,7 @@ def plot_duplicates(result: AuditResult, path: Path) -> None:
             ax = axes[row, 2 * col + m]
             member = group.members[m]
             try:
-                ax.imshow(read_grayscale(Path(result.root) / member), cmap="gray", vmin=0, vmax=255)
+                ax.imshow(read_grayscale(root / member), cmap="gray", vmin=0, vmax=255)
             except ImageReadError:
                 pass
             name = member.rsplit("/", 1)[-1]
@@ -55,17 +55,14 @@ def plot_duplicates(result: AuditResult, path: Path) -> None:
             0.0, -0.08, kind, transform=axes[row, 2 * col].transAxes, fontsize=7,
             color="crimson" if group.cross_split or group.label_conflict else "black", va="top",
         )  # fmt: skip
-    fig.suptitle(
-        f"Duplicate groups ({len(result.groups)} in all; {len(groups)} shown)", fontsize=10
-    )
+    fig.suptitle(f"Duplicate groups ({len(all_groups)} in all; {len(groups)} shown)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
-def plot_shortcuts(result: AuditResult, path: Path) -> None:
+def plot_shortcuts(report: ShortcutReport | None, path: Path) -> None:
     """Balanced accuracy of each format feature alone and of all together, against chance."""
-    report = result.shortcut
     fig, ax = plt.subplots(figsize=(7, 3.4))
     if report is None:
         ax.text(0.5, 0.5, "Shortcut check not run (too few images per class)", ha="center")

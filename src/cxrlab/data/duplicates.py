@@ -113,3 +113,16 @@ def group_pairs(n: int, pairs: list[DuplicatePair]) -> list[list[int]]:
         if root in members:
             members[root].append(i)
     return sorted((sorted(set(group)) for group in members.values()), key=lambda g: g[0])
+
+
+@dataclass
+class DuplicateGroup:
+    """Files that are copies of one image."""
+
+    members: list[str]
+    splits: list[str]
+    classes: list[str]
+    exact: bool
+    min_similarity: float
+    cross_split: bool = False
+    label_conflict: bool = False

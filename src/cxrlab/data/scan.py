@@ -8,6 +8,7 @@ decoded pixels (exact duplicates) and two small thumbnails (near duplicates).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,3 +142,8 @@ def scan_dataset(
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_scan_one, jobs, chunksize=64)
         return list(track(results, total=len(jobs), description=description, enabled=progress))
+
+
+def most_common_size(sizes: Counter[tuple[int, int]]) -> tuple[tuple[int, int], int]:
+    """The most frequent (width, height) in a non-empty count, and how often; ties: larger area."""
+    return max(sizes.items(), key=lambda item: (item[1], item[0][0] * item[0][1], item[0]))
