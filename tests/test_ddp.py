@@ -150,7 +150,7 @@ def test_global_batch_must_split_evenly_over_processes() -> None:
 
 
 def test_compare_refuses_several_devices(tmp_path: Path) -> None:
-    from cxrlab.training.compare import run_comparison
+    from cxrlab.pipelines.compare import run_comparison
 
     with pytest.raises(CxrlabError, match="--devices 2"):
         run_comparison(tmp_path, [RunConfig(devices="2")], tmp_path / "out", progress=False)

@@ -15,7 +15,7 @@ from cxrlab.models import create_model
 from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrlab.models.proposed import GeM, equalize_histogram
 from cxrlab.models.tta import TTA_VIEWS, affine_view
-from cxrlab.training.compare import plan_runs
+from cxrlab.pipelines.compare import plan_runs
 from cxrlab.training.config import preset
 from cxrlab.training.module import ClassifierModule, parameter_groups
 from cxrlab.training.run import train_run

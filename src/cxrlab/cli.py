@@ -753,7 +753,7 @@ def train(
 
 
 def _diagnose(run_dirs: list[Path], data: Path, *, progress: bool, device: str = "auto") -> None:
-    from cxrlab.evaluation.diagnose import diagnose_run
+    from cxrlab.pipelines.diagnose import diagnose_run
 
     for run_dir in run_dirs:
         console.print(f"Robustness and Grad-CAM of {shown(run_dir.name)} on its test films ...")
@@ -863,7 +863,7 @@ def compare(
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
     from cxrlab.outputs import check_output_folder
-    from cxrlab.training.compare import plan_runs, run_comparison
+    from cxrlab.pipelines.compare import plan_runs, run_comparison
 
     models = [name for item in models for name in item.split()]
     shared = _run_options(

@@ -22,8 +22,8 @@ from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.diagnose import diagnose_run, has_diagnostics
 from cxrlab.evaluation.external import evaluate_model, external_films, is_current
+from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
 from cxrlab.training.run import (
@@ -125,7 +125,7 @@ def run_comparison(
     say: Callable[[str], None] = print,
 ) -> Path:
     """Audit and analyse ``data``, train and test every config, diagnose each run (robustness,
-    Grad-CAM; :mod:`cxrlab.evaluation.diagnose`), write the report; return its path."""
+    Grad-CAM; :mod:`cxrlab.pipelines.diagnose`), write the report; return its path."""
     from cxrlab.data.scan import scan_dataset
     from cxrlab.reporting.report import write_report
 
