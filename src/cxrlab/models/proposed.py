@@ -138,10 +138,8 @@ class TwoStageHead(nn.Module):
 
     def __init__(self, in_features: int, classes: list[str]) -> None:
         super().__init__()
-        self.in_features, self.out_features = (
-            in_features,
-            3,
-        )  # like the nn.Linear it replaces: one output per class
+        # like the nn.Linear it replaces: one output per class
+        self.in_features, self.out_features = in_features, 3
         self.linear = nn.Linear(in_features, 2)
         self.normal, self.contrast, self.other = two_stage_roles(list(classes))
 
