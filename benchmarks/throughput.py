@@ -225,7 +225,7 @@ def cxrlab_fit(
     from cxrlab.training.augment import loader_augmentation
     from cxrlab.training.datamodule import CxrDataModule
     from cxrlab.training.module import ClassifierModule
-    from cxrlab.training.run import build_trainer, quiet_lightning
+    from cxrlab.training.trainer import build_trainer, quiet_lightning
 
     quiet_lightning()
     model = make_model(name, device, config.channels_last)
@@ -635,7 +635,7 @@ def main() -> int:
 
     from cxrlab.device import pick_device
     from cxrlab.training.config import preset
-    from cxrlab.training.run import prepare_data
+    from cxrlab.training.prepared import prepare_data
 
     device = pick_device(args.device)
     args.frozen_image_size = args.frozen_image_size or (224 if device.type == "cuda" else 128)

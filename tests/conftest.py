@@ -79,7 +79,7 @@ def train_tiny(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object
 def killed_at(epoch: int, batch: int = 0) -> Iterator[None]:
     """Inside the block, training raises ``RuntimeError("killed")`` at that batch of that epoch
     (both from 0), as a kill there would stop it."""
-    from cxrlab.training import run as run_module
+    from cxrlab.training import trainer as run_module
 
     def killed(self, trainer, module, data, index) -> None:  # noqa: ANN001
         if trainer.current_epoch == epoch and index == batch:

@@ -18,7 +18,8 @@ from cxrlab.errors import CxrlabError
 from cxrlab.reporting.runs import read_history
 from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
-from cxrlab.training.run import check_runnable, launched_rank, train_run
+from cxrlab.training.run import train_run
+from cxrlab.training.trainer import check_runnable, launched_rank
 
 # 33 train films: 9 for validation (odd: a padding sampler would show a duplicate), 24 to train
 # in one full batch, so the gradient does not depend on how the images are shared out.

@@ -678,7 +678,8 @@ def train(
     )
     from cxrlab.outputs import check_output_folder
     from cxrlab.training.config import preset
-    from cxrlab.training.run import check_runnable, launched_rank, train_run
+    from cxrlab.training.run import train_run
+    from cxrlab.training.trainer import check_runnable, launched_rank
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
@@ -944,7 +945,7 @@ def calibrate(
     cxrlab calibrated, or to choose another operating point. Rewrites model.pt, predictions """
         """and metrics."""
     )
-    from cxrlab.training.run import calibrate_run
+    from cxrlab.pipelines.calibrate import calibrate_run
 
     for run_dir in runs:
         result = calibrate_run(

@@ -23,17 +23,12 @@ from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import evaluate_model, external_films, is_current
+from cxrlab.pipelines.calibrate import calibrate_run
 from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RunConfig, preset
-from cxrlab.training.run import (
-    RunResult,
-    calibrate_run,
-    check_runnable,
-    is_calibrated,
-    is_resumable,
-    train_run,
-)
+from cxrlab.training.run import RunResult, is_calibrated, is_resumable, train_run
+from cxrlab.training.trainer import check_runnable
 
 COMPARE_MODES = ("frozen", "finetune", "both")
 

@@ -1,0 +1,73 @@
+"""``cxrlab calibrate``: give a finished run its temperature (and an operating point) after the
+fact, on its own validation split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cxrlab.artifacts import RunDir
+from cxrlab.device import pick_device
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.calibration import parse_target_recall
+from cxrlab.fileio import atomic_write_text, locked
+from cxrlab.training.prepared import prepare_data, subset_logits
+from cxrlab.training.run import RunResult, calibrate_and_test
+
+
+def calibrate_run(
+    run_dir: Path,
+    data: Path,
+    *,
+    target_recall: str | None = None,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> RunResult:
+    """Calibrate a finished run (one made before calibration existed), or give it the operating
+    point ``target_recall``: the temperature and the threshold are fitted on the run's own
+    validation split, ``model.pt``, the predictions and ``metrics.json`` are rewritten. The model
+    and its test split are those of the run; nothing is trained or selected."""
+    from cxrlab.models.checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    result = RunResult.load(run_dir)
+    config = result.config.updated(target_recall=target_recall)
+    model = load_checkpoint(RunDir(run_dir).model)
+    busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
+    with locked(run_dir, busy=busy):
+        prepared = prepare_data(
+            data,
+            config,
+            split_file=RunDir(run_dir).split,
+            cache_root=cache_root,
+            workers=workers,
+            progress=progress,
+        )
+        if prepared.classes != list(model.classes):
+            raise CxrlabError(
+                f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} "
+                "(is this the run's dataset?)"
+            )
+        if config.target_recall:
+            parse_target_recall(config.target_recall, prepared.classes)
+        torch_device = pick_device(device)
+        logits = {
+            name: subset_logits(
+                model,
+                prepared,
+                name,
+                feats=None,
+                device=torch_device,
+                batch_size=64,
+                progress=progress,
+            )
+            for name in ("val", "test")
+            if name in prepared.rows and len(prepared.rows[name])
+        }
+        metrics = dict(result.metrics)
+        calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
+        config.save(RunDir(run_dir).config)
+        atomic_write_text(RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n")
+    return RunResult(run_dir, config, metrics)

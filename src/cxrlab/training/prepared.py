@@ -1,0 +1,117 @@
+"""A dataset opened for a run: cached, split, its unreadable files set aside; and a model's
+logits on one of its subsets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
+from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
+from cxrlab.data.discover import DatasetIndex, discover
+from cxrlab.data.split import load_split
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation.predict import (
+    predict_logits,
+)
+from cxrlab.models.registry import CxrClassifier
+from cxrlab.training.config import RunConfig
+
+
+@dataclass
+class PreparedData:
+    """A dataset opened for training: its cache, subsets and cache rows per subset."""
+
+    index: DatasetIndex
+    cache: ImageCache
+    subsets: dict[str, list[tuple[str, str]]]
+    rows: dict[str, np.ndarray]
+    skipped: dict[str, str] = field(
+        default_factory=dict
+    )  # files of the split that could not be decoded: why
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.index.classes)
+
+    def labels(self, subset: str) -> np.ndarray:
+        return self.cache.labels[self.rows[subset]]
+
+
+def prepare_data(
+    data: Path,
+    config: RunConfig,
+    *,
+    split_file: Path | None = None,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> PreparedData:
+    """Discover, cache and split ``data``; reuse ``split_file`` when it exists.
+
+    Files that cannot be decoded are taken out of the subsets (and so out of ``split.csv``) and
+    listed in ``skipped`` with the reason, so the saved split and every count agree.
+    """
+    index = discover(data)
+    index.require("train")
+    cache = build_cache(
+        index,
+        CacheSpec(config.image_size, config.resize),
+        cache_root=cache_root,
+        workers=workers,
+        progress=progress,
+    )
+    if split_file is not None and split_file.is_file():
+        subsets = load_split(split_file)
+    else:
+        subsets = make_split(
+            index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest
+        )
+    usable = {path for path, ok in zip(cache.paths, cache.ok) if ok}
+    skipped = {
+        path: cache.errors.get(path, f"{path}: no longer in the dataset")
+        for items in subsets.values()
+        for path, _ in items
+        if path not in usable
+    }
+    subsets = {
+        name: [item for item in items if item[0] in usable] for name, items in subsets.items()
+    }
+    rows = {name: rows_for(cache, items) for name, items in subsets.items()}
+    for name in ("train", "val"):
+        present = set(cache.labels[rows.get(name, np.zeros(0, np.int64))].tolist())
+        missing = [c for k, c in enumerate(index.classes) if k not in present]
+        if missing:
+            raise CxrlabError(
+                f"{data}: the {name} subset has no usable images of class {', '.join(missing)}"
+            )
+    return PreparedData(index, cache, subsets, rows, skipped)
+
+
+def subset_logits(
+    model: CxrClassifier,
+    prepared: PreparedData,
+    name: str,
+    *,
+    feats: dict[str, np.ndarray] | None,
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> np.ndarray:
+    """The model's logits for the films of one subset (frozen mode: its head on the cached
+    features)."""
+    if feats is not None:
+        with torch.no_grad():
+            return model.head(torch.from_numpy(feats[name])).double().numpy()
+    dataset = CachedImageDataset(prepared.cache, prepared.rows[name])
+    return predict_logits(
+        model,
+        dataset,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        description=f"Predicting {name}",
+    )
