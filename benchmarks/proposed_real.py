@@ -204,9 +204,7 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
         for seed in seeds:
             run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
             model, extra = load_checkpoint_with_extra(run / "model.pt")
-            cache = build_cache(
-                index, CacheSpec(extra["image_size"], extra["resize"]), progress=False
-            )
+            cache = build_cache(index, CacheSpec.of_checkpoint(extra), progress=False)
             covid = [
                 item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"
             ]

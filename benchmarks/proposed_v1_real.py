@@ -253,9 +253,7 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
     ]
     for run in runs:
         model, extra = load_checkpoint_with_extra(run / "model.pt")
-        cache = build_cache(
-            discover(data), CacheSpec(extra["image_size"], extra["resize"]), progress=False
-        )
+        cache = build_cache(discover(data), CacheSpec.of_checkpoint(extra), progress=False)
         rows = rows_for(cache, load_split(run / "split.csv")["val"])
         for tta in (False, True):
             model.tta = tta

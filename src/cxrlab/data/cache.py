@@ -69,6 +69,12 @@ class CacheSpec:
         if not 16 <= self.image_size <= 2048:
             raise CxrlabError(f"--image-size: {self.image_size} is outside 16..2048")
 
+    @classmethod
+    def of_checkpoint(cls, extra: dict) -> CacheSpec:
+        """The preprocessing a model was trained with, as its checkpoint (``model.pt``'s extra)
+        carries it; a checkpoint from before these were stored: 224 px, squashed."""
+        return cls(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+
 
 def default_cache_root() -> Path:
     """``$CXRLAB_CACHE``, else ``~/.cache/cxrlab``."""

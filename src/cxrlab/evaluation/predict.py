@@ -223,7 +223,7 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         logits = model(torch.from_numpy(images).to(torch_device))
         return torch.softmax(logits.float() / temperature, dim=1).cpu().numpy()
 
-    spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+    spec = CacheSpec.of_checkpoint(extra)
     return Predictor(
         model.arch, list(model.classes), spec, batch_probs, temperature=temperature, point=point
     )

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cxrlab import __version__
+from cxrlab.data.cache import CacheSpec
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier
@@ -250,11 +251,12 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
     model, extra = load_checkpoint_with_extra(checkpoint)
     if out.resolve() == checkpoint.resolve():
         raise CxrlabError(f"--out: {out} is the checkpoint itself; choose another file")
+    spec = CacheSpec.of_checkpoint(extra)
     return export_model(
         model,
         out,
-        image_size=int(extra.get("image_size", 224)),
-        resize=str(extra.get("resize", "squash")),
+        image_size=spec.image_size,
+        resize=spec.resize,
         opset=opset,
         source=str(checkpoint),
         calibration=extra,

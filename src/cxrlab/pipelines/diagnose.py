@@ -84,7 +84,7 @@ def diagnose_run(
         )
     classes = list(model.classes)
     labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
-    spec = CacheSpec(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+    spec = CacheSpec.of_checkpoint(extra)
     key = (tuple(map(str, paths)), CacheSpec(spec.image_size))
     if key not in _DECODED:
         _DECODED.clear()  # keep one decoded test set in memory
