@@ -255,7 +255,7 @@ def read_manifest(path: str | Path) -> dict[str, str]:
         return {row["path"]: row["status"] for row in reader}
 
 
-def write_report(result: AuditResult, out_dir: Path) -> None:
+def write_audit_files(result: AuditResult, out_dir: Path) -> None:
     """audit.json, audit.md, manifest.csv and the two plots."""
     from cxrlab.data.audit_plots import plot_duplicates, plot_shortcuts
 
@@ -381,5 +381,5 @@ def run_audit(
     config = config or AuditConfig()
     records = scan_dataset(index, workers=config.workers, progress=progress)
     result = audit_records(index, records, config)
-    write_report(result, Path(out_dir))
+    write_audit_files(result, Path(out_dir))
     return result
