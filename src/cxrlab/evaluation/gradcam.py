@@ -245,7 +245,9 @@ def cam_shares(
 # --------------------------------------------------------------------------- summary
 
 
-def _number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
+    """``value`` for a JSON file: None where it is not finite (JSON has no NaN); the report's
+    :func:`cxrlab.reporting.tables.number` reads it back as NaN."""
     value = float(value)
     return value if math.isfinite(value) else None
 
@@ -253,7 +255,7 @@ def _number(value: float) -> float | None:
 def _mean(values: np.ndarray) -> float | None:
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
-    return _number(values.mean()) if values.size else None
+    return json_number(values.mean()) if values.size else None
 
 
 def _to_tensor(images: np.ndarray, device: torch.device | str, dtype: torch.dtype) -> torch.Tensor:
@@ -329,7 +331,7 @@ def gradcam_summary(
         "other_share": _mean(shares["other_share"]),
         "lung_area": lung_area,
         "lung_enrichment": (
-            _number(lung_share / lung_area) if lung_share is not None and lung_area else None
+            json_number(lung_share / lung_area) if lung_share is not None and lung_area else None
         ),
         "lung_share_by_class": {
             name: _mean(shares["lung_share"][labels == index]) for index, name in enumerate(classes)
