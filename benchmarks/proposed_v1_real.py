@@ -243,6 +243,7 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
     from cxrlab.evaluation.metrics import classification_metrics
     from cxrlab.evaluation.predict import predict_probs
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.tta import with_tta
 
     lines = [
         "",
@@ -256,10 +257,9 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
         cache = build_cache(discover(data), CacheSpec.of_checkpoint(extra), progress=False)
         rows = rows_for(cache, load_split(run / "split.csv")["val"])
         for tta in (False, True):
-            model.tta = tta
             m = classification_metrics(
                 cache.labels[rows],
-                predict_probs(model, CachedImageDataset(cache, rows)),
+                predict_probs(with_tta(model, tta), CachedImageDataset(cache, rows)),
                 list(model.classes),
             )
             lines.append(

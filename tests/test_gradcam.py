@@ -131,7 +131,6 @@ def test_no_convolution_is_an_error() -> None:
 def test_gradcam_shape_range_and_no_side_effects() -> None:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", CLASSES, pretrained=False)
-    model.tta = True
     model.train()
     for p in model.backbone_parameters():  # frozen backbone: gradients must still reach the CAM
         p.requires_grad_(False)
@@ -147,7 +146,7 @@ def test_gradcam_shape_range_and_no_side_effects() -> None:
     for cam in cams:
         assert float(cam.max()) in (0.0, 1.0)
     assert no_hooks(model)
-    assert model.tta is True and model.training and bn.training
+    assert model.training and bn.training
     assert [p.requires_grad for p in model.parameters()] == flags
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(bn.running_mean, running)  # ran in eval mode
@@ -157,12 +156,11 @@ def test_gradcam_shape_range_and_no_side_effects() -> None:
 def test_gradcam_under_no_grad_with_a_given_layer() -> None:
     torch.manual_seed(0)
     model = create_model("resnet18", CLASSES, pretrained=False).eval()
-    model.tta = False
     with torch.no_grad():
         images, target = torch.rand(2, 1, 64, 64), torch.tensor([1, 1])
         cams = gradcam(model, images, target, layer="network.layer3")
     assert cams.shape == (2, 64, 64) and float(cams.max()) <= 1.0
-    assert model.tta is False and not model.training and no_hooks(model)
+    assert not model.training and no_hooks(model)
     with pytest.raises(CxrlabError, match="not a module"):
         gradcam(model, torch.rand(1, 1, 64, 64), torch.tensor([0]), layer="network.nope")
     assert no_hooks(model)
@@ -302,7 +300,6 @@ def test_lung_mask_falls_back_to_the_template() -> None:
 def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = create_model("mobilenet_v2", CLASSES, pretrained=False)
-    model.tta = True
     films = [synth_cxr(np.random.default_rng(i), CLASSES[i % 3], size=64) for i in range(12)]
     images = np.stack([square(f, 64) for f in films])
     labels = np.arange(12) % 3
@@ -332,7 +329,7 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
     assert summary["n_zero_maps"] < 12
     assert summary["lung_share_correct"] is not None or summary["lung_share_wrong"] is not None
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert model.tta is True and model.training and no_hooks(model)
+    assert model.training and no_hooks(model)
 
     earlier = gradcam_summary(
         model, images[:4], labels[:4], CLASSES, layer="network.features.13", progress=False

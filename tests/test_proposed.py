@@ -11,10 +11,11 @@ import torchvision
 from PIL import Image, ImageOps
 
 from cxrlab.data.synthetic import make_demo_dataset
+from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models import create_model
-from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
+from cxrlab.models.checkpoint import load_checkpoint, load_checkpoint_with_extra, save_checkpoint
 from cxrlab.models.proposed import GeM, equalize_histogram
-from cxrlab.models.tta import TTA_VIEWS, affine_view
+from cxrlab.models.tta import TTA_VIEWS, TestTimeAugmentation, affine_view, with_tta
 from cxrlab.pipelines.compare import plan_runs
 from cxrlab.training.config import preset
 from cxrlab.training.module import ClassifierModule, parameter_groups
@@ -86,21 +87,27 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
     assert torch.equal(affine_view(x, 0.0, 1.0), x)
     rotated = affine_view(x, 5.0, 1.0)
     assert not torch.allclose(rotated, x) and rotated.shape == x.shape
+    tta = TestTimeAugmentation(model).eval()
     with torch.no_grad():
         plain = model(x)
-        model.tta = True
-        averaged = model(x).exp()
+        averaged = tta(x).exp()
         expected = torch.stack(
-            [torch.softmax(model.single_view(affine_view(x, d, z)), 1) for d, z in TTA_VIEWS]
+            [torch.softmax(model(affine_view(x, d, z)), 1) for d, z in TTA_VIEWS]
         ).mean(0)
     assert torch.allclose(averaged, expected, atol=1e-5)
     assert torch.allclose(averaged.sum(1), torch.ones(2), atol=1e-5)
     assert not torch.allclose(averaged, torch.softmax(plain, 1))
-    model.train()
-    assert model(x).shape == (2, 3)  # training mode: one view, raw logits
-    path = save_checkpoint(model, tmp_path / "m.pt", tta=True)
-    assert load_checkpoint(path).tta is True
-    assert load_checkpoint(save_checkpoint(model, tmp_path / "p.pt")).tta is False
+    assert tta.classes == CLASSES and with_tta(model, False) is model
+    # the checkpoint carries the run's choice; prediction from it applies the views
+    path = save_checkpoint(model, tmp_path / "m.pt", image_size=48, tta=True)
+    assert load_checkpoint_with_extra(path)[1]["tta"] is True
+    predicted = load_predictor(path, device="cpu").batch_probs(x.numpy())
+    np.testing.assert_allclose(predicted, expected.numpy(), atol=1e-5)
+    plain_path = save_checkpoint(model, tmp_path / "p.pt", image_size=48)
+    predicted = load_predictor(plain_path, device="cpu").batch_probs(x.numpy())
+    np.testing.assert_allclose(predicted, torch.softmax(plain, 1).numpy(), atol=1e-5)
+    tta.train()
+    assert tta(x).shape == (2, 3)  # training mode: one view, raw logits
 
 
 def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
@@ -132,7 +139,7 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
         for k in kept.state_dict()
         if k.endswith("weight")
     )
-    assert kept.tta is True
+    assert load_checkpoint_with_extra(tmp_path / "run" / "model.pt")[1]["tta"] is True
     assert result.metrics["test_without_tta"]["n"] == result.metrics["test"]["n"]
     module = ClassifierModule(kept, config, 3)
     assert module.evaluated_net() is module.ema.module

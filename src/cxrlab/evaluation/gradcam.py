@@ -10,9 +10,9 @@ here with torch hooks, for any :class:`~cxrlab.models.registry.CxrClassifier`:
   a forward pass whose output is a 4-D tensor with a spatial size above 1x1 and which is not
   a pooling layer (``network.features`` for MobileNetV2, AlexNet, DenseNet, EfficientNet and
   ConvNeXt, ``network.layer4`` for ResNets);
-* the model runs in ``eval()`` mode with test-time augmentation off (``model.tta = False``
-  where the model has that attribute); the modes of all modules and ``tta`` are restored
-  afterwards, and no hook and no ``.grad`` is left behind;
+* the model runs in ``eval()`` mode, one view (test-time augmentation is a wrapper that
+  Grad-CAM is never given); the modes of all modules are restored afterwards, and no hook and
+  no ``.grad`` is left behind;
 * the hook makes the layer's output a leaf that requires grad and hands a copy of it on, so
   Grad-CAM works with frozen parameters, backpropagates only through the layers above the
   target, and in-place operations after the layer (``F.relu(x, inplace=True)``) leave the
@@ -57,20 +57,14 @@ MASK_COLOUR = "white"
 
 @contextmanager
 def _explaining(model: nn.Module) -> Iterator[None]:
-    """Eval mode and ``tta = False`` inside; every module's mode and ``tta`` restored after."""
+    """Eval mode inside; every module's mode restored after."""
     modes = [(module, module.training) for module in model.modules()]
-    has_tta = hasattr(model, "tta")
-    tta = model.tta if has_tta else None
     model.eval()
-    if has_tta:
-        model.tta = False
     try:
         yield
     finally:
         for module, training in modes:
             module.training = training
-        if has_tta:
-            model.tta = tta
 
 
 def _is_pooling(module: nn.Module) -> bool:

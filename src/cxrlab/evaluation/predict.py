@@ -212,15 +212,17 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         )
 
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.tta import with_tta
 
     model, extra = load_checkpoint_with_extra(model_path)
     temperature, point = stored_calibration(extra)
     torch_device = pick_device(device)
     model = model.to(torch_device).eval()
+    tested = with_tta(model, bool(extra.get("tta", False))).eval()
 
     @torch.no_grad()
     def batch_probs(images: np.ndarray) -> np.ndarray:
-        logits = model(torch.from_numpy(images).to(torch_device))
+        logits = tested(torch.from_numpy(images).to(torch_device))
         return torch.softmax(logits.float() / temperature, dim=1).cpu().numpy()
 
     spec = CacheSpec.of_checkpoint(extra)

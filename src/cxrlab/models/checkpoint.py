@@ -64,6 +64,4 @@ def load_checkpoint_with_extra(
         raise CxrlabError(
             f"{path}: weights do not fit {payload['arch']} ({str(exc).splitlines()[0]})"
         ) from exc
-    extra = dict(payload.get("extra", {}))
-    model.tta = bool(extra.get("tta", False))
-    return model, extra
+    return model, dict(payload.get("extra", {}))

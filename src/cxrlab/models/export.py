@@ -1,14 +1,14 @@
 """ONNX export of cxrlab checkpoints and prediction through ONNX Runtime.
 
 :func:`export_onnx` writes one self-contained ``.onnx`` file whose graph is
-``softmax(model.single_view(images) / T)``: input ``images`` ``(N, 1, S, S)`` float32 in 0..1
+``softmax(model(images) / T)``: input ``images`` ``(N, 1, S, S)`` float32 in 0..1
 (dynamic batch), output ``probabilities`` ``(N, classes)``, calibrated with the run's temperature
 ``T`` (1 for a model without one). The file's metadata_props carry what prediction needs
 (classes, arch, image size, resize mode, temperature and operating point) and the verified
 difference from eager PyTorch. :class:`OnnxModel` runs such a file; :func:`compare_eager_onnx`
 measures batch-1 latency of eager PyTorch against ONNX Runtime on the CPU.
 
-Test-time augmentation (``model.tta``) is not exported: the graph is the single view.
+Test-time augmentation (a run's ``tta``) is not exported: the graph is the single view.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class SoftmaxSingleView(nn.Module):
         self.temperature = float(temperature)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model.single_view(images) / self.temperature, dim=1)
+        return torch.softmax(self.model(images) / self.temperature, dim=1)
 
 
 def available_cores() -> int:
@@ -166,6 +166,7 @@ def export_model(
     opset: int | None = None,
     source: str = "model",
     calibration: dict | None = None,
+    tta: bool = False,
 ) -> Path:
     """Export ``model`` (on the CPU, eval mode) to ``out`` and check it against eager PyTorch.
 
@@ -214,7 +215,7 @@ def export_model(
         "classes": json.dumps(list(model.classes)),
         "image_size": str(int(image_size)),
         "resize": resize,
-        "checkpoint_tta": "1" if model.tta else "0",
+        "checkpoint_tta": "1" if tta else "0",
         "verified_max_abs_diff": repr(diff),
         "calibration": json.dumps(calibration),
     }
@@ -241,7 +242,7 @@ def is_cxrlab_onnx(path: Path) -> bool:
 def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None = None) -> Path:
     """Export a cxrlab checkpoint to ONNX (default: beside it, suffix ``.onnx``); returns the path.
 
-    The graph is ``softmax(single_view(images))``; when the checkpoint uses test-time
+    The graph is ``softmax(model(images) / T)``, the single view; when the checkpoint uses test-time
     augmentation, :attr:`OnnxModel.notes` of the written file says it was left out.
     """
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
@@ -260,6 +261,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
         opset=opset,
         source=str(checkpoint),
         calibration=extra,
+        tta=bool(extra.get("tta", False)),
     )
 
 

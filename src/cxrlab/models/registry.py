@@ -11,8 +11,8 @@ replaced by a new head for the dataset's classes.
 Grayscale handling (documented once): :class:`CxrClassifier` takes ``(B, 1, H, W)`` images in
 0..1, repeats the channel three times and applies the weights' own mean/std normalisation,
 so the pretrained first convolution is used unchanged. A model may add an ``input_transform``
-that sees the 0..1 film first (the proposed model's histogram equalisation), and ``tta=True``
-averages its eval-mode predictions over a few views (:mod:`cxrlab.models.tta`).
+that sees the 0..1 film first (the proposed model's histogram equalisation). Test-time
+augmentation is a wrapper around the model (:mod:`cxrlab.models.tta`), not part of it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import torchvision
 from torch import nn
 
 from cxrlab.errors import CxrlabError
-from cxrlab.models.tta import tta_log_probs
 from cxrlab.models.weights import load_imagenet_state_dict, load_state_dict_file
 
 TORCHVISION_MODELS = (
@@ -62,7 +61,6 @@ class CxrClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.input_transform = input_transform
-        self.tta = False
         self.network = network
         self.head_name = head_name
         self.arch = arch
@@ -71,12 +69,7 @@ class CxrClassifier(nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if self.tta and not self.training:
-            return tta_log_probs(self.single_view, images)
-        return self.single_view(images)
-
-    def single_view(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits for ``images`` as given (no test-time augmentation)."""
+        """Logits for ``images`` ``(B, 1, H, W)`` in 0..1."""
         if self.input_transform is not None:
             images = self.input_transform(images)
         if images.shape[1] == 1:

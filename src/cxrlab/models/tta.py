@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 # (rotation in degrees, zoom): identity, zoom in, rotate each way.
@@ -39,3 +40,32 @@ def tta_log_probs(
         [torch.softmax(forward(affine_view(images, d, z)).float(), dim=1) for d, z in views]
     )
     return probs.mean(0).clamp_min(1e-12).log()
+
+
+class TestTimeAugmentation(nn.Module):
+    """``model`` with test-time augmentation: in eval mode its output is the log of the mean
+    softmax over ``views``; in training mode it is ``model``'s own output (one view). The model
+    itself knows nothing of it: training, Grad-CAM and the ONNX export see the single view."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(
+        self, model: nn.Module, views: tuple[tuple[float, float], ...] = TTA_VIEWS
+    ) -> None:
+        super().__init__()
+        self.model, self.views = model, views
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            return self.model(images)
+        return tta_log_probs(self.model, images, self.views)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.model.classes)
+
+
+def with_tta(model: nn.Module, tta: bool) -> nn.Module:
+    """What testing and prediction run: ``model``, or ``model`` under test-time augmentation
+    (a run's ``tta``, stored in its checkpoint)."""
+    return TestTimeAugmentation(model) if tta else model

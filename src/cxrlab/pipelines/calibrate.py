@@ -29,12 +29,14 @@ def calibrate_run(
     point ``target_recall``: the temperature and the threshold are fitted on the run's own
     validation split, ``model.pt``, the predictions and ``metrics.json`` are rewritten. The model
     and its test split are those of the run; nothing is trained or selected."""
-    from cxrlab.models.checkpoint import load_checkpoint
+    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.tta import with_tta
 
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir)
     config = result.config.updated(target_recall=target_recall)
-    model = load_checkpoint(RunDir(run_dir).model)
+    model, extra = load_checkpoint_with_extra(RunDir(run_dir).model)
+    tta = bool(extra.get("tta", False))
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
         prepared = prepare_data(
@@ -55,7 +57,7 @@ def calibrate_run(
         torch_device = pick_device(device)
         logits = {
             name: subset_logits(
-                model,
+                with_tta(model, tta),
                 prepared,
                 name,
                 feats=None,
@@ -67,7 +69,7 @@ def calibrate_run(
             if name in prepared.rows and len(prepared.rows[name])
         }
         metrics = dict(result.metrics)
-        calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
+        calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
         config.save(RunDir(run_dir).config)
         atomic_write_text(RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n")
     return RunResult(run_dir, config, metrics)

@@ -67,6 +67,7 @@ def diagnose_run(
     Robustness uses every test film; Grad-CAM (a backward pass per film) a seeded sample of
     ``gradcam_per_class`` films per class, the same films for every run of one split."""
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.tta import with_tta
 
     run_dir, data = Path(run_dir), Path(data)
     files = RunDir(run_dir)
@@ -92,8 +93,15 @@ def diagnose_run(
     images = _DECODED[key]
     target = pick_device(device)
 
-    robustness = robustness_eval(
-        model, paths, labels, classes, spec, images=images, device=target, progress=progress
+    robustness = robustness_eval(  # as the run tests: with its test-time augmentation, if any
+        with_tta(model, bool(extra.get("tta", False))),
+        paths,
+        labels,
+        classes,
+        spec,
+        images=images,
+        device=target,
+        progress=progress,
     )
     atomic_write_text(files.robustness, json.dumps(robustness, indent=2) + "\n")
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)

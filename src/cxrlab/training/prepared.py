@@ -92,7 +92,7 @@ def prepare_data(
 
 
 def subset_logits(
-    model: CxrClassifier,
+    model: CxrClassifier | torch.nn.Module,
     prepared: PreparedData,
     name: str,
     *,
@@ -102,7 +102,7 @@ def subset_logits(
     progress: bool,
 ) -> np.ndarray:
     """The model's logits for the films of one subset (frozen mode: its head on the cached
-    features)."""
+    features; otherwise ``model`` may be wrapped, e.g. for test-time augmentation)."""
     if feats is not None:
         with torch.no_grad():
             return model.head(torch.from_numpy(feats[name])).double().numpy()

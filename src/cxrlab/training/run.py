@@ -28,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir, read_json
@@ -53,6 +54,7 @@ from cxrlab.evaluation.predict import (
 from cxrlab.fileio import atomic_write_text, locked
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier, create_model
+from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
 from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.config import RunConfig
@@ -120,11 +122,13 @@ def calibrate_and_test(
     prepared: PreparedData,
     logits: dict[str, np.ndarray],
     metrics: dict,
+    *,
+    tta: bool,
 ) -> None:
     """Fit the temperature (and the operating point of ``config.target_recall``) on the validation
-    logits, save ``model.pt`` with them, write ``val_predictions.csv`` and ``test_predictions.csv``
-    (calibrated), and put the test metrics, the calibration and the operating point into
-    ``metrics``."""
+    logits; save ``model.pt`` with them and with ``tta`` (whether those logits are test-time
+    augmented); write ``val_predictions.csv`` and ``test_predictions.csv`` (calibrated); put the
+    test metrics, the calibration and the operating point into ``metrics``."""
     classes = prepared.classes
     y_val = prepared.labels("val")
     temperature = fit_temperature(logits["val"], y_val)
@@ -139,7 +143,7 @@ def calibrate_and_test(
         RunDir(run_dir).model,
         image_size=config.image_size,
         resize=config.resize,
-        tta=model.tta,
+        tta=tta,
         config=asdict(config),
         temperature=temperature,
         operating_point=asdict(point) if point else None,
@@ -483,7 +487,8 @@ def _test(
     best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
     timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
     model.eval()
-    model.tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
+    tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
+    tested = with_tta(model, tta)
     metrics: dict[str, object] = {
         "run": config.run_name,
         "description": config.describe(),
@@ -499,9 +504,11 @@ def _test(
         "skipped": prepared.skipped,
     }
 
-    def logits_of(subset: str, features: dict[str, np.ndarray] | None = feats) -> np.ndarray:
+    def logits_of(
+        subset: str, features: dict[str, np.ndarray] | None = feats, net: nn.Module = tested
+    ) -> np.ndarray:
         return subset_logits(
-            model,
+            net,
             prepared,
             subset,
             feats=features,
@@ -515,16 +522,14 @@ def _test(
         started = time.perf_counter()  # the test split, once, with the checkpoint chosen on val
         logits["test"] = logits_of("test")
         timings["test_s"] = time.perf_counter() - started
-    calibrate_and_test(run_dir, model, config, prepared, logits, metrics)
-    if model.tta and "test" in logits:  # the same checkpoint without test-time augmentation
-        model.tta = False
-        plain = logits_of("test", None)
+    calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
+    if tta and "test" in logits:  # the same checkpoint without test-time augmentation
+        plain = logits_of("test", None, model)
         metrics["test_without_tta"] = classification_metrics(
             prepared.labels("test"),
             softmax(plain, metrics["calibration"]["temperature"]),
             prepared.classes,
         )
-        model.tta = True
-    metrics["inference_img_per_s"] = inference_speed(model, config.image_size, device=device)
+    metrics["inference_img_per_s"] = inference_speed(tested, config.image_size, device=device)
     metrics["inference_device"] = device.type
     return metrics
