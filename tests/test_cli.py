@@ -257,3 +257,32 @@ def test_training_options_fail_in_one_line(
     assert run([a.format(data=demo_root) for a in args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_train_from_a_recipe_file(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--config: the file's fields over the preset's, options typed over both; the run's saved
+    config.json is itself a recipe file; an unknown field is one line naming the file."""
+    from cxrlab.training.config import recipe_file
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(
+        "model: mobilenet_v2\nepochs: 1\nimage_size: 32\npretrained: false\nlr: 0.002\n"
+    )
+    run_dir = tmp_path / "run"
+    args = ["train", str(demo_root), "--preset", "smoke", "--config", str(recipe), "--lr", "0.003"]
+    args += ["--out", str(run_dir), "--cache-dir", str(tmp_path / "c"), "--no-progress"]
+    assert run([*args, "--workers", "1", "--no-diagnose"]) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["model"], saved["epochs"], saved["image_size"]) == ("mobilenet_v2", 1, 32)
+    assert (saved["pretrained"], saved["lr"], saved["batch_size"]) == (False, 0.003, 16)  # smoke
+    assert recipe_file(run_dir / "config.json") == saved
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 1\nmixup: 0.2\n")
+    capsys.readouterr()
+    assert run(["train", str(demo_root), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml: unknown field(s) mixup" in err and len(err.splitlines()) == 1
+    assert run(["train", str(demo_root), "--config", str(recipe), "--resume", "--out", "x"]) == 2
+    assert "--config" in capsys.readouterr().err

@@ -625,6 +625,16 @@ def train(
     preset_name: Annotated[
         str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")
     ] = "finetune",
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=(
+                "Recipe file (YAML or JSON; a run's config.json works): its fields over the "
+                "preset's, options typed here over both."
+            ),
+        ),
+    ] = None,
     mode: Annotated[
         str | None,
         typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset]."),
@@ -677,7 +687,7 @@ def train(
         """global batch."""
     )
     from cxrlab.outputs import check_output_folder
-    from cxrlab.training.config import preset
+    from cxrlab.training.config import preset, recipe_file
     from cxrlab.training.run import train_run
     from cxrlab.training.trainer import check_runnable, launched_rank
 
@@ -713,6 +723,13 @@ def train(
         logger=logger,
     ) | ({"pretrained": False} if no_pretrained else {})
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
+    if resume and config_file is not None:
+        raise CxrlabError("--config: a resumed run keeps its own config.json; leave --config out")
+    if config_file is not None:  # preset < file < what was typed on the command line
+        typed = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
+        options = (
+            recipe_file(config_file) | typed | ({"pretrained": False} if no_pretrained else {})
+        )
     if resume:
         if out is None:
             raise CxrlabError("--resume: name the run folder with --out")

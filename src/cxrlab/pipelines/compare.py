@@ -26,7 +26,7 @@ from cxrlab.evaluation.external import evaluate_model, external_films, is_curren
 from cxrlab.pipelines.calibrate import calibrate_run
 from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
 from cxrlab.reporting.model_card import write_model_card
-from cxrlab.training.config import PRESETS, RunConfig, preset
+from cxrlab.training.config import PRESETS, RUNTIME_FIELDS, RunConfig, preset
 from cxrlab.training.run import RunResult, is_calibrated, is_resumable, train_run
 from cxrlab.training.trainer import check_runnable
 
@@ -90,16 +90,7 @@ def plan_runs(
 def _same_recipe(a: RunConfig, b: RunConfig) -> bool:
     # how it runs, not what it computes; and the operating point, which calibration sets on a
     # finished run
-    ignore = {
-        "num_workers",
-        "devices",
-        "num_nodes",
-        "strategy",
-        "accelerator",
-        "logger",
-        "channels_last",
-        "target_recall",
-    }
+    ignore = RUNTIME_FIELDS | {"target_recall"}
     left, right = asdict(a), asdict(b)
     return all(left[k] == right[k] for k in left if k not in ignore)
 

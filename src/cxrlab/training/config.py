@@ -14,7 +14,7 @@ from pathlib import Path
 from cxrlab.artifacts import read_json
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import parse_target_recall
-from cxrlab.fileio import atomic_write_text
+from cxrlab.fileio import atomic_write_text, read_text
 
 MODES = ("frozen", "finetune")
 OPTIMIZERS = ("adamw", "sgd")
@@ -163,8 +163,38 @@ class RunConfig:
         return cls(**data)  # a field missing from an older run takes today's default
 
 
-# Fields that change how a run is executed, never its numbers: free to differ on --resume.
+# Where and how a run executes, not what it computes: free to differ between the runs of one
+# comparison (compare reuses a finished run whatever they were). The rest of RunConfig is the
+# recipe.
+RUNTIME_FIELDS = frozenset(
+    {"num_workers", "devices", "num_nodes", "strategy", "accelerator", "logger", "channels_last"}
+)
+# Of those, what may change when a run is resumed (the others change how batches are split).
 EXECUTION_ONLY = frozenset({"num_workers", "logger"})
+
+
+def recipe_file(path: Path) -> dict[str, object]:
+    """The fields set by a recipe file (``--config``): YAML or JSON, so a run's own
+    ``config.json`` works; an unreadable file or an unknown field is an error naming it."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(read_text(path)) or {}
+    except OSError as exc:
+        raise CxrlabError(f"--config {path}: cannot be read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise CxrlabError(
+            f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})"
+        ) from None
+    if not isinstance(data, dict):
+        raise CxrlabError(f"--config {path}: expected field: value lines (a mapping)")
+    unknown = sorted(set(map(str, data)) - {f.name for f in fields(RunConfig)})
+    if unknown:
+        raise CxrlabError(
+            f"--config {path}: unknown field(s) {', '.join(unknown)} "
+            f"(the fields are RunConfig's: {', '.join(f.name for f in fields(RunConfig))})"
+        )
+    return data
 
 
 def option_name(field_name: str) -> str:
