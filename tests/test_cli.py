@@ -286,3 +286,17 @@ def test_train_from_a_recipe_file(
     assert "bad.yaml: unknown field(s) mixup" in err and len(err.splitlines()) == 1
     assert run(["train", str(demo_root), "--config", str(recipe), "--resume", "--out", "x"]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+def test_compare_recipe_file_splits_shared_and_fine_tuned_fields(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cxrlab.pipelines.compare import split_recipe
+
+    shared, tuned = split_recipe({"image_size": 32, "num_workers": 2, "lr": 0.01}, "r.yaml")
+    assert (shared, tuned) == ({"image_size": 32, "num_workers": 2}, {"lr": 0.01})
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: alexnet\nlr: 0.01\n")
+    assert run(["compare", str(demo_root), "--config", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "r.yaml: model is set per run by compare" in err and len(err.splitlines()) == 1

@@ -822,6 +822,7 @@ def explain(
 
 @app.command()
 def compare(
+    ctx: typer.Context,
     data: DataArg,
     models: Annotated[
         list[str], typer.Option("--models", help="Models to compare (repeat, or space-separated).")
@@ -839,6 +840,16 @@ def compare(
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare]."),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=(
+                "Recipe file (YAML or JSON): data and machine fields for every run, the rest for "
+                "the fine-tuned runs; options typed here win."
+            ),
+        ),
     ] = None,
     manifest: ManifestOpt = None,
     no_audit: Annotated[
@@ -881,7 +892,8 @@ def compare(
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
     from cxrlab.outputs import check_output_folder
-    from cxrlab.pipelines.compare import plan_runs, run_comparison
+    from cxrlab.pipelines.compare import plan_runs, run_comparison, split_recipe
+    from cxrlab.training.config import recipe_file
 
     models = [name for item in models for name in item.split()]
     shared = _run_options(
@@ -896,22 +908,26 @@ def compare(
         balance=balance,
         target_recall=target_recall,
     )
+    tuned = _run_options(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        augment=augment,
+        freeze_bn=freeze_bn,
+    )
+    file_shared, file_tuned = {}, {}
+    if config_file is not None:  # preset < file < what was typed on the command line
+        file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
+        shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
     configs, notes = plan_runs(
         models,
         mode,
         weights=_parse_weights(weights or [], models),
         pretrained=not no_pretrained,
         seeds=seeds or [0],
-        finetune_overrides=shared
-        | _run_options(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            augment=augment,
-            freeze_bn=freeze_bn,
-        ),
-        frozen_overrides=shared | _run_options(epochs=head_epochs),
+        finetune_overrides=file_shared | file_tuned | shared | tuned,
+        frozen_overrides=file_shared | shared | _run_options(epochs=head_epochs),
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")

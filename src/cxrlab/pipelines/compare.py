@@ -31,6 +31,37 @@ from cxrlab.training.run import RunResult, is_calibrated, is_resumable, train_ru
 from cxrlab.training.trainer import check_runnable
 
 COMPARE_MODES = ("frozen", "finetune", "both")
+# Set per run by the comparison itself (--models, --mode, --weights, --no-pretrained, --seeds).
+PER_RUN_FIELDS = frozenset({"model", "mode", "weights", "pretrained", "seed"})
+# Fields of the data and the machine, the same for frozen and fine-tuned runs.
+SHARED_FIELDS = (
+    frozenset(
+        {
+            "image_size",
+            "resize",
+            "val_fraction",
+            "balance",
+            "target_recall",
+            "precision",
+            "manifest",
+        }
+    )
+    | RUNTIME_FIELDS
+)
+
+
+def split_recipe(fields: dict[str, object], source: str) -> tuple[dict, dict]:
+    """A recipe file's fields as ``(shared, fine-tuned)`` overrides of a comparison: the data and
+    machine fields go to every run, the rest to the fine-tuned runs (frozen runs keep the
+    ``frozen`` recipe: a fine-tuning recipe's epochs or learning rate mean nothing there)."""
+    per_run = sorted(PER_RUN_FIELDS & set(fields))
+    if per_run:
+        raise CxrlabError(
+            f"--config {source}: {', '.join(per_run)} is set per run by compare "
+            "(--models, --mode, --weights, --no-pretrained, --seeds); leave it out of the file"
+        )
+    shared = {k: v for k, v in fields.items() if k in SHARED_FIELDS}
+    return shared, {k: v for k, v in fields.items() if k not in SHARED_FIELDS}
 
 
 def plan_runs(
