@@ -1,0 +1,66 @@
+"""The ``cxrlab`` command line: a thin layer over the library.
+
+Every command prints a one-line ``error: ...`` naming the file or option at fault and exits
+with status 2 on bad input; ``cxrlab --debug COMMAND`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+
+# The commands register on the app as their modules are imported, in this order (--help lists
+# them so): data, then training, then models.
+from cxrlab.cli import data, predict, train  # noqa: F401
+from cxrlab.cli.app import app, err_console, shown
+from cxrlab.errors import CxrlabError
+
+MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights", "--external")
+
+
+def expand_multi_values(argv: list[str]) -> list[str]:
+    """``--models a b c`` -> ``--models a --models b --models c`` (click takes one value per
+    flag)."""
+    out: list[str] = []
+    current: str | None = None
+    for token in argv:
+        if token.startswith("-"):
+            current = token if token in MULTI_VALUE_OPTIONS else None
+            out.append(token)
+        elif current is not None and out[-1] != current:
+            out += [current, token]
+        else:
+            out.append(token)
+    return out
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit status; errors become one line on stderr."""
+    argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="cxrlab")  # standalone: usage errors print and raise SystemExit
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    except CxrlabError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
+        return 2
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    except Exception as exc:  # an unexpected failure: still one line unless --debug
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] {type(exc).__name__}: {shown(exc)} "
+            "(run with --debug for the traceback)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())

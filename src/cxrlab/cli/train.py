@@ -1,0 +1,527 @@
+"""Training commands: train, compare, explain (diagnostics), calibrate."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from cxrlab.cli.app import (
+    AcceleratorOpt,
+    AugmentOnOpt,
+    AugmentOpt,
+    BalanceOpt,
+    BatchOpt,
+    CacheDirOpt,
+    ChannelsLastOpt,
+    DataArg,
+    DevicesOpt,
+    EmaOpt,
+    EpochsOpt,
+    FreezeBnOpt,
+    ImageSizeOpt,
+    LoaderWorkersOpt,
+    LoggerOpt,
+    LrOpt,
+    ManifestOpt,
+    NoPretrainedOpt,
+    NoProgressOpt,
+    NumNodesOpt,
+    OptimizerOpt,
+    PrecisionOpt,
+    ResizeOpt,
+    SeedOpt,
+    StrategyOpt,
+    TargetRecallOpt,
+    TtaOpt,
+    ValFractionOpt,
+    WorkersOpt,
+    app,
+    console,
+    default_out,
+    given_options,
+    parse_external,
+    parse_weights,
+    run_options,
+    shown,
+)
+from cxrlab.errors import CxrlabError
+from cxrlab.fileio import read_text
+
+
+def print_result(result) -> None:  # noqa: ANN001 (RunResult)
+    from cxrlab.evaluation.metrics import Interval
+
+    m = result.metrics
+    test = m.get("test")
+    if not test:
+        console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
+        return
+    ci = m["intervals"]
+    table = Table(
+        title=(
+            f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} "
+            f"(val macro-F1 {m['best_val_macro_f1']:.3f})"
+        )
+    )
+    table.add_column("metric")
+    table.add_column("value [95% CI]", justify="right")
+    fmt = lambda k: str(Interval(**ci[k]))  # noqa: E731
+    table.add_row("accuracy", fmt("accuracy"))
+    table.add_row("macro-F1", fmt("macro_f1"))
+    for name in m["classes"]:
+        table.add_row(f"recall {shown(name)}", fmt(f"recall_{name}"))
+    table.add_row("balanced accuracy", f"{test['balanced_accuracy']:.3f}")
+    table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
+    console.print(table)
+    print_calibration(m)
+    console.print(
+        f"Run folder {shown(result.run_dir)} "
+        "(model.pt, metrics.json, test_predictions.csv, history.csv)"
+    )
+
+
+def print_calibration(metrics: dict) -> None:
+    """The temperature with ECE before and after, and the operating point's rates, of a run."""
+    calibration, point = metrics.get("calibration"), metrics.get("operating_point")
+    if calibration:
+        sets = [name for name in ("val", "test") if calibration.get(name)]
+        eces = "; ".join(
+            f"{name} {calibration[name]['ece_before']:.3f} -> {calibration[name]['ece_after']:.3f}"
+            for name in sets
+        )
+        console.print(
+            f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); "
+            f"ECE {eces}"
+        )
+    if point:
+        console.print(
+            f"Operating point {shown(point['label'])}={point['target_recall']:g}: "
+            f"p({shown(point['label'])}) >= {point['threshold']:.3f} "
+            f"(validation recall {point['val_recall']:.3f}, "
+            f"specificity {point['val_specificity']:.3f})"
+        )
+        if point.get("test"):
+            from cxrlab.evaluation.calibration import OperatingResult
+
+            print_point_result("test split", OperatingResult.from_dict(point["test"]))
+
+
+def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingResult, imported lazily)
+    """Sensitivity and specificity at the operating point on one set."""
+    rate = lambda interval: str(interval) if interval is not None else "n/a"  # noqa: E731
+    console.print(
+        f"  on the {shown(where)}: sensitivity {rate(result.sensitivity)}, "
+        f"specificity {rate(result.specificity)} "
+        f"({result.called} of {result.n} called it)"
+    )
+
+
+def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
+    """The stored config of the run in ``run_dir``; options given that contradict it are one
+    error."""
+    from cxrlab.artifacts import RunDir
+    from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
+
+    if not RunDir(run_dir).config.is_file():
+        raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+    stored = RunConfig.load(RunDir(run_dir).config)
+    requested: dict[str, tuple[str, object]] = {}
+    if given_options(ctx, {"preset_name": preset_name}):
+        requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}
+    requested |= {
+        k: (f"{option_name(k)} {v}" if k != "pretrained" else option_name(k), v)
+        for k, v in options.items()
+    }
+    conflicts = resume_conflicts(stored, requested)
+    if conflicts:
+        raise CxrlabError(
+            f"--resume: {'; '.join(conflicts)}: a resumed run keeps its recipe; "
+            "leave these out, or train into another --out"
+        )
+    return stored
+
+
+@app.command()
+def train(
+    ctx: typer.Context,
+    data: DataArg,
+    model: Annotated[
+        str, typer.Option("--model", help="Registry name (cxrlab models) or any timm model.")
+    ] = "resnet18",
+    preset_name: Annotated[
+        str, typer.Option("--preset", help="Recipe: frozen, finetune, scratch, proposed or smoke.")
+    ] = "finetune",
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=(
+                "Recipe file (YAML or JSON; a run's config.json works): its fields over the "
+                "preset's, options typed here over both."
+            ),
+        ),
+    ] = None,
+    mode: Annotated[
+        str | None,
+        typer.Option("--mode", help="frozen (new head only) or finetune (all layers) \\[preset]."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option("--weights", help="Local ImageNet state dict for the model.")
+    ] = None,
+    no_pretrained: NoPretrainedOpt = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Run folder \\[default: runs/<DATA>/<run name>].")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")
+    ] = False,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = "squash",
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    balance: BalanceOpt = None,
+    augment: AugmentOpt = None,
+    freeze_bn: FreezeBnOpt = None,
+    ema_decay: EmaOpt = None,
+    tta: TtaOpt = None,
+    target_recall: TargetRecallOpt = None,
+    no_diagnose: Annotated[
+        bool, typer.Option("--no-diagnose", help="Skip robustness and Grad-CAM after testing.")
+    ] = False,
+    seed: SeedOpt = 0,
+    val_fraction: ValFractionOpt = 0.15,
+    manifest: ManifestOpt = None,
+    precision: PrecisionOpt = "auto",
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    num_nodes: NumNodesOpt = 1,
+    strategy: StrategyOpt = "auto",
+    channels_last: ChannelsLastOpt = False,
+    augment_on: AugmentOnOpt = None,
+    num_workers: LoaderWorkersOpt = 0,
+    logger: LoggerOpt = "csv",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    (
+        """Train one model (validation picks the epoch), then test it once on the test split.
+
+    Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the """
+        """global batch."""
+    )
+    from cxrlab.outputs import check_output_folder
+    from cxrlab.training.config import preset, recipe_file
+    from cxrlab.training.run import train_run
+    from cxrlab.training.trainer import check_runnable, launched_rank
+
+    if weights is not None and not weights.expanduser().is_file():
+        raise CxrlabError(f"--weights: {weights}: file not found")
+    options = run_options(
+        model=model,
+        mode=mode,
+        weights=str(weights) if weights else None,
+        image_size=image_size,
+        resize=resize,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        balance=balance,
+        augment=augment,
+        freeze_bn=freeze_bn,
+        ema_decay=ema_decay,
+        tta=tta,
+        target_recall=target_recall,
+        seed=seed,
+        val_fraction=val_fraction,
+        manifest=str(manifest) if manifest else None,
+        precision=precision,
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        channels_last=channels_last,
+        augment_on=augment_on,
+        num_workers=num_workers,
+        logger=logger,
+    ) | ({"pretrained": False} if no_pretrained else {})
+    worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
+    if resume and config_file is not None:
+        raise CxrlabError("--config: a resumed run keeps its own config.json; leave --config out")
+    if config_file is not None:  # preset < file < what was typed on the command line
+        typed = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
+        options = (
+            recipe_file(config_file) | typed | ({"pretrained": False} if no_pretrained else {})
+        )
+    if resume:
+        if out is None:
+            raise CxrlabError("--resume: name the run folder with --out")
+        given = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
+        config = resumed_config(
+            out, ctx, preset_name, given | ({"pretrained": False} if no_pretrained else {})
+        )
+    else:
+        config = preset(preset_name, **options)
+    run_dir = out or default_out(data, config.run_name)
+    check_output_folder(run_dir, data)
+    if cache_dir is not None:
+        check_output_folder(cache_dir, data, option="--cache-dir")
+    if not worker:
+        check_runnable(config)  # before the banner: an impossible run says so first
+        console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
+    say = (
+        (lambda line: None)
+        if worker
+        else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
+    )
+    result = train_run(
+        data,
+        config,
+        run_dir,
+        resume=resume,
+        cache_root=cache_dir,
+        workers=workers,
+        progress=not no_progress,
+        say=say,
+    )
+    if worker:
+        return
+    print_result(result)
+    if result.metrics.get("test") and not no_diagnose:
+        diagnose_runs([run_dir], data, progress=not no_progress)
+    else:
+        write_card(run_dir)
+
+
+def diagnose_runs(
+    run_dirs: list[Path], data: Path, *, progress: bool, device: str = "auto"
+) -> None:
+    from cxrlab.pipelines.diagnose import diagnose_run
+
+    for run_dir in run_dirs:
+        console.print(f"Robustness and Grad-CAM of {shown(run_dir.name)} on its test films ...")
+        found = diagnose_run(run_dir, data, device=device, progress=progress)
+        rob, cam = found["robustness"], found["gradcam"]
+        drops = ", ".join(f"{name} {v['accuracy']:.3f}" for name, v in rob["variants"].items())
+        share = cam["lung_share"] or 0.0
+        console.print(f"  accuracy by variant: {drops}")
+        console.print(
+            f"  Grad-CAM mass in the lung fields {share:.2f} "
+            f"(uniform map: {cam['lung_area'] or 0:.2f}), "
+            f"on the border {cam['border_share'] or 0:.2f}"
+        )
+        console.print(
+            f"  written: {shown(run_dir / 'robustness.json')}, "
+            f"{shown(run_dir / 'gradcam.json')}, {shown(run_dir / 'gradcam.png')}"
+        )
+        write_card(run_dir)
+
+
+def write_card(run_dir: Path) -> None:
+    """(Re)write the run's MODEL_CARD.md from its files."""
+    from cxrlab.reporting.model_card import write_model_card
+
+    console.print(f"Model card: {shown(write_model_card(run_dir))}")
+
+
+@app.command()
+def explain(
+    runs: Annotated[
+        list[Path], typer.Argument(help="Finished run folders (each with model.pt and split.csv).")
+    ],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="The runs' dataset root (its split.csv paths are relative to it)."
+        ),
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    no_progress: NoProgressOpt = False,
+) -> None:
+    (
+        """Robustness (squashed, padded, rotated, darkened test films) and Grad-CAM lung share """
+        """of finished runs."""
+    )
+    diagnose_runs(runs, data, progress=not no_progress, device=device)
+
+
+@app.command()
+def compare(
+    ctx: typer.Context,
+    data: DataArg,
+    models: Annotated[
+        list[str], typer.Option("--models", help="Models to compare (repeat, or space-separated).")
+    ] = ["alexnet", "resnet18"],  # noqa: B006
+    mode: Annotated[str, typer.Option("--mode", help="frozen, finetune or both.")] = "finetune",
+    weights: Annotated[
+        list[str] | None,
+        typer.Option("--weights", help="MODEL=PATH: a local ImageNet state dict (repeatable)."),
+    ] = None,
+    no_pretrained: NoPretrainedOpt = False,
+    seeds: Annotated[
+        list[int] | None,
+        typer.Option("--seeds", help="Seeds; each model and mode runs once per seed."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Comparison folder \\[default: runs/<DATA>/compare]."),
+    ] = None,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            help=(
+                "Recipe file (YAML or JSON): data and machine fields for every run, the rest for "
+                "the fine-tuned runs; options typed here win."
+            ),
+        ),
+    ] = None,
+    manifest: ManifestOpt = None,
+    no_audit: Annotated[
+        bool,
+        typer.Option("--no-audit", help="Skip the audit (no files excluded unless --manifest)."),
+    ] = False,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--external",
+            help=(
+                "NAME=PATH: a labelled set from elsewhere every model is scored on after testing "
+                "(repeatable; never used to train or select)."
+            ),
+        ),
+    ] = None,
+    image_size: ImageSizeOpt = None,
+    resize: ResizeOpt = "squash",
+    epochs: EpochsOpt = None,
+    head_epochs: Annotated[
+        int | None,
+        typer.Option("--head-epochs", min=1, help="Epochs of head training in frozen mode."),
+    ] = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    optimizer: OptimizerOpt = None,
+    balance: BalanceOpt = None,
+    augment: AugmentOpt = None,
+    freeze_bn: FreezeBnOpt = None,
+    target_recall: TargetRecallOpt = None,
+    val_fraction: ValFractionOpt = 0.15,
+    precision: PrecisionOpt = "auto",
+    accelerator: AcceleratorOpt = "auto",
+    devices: DevicesOpt = "auto",
+    num_workers: LoaderWorkersOpt = 0,
+    logger: LoggerOpt = "csv",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    """Train and test several models under one protocol; write one HTML report with every plot."""
+    from cxrlab.outputs import check_output_folder
+    from cxrlab.pipelines.compare import plan_runs, run_comparison, split_recipe
+    from cxrlab.training.config import recipe_file
+
+    models = [name for item in models for name in item.split()]
+    shared = run_options(
+        image_size=image_size,
+        resize=resize,
+        val_fraction=val_fraction,
+        precision=precision,
+        accelerator=accelerator,
+        devices=devices,
+        num_workers=num_workers,
+        logger=logger,
+        balance=balance,
+        target_recall=target_recall,
+    )
+    tuned = run_options(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        augment=augment,
+        freeze_bn=freeze_bn,
+    )
+    file_shared, file_tuned = {}, {}
+    if config_file is not None:  # preset < file < what was typed on the command line
+        file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
+        shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
+    configs, notes = plan_runs(
+        models,
+        mode,
+        weights=parse_weights(weights or [], models),
+        pretrained=not no_pretrained,
+        seeds=seeds or [0],
+        finetune_overrides=file_shared | file_tuned | shared | tuned,
+        frozen_overrides=file_shared | shared | run_options(epochs=head_epochs),
+    )
+    for note in notes:
+        console.print(f"[yellow]note:[/] {shown(note)}")
+    externals = parse_external(external or [])
+    out = out or default_out(data, "compare")
+    check_output_folder(out, data)
+    if cache_dir is not None:
+        check_output_folder(cache_dir, data, option="--cache-dir")
+    report = run_comparison(
+        data,
+        configs,
+        out,
+        manifest=manifest,
+        audit=not no_audit,
+        cache_root=cache_dir,
+        workers=workers,
+        external=externals,
+        progress=not no_progress,
+        command="cxrlab " + " ".join(sys.argv[1:]),
+        say=lambda line: console.print(shown(line)),
+    )
+    results_md = out / "results.md"
+    if results_md.is_file():
+        console.print(
+            read_text(results_md), markup=False, highlight=False, soft_wrap=True
+        )  # the Markdown source: every number visible
+    console.print(f"Report: {shown(report)}")
+
+
+@app.command()
+def calibrate(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run folders.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="The runs' dataset root (their split.csv paths are relative to it)."
+        ),
+    ],
+    target_recall: TargetRecallOpt = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    cache_dir: CacheDirOpt = None,
+    workers: WorkersOpt = 2,
+    no_progress: NoProgressOpt = False,
+) -> None:
+    (
+        """Fit a run's temperature (and an operating point) on its validation split: """
+        """for runs made before
+    cxrlab calibrated, or to choose another operating point. Rewrites model.pt, predictions """
+        """and metrics."""
+    )
+    from cxrlab.pipelines.calibrate import calibrate_run
+
+    for run_dir in runs:
+        result = calibrate_run(
+            run_dir,
+            data,
+            target_recall=target_recall,
+            cache_root=cache_dir,
+            workers=workers,
+            device=device,
+            progress=not no_progress,
+        )
+        console.print(f"Run {shown(run_dir)}:")
+        print_calibration(result.metrics)
+        write_card(run_dir)
