@@ -3,6 +3,7 @@ and the helpers every command uses."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Annotated
 
@@ -234,9 +235,20 @@ CacheDirOpt = Annotated[
 ]
 
 
-def run_options(**options: object) -> dict[str, object]:
-    """Config overrides from CLI options (``None`` = keep the preset's value)."""
-    return {k: v for k, v in options.items() if v is not None}
+def run_options(
+    parameters: dict[str, object], *, leave_out: frozenset[str] = frozenset()
+) -> dict[str, object]:
+    """Config overrides from a command's parameters (its ``locals()``): each parameter named
+    like a :class:`~cxrlab.training.config.RunConfig` field is that field's option, so an option
+    is declared once, as a parameter; ``None`` keeps the preset's value; paths become text."""
+    from cxrlab.training.config import RunConfig
+
+    names = {f.name for f in fields(RunConfig)} - leave_out
+    return {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in parameters.items()
+        if k in names and v is not None
+    }
 
 
 def parse_weights(items: list[str], models: list[str]) -> dict[str, str]:

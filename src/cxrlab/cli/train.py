@@ -223,35 +223,7 @@ def train(
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
-    options = run_options(
-        model=model,
-        mode=mode,
-        weights=str(weights) if weights else None,
-        image_size=image_size,
-        resize=resize,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        balance=balance,
-        augment=augment,
-        freeze_bn=freeze_bn,
-        ema_decay=ema_decay,
-        tta=tta,
-        target_recall=target_recall,
-        seed=seed,
-        val_fraction=val_fraction,
-        manifest=str(manifest) if manifest else None,
-        precision=precision,
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=num_nodes,
-        strategy=strategy,
-        channels_last=channels_last,
-        augment_on=augment_on,
-        num_workers=num_workers,
-        logger=logger,
-    ) | ({"pretrained": False} if no_pretrained else {})
+    options = run_options(locals()) | ({"pretrained": False} if no_pretrained else {})
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
     if resume and config_file is not None:
         raise CxrlabError("--config: a resumed run keeps its own config.json; leave --config out")
@@ -424,30 +396,14 @@ def compare(
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
     from cxrlab.outputs import check_output_folder
-    from cxrlab.pipelines.compare import plan_runs, run_comparison, split_recipe
+    from cxrlab.pipelines.compare import plan_runs, run_comparison, split_overrides, split_recipe
     from cxrlab.training.config import recipe_file
 
     models = [name for item in models for name in item.split()]
-    shared = run_options(
-        image_size=image_size,
-        resize=resize,
-        val_fraction=val_fraction,
-        precision=precision,
-        accelerator=accelerator,
-        devices=devices,
-        num_workers=num_workers,
-        logger=logger,
-        balance=balance,
-        target_recall=target_recall,
-    )
-    tuned = run_options(
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        augment=augment,
-        freeze_bn=freeze_bn,
-    )
+    # --mode, --weights and --manifest mean something else here (modes to run, one file per
+    # model, the audit's manifest for every run)
+    given = run_options(locals(), leave_out=frozenset({"mode", "weights", "manifest"}))
+    shared, tuned = split_overrides(given)
     file_shared, file_tuned = {}, {}
     if config_file is not None:  # preset < file < what was typed on the command line
         file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
@@ -459,7 +415,7 @@ def compare(
         pretrained=not no_pretrained,
         seeds=seeds or [0],
         finetune_overrides=file_shared | file_tuned | shared | tuned,
-        frozen_overrides=file_shared | shared | run_options(epochs=head_epochs),
+        frozen_overrides=file_shared | shared | ({"epochs": head_epochs} if head_epochs else {}),
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")

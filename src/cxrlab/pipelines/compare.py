@@ -60,6 +60,11 @@ def split_recipe(fields: dict[str, object], source: str) -> tuple[dict, dict]:
             f"--config {source}: {', '.join(per_run)} is set per run by compare "
             "(--models, --mode, --weights, --no-pretrained, --seeds); leave it out of the file"
         )
+    return split_overrides(fields)
+
+
+def split_overrides(fields: dict[str, object]) -> tuple[dict, dict]:
+    """``(shared, fine-tuned)``: the data and machine fields, and the rest."""
     shared = {k: v for k, v in fields.items() if k in SHARED_FIELDS}
     return shared, {k: v for k, v in fields.items() if k not in SHARED_FIELDS}
 
