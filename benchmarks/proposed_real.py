@@ -215,6 +215,36 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
     return lines
 
 
+def shortcut_probes(out: Path, seeds: list[int]) -> list[str]:
+    """The runs' own shortcut probes on the Kaggle test films (``robustness.json``): balanced
+    accuracy with the lung fields hidden (mid-grey) and with only the lungs kept, mean ± std."""
+    lines = [
+        "",
+        "## Shortcut probes on the Kaggle test films (chance 0.333; mean ± std over seeds)",
+        "",
+        "| model | lungs hidden: balanced accuracy | recall COVID19 / NORMAL / PNEUMONIA | "
+        "only the lungs kept |",
+        "|---|---|---|---|",
+    ]
+    from cxrlab.artifacts import RunDir, read_json
+
+    for m in MODELS:
+        found = [
+            read_json(RunDir(out / "runs" / f"{m}-finetune-imagenet-s{s}").robustness)["variants"]
+            for s in seeds
+        ]
+        hidden = [v["lungs-hidden"] for v in found]
+        recall = " / ".join(
+            f"{np.mean([h['recall'][c] for h in hidden]):.3f}"
+            for c in ("COVID19", "NORMAL", "PNEUMONIA")
+        )
+        lines.append(
+            f"| {m} | {mean_std([h['balanced_accuracy'] for h in hidden])} | {recall} | "
+            f"{mean_std([v['lungs-only']['balanced_accuracy'] for v in found])} |"
+        )
+    return lines
+
+
 def goals(done: dict[int, dict[str, Seed]]) -> list[str]:
     from cxrlab.evaluation.metrics import mcnemar
 
@@ -342,7 +372,11 @@ def main() -> int:
         f"# proposed vs fine-tuned mobilenet_v2 ({args.image_size} px, {args.epochs} epochs, "
         f"seeds {sorted(done)})"
     )
-    lines = summary(done) + abnormal_on_unseen_covid(args.out, args.data, sorted(done))
+    lines = (
+        summary(done)
+        + shortcut_probes(args.out, sorted(done))
+        + abnormal_on_unseen_covid(args.out, args.data, sorted(done))
+    )
     text = (
         "\n".join(
             [
