@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from cxrlab.artifacts import METRICS_JSON, RunDir
+from cxrlab.artifacts import RunDir
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import (
     Evaluation,
@@ -76,14 +76,16 @@ def load_external_sets(runs: Sequence[ReportRun], names: Sequence[str]) -> list[
     for name in names:
         evaluations, scores = [], []
         for run in runs:
-            folder = RunDir(run.run_dir).external(name).root
-            if not (folder / METRICS_JSON).is_file():
+            folder = RunDir(run.run_dir).external(name)
+            if not folder.metrics.is_file():
                 raise CxrlabError(
                     f"{run.run_dir}: not evaluated on '{name}' "
                     f"(cxrlab evaluate {run.run_dir} DATA --name {name})"
                 )
-            evaluations.append(load_evaluation(folder))
-            scores.append(ExternalScores(run.label, *evaluation_predictions(folder, run.classes)))
+            evaluations.append(load_evaluation(folder.root))
+            scores.append(
+                ExternalScores(run.label, *evaluation_predictions(folder.root, run.classes))
+            )
         sets.append(ExternalSet(name, evaluations, pair_tests(scores)))
     return sets
 

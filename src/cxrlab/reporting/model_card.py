@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cxrlab.artifacts import RunDir
+from cxrlab.artifacts import ExternalDir, RunDir
 from cxrlab.evaluation.calibration import OperatingResult
 from cxrlab.evaluation.external import Evaluation, load_evaluation
 from cxrlab.evaluation.metrics import Interval
@@ -72,7 +72,9 @@ def _external(run_dir: Path) -> list[Evaluation]:
     folder = RunDir(run_dir).externals
     if not folder.is_dir():
         return []
-    return [load_evaluation(d) for d in sorted(folder.glob("*")) if RunDir(d).is_finished]
+    return [
+        load_evaluation(d) for d in sorted(folder.glob("*")) if ExternalDir(d).metrics.is_file()
+    ]
 
 
 def _gap(ev: Evaluation) -> float | None:
