@@ -235,6 +235,15 @@ def limitation_lines(metrics: dict, audit: dict | None, external: list[Evaluatio
     return [f"- {item}" for item in limitations]
 
 
+def known_limitations(run_dir: Path) -> list[str]:
+    """The card's known limitations of the run in ``run_dir``, one plain sentence each (what
+    ``cxrlab serve`` shows beside every answer)."""
+    files = RunDir(run_dir)
+    config, metrics = _json(files.config) or {}, _json(files.metrics) or {}
+    lines = limitation_lines(metrics, _audit_of(config), _external(run_dir))
+    return [line.removeprefix("- ") for line in lines]
+
+
 def model_card(run_dir: Path) -> str:
     """The card's Markdown for the finished run in ``run_dir``."""
     files = RunDir(run_dir)
