@@ -37,7 +37,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import DEFAULT_EXTERNAL, machine, real_data_parser, shared_missing  # noqa: E402
-from proposed_v1_real import cxrlab, load  # noqa: E402
+from proposed_v1_real import cxrlab, headline, load  # noqa: E402
 
 MODELS = ("mobilenet_v2", "proposed")
 EXTERNAL = "adult"
@@ -58,28 +58,26 @@ class Seed:
 
 
 def read_seed(run_dir: Path) -> Seed:
+    from cxrlab.artifacts import RunDir
+    from cxrlab.evaluation.external import load_evaluation
     from cxrlab.evaluation.predict import read_predictions
 
+    files = RunDir(run_dir)
     metrics = load(run_dir)
-    classes = metrics["classes"]
-    test = metrics["test"]
-    ext = load(run_dir / "external" / EXTERNAL)
-    _, y, p = read_predictions(run_dir / "test_predictions.csv", classes)
-    _, ye, pe = read_predictions(run_dir / "external" / EXTERNAL / "predictions.csv", classes)
-    bal = ext["balanced_accuracy"]
+    classes = metrics.classes
+    ext = load_evaluation(files.external(EXTERNAL).root)
+    _, y, p = read_predictions(files.test_predictions, classes)
+    _, ye, pe = read_predictions(files.external(EXTERNAL).predictions, classes)
+    bal = ext.balanced_accuracy
     return Seed(
-        kaggle={
-            "accuracy": test["accuracy"],
-            "macro_f1": test["macro_f1"],
-            "recall_COVID19": test["per_class"]["COVID19"]["recall"],
-        },
+        kaggle=headline(metrics.test),
         external={
-            "recall_NORMAL": ext["per_class"]["NORMAL"]["recall"]["value"],
-            "recall_COVID19": ext["per_class"]["COVID19"]["recall"]["value"],
-            "balanced_accuracy": bal["value"],
-            "normal_called_covid": ext["per_class"]["NORMAL"]["called"]["COVID19"],
+            "recall_NORMAL": ext.per_class["NORMAL"].recall.value,
+            "recall_COVID19": ext.per_class["COVID19"].recall.value,
+            "balanced_accuracy": bal.value,
+            "normal_called_covid": ext.per_class["NORMAL"].called["COVID19"],
         },
-        external_ci=(bal["low"], bal["high"]),
+        external_ci=(bal.low, bal.high),
         kaggle_true=y,
         kaggle_pred=p.argmax(1),
         kaggle_probs=p,

@@ -35,6 +35,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
 
+from cxrlab.records import ClassificationMetrics, RunMetrics  # noqa: E402
+
 HEADLINE = (
     ("accuracy", "accuracy"),
     ("macro_f1", "macro-F1"),
@@ -48,16 +50,16 @@ def cxrlab(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "cxrlab", *args], check=True)
 
 
-def headline(test: dict) -> dict[str, float]:
+def headline(test: ClassificationMetrics) -> dict[str, float]:
     return {
-        "accuracy": test["accuracy"],
-        "macro_f1": test["macro_f1"],
-        "recall_COVID19": test["per_class"]["COVID19"]["recall"],
+        "accuracy": test.accuracy,
+        "macro_f1": test.macro_f1,
+        "recall_COVID19": test.per_class["COVID19"].recall,
     }
 
 
-def load(run_dir: Path) -> dict:
-    return json.loads((run_dir / "metrics.json").read_text())
+def load(run_dir: Path) -> RunMetrics:
+    return RunMetrics.load(run_dir / "metrics.json")
 
 
 def main() -> int:
@@ -165,8 +167,8 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
         "|---|---|" + "---|" * (len(HEADLINE) + 1),
     ]
     for name, dirs in runs.items():
-        values = [headline(load(d)["test"]) for d in dirs]
-        val = [load(d)["best_val_macro_f1"] for d in dirs]
+        values = [headline(load(d).test) for d in dirs]
+        val = [load(d).best_val_macro_f1 for d in dirs]
         cells = [
             f"{np.mean([v[k] for v in values]):.4f} ± "
             f"{np.std([v[k] for v in values], ddof=1) if len(values) > 1 else 0:.4f}"
@@ -177,9 +179,8 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
             + " | ".join(cells)
             + f" | {np.mean(val):.4f} ± {np.std(val, ddof=1) if len(val) > 1 else 0:.4f} |"
         )
-    no_tta = [
-        load(d)["test_without_tta"] for d in runs["proposed_v1"] if "test_without_tta" in load(d)
-    ]
+    no_tta = [load(d).test_without_tta for d in runs["proposed_v1"]]
+    no_tta = [t for t in no_tta if t is not None]
     if no_tta:  # the same checkpoints tested without test-time augmentation
         values = [headline(t) for t in no_tta]
         cells = [
@@ -201,7 +202,7 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
     from cxrlab.evaluation.metrics import mcnemar
     from cxrlab.evaluation.predict import read_predictions
 
-    classes = load(runs["proposed_v1"][0])["classes"]
+    classes = load(runs["proposed_v1"][0]).classes
     lines = [
         "",
         "## McNemar's test, proposed vs mobilenet_v2 (test split)",
@@ -263,8 +264,8 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
                 list(model.classes),
             )
             lines.append(
-                f"| {run.name} | {'on' if tta else 'off'} | {m['macro_f1']:.4f} | "
-                f"{m['per_class']['COVID19']['recall']:.3f} |"
+                f"| {run.name} | {'on' if tta else 'off'} | {m.macro_f1:.4f} | "
+                f"{m.per_class['COVID19'].recall:.3f} |"
             )
     return lines
 
@@ -301,10 +302,10 @@ def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
 
 
 def ablation_table(baseline: Path, ema: Path, gem: Path, full: Path) -> list[str]:
-    def row(label: str, metrics: dict) -> str:
-        h = headline(metrics["test"])
+    def row(label: str, metrics: RunMetrics) -> str:
+        h = headline(metrics.test)
         return (
-            f"| {label} | {metrics['best_val_macro_f1']:.4f} | "
+            f"| {label} | {metrics.best_val_macro_f1:.4f} | "
             + " | ".join(f"{h[k]:.4f}" for k, _ in HEADLINE)
             + " |"
         )

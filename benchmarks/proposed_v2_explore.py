@@ -356,9 +356,9 @@ def summarise(result, y_test, y_ext):
     pred = result["ext"].argmax(1)
     return {
         "val_f1": result["val_f1"],
-        "test_acc": test["accuracy"],
-        "test_f1": test["macro_f1"],
-        "test_covid_recall": test["per_class"]["COVID19"]["recall"],
+        "test_acc": test.accuracy,
+        "test_f1": test.macro_f1,
+        "test_covid_recall": test.per_class["COVID19"].recall,
         "ext_normal_recall": ext["per_class"]["NORMAL"].recall.value,
         "ext_covid_recall": ext["per_class"]["COVID19"].recall.value,
         "ext_bal_acc": ext["balanced_accuracy"].value,

@@ -559,7 +559,7 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
                 manifest=str(args.manifest) if args.manifest else None,
             )
             result = train_run(args.data, config, Path(folder) / name, workers=2, progress=False)
-            t = result.metrics["timings"]
+            t = result.metrics.timings
             source = "ImageNet" if weights else "random"
             rows.append(
                 [
@@ -567,8 +567,8 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
                     source,
                     f"{t['features_s']:.1f}",
                     f"{t['train_s']:.1f}",
-                    f"{result.metrics['epochs_run']}",
-                    f"{result.metrics['best_val_macro_f1']:.3f}",
+                    f"{result.metrics.epochs_run}",
+                    f"{result.metrics.best_val_macro_f1:.3f}",
                 ]
             )
             print(

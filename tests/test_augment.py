@@ -78,6 +78,6 @@ def test_training_with_device_augmentation_and_channels_last(tmp_path: Path) -> 
     result = train_run(
         root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
     )
-    assert result.metrics["test"]["n"] == 6
+    assert result.metrics.test.n == 6
     with pytest.raises(CxrlabError, match="--augment-on"):
         RunConfig(augment_on="gpu")

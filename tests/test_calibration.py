@@ -16,11 +16,11 @@ from conftest import TINY, train_tiny
 from cxrlab.cli import run
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
-    CalibrationEffect,
-    OperatingResult,
+    calibration_effect,
     choose_operating_point,
     fit_temperature,
     nll,
+    operating_result,
     parse_target_recall,
     retemper,
     softmax,
@@ -28,6 +28,7 @@ from cxrlab.evaluation.calibration import (
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models.checkpoint import load_checkpoint_with_extra, save_checkpoint
+from cxrlab.records import RunMetrics
 from cxrlab.training.config import preset
 
 
@@ -44,7 +45,7 @@ def test_a_calibrated_model_keeps_t_near_one_and_t_one_changes_nothing() -> None
     logits, y = _sampled(20000, 0)
     assert fit_temperature(logits, y) == pytest.approx(1.0, abs=0.05)
     assert np.allclose(softmax(logits, 1.0), torch.softmax(torch.from_numpy(logits), 1).numpy())
-    effect = CalibrationEffect.of(logits, y, 1.0)
+    effect = calibration_effect(logits, y, 1.0)
     assert effect.nll_before == effect.nll_after and effect.ece_before == effect.ece_after
 
 
@@ -53,7 +54,7 @@ def test_an_over_confident_model_is_cooled_and_its_nll_and_ece_fall() -> None:
     over = 4.0 * logits  # the same ranking, four times too sure
     temperature = fit_temperature(over, y)
     assert temperature == pytest.approx(4.0, rel=0.1)
-    effect = CalibrationEffect.of(over, y, temperature)
+    effect = calibration_effect(over, y, temperature)
     assert effect.nll_after < 0.8 * effect.nll_before and effect.ece_after < 0.5 * effect.ece_before
     assert nll(over, y, temperature) == pytest.approx(effect.nll_after)
     assert (
@@ -93,12 +94,12 @@ def test_operating_point_by_hand() -> None:
     ]  # below the threshold: the likelier other class
     lower = choose_operating_point(probs, y, classes, "COVID19", 0.9)  # 5 of 5
     assert lower.threshold == pytest.approx(0.2) and lower.val_recall == 1.0
-    result = OperatingResult.of(point, y, probs, classes, n_boot=100)
+    result = operating_result(point, y, probs, classes, n_boot=100)
     assert result.sensitivity.value == pytest.approx(
         0.6
     ) and result.specificity.value == pytest.approx(0.75)
     assert result.called == 4 and result.n == 9
-    only_positives = OperatingResult.of(point, y[:5], probs[:5], classes, n_boot=50)
+    only_positives = operating_result(point, y[:5], probs[:5], classes, n_boot=50)
     assert only_positives.specificity is None  # no films of other classes: not defined
 
 
@@ -169,7 +170,7 @@ def test_train_fits_t_and_the_operating_point_on_validation(operating_run: Path)
     with open(operating_run / "test_predictions.csv") as handle:
         test_rows = list(csv.DictReader(handle))
     assert list(test_rows[0])[:4] == ["path", "true", "predicted", "decision"]
-    test = OperatingResult.from_dict(point["test"])
+    test = RunMetrics.load(operating_run / "metrics.json").operating_point.test
     called = sum(r["decision"] == "COVID19" for r in test_rows)
     assert test.called == called and test.n == len(test_rows) == 9
     from cxrlab.reporting.model_card import model_card
@@ -376,3 +377,26 @@ def test_calibrate_an_old_run_then_compare_re_evaluates_what_is_stale(
         json.loads((run_dir / "metrics.json").read_text())["operating_point"]["label"]
         == "PNEUMONIA"
     )
+
+
+def test_metrics_json_is_a_typed_record_read_strictly(operating_run: Path) -> None:
+    """metrics.json loads as RunMetrics and saves back to the same JSON; an unknown, missing or
+    mistyped key is an error naming the file and the key, not a silent default."""
+    path = operating_run / "metrics.json"
+    raw = json.loads(path.read_text())
+    metrics = RunMetrics.load(path)
+    assert metrics.operating_point.test.n == metrics.test.n == 9
+    assert metrics.intervals["accuracy"].value == metrics.test.accuracy
+    assert json.loads(metrics.to_json()) == raw  # every key and number kept
+    broken = operating_run.parent / "broken.json"
+
+    def refused(data: dict, message: str) -> None:
+        broken.write_text(json.dumps(data))
+        with pytest.raises(CxrlabError, match=f"broken.json: {message}"):
+            RunMetrics.load(broken)
+
+    unknown = json.loads(path.read_text())
+    unknown["test"]["per_class"]["NORMAL"]["f2"] = 1.0
+    refused(unknown, "test.per_class.NORMAL.f2: unknown key")
+    refused({k: v for k, v in raw.items() if k != "run"}, "run: missing key")
+    refused(raw | {"epochs_run": "many"}, "epochs_run: Input should be a valid integer")

@@ -97,7 +97,7 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
 
     ddp_dir = tmp_path / "ddp"
     ddp = json.loads((ddp_dir / "metrics.json").read_text())
-    assert ddp["training_processes"] == 2 and single.metrics["training_processes"] == 1
+    assert ddp["training_processes"] == 2 and single.metrics.training_processes == 1
     # The same split, the same optimiser steps: the same curves and test probabilities.
     assert (ddp_dir / "split.csv").read_text() == (single.run_dir / "split.csv").read_text()
     one, two = read_history(single.run_dir / "history.csv"), read_history(ddp_dir / "history.csv")
@@ -108,7 +108,7 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
         assert b["val_macro_f1"] == pytest.approx(a["val_macro_f1"], abs=1e-4)
         assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
     # The test split: every image exactly once, probabilities as in the single-process run.
-    assert ddp["test"]["n"] == single.metrics["test"]["n"] == 9
+    assert ddp["test"]["n"] == single.metrics.test.n == 9
     rows = {
         name: list(csv.DictReader(open(d / "test_predictions.csv")))
         for name, d in (("one", single.run_dir), ("two", ddp_dir))
@@ -121,7 +121,7 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
         for name, rs in rows.items()
     }
     np.testing.assert_allclose(probs["two"], probs["one"], atol=1e-4)
-    assert ddp["test"]["accuracy"] == pytest.approx(single.metrics["test"]["accuracy"])
+    assert ddp["test"]["accuracy"] == pytest.approx(single.metrics.test.accuracy)
 
 
 def test_launched_rank_reads_the_launchers_variables(monkeypatch: pytest.MonkeyPatch) -> None:

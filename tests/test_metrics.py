@@ -31,21 +31,21 @@ P = np.array(
 
 def test_metrics_against_hand_computation() -> None:
     m = classification_metrics(Y, P, CLASSES)
-    assert m["accuracy"] == pytest.approx(5 / 8)
+    assert m.accuracy == pytest.approx(5 / 8)
     # recalls: COVID19 1/2, NORMAL 2/3, PNEUMONIA 2/3
-    assert m["balanced_accuracy"] == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3)
-    assert m["confusion_matrix"] == [[1, 1, 0], [0, 2, 1], [1, 0, 2]]
-    pc = m["per_class"]
+    assert m.balanced_accuracy == pytest.approx((1 / 2 + 2 / 3 + 2 / 3) / 3)
+    assert m.confusion_matrix == [[1, 1, 0], [0, 2, 1], [1, 0, 2]]
+    pc = m.per_class
     # precision: COVID19 1/2 (one of two predicted 0), NORMAL 2/3, PNEUMONIA 2/3
-    assert pc["COVID19"]["precision"] == pytest.approx(1 / 2)
-    assert pc["NORMAL"]["precision"] == pytest.approx(2 / 3)
-    assert pc["PNEUMONIA"]["recall"] == pytest.approx(2 / 3)
+    assert pc["COVID19"].precision == pytest.approx(1 / 2)
+    assert pc["NORMAL"].precision == pytest.approx(2 / 3)
+    assert pc["PNEUMONIA"].recall == pytest.approx(2 / 3)
     f1 = [2 * 0.5 * 0.5 / 1.0, 2 / 3, 2 / 3]
-    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m.macro_f1 == pytest.approx(np.mean(f1))
     # COVID19 vs rest AUC: positives scores {0.9, 0.2}, negatives {0.1,0.1,0.1,0.1,0.2,0.6}
     # pairs won: 0.9 beats 6; 0.2 beats 4, ties 1 (0.5) -> (6 + 4.5) / 12
-    assert pc["COVID19"]["auc"] == pytest.approx(10.5 / 12)
-    assert pc["NORMAL"]["support"] == 3
+    assert pc["COVID19"].auc == pytest.approx(10.5 / 12)
+    assert pc["NORMAL"].support == 3
 
 
 def test_ece_by_hand() -> None:

@@ -140,7 +140,7 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
         if k.endswith("weight")
     )
     assert load_checkpoint_with_extra(tmp_path / "run" / "model.pt")[1]["tta"] is True
-    assert result.metrics["test_without_tta"]["n"] == result.metrics["test"]["n"]
+    assert result.metrics.test_without_tta.n == result.metrics.test.n
     module = ClassifierModule(kept, config, 3)
     assert module.evaluated_net() is module.ema.module
 
@@ -247,6 +247,6 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
         data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
     )
     assert (
-        result.metrics["test"]["n"] == 9
+        result.metrics.test.n == 9
         and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed"
     )

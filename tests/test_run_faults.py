@@ -81,9 +81,7 @@ def test_failed_start_leaves_no_stub_and_the_folder_stays_usable(
         _train(tiny_data, out, config)
     assert not out.exists() or not any(out.iterdir()), sorted(p.name for p in out.iterdir())
     monkeypatch.undo()
-    assert (
-        _train(tiny_data, out, config).metrics["epochs_run"] == 1
-    )  # no "a run already exists here"
+    assert _train(tiny_data, out, config).metrics.epochs_run == 1  # no "a run already exists here"
 
 
 def test_stub_left_by_a_kill_is_replaced_and_not_resumed(
@@ -146,7 +144,7 @@ def test_resumed_run_equals_the_uninterrupted_run(
         read_history(whole.run_dir / "history.csv")
     )
     for key in ("test", "intervals", "best_epoch", "epochs_run", "best_val_macro_f1"):
-        assert resumed.metrics[key] == whole.metrics[key], key
+        assert getattr(resumed.metrics, key) == getattr(whole.metrics, key), key
     assert (resumed.run_dir / "test_predictions.csv").read_text() == (
         whole.run_dir / "test_predictions.csv"
     ).read_text()

@@ -158,8 +158,8 @@ def test_frozen_mode_trains_only_the_head(
             continue
         assert torch.equal(trained[f"network.{key}"], value), key
     assert trained["network.fc.weight"].shape == (3, 512)
-    assert result.metrics["trainable_parameters"] == 512 * 3 + 3
-    assert "features_s" in result.metrics["timings"]
+    assert result.metrics.trainable_parameters == 512 * 3 + 3
+    assert "features_s" in result.metrics.timings
 
 
 @pytest.mark.parametrize("freeze_bn", [True, False])
@@ -190,7 +190,7 @@ def test_existing_run_needs_resume(tiny_data: tuple[Path, Path], tmp_path: Path)
     with pytest.raises(CxrlabError, match="--resume"):
         _train(tiny_data, tmp_path / "run", config)
     again = _train(tiny_data, tmp_path / "run", config, resume=True)  # finished: returned as is
-    assert again.metrics["epochs_run"] == 1
+    assert again.metrics.epochs_run == 1
     with pytest.raises(CxrlabError, match="no run to resume"):
         _train(tiny_data, tmp_path / "nothing", config, resume=True)
 
@@ -210,7 +210,7 @@ def test_resume_after_interruption_loses_at_most_one_epoch(
     after = read_history(result.run_dir / "history.csv")
     assert [row["epoch"] for row in after] == [0, 1, 2, 3]
     assert after[:2] == before
-    assert result.metrics["epochs_run"] == 4
+    assert result.metrics.epochs_run == 4
 
 
 def test_missing_logger_package_is_one_clear_error(

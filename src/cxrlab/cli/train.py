@@ -53,29 +53,25 @@ from cxrlab.fileio import read_text
 
 
 def print_result(result) -> None:  # noqa: ANN001 (RunResult)
-    from cxrlab.evaluation.metrics import Interval
-
     m = result.metrics
-    test = m.get("test")
-    if not test:
+    test = m.test
+    if test is None:
         console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
         return
-    ci = m["intervals"]
     table = Table(
         title=(
-            f"Test ({test['n']} images), checkpoint of epoch {m['best_epoch'] + 1} "
-            f"(val macro-F1 {m['best_val_macro_f1']:.3f})"
+            f"Test ({test.n} images), checkpoint of epoch {m.best_epoch + 1} "
+            f"(val macro-F1 {m.best_val_macro_f1:.3f})"
         )
     )
     table.add_column("metric")
     table.add_column("value [95% CI]", justify="right")
-    fmt = lambda k: str(Interval(**ci[k]))  # noqa: E731
-    table.add_row("accuracy", fmt("accuracy"))
-    table.add_row("macro-F1", fmt("macro_f1"))
-    for name in m["classes"]:
-        table.add_row(f"recall {shown(name)}", fmt(f"recall_{name}"))
-    table.add_row("balanced accuracy", f"{test['balanced_accuracy']:.3f}")
-    table.add_row("macro AUC", f"{test['macro_auc']:.3f}")
+    table.add_row("accuracy", str(m.intervals["accuracy"]))
+    table.add_row("macro-F1", str(m.intervals["macro_f1"]))
+    for name in m.classes:
+        table.add_row(f"recall {shown(name)}", str(m.intervals[f"recall_{name}"]))
+    table.add_row("balanced accuracy", f"{test.balanced_accuracy:.3f}")
+    table.add_row("macro AUC", f"{test.macro_auc:.3f}")
     console.print(table)
     print_calibration(m)
     console.print(
@@ -84,30 +80,29 @@ def print_result(result) -> None:  # noqa: ANN001 (RunResult)
     )
 
 
-def print_calibration(metrics: dict) -> None:
+def print_calibration(metrics) -> None:  # noqa: ANN001 (RunMetrics)
     """The temperature with ECE before and after, and the operating point's rates, of a run."""
-    calibration, point = metrics.get("calibration"), metrics.get("operating_point")
+    calibration, point = metrics.calibration, metrics.operating_point
     if calibration:
-        sets = [name for name in ("val", "test") if calibration.get(name)]
+        effects = {"val": calibration.val, "test": calibration.test}
         eces = "; ".join(
-            f"{name} {calibration[name]['ece_before']:.3f} -> {calibration[name]['ece_after']:.3f}"
-            for name in sets
+            f"{name} {effect.ece_before:.3f} -> {effect.ece_after:.3f}"
+            for name, effect in effects.items()
+            if effect is not None
         )
         console.print(
-            f"Calibration: temperature {calibration['temperature']:.3f} (fitted on validation); "
+            f"Calibration: temperature {calibration.temperature:.3f} (fitted on validation); "
             f"ECE {eces}"
         )
     if point:
         console.print(
-            f"Operating point {shown(point['label'])}={point['target_recall']:g}: "
-            f"p({shown(point['label'])}) >= {point['threshold']:.3f} "
-            f"(validation recall {point['val_recall']:.3f}, "
-            f"specificity {point['val_specificity']:.3f})"
+            f"Operating point {shown(point.label)}={point.target_recall:g}: "
+            f"p({shown(point.label)}) >= {point.threshold:.3f} "
+            f"(validation recall {point.val_recall:.3f}, "
+            f"specificity {point.val_specificity:.3f})"
         )
-        if point.get("test"):
-            from cxrlab.evaluation.calibration import OperatingResult
-
-            print_point_result("test split", OperatingResult.from_dict(point["test"]))
+        if point.test is not None:
+            print_point_result("test split", point.test)
 
 
 def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingResult, imported lazily)
@@ -266,7 +261,7 @@ def train(
     if worker:
         return
     print_result(result)
-    if result.metrics.get("test") and not no_diagnose:
+    if result.metrics.test is not None and not no_diagnose:
         diagnose_runs([run_dir], data, progress=not no_progress)
     else:
         write_card(run_dir)

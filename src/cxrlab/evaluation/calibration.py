@@ -16,14 +16,18 @@ training hospital's films need not keep its promise, and the report shows whethe
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.metrics import Interval, bootstrap_ci, expected_calibration_error
+from cxrlab.evaluation.metrics import bootstrap_ci, expected_calibration_error
+from cxrlab.records import (
+    CalibrationEffect,
+    OperatingPoint,
+    OperatingResult,
+    Reliability,
+)
 
 LOG_T_BOUNDS = (-4.0, 4.0)  # T between 0.018 and 55: far beyond any fitted value seen
 RELIABILITY_BINS = 10
@@ -61,15 +65,6 @@ def fit_temperature(logits: np.ndarray, y_true: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
-@dataclass(frozen=True)
-class Reliability:
-    """A reliability diagram's bins: mean top-class confidence, accuracy and films per bin."""
-
-    confidence: list[float]
-    accuracy: list[float]
-    count: list[int]
-
-
 def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = RELIABILITY_BINS) -> Reliability:
     """Top-class confidence against accuracy in ``bins`` equal-width bins (empty bins left out)."""
     confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == np.asarray(y_true)
@@ -84,39 +79,20 @@ def reliability(y_true: np.ndarray, probs: np.ndarray, bins: int = RELIABILITY_B
     )
 
 
-@dataclass(frozen=True)
-class CalibrationEffect:
-    """Calibration of one set of films before and after temperature scaling."""
-
-    n: int
-    nll_before: float
-    nll_after: float
-    ece_before: float
-    ece_after: float
-    reliability_before: Reliability
-    reliability_after: Reliability
-
-    @classmethod
-    def of(cls, logits: np.ndarray, y_true: np.ndarray, temperature: float) -> CalibrationEffect:
-        before, after = softmax(logits), softmax(logits, temperature)
-        return cls(
-            int(len(y_true)),
-            nll(logits, y_true),
-            nll(logits, y_true, temperature),
-            expected_calibration_error(y_true, before),
-            expected_calibration_error(y_true, after),
-            reliability(y_true, before),
-            reliability(y_true, after),
-        )
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> CalibrationEffect:
-        return cls(
-            **(
-                raw
-                | {k: Reliability(**raw[k]) for k in ("reliability_before", "reliability_after")}
-            )
-        )
+def calibration_effect(
+    logits: np.ndarray, y_true: np.ndarray, temperature: float
+) -> CalibrationEffect:
+    """Calibration of one set of films before and after dividing its logits by ``temperature``."""
+    before, after = softmax(logits), softmax(logits, temperature)
+    return CalibrationEffect(
+        int(len(y_true)),
+        nll(logits, y_true),
+        nll(logits, y_true, temperature),
+        expected_calibration_error(y_true, before),
+        expected_calibration_error(y_true, after),
+        reliability(y_true, before),
+        reliability(y_true, after),
+    )
 
 
 def parse_target_recall(
@@ -138,35 +114,6 @@ def parse_target_recall(
             f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})"
         )
     return name, recall
-
-
-def target_name(label: str, recall: float) -> str:
-    """``COVID19=0.95``: how an operating point's target is written (and compared)."""
-    return f"{label}={recall:g}"
-
-
-@dataclass(frozen=True)
-class OperatingPoint:
-    """Call ``label`` when its probability reaches ``threshold`` (chosen on validation for
-    ``target_recall``); otherwise the most probable other class."""
-
-    label: str
-    target_recall: float
-    threshold: float
-    val_recall: float
-    val_specificity: float
-    val_positives: int
-
-    @property
-    def target(self) -> str:
-        return target_name(self.label, self.target_recall)
-
-    def decide(self, probs: np.ndarray, classes: list[str]) -> np.ndarray:
-        """The class index decided for each row of ``probs``."""
-        k = classes.index(self.label)
-        others = np.asarray(probs, dtype=np.float64).copy()
-        others[:, k] = -np.inf
-        return np.where(probs[:, k] >= self.threshold, k, others.argmax(axis=1))
 
 
 def choose_operating_point(
@@ -198,61 +145,31 @@ def choose_operating_point(
     )
 
 
-@dataclass(frozen=True)
-class OperatingResult:
-    """An operating point on one set of films: ``label`` against the rest."""
+def operating_result(
+    point: OperatingPoint,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    *,
+    n_boot: int = 2000,
+) -> OperatingResult:
+    """The operating point on these films: its sensitivity and specificity (``label`` against the
+    rest) with bootstrap intervals, and how many films it calls ``label``."""
+    k = classes.index(point.label)
+    truth, decided = (
+        (np.asarray(y_true) == k).astype(np.int64),
+        (point.decide(probs, classes) == k).astype(np.int64),
+    )
 
-    sensitivity: Interval | None  # None when the set has no films of the class
-    specificity: Interval | None  # None when it has only films of the class
-    called: int  # films called the class
-    n: int
+    def rate(of: int):  # recall of 1 (sensitivity) or of 0 (specificity), NaN when absent
+        return lambda t, d: float((d[t == of] == of).mean()) if (t == of).any() else float("nan")
 
-    @classmethod
-    def of(
-        cls,
-        point: OperatingPoint,
-        y_true: np.ndarray,
-        probs: np.ndarray,
-        classes: list[str],
-        *,
-        n_boot: int = 2000,
-    ) -> OperatingResult:
-        k = classes.index(point.label)
-        truth, decided = (
-            (np.asarray(y_true) == k).astype(np.int64),
-            (point.decide(probs, classes) == k).astype(np.int64),
-        )
-
-        def rate(of: int):  # recall of 1 (sensitivity) or of 0 (specificity), NaN when absent
-            return lambda t, d: (
-                float((d[t == of] == of).mean()) if (t == of).any() else float("nan")
-            )
-
-        return cls(
-            bootstrap_ci(truth, decided, rate(1), n_boot=n_boot) if truth.any() else None,
-            bootstrap_ci(truth, decided, rate(0), n_boot=n_boot) if (truth == 0).any() else None,
-            int(decided.sum()),
-            int(len(truth)),
-        )
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> OperatingResult:
-        return cls(
-            **(
-                raw
-                | {
-                    k: Interval(**raw[k]) if raw[k] else None
-                    for k in ("sensitivity", "specificity")
-                }
-            )
-        )
-
-
-def run_target(metrics: dict) -> str | None:
-    """The target (``COVID19=0.95``) of the operating point a run's ``metrics.json`` records, if
-    any."""
-    point = metrics.get("operating_point")
-    return target_name(point["label"], point["target_recall"]) if point else None
+    return OperatingResult(
+        bootstrap_ci(truth, decided, rate(1), n_boot=n_boot) if truth.any() else None,
+        bootstrap_ci(truth, decided, rate(0), n_boot=n_boot) if (truth == 0).any() else None,
+        int(decided.sum()),
+        int(len(truth)),
+    )
 
 
 def stored_calibration(extra: dict) -> tuple[float, OperatingPoint | None]:

@@ -25,27 +25,21 @@ Nothing here trains, tunes or selects: an external set is scored once per finish
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from cxrlab.artifacts import VAL_PREDICTIONS, ExternalDir, RunDir, read_json
+from cxrlab.artifacts import VAL_PREDICTIONS, ExternalDir, RunDir
 from cxrlab.data.discover import DatasetIndex, discover
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
-    OperatingPoint,
-    OperatingResult,
     choose_operating_point,
+    operating_result,
     parse_target_recall,
     retemper,
-    run_target,
-    target_name,
 )
 from cxrlab.evaluation.metrics import (
-    Interval,
     bootstrap_ci,
     expected_calibration_error,
     macro_f1,
@@ -53,93 +47,15 @@ from cxrlab.evaluation.metrics import (
     roc_auc_ovr,
 )
 from cxrlab.evaluation.predict import predict_files, read_predictions, write_predictions
-from cxrlab.fileio import atomic_write_text, read_text
-
-
-@dataclass(frozen=True)
-class ClassResult:
-    """One class present in the external set."""
-
-    n: int
-    recall: Interval
-    precision: Interval  # NaN when the model never predicts the class
-    called: dict[str, int]  # films of this class called each of the model's classes
-    auc: float | None  # one-vs-rest, where the set has films of other classes too
-
-
-@dataclass
-class Evaluation:
-    """A model scored on one labelled set; ``internal`` is the run's own test split, when known."""
-
-    name: str
-    data: str
-    split: str
-    arch: str
-    classes: list[str]  # the model's classes
-    present: list[str]  # the classes that have films in the set
-    n: int
-    accuracy: Interval
-    balanced_accuracy: Interval  # over the present classes
-    macro_f1: float | None  # defined only when every class is present
-    macro_auc: float | None
-    ece: float  # of the calibrated probabilities (the model's temperature)
-    per_class: dict[str, ClassResult]
-    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file: why
-    internal: Internal | None = None
-    temperature: float = 1.0  # the model's, applied to every probability here
-    ece_uncalibrated: float | None = None  # the same films without the temperature
-    point: OperatingPoint | None = (
-        None  # the operating point applied (chosen on the run's validation split)
-    )
-    at_point: OperatingResult | None = None  # its sensitivity and specificity on this set
-
-    @property
-    def absent(self) -> list[str]:
-        return [c for c in self.classes if c not in self.present]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> Evaluation:
-        raw = json.loads(text)
-        raw["accuracy"], raw["balanced_accuracy"] = (
-            Interval(**raw["accuracy"]),
-            Interval(**raw["balanced_accuracy"]),
-        )
-        raw["per_class"] = {
-            name: ClassResult(
-                c["n"], Interval(**c["recall"]), Interval(**c["precision"]), c["called"], c["auc"]
-            )
-            for name, c in raw["per_class"].items()
-        }
-        if raw.get("internal"):
-            internal = raw["internal"]
-            raw["internal"] = Internal(
-                **(
-                    internal
-                    | {
-                        "at_point": OperatingResult.from_dict(internal["at_point"])
-                        if internal.get("at_point")
-                        else None
-                    }
-                )
-            )
-        raw["point"] = OperatingPoint(**raw["point"]) if raw.get("point") else None
-        raw["at_point"] = (
-            OperatingResult.from_dict(raw["at_point"]) if raw.get("at_point") else None
-        )
-        return cls(**raw)
-
-
-@dataclass(frozen=True)
-class Internal:
-    """The same headline numbers on the run's own test split, for the side-by-side gap."""
-
-    n: int
-    recall: dict[str, float]  # per present class
-    balanced_accuracy: float  # over the external set's present classes
-    at_point: OperatingResult | None = None  # the same operating point on the test split
+from cxrlab.fileio import atomic_write_text
+from cxrlab.records import (
+    ClassResult,
+    Evaluation,
+    Internal,
+    OperatingPoint,
+    RunMetrics,
+    target_name,
+)
 
 
 def precision_of(label: int) -> Callable[[np.ndarray, np.ndarray], float]:
@@ -239,18 +155,16 @@ def internal_reference(
     with ``point``, its rates on the test split (from ``test_predictions.csv``)."""
     if run_dir is None or not RunDir(run_dir).is_finished:
         return None
-    metrics = read_json(RunDir(run_dir).metrics)
-    test = metrics.get("test")
-    if not test:
+    metrics = RunMetrics.load(RunDir(run_dir).metrics)
+    test = metrics.test
+    if test is None:
         return None
-    recall = {c: float(test["per_class"][c]["recall"]) for c in present}
+    recall = {c: test.per_class[c].recall for c in present}
     at_point = None
     if point is not None and RunDir(run_dir).test_predictions.is_file():
-        _, y_true, probs = read_predictions(
-            RunDir(run_dir).test_predictions, list(metrics["classes"])
-        )
-        at_point = OperatingResult.of(point, y_true, probs, list(metrics["classes"]))
-    return Internal(int(test["n"]), recall, float(np.mean(list(recall.values()))), at_point)
+        _, y_true, probs = read_predictions(RunDir(run_dir).test_predictions, metrics.classes)
+        at_point = operating_result(point, y_true, probs, metrics.classes)
+    return Internal(test.n, recall, float(np.mean(list(recall.values()))), at_point)
 
 
 def validation_point(
@@ -331,9 +245,7 @@ def evaluate_model(
             y_true, retemper(found.probs, 1.0 / predictor.temperature)
         ),
         point=point,
-        at_point=OperatingResult.of(point, y_true, found.probs, predictor.classes)
-        if point
-        else None,
+        at_point=operating_result(point, y_true, found.probs, predictor.classes) if point else None,
     )
     write_predictions(
         ExternalDir(out).predictions,
@@ -349,21 +261,20 @@ def evaluate_model(
     return evaluation, out
 
 
-def is_current(folder: Path, run_metrics: dict) -> bool:
-    """Whether ``folder`` holds an evaluation of the run's model as it is now (``run_metrics``: the
-    run's ``metrics.json``): the same temperature and operating point (an evaluation from before the
-    run was calibrated is stale)."""
+def is_current(folder: Path, run_metrics: RunMetrics) -> bool:
+    """Whether ``folder`` holds an evaluation of the run's model as it is now: the same temperature
+    and operating point (an evaluation from before the run was calibrated is stale)."""
     if not ExternalDir(Path(folder)).metrics.is_file():
         return False
     evaluation = load_evaluation(folder)
-    temperature = float((run_metrics.get("calibration") or {}).get("temperature", 1.0))
-    same_point = (evaluation.point.target if evaluation.point else None) == run_target(run_metrics)
+    temperature = run_metrics.temperature
+    same_point = (evaluation.point.target if evaluation.point else None) == run_metrics.target
     return abs(evaluation.temperature - temperature) <= 1e-9 * temperature and same_point
 
 
 def load_evaluation(folder: Path) -> Evaluation:
     """An evaluation written by :func:`evaluate_model` (``folder`` holds its ``metrics.json``)."""
-    return Evaluation.from_json(read_text(ExternalDir(Path(folder)).metrics))
+    return Evaluation.load(ExternalDir(Path(folder)).metrics)
 
 
 def evaluation_predictions(

@@ -21,6 +21,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from cxrlab.records import ClassificationMetrics, ClassScores, Interval
+
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Unweighted mean of the per-class F1 over all ``n_classes`` (an absent class counts 0)."""
@@ -65,7 +67,7 @@ def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> dict[int, float]:
 
 def classification_metrics(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str]
-) -> dict[str, object]:
+) -> ClassificationMetrics:
     """Accuracy, balanced accuracy, macro-F1, per-class P/R/F1 and AUC, confusion matrix, ECE."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
@@ -75,37 +77,21 @@ def classification_metrics(
         y_true, y_pred, labels=labels, zero_division=0
     )
     aucs = roc_auc_ovr(y_true, probs)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": macro_f1(y_true, y_pred, len(classes)),
-        "macro_auc": float(np.nanmean(list(aucs.values()))),
-        "ece": expected_calibration_error(y_true, probs),
-        "per_class": {
-            name: {
-                "precision": float(precision[k]),
-                "recall": float(recall[k]),
-                "f1": float(f1[k]),
-                "auc": aucs[k],
-                "support": int(support[k]),
-            }
+    return ClassificationMetrics(
+        n=int(len(y_true)),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)),
+        macro_f1=macro_f1(y_true, y_pred, len(classes)),
+        macro_auc=float(np.nanmean(list(aucs.values()))),
+        ece=expected_calibration_error(y_true, probs),
+        per_class={
+            name: ClassScores(
+                float(precision[k]), float(recall[k]), float(f1[k]), aucs[k], int(support[k])
+            )
             for k, name in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-    }
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A point estimate with its bootstrap percentile interval."""
-
-    value: float
-    low: float
-    high: float
-
-    def __str__(self) -> str:
-        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    )
 
 
 def bootstrap_ci(

@@ -285,10 +285,10 @@ def robustness_eval(
         metrics = classification_metrics(y_true, probs, classes)
         results[variant.name] = {
             "description": variant.description,
-            "accuracy": float(metrics["accuracy"]),
-            "balanced_accuracy": float(metrics["balanced_accuracy"]),
-            "macro_f1": float(metrics["macro_f1"]),
-            "recall": {c: float(metrics["per_class"][c]["recall"]) for c in classes},
+            "accuracy": metrics.accuracy,
+            "balanced_accuracy": metrics.balanced_accuracy,
+            "macro_f1": metrics.macro_f1,
+            "recall": {c: metrics.per_class[c].recall for c in classes},
         }
     reference = results[spec.resize]["accuracy"]
     for values in results.values():

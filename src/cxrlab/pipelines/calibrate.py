@@ -3,7 +3,6 @@ fact, on its own validation split."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cxrlab.artifacts import RunDir
@@ -12,7 +11,8 @@ from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, locked
 from cxrlab.training.prepared import prepare_data, subset_logits
-from cxrlab.training.run import RunResult, calibrate_and_test
+from cxrlab.training.run import RunResult
+from cxrlab.training.testing import calibrate_and_test
 
 
 def calibrate_run(
@@ -68,8 +68,9 @@ def calibrate_run(
             for name in ("val", "test")
             if name in prepared.rows and len(prepared.rows[name])
         }
-        metrics = dict(result.metrics)
-        calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
+        metrics = calibrate_and_test(
+            run_dir, model, config, prepared, logits, result.metrics, tta=tta
+        )
         config.save(RunDir(run_dir).config)
-        atomic_write_text(RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n")
+        atomic_write_text(RunDir(run_dir).metrics, metrics.to_json())
     return RunResult(run_dir, config, metrics)

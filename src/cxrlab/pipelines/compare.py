@@ -27,7 +27,8 @@ from cxrlab.pipelines.calibrate import calibrate_run
 from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
 from cxrlab.reporting.model_card import write_model_card
 from cxrlab.training.config import PRESETS, RUNTIME_FIELDS, RunConfig, preset
-from cxrlab.training.run import RunResult, is_calibrated, is_resumable, train_run
+from cxrlab.training.run import RunResult, is_resumable, train_run
+from cxrlab.training.testing import is_calibrated
 from cxrlab.training.trainer import check_runnable
 
 COMPARE_MODES = ("frozen", "finetune", "both")
@@ -215,12 +216,9 @@ def run_comparison(
                 workers=workers,
                 progress=progress,
             )
-        test = result.metrics.get("test", {})
-        if test:
-            say(
-                f"    test accuracy {test['accuracy']:.3f}, "
-                f"macro-F1 {test['macro_f1']:.3f} ({run_dir})"
-            )
+        test = result.metrics.test
+        if test is not None:
+            say(f"    test accuracy {test.accuracy:.3f}, macro-F1 {test.macro_f1:.3f} ({run_dir})")
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
                 diagnose_run(run_dir, index.root, progress=progress)

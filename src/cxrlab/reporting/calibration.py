@@ -14,7 +14,7 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from cxrlab.evaluation.calibration import CalibrationEffect, OperatingResult
+from cxrlab.records import CalibrationEffect
 from cxrlab.reporting.external import ExternalSet
 from cxrlab.reporting.plots import plot_reliability
 from cxrlab.reporting.render import Figure, render
@@ -37,8 +37,9 @@ RELIABILITY_CAPTION = (
 
 
 def _effect(run: ReportRun, name: str) -> CalibrationEffect | None:
-    raw = (run.metrics.get("calibration") or {}).get(name)
-    return CalibrationEffect.from_dict(raw) if raw else None
+    """The temperature's effect on the run's validation (``val``) or test split, when known."""
+    calibration = run.metrics.calibration
+    return getattr(calibration, name) if calibration else None
 
 
 def _change(before: float | None, after: float | None) -> Cell:
@@ -60,11 +61,11 @@ def calibration_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet
     ]
     rows = []
     for position, run in enumerate(runs):
-        calibration = run.metrics.get("calibration") or {}
+        calibration = run.metrics.calibration
         val, test = _effect(run, "val"), _effect(run, "test")
         row = [
             Cell(run.label),
-            Cell(fmt(calibration["temperature"]) if calibration else MISSING),
+            Cell(fmt(calibration.temperature) if calibration else MISSING),
             _change(val.ece_before if val else None, val.ece_after if val else None),
             _change(test.ece_before if test else None, test.ece_after if test else None),
         ]
@@ -77,12 +78,7 @@ def calibration_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet
 
 
 def has_points(runs: Sequence[ReportRun]) -> bool:
-    return any(run.metrics.get("operating_point") for run in runs)
-
-
-def _test_point(point: dict) -> OperatingResult | None:
-    """The operating point's result on the test split, when it was scored there."""
-    return OperatingResult.from_dict(point["test"]) if point.get("test") else None
+    return any(run.metrics.operating_point for run in runs)
 
 
 def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[ExternalSet]) -> Table:
@@ -101,16 +97,16 @@ def operating_point_table(runs: Sequence[ReportRun], externals: Sequence[Externa
         headers += [f"{external.name} sensitivity [CI]", f"{external.name} specificity [CI]"]
     rows = []
     for position, run in enumerate(runs):
-        point = run.metrics.get("operating_point")
+        point = run.metrics.operating_point
         if not point:
             continue
-        results = [_test_point(point)] + [e.evaluations[position].at_point for e in externals]
+        results = [point.test] + [e.evaluations[position].at_point for e in externals]
         row = [
             Cell(run.label),
-            Cell(f"{point['label']} ≥ {point['target_recall']:g}"),
-            Cell(fmt(point["threshold"])),
-            Cell(fmt(point["val_recall"])),
-            Cell(fmt(point["val_specificity"])),
+            Cell(f"{point.label} ≥ {point.target_recall:g}"),
+            Cell(fmt(point.threshold)),
+            Cell(fmt(point.val_recall)),
+            Cell(fmt(point.val_specificity)),
         ]
         for result in results:
             row += [
@@ -126,23 +122,20 @@ def calibration_columns(
 ) -> dict[str, str]:
     """The ``results.csv`` columns of one run: T, ECE before/after (test, each set), operating
     point."""
-    calibration = run.metrics.get("calibration") or {}
+    calibration = run.metrics.calibration
     test = _effect(run, "test")
     row = {  # the calibrated test ECE is the comparison's own "ece" column
-        "temperature": csv_number(calibration.get("temperature")),
+        "temperature": csv_number(calibration.temperature if calibration else None),
         "ece_uncalibrated": csv_number(test.ece_before if test else None),
     }
     for external in externals:
         ev = external.evaluations[position]
         row[f"{external.name}_ece_uncalibrated"] = csv_number(ev.ece_uncalibrated)
         row[f"{external.name}_ece"] = csv_number(ev.ece)
-    point = run.metrics.get("operating_point")
+    point = run.metrics.operating_point
     if point:
-        row |= {
-            "operating_point": f"{point['label']}={point['target_recall']:g}",
-            "threshold": csv_number(point["threshold"]),
-        }
-        results = [("test", _test_point(point))]
+        row |= {"operating_point": point.target, "threshold": csv_number(point.threshold)}
+        results = [("test", point.test)]
         results += [(e.name, e.evaluations[position].at_point) for e in externals]
         for name, result in results:
             sensitivity = result.sensitivity if result else None

@@ -50,7 +50,10 @@ def comparison_columns(classes: Sequence[str]) -> list[Column]:
 
     def test_metric(key: str, header: str, higher: bool = True) -> Column:
         return Column(
-            header, lambda r: Cell(fmt(r.test.get(key))), lambda r: number(r.test.get(key)), higher
+            header,
+            lambda r: Cell(fmt(getattr(r.test, key))),
+            lambda r: getattr(r.test, key),
+            higher,
         )
 
     return [
@@ -66,28 +69,28 @@ def comparison_columns(classes: Sequence[str]) -> list[Column]:
         Column("best epoch / run", _epochs_cell),
         Column("train time (s)", _train_time_cell, lambda r: r.train_seconds, False),
         Column("parameters", _parameters_cell),
-        Column("inference (img/s)", _speed_cell, lambda r: number(r.metrics.get(SPEED))),
+        Column("inference (img/s)", _speed_cell, lambda r: r.metrics.inference_img_per_s),
     ]
 
 
 def _epochs_cell(run: ReportRun) -> Cell:
-    return Cell(f"{run.best_epoch + 1} / {run.metrics.get('epochs_run', MISSING)}")
+    return Cell(f"{run.best_epoch + 1} / {run.metrics.epochs_run}")
 
 
 def _train_time_cell(run: ReportRun) -> Cell:
-    features = run.metrics.get("timings", {}).get("features_s")
+    features = run.metrics.timings.get("features_s")
     note = f"({features:.1f} s features)" if features is not None else ""
     return Cell(fmt(run.train_seconds, 1), note)
 
 
 def _parameters_cell(run: ReportRun) -> Cell:
-    trainable = fmt_count(run.metrics.get("trainable_parameters"))
-    return Cell(fmt_count(run.metrics.get("parameters")), f"({trainable} trainable)")
+    trainable = fmt_count(run.metrics.trainable_parameters)
+    return Cell(fmt_count(run.metrics.parameters), f"({trainable} trainable)")
 
 
 def _speed_cell(run: ReportRun) -> Cell:
-    device = run.metrics.get("inference_device")
-    return Cell(fmt(run.metrics.get(SPEED), 0), f"({device})" if device else "")
+    device = run.metrics.inference_device
+    return Cell(fmt(run.metrics.inference_img_per_s, 0), f"({device})" if device else "")
 
 
 def comparison_table(runs: Sequence[ReportRun]) -> Table:
@@ -106,9 +109,9 @@ def per_class_table(run: ReportRun) -> Table:
     """Precision, recall, F1, AUC and support of each class on the test split."""
     rows = []
     for name in run.classes:
-        stats = run.test["per_class"][name]
-        scores = (Cell(fmt(stats.get(k))) for k in ("precision", "recall", "f1", "auc"))
-        rows.append([Cell(name), *scores, Cell(str(stats.get("support", MISSING)))])
+        stats = run.test.per_class[name]
+        scores = (Cell(fmt(v)) for v in (stats.precision, stats.recall, stats.f1, stats.auc))
+        rows.append([Cell(name), *scores, Cell(str(stats.support))])
     return Table(["class", "precision", "recall", "F1", "AUC (one-vs-rest)", "support"], rows)
 
 
@@ -123,16 +126,18 @@ def results_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
         }
         for key in ("accuracy", "macro_f1"):
             row |= interval_fields(key, run.interval(key))
-        row |= {k: csv_number(run.test.get(k)) for k in ("balanced_accuracy", "macro_auc", "ece")}
+        row |= {
+            k: csv_number(getattr(run.test, k)) for k in ("balanced_accuracy", "macro_auc", "ece")
+        }
         for c in run.classes:
             row |= interval_fields(f"recall_{c}", run.interval(f"recall_{c}"))
         row |= {
             "train_s": csv_number(run.train_seconds),
-            "parameters": run.metrics.get("parameters", ""),
-            "trainable_parameters": run.metrics.get("trainable_parameters", ""),
-            SPEED: csv_number(run.metrics.get(SPEED)),
+            "parameters": run.metrics.parameters,
+            "trainable_parameters": run.metrics.trainable_parameters,
+            SPEED: csv_number(run.metrics.inference_img_per_s),
             "best_epoch": run.best_epoch + 1,
-            "epochs_run": run.metrics.get("epochs_run", ""),
+            "epochs_run": run.metrics.epochs_run,
         }
         rows.append(row)
     return rows
@@ -142,14 +147,14 @@ def recipe_items(run: ReportRun) -> dict[str, str]:
     """A run's recipe, folder and validation score; TTA and weight EMA when the run used them."""
     card = run.run_dir / MODEL_CARD
     items = {
-        "recipe": run.metrics.get("description") or MISSING,
+        "recipe": run.metrics.description or MISSING,
         "folder": str(run.run_dir),
         **({"model card": str(card)} if card.is_file() else {}),
-        "best validation macro-F1": fmt(run.metrics.get("best_val_macro_f1")),
+        "best validation macro-F1": fmt(run.metrics.best_val_macro_f1),
     }
-    without = run.metrics.get("test_without_tta")
+    without = run.metrics.test_without_tta
     if without is not None or run.recipe.tta:
-        note = f" (test accuracy without TTA: {fmt(without.get('accuracy'))})" if without else ""
+        note = f" (test accuracy without TTA: {fmt(without.accuracy)})" if without else ""
         items["TTA"] = f"on{note}"
     decay = number(run.recipe.ema_decay)
     if math.isfinite(decay) and decay > 0:

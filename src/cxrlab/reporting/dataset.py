@@ -27,7 +27,7 @@ ANALYSIS_CAPTIONS = {  # the cxrlab analyze figures shown in the dataset section
 
 def subsets_table(runs: Sequence[ReportRun]) -> Table:
     """Images per subset (train / validation / test) used by each run."""
-    sizes = [r.metrics.get("sizes", {}) for r in runs]
+    sizes = [r.metrics.sizes for r in runs]
     rows = [
         [Cell(r.label), *(Cell(str(n.get(s, 0))) for s in SUBSETS)] for r, n in zip(runs, sizes)
     ]

@@ -20,12 +20,9 @@ from markupsafe import Markup
 
 from cxrlab.artifacts import RunDir
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.external import (
-    Evaluation,
-    evaluation_predictions,
-    load_evaluation,
-)
+from cxrlab.evaluation.external import evaluation_predictions, load_evaluation
 from cxrlab.fileio import markdown_escape
+from cxrlab.records import Evaluation
 from cxrlab.reporting.pairs import PairTest, mcnemar_html, mcnemar_table, pair_tests
 from cxrlab.reporting.plots import plot_external_gap
 from cxrlab.reporting.render import Figure, render

@@ -16,11 +16,10 @@ import json
 from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
-from cxrlab.evaluation.calibration import OperatingResult
-from cxrlab.evaluation.external import Evaluation, load_evaluation
-from cxrlab.evaluation.metrics import Interval
+from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
+from cxrlab.records import Evaluation, Interval, OperatingResult, RunMetrics
 
 KAGGLE_CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 KAGGLE_CONFOUND = (
@@ -52,11 +51,9 @@ def _json(path: Path) -> dict | None:
         return None
 
 
-def _ci(raw: dict | Interval | None) -> str:
+def _ci(interval: Interval | None) -> str:
     """``0.951 [0.938, 0.962]`` (:class:`Interval`'s own form); a dash when missing."""
-    if raw is None:
-        return "–"
-    return str(raw if isinstance(raw, Interval) else Interval(**raw))
+    return "–" if interval is None else str(interval)
 
 
 def _audit_of(config: dict) -> dict | None:
@@ -82,28 +79,27 @@ def _gap(ev: Evaluation) -> float | None:
     return ev.balanced_accuracy.value - ev.internal.balanced_accuracy if ev.internal else None
 
 
-def model_lines(metrics: dict) -> list[str]:
+def model_lines(metrics: RunMetrics) -> list[str]:
     """The recipe, classes, size and how the checkpoint was chosen."""
-    classes = [markdown_escape(c) for c in metrics.get("classes", [])]
-    parameters = metrics.get("parameters", "–")
-    epoch = f"epoch {metrics.get('best_epoch', -1) + 1} of {metrics.get('epochs_run', '–')}"
+    classes = [markdown_escape(c) for c in metrics.classes]
+    epoch = f"epoch {metrics.best_epoch + 1} of {metrics.epochs_run}"
     return [
-        f"- recipe: {markdown_escape(metrics.get('description', ''))}",
+        f"- recipe: {markdown_escape(metrics.description)}",
         f"- classes: {', '.join(classes)}",
-        f"- parameters: {parameters} ({metrics.get('trainable_parameters', '–')} trained)",
+        f"- parameters: {metrics.parameters} ({metrics.trainable_parameters} trained)",
         (
-            f"- chosen on: validation macro-F1 {metrics.get('best_val_macro_f1', NAN):.3f} "
+            f"- chosen on: validation macro-F1 {metrics.best_val_macro_f1:.3f} "
             f"({epoch}); the test split was read once"
         ),
     ]
 
 
-def training_data_lines(metrics: dict, audit: dict | None) -> list[str]:
+def training_data_lines(metrics: RunMetrics, audit: dict | None) -> list[str]:
     """Images per subset, unreadable files, and what the audit knows of the sources."""
-    sizes = ", ".join(f"{k} {v}" for k, v in metrics.get("sizes", {}).items())
+    sizes = ", ".join(f"{k} {v}" for k, v in metrics.sizes.items())
     lines = [f"- images per subset: {sizes}"]
-    if metrics.get("skipped"):
-        lines.append(f"- unreadable files left out: {len(metrics['skipped'])}")
+    if metrics.skipped:
+        lines.append(f"- unreadable files left out: {len(metrics.skipped)}")
     if audit is None:
         return [*lines, "- audit: not known (the run used no audit manifest)"]
     summary, shortcut = audit.get("summary", {}), audit.get("shortcut") or {}
@@ -124,21 +120,21 @@ def training_data_lines(metrics: dict, audit: dict | None) -> list[str]:
     return lines
 
 
-def test_split_lines(metrics: dict) -> list[str]:
+def test_split_lines(metrics: RunMetrics) -> list[str]:
     """The test split's headline numbers with their intervals, and each class's recall."""
-    test, intervals = metrics.get("test") or {}, metrics.get("intervals") or {}
-    if not test:
+    test, intervals = metrics.test, metrics.intervals
+    if test is None:
         return ["- not tested (the dataset has no test split)"]
     return [
         (
-            f"- {test.get('n', '–')} films; accuracy {_ci(intervals.get('accuracy'))}; "
+            f"- {test.n} films; accuracy {_ci(intervals.get('accuracy'))}; "
             f"macro-F1 {_ci(intervals.get('macro_f1'))}; "
-            f"balanced accuracy {test.get('balanced_accuracy', NAN):.3f}; "
-            f"macro AUC {test.get('macro_auc', NAN):.3f}"
+            f"balanced accuracy {test.balanced_accuracy:.3f}; "
+            f"macro AUC {test.macro_auc:.3f}"
         ),
         *(
             f"- recall {markdown_escape(c)}: {_ci(intervals.get(f'recall_{c}'))}"
-            for c in metrics.get("classes", [])
+            for c in metrics.classes
         ),
     ]
 
@@ -204,14 +200,16 @@ def robustness_lines(robustness: dict | None) -> list[str]:
     return lines
 
 
-def limitation_lines(metrics: dict, audit: dict | None, external: list[Evaluation]) -> list[str]:
+def limitation_lines(
+    metrics: RunMetrics, audit: dict | None, external: list[Evaluation]
+) -> list[str]:
     """Known limitations in plain words: sources, transfer, scope, calibration."""
     limitations = []
     if audit and (audit.get("shortcut") or {}).get("level") in ("high", "moderate"):
         limitations.append(
             "The classes of the training data come from different sources (the audit's shortcut "
             "check), so the model can score well on its own test split by recognising the source."
-            + (KAGGLE_CONFOUND if metrics.get("classes") == KAGGLE_CLASSES else "")
+            + (KAGGLE_CONFOUND if metrics.classes == KAGGLE_CLASSES else "")
         )
     if any(ev.internal and _gap(ev) < -LARGE_GAP for ev in external):
         limitations.append(
@@ -221,7 +219,7 @@ def limitation_lines(metrics: dict, audit: dict | None, external: list[Evaluatio
         "Trained and tested on frontal films as stored in its dataset; other views, devices, ages "
         "and populations are out of scope until evaluated."
     )
-    if not metrics.get("calibration"):
+    if metrics.calibration is None:
         limitations.append(
             "Probabilities are those of the network (no calibration step): read them as scores, "
             "not as risks."
@@ -239,7 +237,7 @@ def known_limitations(run_dir: Path) -> list[str]:
     """The card's known limitations of the run in ``run_dir``, one plain sentence each (what
     ``cxrlab serve`` shows beside every answer)."""
     files = RunDir(run_dir)
-    config, metrics = _json(files.config) or {}, _json(files.metrics) or {}
+    config, metrics = _json(files.config) or {}, RunMetrics.load(files.metrics)
     lines = limitation_lines(metrics, _audit_of(config), _external(run_dir))
     return [line.removeprefix("- ") for line in lines]
 
@@ -247,10 +245,10 @@ def known_limitations(run_dir: Path) -> list[str]:
 def model_card(run_dir: Path) -> str:
     """The card's Markdown for the finished run in ``run_dir``."""
     files = RunDir(run_dir)
-    config, metrics = _json(files.config) or {}, _json(files.metrics) or {}
+    config, metrics = _json(files.config) or {}, RunMetrics.load(files.metrics)
     audit, external = _audit_of(config), _external(run_dir)
     lines = [
-        f"# Model card: {markdown_escape(metrics.get('run', run_dir.name))}",
+        f"# Model card: {markdown_escape(metrics.run)}",
         "",
         "## Intended use",
         "",
@@ -287,14 +285,14 @@ def model_card(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
+def calibration_lines(metrics: RunMetrics, external: list[Evaluation]) -> list[str]:
     """The card's calibration section: T with ECE before and after; the operating point's rates."""
-    calibration = metrics.get("calibration")
-    if not calibration:
+    calibration = metrics.calibration
+    if calibration is None:
         return [NOT_CALIBRATED]
-    splits = (("validation", "val"), ("test split", "test"))
-    effects = [(name, calibration[key]) for name, key in splits if calibration.get(key)]
-    temperature = calibration["temperature"]
+    splits = (("validation", calibration.val), ("test split", calibration.test))
+    effects = [(name, effect) for name, effect in splits if effect is not None]
+    temperature = calibration.temperature
     confidence = "over-confident" if temperature > 1 else "under-confident"
     lines = [
         (
@@ -303,7 +301,7 @@ def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
             "apply it"
         ),
         *(
-            f"- ECE on the {name}: {e['ece_before']:.3f} before, {e['ece_after']:.3f} after"
+            f"- ECE on the {name}: {e.ece_before:.3f} before, {e.ece_after:.3f} after"
             for name, e in effects
         ),
         *(
@@ -313,9 +311,9 @@ def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
             if ev.ece_uncalibrated is not None
         ),
     ]
-    point = metrics.get("operating_point")
+    point = metrics.operating_point
     if point:
-        label = markdown_escape(point["label"])
+        label = markdown_escape(point.label)
 
         def rates(where: str, result: OperatingResult | None) -> str:
             if result is None:
@@ -325,18 +323,17 @@ def calibration_lines(metrics: dict, external: list[Evaluation]) -> list[str]:
                 f"specificity {_ci(result.specificity)}"
             )
 
-        test = OperatingResult.from_dict(point["test"]) if point.get("test") else None
         lines += [
             (
-                f"- operating point {label} recall ≥ {point['target_recall']:g}: call {label} "
-                f"when p({label}) ≥ {point['threshold']:.3f} (chosen on validation: recall "
-                f"{point['val_recall']:.3f}, specificity {point['val_specificity']:.3f})"
+                f"- operating point {label} recall ≥ {point.target_recall:g}: call {label} "
+                f"when p({label}) ≥ {point.threshold:.3f} (chosen on validation: recall "
+                f"{point.val_recall:.3f}, specificity {point.val_specificity:.3f})"
             ),
-            rates("test split", test),
+            rates("test split", point.test),
             *(
                 rates(markdown_escape(ev.name), ev.at_point)
                 for ev in external
-                if ev.point and ev.point.label == point["label"]
+                if ev.point and ev.point.label == point.label
             ),
         ]
     return lines

@@ -21,8 +21,7 @@ from sklearn.metrics import roc_curve
 from cxrlab.plotting import class_colours, empty_panel, figure_text, new_figure, save_figure
 
 if TYPE_CHECKING:
-    from cxrlab.evaluation.calibration import Reliability
-    from cxrlab.evaluation.metrics import Interval
+    from cxrlab.records import Interval, Reliability
     from cxrlab.reporting.runs import ReportRun
 
 TRAIN_COLOUR = "#1f77b4"
@@ -102,7 +101,7 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
     axes = np.asarray(figure.subplots(n_rows, n_cols, squeeze=False)).ravel()
     fontsize = 10 if k <= 4 else 8 if k <= 8 else 6
     for ax, run in zip(axes, runs):
-        counts = np.asarray(run.test["confusion_matrix"], dtype=np.int64)
+        counts = np.asarray(run.test.confusion_matrix, dtype=np.int64)
         totals = counts.sum(axis=1, keepdims=True)
         share = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
         image = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
@@ -124,7 +123,7 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
         ax.set_yticks(range(k), classes)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{figure_text(run.label)}\naccuracy {run.test['accuracy']:.3f}", fontsize=10)
+        ax.set_title(f"{figure_text(run.label)}\naccuracy {run.test.accuracy:.3f}", fontsize=10)
     for ax in axes[len(runs) :]:
         ax.set_visible(False)
     figure.colorbar(image, ax=list(axes[: len(runs)]), shrink=0.7, label="share of the true class")
@@ -148,7 +147,7 @@ def plot_roc_curves(runs: Sequence[ReportRun], path: Path) -> Path:
             if positive.all() or not positive.any():
                 continue
             fpr, tpr, _ = roc_curve(positive, run.probs[:, k])
-            auc = float(run.test["per_class"][name]["auc"])
+            auc = run.test.per_class[name].auc
             ax.plot(fpr, tpr, color=colours[run.label], lw=1.6, label=f"AUC {auc:.3f}")
             drawn = True
         if drawn:

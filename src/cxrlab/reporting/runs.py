@@ -3,13 +3,14 @@
 A run folder (written by ``cxrlab train``) holds ``config.json`` (the recipe), ``metrics.json``
 (the chosen checkpoint's numbers), ``history.csv`` (one row per epoch, counted from 0) and
 ``test_predictions.csv``; later commands add ``robustness.json``, ``gradcam.json`` and
-``gradcam.png``. They are read here as plain JSON and CSV, so that rendering a report loads
-neither Lightning nor :mod:`cxrlab.training`.
+``gradcam.png``. They are read here as typed records (:mod:`cxrlab.records`) and CSV, so that
+rendering a report loads neither Lightning nor :mod:`cxrlab.training`.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -18,10 +19,9 @@ import numpy as np
 
 from cxrlab.artifacts import RunDir, optional_json, read_json
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.metrics import Interval
 from cxrlab.evaluation.predict import read_predictions
 from cxrlab.fileio import open_text
-from cxrlab.reporting.tables import number
+from cxrlab.records import ClassificationMetrics, Interval, RunMetrics
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
@@ -63,12 +63,12 @@ class ReportRun:
 
     run_dir: Path
     recipe: Recipe
-    metrics: dict
+    metrics: RunMetrics
     history: list[dict[str, float]]
     paths: list[str]
     y_true: np.ndarray
     probs: np.ndarray
-    label: str  # metrics["run"], plus the folder name where two runs of a report share it
+    label: str  # metrics.run, plus the folder name where two runs of a report share it
     robustness: dict | None = None  # robustness.json, when the run has one
     gradcam: dict | None = None  # gradcam.json, when the run has one
 
@@ -80,7 +80,7 @@ class ReportRun:
 
     @property
     def classes(self) -> list[str]:
-        return list(self.metrics["classes"])
+        return list(self.metrics.classes)
 
     @property
     def y_pred(self) -> np.ndarray:
@@ -88,25 +88,25 @@ class ReportRun:
         return self.probs.argmax(axis=1)
 
     @property
-    def test(self) -> dict:
-        """The test metrics of ``metrics.json``."""
-        return self.metrics["test"]
+    def test(self) -> ClassificationMetrics:
+        """The test metrics of ``metrics.json`` (a report's runs all have them)."""
+        assert self.metrics.test is not None  # checked by load_run
+        return self.metrics.test
 
     @property
     def best_epoch(self) -> int:
         """The chosen epoch, counted from 0 (-1 when unknown)."""
-        return int(self.metrics.get("best_epoch", -1))
+        return self.metrics.best_epoch
 
     @property
     def train_seconds(self) -> float:
         """Training time including the frozen-mode feature extraction."""
-        timings = self.metrics.get("timings", {})
-        return number(timings.get("train_s")) + float(timings.get("features_s", 0.0))
+        timings = self.metrics.timings
+        return timings.get("train_s", math.nan) + timings.get("features_s", 0.0)
 
     def interval(self, key: str) -> Interval:
         """The bootstrap interval of a headline metric (``accuracy``, ``recall_<CLASS>``...)."""
-        found = self.metrics.get("intervals", {}).get(key, {})
-        return Interval(*(number(found.get(part)) for part in ("value", "low", "high")))
+        return self.metrics.intervals.get(key) or Interval(math.nan, math.nan, math.nan)
 
 
 def load_run(run_dir: Path) -> ReportRun:
@@ -118,12 +118,12 @@ def load_run(run_dir: Path) -> ReportRun:
         raise CxrlabError(
             f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
         )
-    metrics, recipe = read_json(files.metrics), Recipe.load(files.config)
+    metrics, recipe = RunMetrics.load(files.metrics), Recipe.load(files.config)
     predictions = files.test_predictions
-    if "test" not in metrics or not predictions.is_file():
+    if metrics.test is None or not predictions.is_file():
         raise CxrlabError(f"{run_dir}: no test results (the dataset has no test split)")
     history = read_history(files.history) if files.history.is_file() else []
-    paths, y_true, probs = read_predictions(predictions, list(metrics["classes"]))
+    paths, y_true, probs = read_predictions(predictions, metrics.classes)
     return ReportRun(
         run_dir,
         recipe,
@@ -132,7 +132,7 @@ def load_run(run_dir: Path) -> ReportRun:
         paths,
         y_true,
         probs,
-        metrics["run"],
+        metrics.run,
         robustness=optional_json(files.robustness),
         gradcam=optional_json(files.gradcam),
     )

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from cxrlab.evaluation.metrics import Interval
 from cxrlab.fileio import atomic_open, markdown_escape, markdown_table
+from cxrlab.records import Interval
 from cxrlab.reporting.render import render
 
 MISSING = "–"

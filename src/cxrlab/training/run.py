@@ -16,12 +16,11 @@ test image counts exactly once (no DistributedSampler padding in the reported me
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -31,37 +30,31 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
-from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir, read_json
+from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
-    CalibrationEffect,
-    OperatingResult,
-    choose_operating_point,
-    fit_temperature,
     parse_target_recall,
-    run_target,
     softmax,
-    target_name,
 )
-from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
+from cxrlab.evaluation.metrics import classification_metrics
 from cxrlab.evaluation.predict import (
     inference_speed,
-    write_predictions,
 )
 from cxrlab.fileio import atomic_write_text, locked
-from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
+from cxrlab.records import RunMetrics
 from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.prepared import PreparedData, prepare_data, subset_logits
+from cxrlab.training.testing import calibrate_and_test
 from cxrlab.training.trainer import (
     HistoryWriter,
     build_trainer,
@@ -79,7 +72,7 @@ class RunResult:
 
     run_dir: Path
     config: RunConfig
-    metrics: dict
+    metrics: RunMetrics | None  # None in a DDP worker process (rank 0 tests and writes)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunResult:
@@ -88,7 +81,7 @@ class RunResult:
             raise CxrlabError(
                 f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
             )
-        return cls(run_dir, RunConfig.load(files.config), read_json(files.metrics))
+        return cls(run_dir, RunConfig.load(files.config), RunMetrics.load(files.metrics))
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -113,79 +106,6 @@ def discard_unstarted(run_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-
-
-def calibrate_and_test(
-    run_dir: Path,
-    model: CxrClassifier,
-    config: RunConfig,
-    prepared: PreparedData,
-    logits: dict[str, np.ndarray],
-    metrics: dict,
-    *,
-    tta: bool,
-) -> None:
-    """Fit the temperature (and the operating point of ``config.target_recall``) on the validation
-    logits; save ``model.pt`` with them and with ``tta`` (whether those logits are test-time
-    augmented); write ``val_predictions.csv`` and ``test_predictions.csv`` (calibrated); put the
-    test metrics, the calibration and the operating point into ``metrics``."""
-    classes = prepared.classes
-    y_val = prepared.labels("val")
-    temperature = fit_temperature(logits["val"], y_val)
-    val_probs = softmax(logits["val"], temperature)
-    point = None
-    if config.target_recall:
-        point = choose_operating_point(
-            val_probs, y_val, classes, *parse_target_recall(config.target_recall, classes)
-        )
-    save_checkpoint(
-        model,
-        RunDir(run_dir).model,
-        image_size=config.image_size,
-        resize=config.resize,
-        tta=tta,
-        config=asdict(config),
-        temperature=temperature,
-        operating_point=asdict(point) if point else None,
-    )
-
-    def paths(subset: str) -> list[str]:
-        return [prepared.cache.paths[r] for r in prepared.rows[subset]]
-
-    write_predictions(
-        RunDir(run_dir).val_predictions, paths("val"), y_val, val_probs, classes, point
-    )
-    calibration = {
-        "temperature": temperature,
-        "val": asdict(CalibrationEffect.of(logits["val"], y_val, temperature)),
-    }
-    if point is not None:
-        metrics["operating_point"] = asdict(point)
-    if "test" in logits:
-        y_true = prepared.labels("test")
-        probs = softmax(logits["test"], temperature)
-        calibration["test"] = asdict(CalibrationEffect.of(logits["test"], y_true, temperature))
-        metrics["test"] = classification_metrics(y_true, probs, classes)
-        metrics["intervals"] = {
-            k: asdict(v) for k, v in headline_intervals(y_true, probs, classes).items()
-        }
-        write_predictions(
-            RunDir(run_dir).test_predictions, paths("test"), y_true, probs, classes, point
-        )
-        if point is not None:
-            metrics["operating_point"]["test"] = asdict(
-                OperatingResult.of(point, y_true, probs, classes)
-            )
-    metrics["calibration"] = calibration
-
-
-def is_calibrated(metrics: dict, target_recall: str | None = None) -> bool:
-    """Whether a finished run (its ``metrics.json``) has its temperature (and, when asked, that
-    operating point)."""
-    wanted = target_recall is None or run_target(metrics) == target_name(
-        *parse_target_recall(target_recall)
-    )
-    return "calibration" in metrics and wanted
 
 
 def train_run(
@@ -299,10 +219,10 @@ def _fit_and_test(
     )
     fitted = _fit(config, run_dir, prepared, resume=resume, progress=progress)
     if not fitted.trainer.is_global_zero:  # a DDP worker: rank 0 selects, tests and writes
-        return RunResult(run_dir, config, {})
+        return RunResult(run_dir, config, None)
     history = _select(fitted, run_dir)
     metrics = _test(fitted, config, run_dir, prepared, history, progress=progress)
-    atomic_write_text(RunDir(run_dir).metrics, json.dumps(metrics, indent=2) + "\n")  # last
+    atomic_write_text(RunDir(run_dir).metrics, metrics.to_json())  # last
     return RunResult(run_dir, config, metrics)
 
 
@@ -480,7 +400,7 @@ def _test(
     history: list[dict[str, float]],
     *,
     progress: bool,
-) -> dict:
+) -> RunMetrics:
     """Calibrate on validation, test the chosen model once (and once more without test-time
     augmentation, for the ablation), measure its speed; return ``metrics.json``'s content."""
     model, device, feats, timings = fitted.model, fitted.device, fitted.feats, fitted.timings
@@ -489,20 +409,6 @@ def _test(
     model.eval()
     tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
     tested = with_tta(model, tta)
-    metrics: dict[str, object] = {
-        "run": config.run_name,
-        "description": config.describe(),
-        "classes": prepared.classes,
-        "sizes": {name: int(len(r)) for name, r in prepared.rows.items()},
-        "best_epoch": best_epoch,
-        "epochs_run": len(history),
-        "best_val_macro_f1": float(history[best_epoch]["val_macro_f1"]) if history else math.nan,
-        "parameters": count_parameters(model),
-        "trainable_parameters": count_parameters(fitted.net, trainable_only=True),
-        "timings": timings,
-        "training_processes": fitted.trainer.world_size,  # > 1: DDP
-        "skipped": prepared.skipped,
-    }
 
     def logits_of(
         subset: str, features: dict[str, np.ndarray] | None = feats, net: nn.Module = tested
@@ -522,14 +428,26 @@ def _test(
         started = time.perf_counter()  # the test split, once, with the checkpoint chosen on val
         logits["test"] = logits_of("test")
         timings["test_s"] = time.perf_counter() - started
-    calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
+    metrics = RunMetrics(
+        run=config.run_name,
+        description=config.describe(),
+        classes=prepared.classes,
+        sizes={name: int(len(r)) for name, r in prepared.rows.items()},
+        best_epoch=best_epoch,
+        epochs_run=len(history),
+        best_val_macro_f1=float(history[best_epoch]["val_macro_f1"]) if history else math.nan,
+        parameters=count_parameters(model),
+        trainable_parameters=count_parameters(fitted.net, trainable_only=True),
+        timings=timings,
+        training_processes=fitted.trainer.world_size,
+        skipped=prepared.skipped,
+        inference_img_per_s=inference_speed(tested, config.image_size, device=device),
+        inference_device=device.type,
+    )
+    metrics = calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
     if tta and "test" in logits:  # the same checkpoint without test-time augmentation
         plain = logits_of("test", None, model)
-        metrics["test_without_tta"] = classification_metrics(
-            prepared.labels("test"),
-            softmax(plain, metrics["calibration"]["temperature"]),
-            prepared.classes,
+        metrics.test_without_tta = classification_metrics(
+            prepared.labels("test"), softmax(plain, metrics.temperature), prepared.classes
         )
-    metrics["inference_img_per_s"] = inference_speed(tested, config.image_size, device=device)
-    metrics["inference_device"] = device.type
     return metrics

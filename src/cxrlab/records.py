@@ -1,0 +1,283 @@
+"""What a run's ``metrics.json`` holds, as typed records every stage reads and writes.
+
+``training`` builds a :class:`RunMetrics` and saves it; ``reporting``, the model card, ``evaluate``
+and the CLI load it and read attributes, never string keys. Loading is strict: a key the record
+does not know, a missing required key or a value of the wrong type is an error naming the file
+(:meth:`RunMetrics.load`), not a silent default.
+
+The records are plain dataclasses (saved with :func:`dataclasses.asdict`); pydantic only checks
+and builds them from JSON. The numbers are computed in :mod:`cxrlab.evaluation`; this module
+imports neither torch nor Lightning, so that reports and tools read runs without the training
+stack.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+from cxrlab.artifacts import read_json
+from cxrlab.errors import CxrlabError
+
+STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, not dropped
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its bootstrap percentile interval."""
+
+    __pydantic_config__ = STRICT
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """One class on one set of films: precision, recall, F1 and one-vs-rest AUC (NaN where
+    undefined), and how many films of it there are."""
+
+    __pydantic_config__ = STRICT
+    precision: float
+    recall: float
+    f1: float
+    auc: float
+    support: int
+
+
+@dataclass(frozen=True)
+class ClassificationMetrics:
+    """Argmax decisions on one set of films (``evaluation.metrics.classification_metrics``)."""
+
+    __pydantic_config__ = STRICT
+    n: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    macro_auc: float
+    ece: float
+    per_class: dict[str, ClassScores]
+    confusion_matrix: list[list[int]]  # rows: true class, columns: predicted
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """A reliability diagram's bins: mean top-class confidence, accuracy and films per bin."""
+
+    __pydantic_config__ = STRICT
+    confidence: list[float]
+    accuracy: list[float]
+    count: list[int]
+
+
+@dataclass(frozen=True)
+class CalibrationEffect:
+    """Calibration of one set of films before and after temperature scaling."""
+
+    __pydantic_config__ = STRICT
+    n: int
+    nll_before: float
+    nll_after: float
+    ece_before: float
+    ece_after: float
+    reliability_before: Reliability
+    reliability_after: Reliability
+
+
+@dataclass(frozen=True)
+class RunCalibration:
+    """The temperature fitted on validation, and its effect there and on the test split."""
+
+    __pydantic_config__ = STRICT
+    temperature: float
+    val: CalibrationEffect
+    test: CalibrationEffect | None = None
+
+
+def target_name(label: str, recall: float) -> str:
+    """``COVID19=0.95``: how an operating point's target is written on the command line."""
+    return f"{label}={recall:g}"
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Call ``label`` when its probability reaches ``threshold`` (chosen on validation for
+    ``target_recall``); otherwise the most probable other class."""
+
+    __pydantic_config__ = STRICT
+    label: str
+    target_recall: float
+    threshold: float
+    val_recall: float
+    val_specificity: float
+    val_positives: int
+
+    @property
+    def target(self) -> str:
+        return target_name(self.label, self.target_recall)
+
+    def decide(self, probs: np.ndarray, classes: list[str]) -> np.ndarray:
+        """The class index decided for each row of ``probs``."""
+        k = classes.index(self.label)
+        others = np.asarray(probs, dtype=np.float64).copy()
+        others[:, k] = -np.inf
+        return np.where(probs[:, k] >= self.threshold, k, others.argmax(axis=1))
+
+
+@dataclass(frozen=True)
+class OperatingResult:
+    """An operating point on one set of films: ``label`` against the rest."""
+
+    __pydantic_config__ = STRICT
+    sensitivity: Interval | None  # None when the set has no films of the class
+    specificity: Interval | None  # None when it has only films of the class
+    called: int  # films called the class
+    n: int
+
+
+@dataclass(frozen=True)
+class RunOperatingPoint(OperatingPoint):
+    """A run's operating point and how it did on the run's test split."""
+
+    test: OperatingResult | None = None
+
+
+@dataclass
+class RunMetrics:
+    """``metrics.json``: a finished run's description, sizes, timings and test results.
+
+    ``test``, ``intervals`` and the test parts of ``calibration`` and ``operating_point`` are
+    absent when the split has no test films; ``calibration`` is absent in runs from before
+    calibration (``cxrlab calibrate`` adds it); ``test_without_tta`` only with test-time
+    augmentation.
+    """
+
+    __pydantic_config__ = STRICT
+    run: str
+    description: str
+    classes: list[str]
+    sizes: dict[str, int]  # films per subset (train, val, test)
+    best_epoch: int  # 0-based; -1 when no epoch was run
+    epochs_run: int
+    best_val_macro_f1: float
+    parameters: int
+    trainable_parameters: int
+    timings: dict[str, float]  # seconds: features_s, train_s, test_s
+    training_processes: int  # > 1: DDP
+    skipped: dict[str, str]  # files of the split that could not be decoded: why
+    inference_img_per_s: float
+    inference_device: str
+    calibration: RunCalibration | None = None
+    operating_point: RunOperatingPoint | None = None
+    test: ClassificationMetrics | None = None
+    intervals: dict[str, Interval] = field(default_factory=dict)  # accuracy, macro_f1, recall_C
+    test_without_tta: ClassificationMetrics | None = None
+
+    @property
+    def temperature(self) -> float:
+        """The calibration temperature (1 for a run from before calibration)."""
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def target(self) -> str | None:
+        """The target (``COVID19=0.95``) of the run's operating point, if it has one."""
+        return self.operating_point.target if self.operating_point else None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path | str = "metrics.json") -> RunMetrics:
+        return parse(cls, data, where)
+
+    @classmethod
+    def load(cls, path: Path) -> RunMetrics:
+        return parse(cls, read_json(path), path)
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """One class present in an external set."""
+
+    __pydantic_config__ = STRICT
+    n: int
+    recall: Interval
+    precision: Interval  # NaN when the model never predicts the class
+    called: dict[str, int]  # films of this class called each of the model's classes
+    auc: float | None  # one-vs-rest, where the set has films of other classes too
+
+
+@dataclass(frozen=True)
+class Internal:
+    """The same headline numbers on the run's own test split, for the side-by-side gap."""
+
+    __pydantic_config__ = STRICT
+    n: int
+    recall: dict[str, float]  # per present class
+    balanced_accuracy: float  # over the external set's present classes
+    at_point: OperatingResult | None = None  # the same operating point on the test split
+
+
+@dataclass
+class Evaluation:
+    """``RUN/external/<NAME>/metrics.json``: a model scored on one labelled set (``cxrlab
+    evaluate``); ``internal`` is the run's own test split, when known."""
+
+    __pydantic_config__ = STRICT
+    name: str
+    data: str
+    split: str
+    arch: str
+    classes: list[str]  # the model's classes
+    present: list[str]  # the classes that have films in the set
+    n: int
+    accuracy: Interval
+    balanced_accuracy: Interval  # over the present classes
+    macro_f1: float | None  # defined only when every class is present
+    macro_auc: float | None
+    ece: float  # of the calibrated probabilities (the model's temperature)
+    per_class: dict[str, ClassResult]
+    skipped: dict[str, str] = field(default_factory=dict)  # unreadable file: why
+    internal: Internal | None = None
+    temperature: float = 1.0  # the model's, applied to every probability here
+    ece_uncalibrated: float | None = None  # the same films without the temperature
+    point: OperatingPoint | None = None  # applied (chosen on the run's validation split)
+    at_point: OperatingResult | None = None  # its sensitivity and specificity on this set
+
+    @property
+    def absent(self) -> list[str]:
+        return [c for c in self.classes if c not in self.present]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def load(cls, path: Path) -> Evaluation:
+        return parse(cls, read_json(path), path)
+
+
+def parse(kind: type[T], data: Any, where: Path | str) -> T:
+    """``data`` (parsed JSON) as a ``kind`` record; an error naming ``where`` and the first bad
+    key when it does not fit (unknown, missing or of the wrong type)."""
+    try:
+        return TypeAdapter(kind).validate_python(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        reason = {
+            "extra_forbidden": "unknown key",
+            "unexpected_keyword_argument": "unknown key",
+            "missing": "missing key",
+            "missing_argument": "missing key",
+        }.get(first["type"], first["msg"])
+        raise CxrlabError(f"{where}: {key}: {reason}{more}") from None
