@@ -83,7 +83,9 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
-def _too_large(path: object, max_pixels: int, size: tuple[int, int] | None = None) -> ImageReadError:
+def _too_large(
+    path: object, max_pixels: int, size: tuple[int, int] | None = None
+) -> ImageReadError:
     """The error for a file above ``max_pixels``, with its size (width, height) when known."""
     what = f"{size[0]}x{size[1]} pixels" if size else "the image size"
     detail = f"{what} exceeds the decompression-bomb limit of {max_pixels} pixels"
