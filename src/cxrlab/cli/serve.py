@@ -67,9 +67,7 @@ def check_port(host: str, port: int) -> None:
 
 @app.command()
 def serve(
-    model: Annotated[
-        Path, typer.Argument(help="A run folder, its model.pt, or its .onnx export.")
-    ],
+    model: Annotated[Path, typer.Argument(help="A run folder, its model.pt, or its .onnx export.")],
     host: Annotated[
         str,
         typer.Option(
@@ -112,7 +110,7 @@ def serve(
                 run_dir, data, cache_dir=cache_dir, workers=workers, device=device, progress=True
             )
     web = create_app(model_file, max_upload_mb=max_upload_mb, device=device)
-    info = web.state.served.info()
+    info = web.state.served.info(max_upload_mb)
     console.print(
         f"Serving {shown(info.arch)} ({info.runtime}) from {shown(model_file)}", soft_wrap=True
     )

@@ -72,12 +72,8 @@ def create_app(
 ) -> FastAPI:
     """The app serving ``model`` (a ``model.pt``, its ``.onnx``, a run folder, or a loaded
     :class:`ServedModel`)."""
-    served = (
-        model
-        if isinstance(model, ServedModel)
-        else ServedModel(Path(model), device=device, max_upload_mb=max_upload_mb)
-    )
-    max_bytes = int(served.max_upload_mb * 1e6)
+    served = model if isinstance(model, ServedModel) else ServedModel(Path(model), device=device)
+    max_bytes = int(max_upload_mb * 1e6)
     app = FastAPI(
         title="cxrlab serve",
         version=__version__,
@@ -110,7 +106,7 @@ def create_app(
     @app.get("/api/model", response_model=ModelInfo)
     def model_info() -> ModelInfo:
         """The served model, its calibration, operating point, checks and known limitations."""
-        return served.info()
+        return served.info(max_upload_mb)
 
     @app.post(
         "/api/predict",

@@ -69,10 +69,9 @@ class ServedModel:
     """A model loaded once for serving; :meth:`predict` is safe to call from several threads
     (the network runs one batch at a time: Grad-CAM and the feature hook are per-model)."""
 
-    def __init__(self, model: Path, *, device: str = "auto", max_upload_mb: float = 20.0) -> None:
+    def __init__(self, model: Path, *, device: str = "auto") -> None:
         self.model_file, self.run_dir = resolve_model(Path(model))
         self.predictor: Predictor = load_predictor(self.model_file, device)
-        self.max_upload_mb = float(max_upload_mb)
         self._lock = threading.Lock()
         self.limitations = self._limitations()
         self.ood, self.ood_reason = self._ood()
@@ -110,8 +109,8 @@ class ServedModel:
             notes.append("the model has no operating point: the decision is the most probable")
         return notes
 
-    def info(self) -> schemas.ModelInfo:
-        """What ``GET /api/model`` answers."""
+    def info(self, max_upload_mb: float) -> schemas.ModelInfo:
+        """What ``GET /api/model`` answers (``max_upload_mb``: the app's upload limit)."""
         p, stats = self.predictor, self.ood
         point = None
         if p.point is not None:
@@ -153,7 +152,7 @@ class ServedModel:
             ood=ood,
             known_limitations=self.limitations,
             notes=self.notes,
-            max_upload_mb=self.max_upload_mb,
+            max_upload_mb=max_upload_mb,
         )
 
     def predict(self, films: list[Film], *, with_gradcam: bool = False) -> list[schemas.FilmResult]:

@@ -112,7 +112,8 @@ async def read_uploads(
     try:
         async for chunk in stream:
             received += len(chunk)
-            if received > max_bytes:
+            if received > max_bytes:  # read up to the limit (the part's name), no further
+                parser.write(chunk[: max(0, len(chunk) - (received - max_bytes))])
                 raise UploadError(413, f"{collector.name()}: over {limit}")
             parser.write(chunk)
             if declared is not None and declared > max_bytes and collector.parts:
