@@ -35,6 +35,7 @@ async function loadModel() {
     : ["No model card limitations are known for this model (it is not in a run folder)."];
   fillList(document.getElementById("limitations"), limits);
   fillList(document.getElementById("notes"), model.notes);
+  document.getElementById("notes-heading").hidden = model.notes.length === 0;
   const toggle = document.getElementById("gradcam");
   if (!model.gradcam.available) {
     toggle.checked = false;
@@ -54,8 +55,8 @@ function columns() {
     { key: "filename", label: "file" },
     { key: "decision", label: "decision" },
     { key: "operating_decision", label: "operating point" },
-    ...classes.map((c) => ({ key: "p:" + c, label: "p(" + c + ")" })),
-    { key: "ood_score", label: "OOD score" },
+    ...classes.map((c) => ({ key: "p:" + c, label: "p(" + c + ")", digits: 4 })),
+    { key: "ood_score", label: "OOD score", digits: 1 },
     { key: "unlike_training", label: "unlike training" },
     { key: "error", label: "error" },
   ];
@@ -68,9 +69,9 @@ function cell(row, key) {
   return row[key] === undefined ? null : row[key];
 }
 
-function shown(value) {
+function shown(value, digits) {
   if (value === null || value === undefined) return "";
-  if (typeof value === "number") return value.toFixed(4);
+  if (typeof value === "number") return value.toFixed(digits === undefined ? 4 : digits);
   return String(value);
 }
 
@@ -94,8 +95,6 @@ function sortBy(key) {
 
 function compare(a, b) {
   if (a === b) return 0;
-  if (a === null) return 1;
-  if (b === null) return -1;
   if (typeof a === "number" && typeof b === "number") return a - b;
   return String(a).localeCompare(String(b), undefined, { numeric: true });
 }
@@ -106,7 +105,10 @@ function renderTable() {
   const rows = [...state.rows];
   if (state.sortKey) {
     rows.sort((x, y) => {
-      const order = compare(cell(x, state.sortKey), cell(y, state.sortKey));
+      const a = cell(x, state.sortKey);
+      const b = cell(y, state.sortKey);
+      if (a === null || b === null) return (a === null) - (b === null); // empty cells last
+      const order = compare(a, b);
       return state.sortDescending ? -order : order;
     });
   }
@@ -117,7 +119,7 @@ function renderTable() {
   document.querySelector("#table tbody").replaceChildren(
     ...rows.map((row) => {
       const tr = el("tr", null, row.error ? "failed" : row.ood && row.ood.unlike_training ? "unlike" : "");
-      for (const column of columns()) tr.append(el("td", shown(cell(row, column.key))));
+      for (const column of columns()) tr.append(el("td", shown(cell(row, column.key), column.digits)));
       return tr;
     })
   );
