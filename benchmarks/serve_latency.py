@@ -1,6 +1,6 @@
 """Benchmark: `cxrlab serve` under load: requests per second and latency of single-film requests.
 
-    uv run python benchmarks/serve_latency.py                      # random-weight mobilenet_v2, 224 px
+    uv run python benchmarks/serve_latency.py          # random-weight mobilenet_v2, 224 px
     uv run python benchmarks/serve_latency.py runs/my-run --film film.png --requests 200
 
 For each backend (the PyTorch ``model.pt`` and its ONNX export, run by ONNX Runtime) a real
@@ -46,9 +46,13 @@ def free_port() -> int:
 def multipart(name: str, data: bytes) -> tuple[bytes, str]:
     boundary = uuid.uuid4().hex
     body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     return body, f"multipart/form-data; boundary={boundary}"
 
 
