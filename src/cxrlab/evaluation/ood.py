@@ -25,12 +25,12 @@ What it is not. A chest film from another hospital or device is likely to be fla
 has not seen such films: that is the point); a film of the right kind with an unusual finding may
 be flagged; a flagged film is a warning beside the answer, not a refusal.
 
-Stored beside the model (``RUN/ood.npz``, written by ``cxrlab ood RUN DATA`` or by ``cxrlab serve
-RUN --data DATA`` when absent): ``mean``, ``precision`` (float32), ``threshold``, ``quantile``,
-``n_train``, ``n_val``, ``val_flag_rate``, ``arch`` and a digest of the weights, so statistics
-fitted for other weights are refused rather than silently used. The features exist only in the
-PyTorch model: an ONNX export's graph outputs the probabilities alone, so the score needs
-``model.pt``.
+Stored beside the model (``RUN/ood.npz``, written by ``cxrlab ood RUN --data DATA``, or by
+``cxrlab serve RUN --data DATA`` when absent): ``mean``, ``precision`` (float32), ``threshold``,
+``quantile``, ``n_train``, ``n_val``, ``val_flag_rate``, ``arch`` and a digest of the weights, so
+statistics fitted for other weights are refused rather than silently used. The features exist
+only in the PyTorch model: an ONNX export's graph outputs the probabilities alone, so the score
+needs ``model.pt``.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class OodStats:
         except (OSError, ValueError, KeyError) as exc:
             raise CxrlabError(
                 f"{path}: not cxrlab OOD statistics ({exc}); compute them again with "
-                "`cxrlab ood RUN DATA`"
+                "`cxrlab ood RUN --data DATA`"
             ) from exc
 
 
@@ -229,14 +229,14 @@ def load_stats_for(model: nn.Module, model_file: Path) -> tuple[OodStats | None,
     if not path.is_file():
         return None, (
             f"no {path.name} beside {Path(model_file).name}: compute it with "
-            f"`cxrlab ood RUN DATA` (RUN: the model's run folder, DATA: its dataset), "
+            f"`cxrlab ood RUN --data DATA` (RUN: the model's run folder, DATA: its dataset), "
             "or serve the run with --data DATA"
         )
     stats = OodStats.load(path)
     if stats.digest != weights_digest(model):
         return None, (
             f"{path} was fitted for other weights than {Path(model_file).name}; "
-            "compute it again with `cxrlab ood RUN DATA`"
+            "compute it again with `cxrlab ood RUN --data DATA`"
         )
     return stats, ""
 
