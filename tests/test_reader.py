@@ -169,3 +169,69 @@ def test_decompression_bomb_message_states_cxrlabs_limit(tmp_path: Path, side: i
     )
     with pytest.raises(ImageReadError, match="limit of 1000 pixels"):
         read_grayscale(path, max_pixels=1000)
+
+
+def test_bytes_decode_as_the_file_does(tmp_path: Path) -> None:
+    values = np.linspace(1000, 4000, 48 * 40).reshape(48, 40).astype(np.uint16)
+    deep = tmp_path / "deep.png"
+    Image.fromarray(values).save(deep)
+    dicom = write_dicom(tmp_path / "film.dcm", values, photometric="MONOCHROME1")
+    jpeg = save(tmp_path / "a.jpg", smooth_image(5, (300, 260)), quality=90)
+    for path in (deep, dicom, jpeg):
+        from_file = decode_image(path, draft_size=64)
+        from_bytes = decode_image(path.read_bytes(), draft_size=64, name=path.name)
+        assert from_bytes.file_format == from_file.file_format
+        assert from_bytes.mode == from_file.mode
+        assert np.array_equal(from_bytes.pixels, from_file.pixels)
+    with open(jpeg, "rb") as handle:  # a binary stream reads like bytes
+        assert np.array_equal(decode_image(handle).pixels, read_grayscale(jpeg))
+
+
+def test_rgba_png_is_read_as_its_luma(tmp_path: Path) -> None:
+    rgba = np.zeros((30, 40, 4), dtype=np.uint8)
+    rgba[..., :3] = 120
+    rgba[..., 3] = np.linspace(0, 255, 40).astype(np.uint8)  # transparency varies across
+    path = save(tmp_path / "alpha.png", rgba)
+    decoded = decode_image(path.read_bytes(), name="alpha.png")
+    assert decoded.mode == "RGBA" and decoded.pixels.shape == (30, 40)
+    assert (decoded.pixels == 120).all()  # alpha is dropped, the stored grey kept
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"", "empty"),
+        (b"<html><script>alert(1)</script></html>", "not_image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "corrupt"),
+    ],
+)
+def test_bad_bytes_name_the_upload(content: bytes, kind: str) -> None:
+    with pytest.raises(ImageReadError) as info:
+        decode_image(content, name="up<load>.png")
+    assert info.value.kind == kind and str(info.value).startswith("up<load>.png: ")
+    with pytest.raises(ImageReadError, match="^<upload>: "):
+        decode_image(content)
+
+
+def test_truncated_and_bomb_bytes(tmp_path: Path) -> None:
+    good = save(tmp_path / "good.png", smooth_image(6, (300, 300)))
+    with pytest.raises(ImageReadError) as info:
+        decode_image(good.read_bytes()[:2000], name="cut.png")
+    assert info.value.kind in {"truncated", "corrupt"} and "cut.png" in str(info.value)
+    bomb = forged_png(tmp_path / "bomb.png", 20_000, 20_000).read_bytes()
+    with pytest.raises(ImageReadError) as info:
+        decode_image(bomb, name="bomb.png")
+    assert info.value.kind == "too_large" and str(DEFAULT_MAX_PIXELS) in str(info.value)
+
+
+def test_dicom_without_pixel_data(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "film.dcm", np.zeros((8, 8)))
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    del dataset.PixelData
+    dataset.save_as(path, enforce_file_format=True)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageReadError) as info:
+            decode_image(source, name="report.dcm")
+        assert info.value.kind == "no_pixels" and "report.dcm: no pixels:" in str(info.value)

@@ -46,7 +46,7 @@ import numpy as np
 from PIL import Image
 
 from cxrlab.data.discover import DatasetIndex
-from cxrlab.data.reader import decode_image
+from cxrlab.data.reader import DecodedImage, ImageSource, decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.fileio import atomic_write_text, locked, read_text
 from cxrlab.progress import track
@@ -98,9 +98,16 @@ def resize_square(pixels: np.ndarray, spec: CacheSpec) -> np.ndarray:
     return canvas
 
 
-def load_square(path: Path, spec: CacheSpec) -> np.ndarray:
-    """One file decoded and resized as the cache stores it; raises :class:`ImageReadError`."""
-    return resize_square(decode_image(path, draft_size=spec.image_size).pixels, spec)
+def decode_square(source: ImageSource, spec: CacheSpec, *, name: str | None = None) -> DecodedImage:
+    """One file (a path, or its bytes with the ``name`` to show) decoded and resized as the cache
+    stores it, with the file's own format and mode; raises :class:`ImageReadError`."""
+    decoded = decode_image(source, draft_size=spec.image_size, name=name)
+    return DecodedImage(resize_square(decoded.pixels, spec), decoded.file_format, decoded.mode)
+
+
+def load_square(source: ImageSource, spec: CacheSpec, *, name: str | None = None) -> np.ndarray:
+    """The pixels of :func:`decode_square`: ``uint8 (S, S)``."""
+    return decode_square(source, spec, name=name).pixels
 
 
 def _load_resized(args: tuple[Path, CacheSpec]) -> np.ndarray | str:

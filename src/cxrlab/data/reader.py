@@ -11,6 +11,10 @@ Preprocessing convention (written down once, used everywhere):
   modality LUT (rescale slope/intercept), then the VOI LUT or window in the file,
   then the same min..max scaling; ``MONOCHROME1`` (white = low signal) is inverted so
   that bone is bright, as on every other film. Multi-frame files give their first frame.
+* The source is a file path, or the file's bytes (an upload, :mod:`cxrlab.serve`) with the name
+  to show in errors; both go through the same decoding, so an upload is read as ``predict``
+  reads the file.
+* A DICOM without pixel data (a structured report, a header only) is refused as ``no_pixels``.
 * Files above ``max_pixels`` are refused as possible decompression bombs before decoding, and
   the message always states that limit: Pillow's own guard (a warning above ~89M pixels, an
   error above ~179M) is not the limit cxrlab documents, so its warning is left to cxrlab's
@@ -22,10 +26,12 @@ The result is a C-contiguous ``uint8`` array of shape ``(height, width)``.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -36,6 +42,10 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 DICOM_EXTENSIONS = frozenset({".dcm", ".dicom"})
 IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"II*\x00", b"MM\x00*", b"GIF8")
 DEFAULT_MAX_PIXELS = 80_000_000  # ~9000 x 9000; the largest real CXR detectors are ~4300 x 4300
+DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+UPLOAD_NAME = "<upload>"  # the name shown for bytes given without one
+
+ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
 
 
 @dataclass(frozen=True)
@@ -56,7 +66,11 @@ def is_dicom(path: Path) -> bool:
             head = handle.read(132)
     except OSError:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM"
+    return _dicom_magic(head)
+
+
+def _dicom_magic(head: bytes) -> bool:
+    return len(head) >= 132 and head[128:132] == b"DICM"
 
 
 def scale_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -69,20 +83,23 @@ def scale_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))
 
 
-def _too_large(path: Path, max_pixels: int, size: tuple[int, int] | None = None) -> ImageReadError:
+def _too_large(
+    path: object, max_pixels: int, size: tuple[int, int] | None = None
+) -> ImageReadError:
     """The error for a file above ``max_pixels``, with its size (width, height) when known."""
     what = f"{size[0]}x{size[1]} pixels" if size else "the image size"
     detail = f"{what} exceeds the decompression-bomb limit of {max_pixels} pixels"
     return ImageReadError(path, "too_large", detail)
 
 
-def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
+def _read_dicom(path: object, source: Path | BinaryIO, max_pixels: int) -> DecodedImage:
+    """``path``: the name in errors; ``source``: the file, or its bytes as a binary stream."""
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        dataset = pydicom.dcmread(path)
+        dataset = pydicom.dcmread(source)
     except InvalidDicomError as exc:
         raise ImageReadError(path, "not_image", f"not a valid DICOM file ({exc})") from exc
     except Exception as exc:  # pydicom raises many types on truncated files
@@ -90,6 +107,8 @@ def _read_dicom(path: Path, max_pixels: int) -> DecodedImage:
     rows, cols = int(getattr(dataset, "Rows", 0)), int(getattr(dataset, "Columns", 0))
     if rows * cols > max_pixels:
         raise _too_large(path, max_pixels, (cols, rows))
+    if not any(tag in dataset for tag in DICOM_PIXEL_TAGS):
+        raise ImageReadError(path, "no_pixels", "a DICOM file without pixel data")
     try:
         pixels = dataset.pixel_array
     except Exception as exc:
@@ -115,28 +134,55 @@ def _pil_to_gray(image: Image.Image) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image, dtype=np.uint8))
 
 
+def _open_source(source: ImageSource, name: str | None) -> tuple[str, int, bool, object]:
+    """``(name for errors, size in bytes, is DICOM, what Pillow and pydicom open)`` of a path
+    or of bytes."""
+    if isinstance(source, str | Path):
+        path = Path(source)
+        try:
+            size = path.stat().st_size
+        except OSError as exc:
+            raise ImageReadError(name or path, "unreadable", exc.strerror or str(exc)) from exc
+        return name or str(path), size, size > 0 and is_dicom(path), path
+    data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else source.read()
+    label = name or UPLOAD_NAME
+    dicom = Path(label).suffix.lower() in DICOM_EXTENSIONS or _dicom_magic(data[:132])
+    return label, len(data), dicom, io.BytesIO(data)
+
+
+def _head(opened: object) -> bytes:
+    """The first 8 bytes of an opened source (a path or a stream)."""
+    if isinstance(opened, Path):
+        with open(opened, "rb") as handle:
+            return handle.read(8)
+    opened.seek(0)  # type: ignore[attr-defined]
+    return opened.read(8)  # type: ignore[attr-defined]
+
+
 def decode_image(
-    path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, draft_size: int | None = None
+    source: ImageSource,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: int | None = None,
+    name: str | None = None,
 ) -> DecodedImage:
-    """Decode one file; raise :class:`ImageReadError` naming the file and the reason.
+    """Decode one file (a path, or its bytes); raise :class:`ImageReadError` naming the file
+    (``name``, else the path, else ``<upload>``) and the reason.
 
     ``draft_size`` lets JPEG decoding skip resolution it does not need (DCT scaling),
     keeping at least that many pixels on the shorter side; use it only where the image
     is resized afterwards (the cache), never where exact pixels matter (the audit).
+    ``name``'s suffix marks bytes as DICOM (``.dcm``/``.dicom``), as a path's does.
     """
-    path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise ImageReadError(path, "unreadable", exc.strerror or str(exc)) from exc
+    path, size, dicom, opened = _open_source(source, name)
     if size == 0:
         raise ImageReadError(path, "empty", "zero-byte file")
-    if is_dicom(path):
-        return _read_dicom(path, max_pixels)
+    if dicom:
+        return _read_dicom(path, opened, max_pixels)  # type: ignore[arg-type]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked just below
-            with Image.open(path) as image:
+            with Image.open(opened) as image:  # type: ignore[arg-type]
                 width, height = image.size
                 if width * height > max_pixels:
                     raise _too_large(path, max_pixels, (width, height))
@@ -151,9 +197,7 @@ def decode_image(
     except ImageReadError:
         raise
     except UnidentifiedImageError as exc:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-        if head.startswith(IMAGE_SIGNATURES):
+        if _head(opened).startswith(IMAGE_SIGNATURES):
             raise ImageReadError(path, "corrupt", "image signature but undecodable header") from exc
         raise ImageReadError(path, "not_image", "not a recognised image format") from exc
     except Image.DecompressionBombError as exc:  # Pillow's hard limit (~179M pixels), before ours
@@ -168,6 +212,6 @@ def decode_image(
     return DecodedImage(pixels, file_format, mode)
 
 
-def read_grayscale(path: str | Path, **kwargs: object) -> np.ndarray:
+def read_grayscale(path: ImageSource, **kwargs: object) -> np.ndarray:
     """The pixels of :func:`decode_image` alone: ``uint8`` array ``(H, W)``."""
     return decode_image(path, **kwargs).pixels  # type: ignore[arg-type]

@@ -178,7 +178,9 @@ class Predictor:
 
     ``batch_probs`` takes ``(N, 1, S, S)`` float32 images in 0..1 and returns ``(N, classes)``
     probabilities, calibrated with the model's ``temperature`` (1 for a model without one);
-    ``point`` is the operating point its run chose; ``notes`` are caveats for the user.
+    ``point`` is the operating point its run chose; ``notes`` are caveats for the user;
+    ``model`` is the PyTorch network itself, on ``device``, in eval mode (None for ONNX Runtime:
+    what needs the network's inside, Grad-CAM and its features, needs the PyTorch backend).
     """
 
     arch: str
@@ -189,6 +191,8 @@ class Predictor:
     notes: list[str] = field(default_factory=list)
     temperature: float = 1.0
     point: OperatingPoint | None = None
+    model: nn.Module | None = None
+    device: torch.device | None = None
 
 
 def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
@@ -227,7 +231,14 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
 
     spec = CacheSpec.of_checkpoint(extra)
     return Predictor(
-        model.arch, list(model.classes), spec, batch_probs, temperature=temperature, point=point
+        model.arch,
+        list(model.classes),
+        spec,
+        batch_probs,
+        temperature=temperature,
+        point=point,
+        model=model,
+        device=torch_device,
     )
 
 
