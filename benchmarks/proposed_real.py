@@ -224,21 +224,20 @@ def shortcut_probes(out: Path, seeds: list[int]) -> list[str]:
         "only the lungs kept |",
         "|---|---|---|---|",
     ]
-    from cxrlab.artifacts import RunDir, read_json
+    from cxrlab.artifacts import RunDir
+    from cxrlab.diagnostics import Robustness
 
     for m in MODELS:
-        found = [
-            read_json(RunDir(out / "runs" / f"{m}-finetune-imagenet-s{s}").robustness)["variants"]
-            for s in seeds
-        ]
+        runs = [RunDir(out / "runs" / f"{m}-finetune-imagenet-s{s}") for s in seeds]
+        found = [Robustness.load(run.robustness).variants for run in runs]
         hidden = [v["lungs-hidden"] for v in found]
         recall = " / ".join(
-            f"{np.mean([h['recall'][c] for h in hidden]):.3f}"
+            f"{np.mean([h.recall[c] for h in hidden]):.3f}"
             for c in ("COVID19", "NORMAL", "PNEUMONIA")
         )
         lines.append(
-            f"| {m} | {mean_std([h['balanced_accuracy'] for h in hidden])} | {recall} | "
-            f"{mean_std([v['lungs-only']['balanced_accuracy'] for v in found])} |"
+            f"| {m} | {mean_std([h.balanced_accuracy for h in hidden])} | {recall} | "
+            f"{mean_std([v['lungs-only'].balanced_accuracy for v in found])} |"
         )
     return lines
 

@@ -23,7 +23,6 @@ Skips (exit 0, with a message) when ../shared is absent. Re-running reuses finis
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import sys
@@ -35,6 +34,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
 
+from cxrlab.artifacts import RunDir  # noqa: E402
+from cxrlab.diagnostics import GradcamSummary, Robustness  # noqa: E402
 from cxrlab.records import ClassificationMetrics, RunMetrics  # noqa: E402
 
 HEADLINE = (
@@ -279,23 +280,16 @@ def diagnostics_summary(runs: dict[str, list[Path]]) -> list[str]:
         "|---|" + "---|" * (len(variants) + 3),
     ]
     for name, dirs in runs.items():
-        rob = [
-            json.loads((d / "robustness.json").read_text())
-            for d in dirs
-            if (d / "robustness.json").is_file()
-        ]
-        cam = [
-            json.loads((d / "gradcam.json").read_text())
-            for d in dirs
-            if (d / "gradcam.json").is_file()
-        ]
+        rob = [r for d in dirs if (r := Robustness.load_optional(RunDir(d).robustness))]
+        cam = [c for d in dirs if (c := GradcamSummary.load_optional(RunDir(d).gradcam))]
         if not rob or not cam:
             lines.append(f"| {name} | not computed |")
             continue
-        acc = [f"{np.mean([r['variants'][v]['accuracy'] for r in rob]):.4f}" for v in variants]
+        acc = [f"{np.mean([r.variants[v].accuracy for r in rob]):.4f}" for v in variants]
         shares = [
-            f"{np.mean([c[k] for c in cam]):.3f}"
-            for k in ("lung_share", "lung_area", "border_share")
+            f"{np.mean([c.lung_share for c in cam]):.3f}",
+            f"{np.mean([c.lung_area for c in cam]):.3f}",
+            f"{np.mean([c.border_share for c in cam]):.3f}",
         ]
         lines.append(f"| {name} | " + " | ".join(acc + shares) + " |")
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ from rich.console import Console
 from cxrlab.data.analyze import PLOTS, analyze_dataset, summary_table
 from cxrlab.data.discover import discover
 from cxrlab.data.scan import scan_dataset
+from cxrlab.data.summary import DatasetSummary
+from cxrlab.errors import CxrlabError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_FILES = [*PLOTS.values(), "summary.json", "summary.md"]
@@ -52,7 +55,7 @@ def make_dataset(
     return root
 
 
-def run_analysis(root: Path, out: Path, **kwargs: object) -> dict:
+def run_analysis(root: Path, out: Path, **kwargs: object) -> DatasetSummary:
     index = discover(root)
     records = scan_dataset(index, workers=1, progress=False)
     return analyze_dataset(index, records, out, **kwargs)
@@ -76,7 +79,7 @@ SQUARE, WIDE = (40, 40), (50, 30)
 
 
 @pytest.fixture(scope="module")
-def main_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def main_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, DatasetSummary]:
     """SQ: all 40x40 PNG/JPEG, darker; WIDE: all 50x30, brighter, one zero-byte file in train."""
     root = tmp_path_factory.mktemp("ds")
     spec = {
@@ -88,61 +91,86 @@ def main_case(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, run_analysis(root, out, samples_per_class=3, seed=1)
 
 
-def test_writes_every_file(main_case: tuple[Path, dict]) -> None:
+def test_writes_every_file(main_case: tuple[Path, DatasetSummary]) -> None:
     out, summary = main_case
     assert_outputs(out)
-    assert json.loads((out / "summary.json").read_text()) == summary
+    saved = (out / "summary.json").read_text()
+    json.loads(saved, parse_constant=pytest.fail)  # no NaN: the comparisons below are exact
+    assert json.loads(saved) == asdict(summary)
 
 
-def test_counts_and_unreadable(main_case: tuple[Path, dict]) -> None:
+def test_summary_json_is_a_typed_record_read_strictly(
+    main_case: tuple[Path, DatasetSummary], tmp_path: Path
+) -> None:
+    out, summary = main_case
+    data = json.loads((out / "summary.json").read_text())
+    loaded = DatasetSummary.load(out / "summary.json")
+    assert loaded == summary and json.loads(loaded.to_json()) == data
+    typo = json.loads(json.dumps(data))
+    typo["per_class"]["SQ"]["intensity"]["meen"] = 1.0
+    lost = json.loads(json.dumps(data))
+    del lost["per_split_class"]["test"]["WIDE"]["median_size"]
+    path = tmp_path / "summary.json"
+    for broken, message in (
+        (typo, "per_class.SQ.intensity.meen: unknown key"),
+        (lost, "per_split_class.test.WIDE.median_size: missing key"),
+        ({k: v for k, v in data.items() if k != "findings"}, "findings: missing key"),
+    ):
+        path.write_text(json.dumps(broken))
+        with pytest.raises(CxrlabError) as error:
+            DatasetSummary.load(path)
+        assert str(error.value) == f"{path}: {message}"
+
+
+def test_counts_and_unreadable(main_case: tuple[Path, DatasetSummary]) -> None:
     _, summary = main_case
-    assert summary["dataset"]["classes"] == ["SQ", "WIDE"]
-    assert summary["dataset"]["splits"] == ["train", "test"]
-    assert summary["counts"] == {"train": {"SQ": 4, "WIDE": 5}, "test": {"SQ": 2, "WIDE": 2}}
-    assert summary["ok_counts"]["train"] == {"SQ": 4, "WIDE": 4}
-    assert summary["totals"] == {
+    assert summary.dataset.classes == ["SQ", "WIDE"]
+    assert summary.dataset.splits == ["train", "test"]
+    assert summary.counts == {"train": {"SQ": 4, "WIDE": 5}, "test": {"SQ": 2, "WIDE": 2}}
+    assert summary.ok_counts["train"] == {"SQ": 4, "WIDE": 4}
+    assert asdict(summary.totals) == {
         "per_split": {"train": 9, "test": 4},
         "per_class": {"SQ": 6, "WIDE": 7},
         "all": 13,
     }
-    assert summary["n_files"] == 13 and summary["n_ok"] == 12
-    assert summary["not_ok"]["total"] == 1
-    assert summary["not_ok"]["by_status"] == {"empty": 1}
-    assert summary["shares"]["train"]["WIDE"] == pytest.approx(5 / 9)
-    assert summary["imbalance_ratio"]["train"] == pytest.approx(5 / 4)
+    assert summary.n_files == 13 and summary.n_ok == 12
+    assert summary.not_ok.total == 1
+    assert summary.not_ok.by_status == {"empty": 1}
+    assert summary.shares["train"]["WIDE"] == pytest.approx(5 / 9)
+    assert summary.imbalance_ratio["train"] == pytest.approx(5 / 4)
     # The unreadable file is left out of the statistics.
-    assert summary["per_class"]["WIDE"]["n_ok"] == 6
-    assert summary["per_class"]["WIDE"]["n_files"] == 7
+    assert summary.per_class["WIDE"].n_ok == 6
+    assert summary.per_class["WIDE"].n_files == 7
 
 
-def test_size_and_shape_statistics(main_case: tuple[Path, dict]) -> None:
+def test_size_and_shape_statistics(main_case: tuple[Path, DatasetSummary]) -> None:
     _, summary = main_case
-    sq, wide = summary["per_class"]["SQ"], summary["per_class"]["WIDE"]
-    assert sq["square_share"] == 1.0
-    assert sq["most_common_size"]["size"] == "40x40"
-    assert sq["most_common_size"]["share"] == 1.0
-    assert sq["median_aspect"] == pytest.approx(1.0)
-    assert wide["square_share"] == 0.0
-    assert wide["most_common_size"] == {
+    sq, wide = summary.per_class["SQ"], summary.per_class["WIDE"]
+    assert sq.square_share == 1.0
+    assert sq.most_common_size.size == "40x40"
+    assert sq.most_common_size.share == 1.0
+    assert sq.median_aspect == pytest.approx(1.0)
+    assert wide.square_share == 0.0
+    assert asdict(wide.most_common_size) == {
         "size": "50x30",
         "width": 50,
         "height": 30,
         "count": 6,
         "share": 1.0,
     }
-    assert wide["median_aspect"] == pytest.approx(50 / 30)
-    assert wide["width"] == {"median": 50.0, "min": 50, "max": 50}
-    assert wide["height"] == {"median": 30.0, "min": 30, "max": 30}
-    assert sq["formats"] == {"PNG": 3, "JPEG": 3}
-    assert set(sq["modes"]) == {"L"}
-    assert sq["intensity"]["mean"] < wide["intensity"]["mean"]
-    cell = summary["per_split_class"]["test"]["WIDE"]
-    assert cell["n_files"] == 2 and cell["median_size"] == "50x30" and cell["square_share"] == 0.0
+    assert wide.median_aspect == pytest.approx(50 / 30)
+    assert asdict(wide.width) == {"median": 50.0, "min": 50, "max": 50}
+    assert asdict(wide.height) == {"median": 30.0, "min": 30, "max": 30}
+    assert sq.formats == {"PNG": 3, "JPEG": 3}
+    assert set(sq.modes) == {"L"}
+    assert sq.intensity.mean < wide.intensity.mean
+    cell = summary.per_split_class["test"]["WIDE"]
+    assert cell.n_files == 2 and cell.median_size == "50x30" and cell.square_share == 0.0
 
 
-def test_findings_come_from_the_numbers(main_case: tuple[Path, dict]) -> None:
+def test_findings_come_from_the_numbers(main_case: tuple[Path, DatasetSummary]) -> None:
     _, summary = main_case
-    findings = summary["findings"]
+    findings = summary.findings
     assert 2 <= len(findings) <= 4
     text = "\n".join(findings)
     assert "SQ is mostly exactly 40x40 (100%), WIDE almost never (0%)" in text
@@ -153,19 +181,21 @@ def test_findings_come_from_the_numbers(main_case: tuple[Path, dict]) -> None:
         assert f"- {finding}" in markdown
 
 
-def test_samples_are_seeded_and_capped(main_case: tuple[Path, dict], tmp_path: Path) -> None:
+def test_samples_are_seeded_and_capped(
+    main_case: tuple[Path, DatasetSummary], tmp_path: Path
+) -> None:
     out, summary = main_case
-    assert len(summary["samples"]) == 6  # 3 per class
+    assert len(summary.samples) == 6  # 3 per class
     index = discover(out.parent)
     records = scan_dataset(index, workers=1, progress=False)
     again = analyze_dataset(index, records, tmp_path / "again", samples_per_class=3, seed=1)
-    assert again["samples"] == summary["samples"]
+    assert again.samples == summary.samples
     more = analyze_dataset(index, records, tmp_path / "more", samples_per_class=50, seed=1)
-    assert len(more["samples"]) == 12  # every readable image, no more
-    assert all(s["path"].split("/")[-1] != "WIDE_broken4.jpg" for s in more["samples"])
+    assert len(more.samples) == 12  # every readable image, no more
+    assert all(s["path"].split("/")[-1] != "WIDE_broken4.jpg" for s in more.samples)
 
 
-def test_summary_table_renders(main_case: tuple[Path, dict]) -> None:
+def test_summary_table_renders(main_case: tuple[Path, DatasetSummary]) -> None:
     _, summary = main_case
     table = summary_table(summary)
     assert [c.header for c in table.columns] == [
@@ -194,10 +224,10 @@ def test_class_with_no_readable_images(tmp_path: Path) -> None:
     )
     summary = run_analysis(root, tmp_path / "out")
     assert_outputs(tmp_path / "out")
-    assert summary["per_class"]["B"]["n_ok"] == 0
-    assert summary["per_class"]["B"]["square_share"] is None
-    assert summary["not_ok"]["by_status"] == {"empty": 3}
-    assert any("B has no readable image" in f for f in summary["findings"])
+    assert summary.per_class["B"].n_ok == 0
+    assert summary.per_class["B"].square_share is None
+    assert summary.not_ok.by_status == {"empty": 3}
+    assert any("B has no readable image" in f for f in summary.findings)
     summary_table(summary)
 
 
@@ -205,7 +235,7 @@ def test_nothing_readable(tmp_path: Path) -> None:
     root = make_dataset(tmp_path / "ds", {"train": {"A": [(0, 0)], "B": [(0, 0)]}})
     summary = run_analysis(root, tmp_path / "out")
     assert_outputs(tmp_path / "out")
-    assert summary["n_ok"] == 0 and summary["not_ok"]["total"] == 2
+    assert summary.n_ok == 0 and summary.not_ok.total == 2
 
 
 def test_single_split_single_image_same_size(tmp_path: Path) -> None:
@@ -217,12 +247,12 @@ def test_single_split_single_image_same_size(tmp_path: Path) -> None:
     )
     summary = run_analysis(root, tmp_path / "out", samples_per_class=2)
     assert_outputs(tmp_path / "out")
-    assert summary["dataset"]["layout"] == "imagefolder"
-    assert summary["dataset"]["splits"] == ["train"]
-    assert summary["counts"] == {"train": {"A": 1, "B": 1, "C": 1}}
-    assert summary["imbalance_ratio"]["train"] == 1.0
-    assert any("All 3 readable images are 36x36" in f for f in summary["findings"])
-    assert any("balanced" in f for f in summary["findings"])
+    assert summary.dataset.layout == "imagefolder"
+    assert summary.dataset.splits == ["train"]
+    assert summary.counts == {"train": {"A": 1, "B": 1, "C": 1}}
+    assert summary.imbalance_ratio["train"] == 1.0
+    assert any("All 3 readable images are 36x36" in f for f in summary.findings)
+    assert any("balanced" in f for f in summary.findings)
 
 
 def test_missing_class_in_a_split_and_zero_samples(tmp_path: Path) -> None:
@@ -236,5 +266,5 @@ def test_missing_class_in_a_split_and_zero_samples(tmp_path: Path) -> None:
     )
     summary = run_analysis(root, tmp_path / "out", samples_per_class=0)
     assert_outputs(tmp_path / "out")
-    assert summary["samples"] == []
-    assert summary["ok_counts"]["train"]["B"] == 0
+    assert summary.samples == []
+    assert summary.ok_counts["train"]["B"] == 0

@@ -54,3 +54,15 @@ def test_artifacts_import_neither_torch_nor_lightning() -> None:
     ).stdout.split()
     assert "cxrlab.artifacts" in found
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning", "numpy")] == []
+
+
+def test_records_import_neither_torch_nor_lightning() -> None:
+    code = (
+        "import sys, cxrlab.records, cxrlab.diagnostics, cxrlab.data.summary; "
+        "print('\\n'.join(sorted(sys.modules)))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert {"cxrlab.records", "cxrlab.diagnostics", "cxrlab.data.summary"} <= set(found)
+    assert [m for m in found if m.split(".")[0] in ("torch", "lightning")] == []

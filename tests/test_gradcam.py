@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from PIL import Image
 from torch import nn
 
 from cxrlab.data.synthetic import DEMO_CLASSES, synth_cxr
+from cxrlab.diagnostics import GradcamSummary
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.gradcam import (
     border_frame,
@@ -25,7 +27,7 @@ from cxrlab.evaluation.lungs import lung_field_mask, lung_masks, otsu_threshold,
 from cxrlab.models import create_model
 
 CLASSES = list(DEMO_CLASSES)
-SUMMARY_KEYS = {
+SUMMARY_KEYS = [
     "n_images",
     "target",
     "layer",
@@ -39,7 +41,7 @@ SUMMARY_KEYS = {
     "lung_share_wrong",
     "segmented",
     "n_zero_maps",
-}
+]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -316,22 +318,35 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
         title="mobilenet_v2 $test",
     )
 
-    assert set(summary) == SUMMARY_KEYS
-    json.dumps(summary, allow_nan=False)
-    assert summary["n_images"] == 12 and summary["layer"] == "network.features"
-    assert summary["target"] == "predicted class"
-    parts = [summary["lung_share"], summary["border_share"], summary["other_share"]]
+    assert list(asdict(summary)) == SUMMARY_KEYS  # gradcam.json's keys, in this order
+    json.dumps(asdict(summary), allow_nan=False)
+    assert summary.n_images == 12 and summary.layer == "network.features"
+    assert summary.target == "predicted class"
+    parts = [summary.lung_share, summary.border_share, summary.other_share]
     assert all(0.0 <= p <= 1.0 for p in parts) and sum(parts) == pytest.approx(1.0)
-    assert 0.0 < summary["lung_area"] < 1.0
-    assert summary["lung_enrichment"] == pytest.approx(summary["lung_share"] / summary["lung_area"])
-    assert set(summary["lung_share_by_class"]) == set(CLASSES)
-    assert 0.0 <= summary["segmented"] <= 1.0
-    assert summary["n_zero_maps"] < 12
-    assert summary["lung_share_correct"] is not None or summary["lung_share_wrong"] is not None
+    assert 0.0 < summary.lung_area < 1.0
+    assert summary.lung_enrichment == pytest.approx(summary.lung_share / summary.lung_area)
+    assert set(summary.lung_share_by_class) == set(CLASSES)
+    assert 0.0 <= summary.segmented <= 1.0
+    assert summary.n_zero_maps < 12
+    assert summary.lung_share_correct is not None or summary.lung_share_wrong is not None
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert model.training and no_hooks(model)
 
     earlier = gradcam_summary(
         model, images[:4], labels[:4], CLASSES, layer="network.features.13", progress=False
     )
-    assert earlier["layer"] == "network.features.13" and earlier["n_images"] == 4
+    assert earlier.layer == "network.features.13" and earlier.n_images == 4
+
+    # gradcam.json as the diagnose pipeline writes it reads back as the same record, strictly
+    saved = tmp_path / "gradcam.json"
+    saved.write_text(summary.to_json())
+    loaded = GradcamSummary.load(saved)
+    assert loaded == summary and json.loads(loaded.to_json()) == json.loads(saved.read_text())
+    data = json.loads(saved.read_text())
+    saved.write_text(json.dumps(data | {"lung_sahre": 0.5}))
+    with pytest.raises(CxrlabError, match=r"gradcam\.json: lung_sahre: unknown key"):
+        GradcamSummary.load(saved)
+    saved.write_text(json.dumps({k: v for k, v in data.items() if k != "n_zero_maps"}))
+    with pytest.raises(CxrlabError, match=r"gradcam\.json: n_zero_maps: missing key"):
+        GradcamSummary.load(saved)

@@ -107,6 +107,7 @@ GRADCAM = {
     "lung_share_correct": 0.6375,
     "lung_share_wrong": None,
     "segmented": 0.917,
+    "n_zero_maps": 0,
 }
 
 

@@ -4,6 +4,7 @@ and its shortcut probes (lung fields hidden / kept alone) with stand-in models."
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from cxrlab.data.cache import CacheSpec, load_square, resize_square
+from cxrlab.diagnostics import Chance, Robustness, VariantResult
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation import robustness
 from cxrlab.evaluation.robustness import (
@@ -99,23 +101,83 @@ def test_shortcut_model_shows_a_drop(films: tuple[list[Path], np.ndarray]) -> No
     result = robustness_eval(
         BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), batch_size=4, progress=False
     )
-    json.dumps(result)  # JSON-ready
-    assert result["reference"] == "pad" and result["image_size"] == SIZE
-    assert result["n_images"] == 6 and result["unreadable"] == 0
-    variants = result["variants"]
+    json.dumps(asdict(result))  # JSON-ready
+    assert result.reference == "pad" and result.image_size == SIZE
+    assert result.n_images == 6 and result.unreadable == 0
+    variants = result.variants
     assert list(variants) == list(VARIANTS)
-    assert variants["pad"]["accuracy"] == 1.0 and variants["pad"]["accuracy_drop"] == 0.0
-    assert variants["squash"]["accuracy"] == 0.5 and variants["squash"]["accuracy_drop"] == 0.5
-    assert variants["squash"]["recall"] == {"tall": 1.0, "wide": 0.0}
-    assert variants["pad"]["macro_f1"] == 1.0 and variants["squash"]["macro_f1"] < 1.0
-    assert variants["darken"]["description"] == VARIANTS["darken"]
+    assert variants["pad"].accuracy == 1.0 and variants["pad"].accuracy_drop == 0.0
+    assert variants["squash"].accuracy == 0.5 and variants["squash"].accuracy_drop == 0.5
+    assert variants["squash"].recall == {"tall": 1.0, "wide": 0.0}
+    assert variants["pad"].macro_f1 == 1.0 and variants["squash"].macro_f1 < 1.0
+    assert variants["darken"].description == VARIANTS["darken"]
 
     # The same model trained on squashed films: squash is the reference, pad looks "better".
     squash = robustness_eval(
         BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
     )
-    assert squash["variants"]["squash"]["accuracy_drop"] == 0.0
-    assert squash["variants"]["pad"]["accuracy_drop"] == -0.5
+    assert squash.variants["squash"].accuracy_drop == 0.0
+    assert squash.variants["pad"].accuracy_drop == -0.5
+
+
+def test_robustness_json_is_a_typed_record_read_strictly(
+    films: tuple[list[Path], np.ndarray], tmp_path: Path
+) -> None:
+    paths, labels = films
+    result = robustness_eval(
+        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False
+    )
+    saved = tmp_path / "robustness.json"
+    saved.write_text(result.to_json())  # as the diagnose pipeline writes it
+    data = json.loads(saved.read_text())
+    json.dumps(data, allow_nan=False)  # no NaN: the comparisons below are exact
+    assert list(data) == [
+        "reference",
+        "image_size",
+        "n_images",
+        "unreadable",
+        "variants",
+        "chance",
+        "lung_fields",
+    ]
+    assert list(data["variants"]["pad"]) == [
+        "description",
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "recall",
+        "accuracy_drop",
+    ]
+    loaded = Robustness.load(saved)
+    assert loaded == result and json.loads(loaded.to_json()) == data
+
+    # A file from before the shortcut probes: no chance, lung fields or balanced accuracy.
+    old = {k: v for k, v in data.items() if k not in ("chance", "lung_fields")}
+    old["variants"] = {
+        name: {k: v for k, v in variant.items() if k != "balanced_accuracy"}
+        for name, variant in data["variants"].items()
+        if name not in PROBES
+    }
+    saved.write_text(json.dumps(old))
+    before = Robustness.load(saved)
+    assert before.chance is None and before.lung_fields is None
+    assert before.variants["pad"].balanced_accuracy is None and before.variants["pad"].accuracy == 1
+    assert probe_reading(before) == "lungs hidden: not computed"
+
+    # Anything else unknown or missing is an error naming the file and the key.
+    typo = json.loads(json.dumps(data))
+    typo["variants"]["pad"]["acuracy"] = 1.0
+    lost = json.loads(json.dumps(data))
+    del lost["lung_fields"]["n_segmented"]
+    for broken, message in (
+        (typo, "variants.pad.acuracy: unknown key"),
+        (lost, "lung_fields.n_segmented: missing key"),
+        ({k: v for k, v in data.items() if k != "unreadable"}, "unreadable: missing key"),
+    ):
+        saved.write_text(json.dumps(broken))
+        with pytest.raises(CxrlabError) as error:
+            Robustness.load(saved)
+        assert str(error.value) == f"{saved}: {message}"
 
 
 def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarray]) -> None:
@@ -179,8 +241,8 @@ def test_unreadable_file_is_skipped_and_counted(
     result = robustness_eval(
         BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False
     )
-    assert result["unreadable"] == 1 and result["n_images"] == 6
-    assert result["variants"]["pad"]["accuracy"] == 1.0
+    assert result.unreadable == 1 and result.n_images == 6
+    assert result.variants["pad"].accuracy == 1.0
     with pytest.raises(CxrlabError, match="could be decoded"):
         robustness_eval(
             BarDetector(), [broken], np.array([0]), CLASSES, CacheSpec(SIZE, "pad"), progress=False
@@ -220,10 +282,10 @@ def test_real_network_runs_every_variant(films: tuple[list[Path], np.ndarray]) -
     result = robustness_eval(
         model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
     )
-    for values in result["variants"].values():
-        assert 0.0 <= values["accuracy"] <= 1.0 and 0.0 <= values["macro_f1"] <= 1.0
-        assert set(values["recall"]) == set(CLASSES)
-    assert result["variants"]["squash"]["accuracy_drop"] == 0.0
+    for values in result.variants.values():
+        assert 0.0 <= values.accuracy <= 1.0 and 0.0 <= values.macro_f1 <= 1.0
+        assert set(values.recall) == set(CLASSES)
+    assert result.variants["squash"].accuracy_drop == 0.0
 
 
 # --------------------------------------------------------------------------- shortcut probes
@@ -303,33 +365,33 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
         images=images,
         progress=False,
     )
-    json.dumps(lungs, allow_nan=False)
+    json.dumps(asdict(lungs), allow_nan=False)
 
     assert len(known_lungs) == 1  # segmented once, on the model's own squares, then reused
     np.testing.assert_array_equal(known_lungs[0], images[mode])
     for result in (lungs, outside):
-        assert result["variants"][mode]["accuracy"] == 1.0
-        assert result["variants"][mode]["balanced_accuracy"] == 1.0
-        assert result["chance"] == {
+        assert result.variants[mode].accuracy == 1.0
+        assert result.variants[mode].balanced_accuracy == 1.0
+        assert asdict(result.chance) == {
             "balanced_accuracy": 0.5,
             "accuracy": pytest.approx(4 / 6),
             "majority_class": "tall",
         }
-        assert result["lung_fields"] == {
+        assert asdict(result.lung_fields) == {
             "mode": mode,
             "segmented": pytest.approx(4 / 6),
             "n_segmented": 4,
             "segmented_by_class": {"tall": 0.5, "wide": 1.0},
         }
     # Reading the lungs: hidden -> every film mid-grey there -> one class -> chance; only -> intact.
-    hidden, only = lungs["variants"]["lungs-hidden"], lungs["variants"]["lungs-only"]
-    assert hidden["balanced_accuracy"] == 0.5 and hidden["accuracy"] == pytest.approx(4 / 6)
-    assert hidden["recall"] == {"tall": 1.0, "wide": 0.0}
-    assert only["balanced_accuracy"] == 1.0 and only["accuracy_drop"] == 0.0
+    hidden, only = lungs.variants["lungs-hidden"], lungs.variants["lungs-only"]
+    assert hidden.balanced_accuracy == 0.5 and hidden.accuracy == pytest.approx(4 / 6)
+    assert hidden.recall == {"tall": 1.0, "wide": 0.0}
+    assert only.balanced_accuracy == 1.0 and only.accuracy_drop == 0.0
     assert probe_reading(lungs).endswith("falls to near chance")
     # Reading outside the lungs: the reverse.
-    assert outside["variants"]["lungs-hidden"]["balanced_accuracy"] == 1.0
-    assert outside["variants"]["lungs-only"]["balanced_accuracy"] == 0.5
+    assert outside.variants["lungs-hidden"].balanced_accuracy == 1.0
+    assert outside.variants["lungs-only"].balanced_accuracy == 0.5
     assert probe_reading(outside) == (
         "lungs hidden: balanced accuracy 1.000 vs chance 0.500: "
         "the model reads something outside the lungs"
@@ -337,22 +399,34 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
 
 
 def test_chance_levels_and_readings_of_old_files() -> None:
-    assert chance_levels(np.array([0, 0, 0, 2]), ["a", "b", "c"]) == {
-        "balanced_accuracy": 0.5,
-        "accuracy": 0.75,
-        "majority_class": "a",  # b absent: k = 2
-    }
-    old = {"reference": "squash", "variants": {"squash": {"accuracy": 0.9}}}
+    assert chance_levels(np.array([0, 0, 0, 2]), ["a", "b", "c"]) == Chance(
+        balanced_accuracy=0.5,
+        accuracy=0.75,
+        majority_class="a",  # b absent: k = 2
+    )
+
+    def stored(hidden: float | None, chance: float | None) -> Robustness:
+        """A robustness.json with the lungs-hidden probe at ``hidden`` (None: before it)."""
+        variant = VariantResult(
+            description="", accuracy=0.9, macro_f1=0.9, recall={}, accuracy_drop=0.0
+        )
+        variants = {"squash": variant}
+        if hidden is not None:
+            variants["lungs-hidden"] = replace(variant, balanced_accuracy=hidden)
+        probes_chance = None if chance is None else Chance(chance, 0.5, "a")
+        return Robustness(
+            reference="squash",
+            image_size=8,
+            n_images=4,
+            unreadable=0,
+            variants=variants,
+            chance=probes_chance,
+        )
+
+    old = stored(None, None)
     assert probe_reading(old) == probe_reading(None) == "lungs hidden: not computed"
-    below = {
-        "variants": {"lungs-hidden": {"balanced_accuracy": 0.1}},
-        "chance": {"balanced_accuracy": 1 / 3},
-    }
-    assert probe_reading(below).endswith("falls below chance")
-    near = {
-        "variants": {"lungs-hidden": {"balanced_accuracy": 0.48}},
-        "chance": {"balanced_accuracy": 1 / 3},
-    }
+    assert probe_reading(stored(0.1, 1 / 3)).endswith("falls below chance")
+    near = stored(0.48, 1 / 3)
     assert probe_reading(near).endswith("falls to near chance")  # 0.147 above: within the margin
 
 
@@ -406,8 +480,8 @@ def test_a_lesion_reader_falls_to_chance_with_the_lungs_hidden(tmp_path: Path) -
         model, paths, labels, classes, CacheSpec(size, "squash"), progress=False
     )
 
-    chance = result["chance"]["balanced_accuracy"]
-    assert chance == pytest.approx(1 / 3) and result["lung_fields"]["segmented"] > 0.8
-    assert result["variants"]["squash"]["balanced_accuracy"] > 0.75  # it learned the lesions
-    assert result["variants"]["lungs-hidden"]["balanced_accuracy"] < chance + 0.1
+    chance = result.chance.balanced_accuracy
+    assert chance == pytest.approx(1 / 3) and result.lung_fields.segmented > 0.8
+    assert result.variants["squash"].balanced_accuracy > 0.75  # it learned the lesions
+    assert result.variants["lungs-hidden"].balanced_accuracy < chance + 0.1
     assert probe_reading(result).endswith("falls to near chance")

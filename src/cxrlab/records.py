@@ -8,7 +8,8 @@ does not know, a missing required key or a value of the wrong type is an error n
 The records are plain dataclasses (saved with :func:`dataclasses.asdict`); pydantic only checks
 and builds them from JSON. The numbers are computed in :mod:`cxrlab.evaluation`; this module
 imports neither torch nor Lightning, so that reports and tools read runs without the training
-stack.
+stack. :class:`JsonRecord` and :func:`parse` serve the other files' records too
+(:mod:`cxrlab.diagnostics`, :mod:`cxrlab.data.summary`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import numpy as np
 from pydantic import ConfigDict, TypeAdapter, ValidationError
@@ -26,6 +27,27 @@ from cxrlab.errors import CxrlabError
 
 STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, not dropped
 T = TypeVar("T")
+
+
+class JsonRecord:
+    """A record saved as one JSON file: :meth:`to_json` writes it (``asdict``, indented), and
+    :meth:`load` / :meth:`from_dict` read it strictly (:func:`parse`). Mixed into dataclasses."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: Path | str) -> Self:
+        return parse(cls, data, where)
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        return parse(cls, read_json(path), path)
+
+    @classmethod
+    def load_optional(cls, path: Path) -> Self | None:
+        """The record in ``path``; None when there is no such file (older runs lack some)."""
+        return cls.load(path) if path.is_file() else None
 
 
 @dataclass(frozen=True)
@@ -152,7 +174,7 @@ class RunOperatingPoint(OperatingPoint):
 
 
 @dataclass
-class RunMetrics:
+class RunMetrics(JsonRecord):
     """``metrics.json``: a finished run's description, sizes, timings and test results.
 
     ``test``, ``intervals`` and the test parts of ``calibration`` and ``operating_point`` are
@@ -192,17 +214,6 @@ class RunMetrics:
         """The target (``COVID19=0.95``) of the run's operating point, if it has one."""
         return self.operating_point.target if self.operating_point else None
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: Path | str = "metrics.json") -> RunMetrics:
-        return parse(cls, data, where)
-
-    @classmethod
-    def load(cls, path: Path) -> RunMetrics:
-        return parse(cls, read_json(path), path)
-
 
 @dataclass(frozen=True)
 class ClassResult:
@@ -228,7 +239,7 @@ class Internal:
 
 
 @dataclass
-class Evaluation:
+class Evaluation(JsonRecord):
     """``RUN/external/<NAME>/metrics.json``: a model scored on one labelled set (``cxrlab
     evaluate``); ``internal`` is the run's own test split, when known."""
 
@@ -256,13 +267,6 @@ class Evaluation:
     @property
     def absent(self) -> list[str]:
         return [c for c in self.classes if c not in self.present]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def load(cls, path: Path) -> Evaluation:
-        return parse(cls, read_json(path), path)
 
 
 def parse(kind: type[T], data: Any, where: Path | str) -> T:

@@ -200,7 +200,7 @@ def analyze(
     records = scan_dataset(index, workers=workers, progress=not no_progress)
     summary = analyze_dataset(index, records, out, samples_per_class=samples_per_class, seed=seed)
     console.print(summary_table(summary))
-    for finding in summary.get("findings", []):
+    for finding in summary.findings:
         console.print(f"- {shown(finding)}")
     console.print(f"Plots and summary in {shown(out)}/ (summary.md, summary.json, *.png)")
     console.print(f"analyze took {time.perf_counter() - started:.1f} s")

@@ -275,14 +275,13 @@ def diagnose_runs(
     for run_dir in run_dirs:
         console.print(f"Robustness and Grad-CAM of {shown(run_dir.name)} on its test films ...")
         found = diagnose_run(run_dir, data, device=device, progress=progress)
-        rob, cam = found["robustness"], found["gradcam"]
-        drops = ", ".join(f"{name} {v['accuracy']:.3f}" for name, v in rob["variants"].items())
-        share = cam["lung_share"] or 0.0
+        rob, cam = found.robustness, found.gradcam
+        drops = ", ".join(f"{name} {v.accuracy:.3f}" for name, v in rob.variants.items())
         console.print(f"  accuracy by variant: {drops}")
         console.print(
-            f"  Grad-CAM mass in the lung fields {share:.2f} "
-            f"(uniform map: {cam['lung_area'] or 0:.2f}), "
-            f"on the border {cam['border_share'] or 0:.2f}"
+            f"  Grad-CAM mass in the lung fields {cam.lung_share or 0.0:.2f} "
+            f"(uniform map: {cam.lung_area or 0:.2f}), "
+            f"on the border {cam.border_share or 0:.2f}"
         )
         console.print(
             f"  written: {shown(run_dir / 'robustness.json')}, "

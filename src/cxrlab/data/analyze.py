@@ -19,10 +19,10 @@ The figures are drawn by :mod:`cxrlab.data.analyze_plots`.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,17 @@ from rich.text import Text
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex
 from cxrlab.data.findings import findings_of, status_detail
 from cxrlab.data.scan import ImageRecord, most_common_size
+from cxrlab.data.summary import (
+    ClassStats,
+    CommonSize,
+    DatasetInfo,
+    DatasetSummary,
+    Intensity,
+    NotOk,
+    SideRange,
+    SplitClassCell,
+    Totals,
+)
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_write_text, display_name, markdown_escape, markdown_table, pct
 
@@ -42,6 +53,7 @@ PLOTS = {
     "samples": "samples.png",
     "mean_images": "mean_images.png",
 }
+SUMMARY_JSON, SUMMARY_MD = "summary.json", "summary.md"
 SPLIT_CLASS_COLUMNS = ("split", "class", "files", "share", "median WxH", "square", "mean intensity")
 
 # Thresholds behind the findings.
@@ -56,52 +68,62 @@ def _median(values: Sequence[float]) -> float | None:
     return float(np.median(array)) if array.size else None
 
 
-def _group_stats(records: Sequence[ImageRecord]) -> dict:
-    """Size, shape, intensity, border and format statistics of some readable images."""
+def _finite(value: float) -> float | None:
+    """``value`` as a plain float; None where it is not finite (JSON has no NaN)."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _group_stats(records: Sequence[ImageRecord], n_files: int) -> ClassStats:
+    """Size, shape, intensity, border and format statistics of some readable images, out of
+    ``n_files`` files."""
     n = len(records)
     if n == 0:
-        return {
-            "n_ok": 0,
-            "width": {"median": None, "min": None, "max": None},
-            "height": {"median": None, "min": None, "max": None},
-            "median_size": "-",
-            "square_share": None,
-            "most_common_size": None,
-            "median_aspect": None,
-            "intensity": {"mean": None, "std": None, "mean_pixel_std": None},
-            "median_border_fraction": None,
-            "formats": {},
-            "modes": {},
-        }
+        return ClassStats(
+            n_ok=0,
+            width=SideRange(None, None, None),
+            height=SideRange(None, None, None),
+            median_size="-",
+            square_share=None,
+            most_common_size=None,
+            median_aspect=None,
+            intensity=Intensity(None, None, None),
+            median_border_fraction=None,
+            formats={},
+            modes={},
+            n_files=n_files,
+        )
     widths = np.array([r.width for r in records], dtype=np.float64)
     heights = np.array([r.height for r in records], dtype=np.float64)
     means = np.array([r.mean for r in records], dtype=np.float64)
     stds = np.array([r.std for r in records], dtype=np.float64)
     (common_w, common_h), common_n = most_common_size(Counter((r.width, r.height) for r in records))
     median_w, median_h = float(np.median(widths)), float(np.median(heights))
-    return {
-        "n_ok": n,
-        "width": {"median": median_w, "min": int(widths.min()), "max": int(widths.max())},
-        "height": {"median": median_h, "min": int(heights.min()), "max": int(heights.max())},
-        "median_size": f"{round(median_w)}x{round(median_h)}",
-        "square_share": float(np.mean(widths == heights)),
-        "most_common_size": {
-            "size": f"{common_w}x{common_h}",
-            "width": int(common_w),
-            "height": int(common_h),
-            "count": int(common_n),
-            "share": common_n / n,
-        },
-        "median_aspect": float(np.median(widths / heights)),
-        "intensity": {
-            "mean": float(np.nanmean(means)),
-            "std": float(np.nanstd(means)),
-            "mean_pixel_std": float(np.nanmean(stds)),
-        },
-        "median_border_fraction": _median([r.border_fraction for r in records]),
-        "formats": dict(Counter(r.file_format or "unknown" for r in records).most_common()),
-        "modes": dict(Counter(r.mode or "unknown" for r in records).most_common()),
-    }
+    intensity = Intensity(
+        mean=_finite(np.nanmean(means)),
+        std=_finite(np.nanstd(means)),
+        mean_pixel_std=_finite(np.nanmean(stds)),
+    )
+    return ClassStats(
+        n_ok=n,
+        width=SideRange(median_w, int(widths.min()), int(widths.max())),
+        height=SideRange(median_h, int(heights.min()), int(heights.max())),
+        median_size=f"{round(median_w)}x{round(median_h)}",
+        square_share=float(np.mean(widths == heights)),
+        most_common_size=CommonSize(
+            size=f"{common_w}x{common_h}",
+            width=int(common_w),
+            height=int(common_h),
+            count=int(common_n),
+            share=common_n / n,
+        ),
+        median_aspect=_finite(np.median(widths / heights)),
+        intensity=intensity,
+        median_border_fraction=_median([r.border_fraction for r in records]),
+        formats=dict(Counter(r.file_format or "unknown" for r in records).most_common()),
+        modes=dict(Counter(r.mode or "unknown" for r in records).most_common()),
+        n_files=n_files,
+    )
 
 
 def _splits_of(index: DatasetIndex, records: Sequence[ImageRecord]) -> list[str]:
@@ -127,7 +149,8 @@ def _build_summary(
     records: Sequence[ImageRecord],
     splits: list[str],
     ok_by_class: dict[str, list[ImageRecord]],
-) -> dict:
+) -> DatasetSummary:
+    """The numbers of the summary; its findings, samples, colours and files still empty."""
     classes = list(index.classes)
     counts = {s: {c: 0 for c in classes} for s in splits}
     ok_counts = {s: {c: 0 for c in classes} for s in splits}
@@ -151,74 +174,58 @@ def _build_summary(
         return max(values) / min(values)
 
     not_ok = [r for r in records if not r.ok]
-    per_class = {
-        c: {**_group_stats(recs), "n_files": per_class_total[c]} for c, recs in ok_by_class.items()
-    }
-    per_split_class: dict[str, dict[str, dict]] = {}
+    per_split_class: dict[str, dict[str, SplitClassCell]] = {}
     for s in splits:
         per_split_class[s] = {}
         split_shares = shares(counts[s])
         for c, recs in ok_by_class.items():
             group = [r for r in recs if r.split == s]
-            stats = _group_stats(group)
-            per_split_class[s][c] = {
-                "n_files": counts[s][c],
-                "n_ok": len(group),
-                "share": split_shares[c],
-                "median_size": stats["median_size"],
-                "square_share": stats["square_share"],
-                "mean_intensity": stats["intensity"]["mean"],
-            }
+            stats = _group_stats(group, counts[s][c])
+            per_split_class[s][c] = SplitClassCell(
+                n_files=counts[s][c],
+                n_ok=len(group),
+                share=split_shares[c],
+                median_size=stats.median_size,
+                square_share=stats.square_share,
+                mean_intensity=stats.intensity.mean,
+            )
 
-    return {
-        "dataset": {
-            "root": str(index.root),
-            "name": Path(index.root).name,
-            "layout": index.layout,
-            "classes": classes,
-            "splits": splits,
-        },
-        "n_files": total,
-        "n_ok": len(records) - len(not_ok),
-        "counts": counts,
-        "ok_counts": ok_counts,
-        "totals": {"per_split": per_split_total, "per_class": per_class_total, "all": total},
-        "shares": {
-            **{s: shares(counts[s]) for s in splits},
-            "all": shares(per_class_total),
-        },
-        "imbalance_ratio": {
+    return DatasetSummary(
+        dataset=DatasetInfo(
+            root=str(index.root),
+            name=Path(index.root).name,
+            layout=index.layout,
+            classes=classes,
+            splits=splits,
+        ),
+        n_files=total,
+        n_ok=len(records) - len(not_ok),
+        counts=counts,
+        ok_counts=ok_counts,
+        totals=Totals(per_split=per_split_total, per_class=per_class_total, all=total),
+        shares={**{s: shares(counts[s]) for s in splits}, "all": shares(per_class_total)},
+        imbalance_ratio={
             **{s: imbalance(counts[s]) for s in splits},
             "all": imbalance(per_class_total),
         },
-        "not_ok": {
-            "total": len(not_ok),
-            "by_status": dict(Counter(r.status for r in not_ok).most_common()),
-            "examples": [f"{r.path} ({r.status})" for r in not_ok[:10]],
-        },
-        "per_class": per_class,
-        "per_split_class": per_split_class,
-    }
+        not_ok=NotOk(
+            total=len(not_ok),
+            by_status=dict(Counter(r.status for r in not_ok).most_common()),
+            examples=[f"{r.path} ({r.status})" for r in not_ok[:10]],
+        ),
+        per_class={c: _group_stats(recs, per_class_total[c]) for c, recs in ok_by_class.items()},
+        per_split_class=per_split_class,
+        findings=[],
+        samples=[],
+        class_colours={},
+        files={},
+    )
 
 
 # --------------------------------------------------------------------------- findings
 
 
 # --------------------------------------------------------------------------- reports
-
-
-def _json_safe(value: object) -> object:
-    """NumPy scalars to Python numbers, tuples to lists, NaN and infinity to None."""
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        value = float(value)
-        return value if math.isfinite(value) else None
-    return value
 
 
 def _fmt(value: object, spec: str = ".1f") -> str:
@@ -233,14 +240,14 @@ def _share(value: float | None) -> str:
     return "-" if value is None else pct(value)
 
 
-def _split_class_cells(cell: dict) -> list[str]:
+def _split_class_cells(cell: SplitClassCell) -> list[str]:
     """One per_split_class entry as text: files, share, median WxH, square, mean intensity."""
     return [
-        str(cell["n_files"]),
-        _share(cell["share"]),
-        cell["median_size"],
-        _share(cell["square_share"]),
-        _fmt(cell["mean_intensity"]),
+        str(cell.n_files),
+        _share(cell.share),
+        cell.median_size,
+        _share(cell.square_share),
+        _fmt(cell.mean_intensity),
     ]
 
 
@@ -256,71 +263,69 @@ def _md_figure(key: str) -> list[str]:
     return [f"![{key.replace('_', ' ')}]({PLOTS[key]})", ""]
 
 
-def _markdown(summary: dict) -> str:
+def _markdown(summary: DatasetSummary) -> str:
     """``summary.md``; names (dataset, classes, files) escaped with :func:`markdown_escape`."""
     md = markdown_escape
-    classes = summary["dataset"]["classes"]
-    splits = summary["dataset"]["splits"]
+    dataset = summary.dataset
+    classes, splits = dataset.classes, dataset.splits
     lines = [
-        f"# Dataset analysis: {md(summary['dataset']['name'])}",
+        f"# Dataset analysis: {md(dataset.name)}",
         "",
-        f"{md(summary['dataset']['root'])} — layout *{summary['dataset']['layout']}*, "
+        f"{md(dataset.root)} — layout *{dataset.layout}*, "
         f"{len(classes)} classes, splits: {', '.join(splits) or 'none'}; "
-        f"{summary['n_files']} files, {summary['n_ok']} readable.",
+        f"{summary.n_files} files, {summary.n_ok} readable.",
         "",
         "## Findings",
         "",
     ]
-    lines += [f"- {md(text)}" for text in summary["findings"]] or ["- Nothing stands out."]
+    lines += [f"- {md(text)}" for text in summary.findings] or ["- Nothing stands out."]
     lines += ["", "## Files per split and class", ""]
     rows = []
-    count_rows = [(s, s, summary["counts"][s]) for s in splits]
-    count_rows.append(("total", "all", summary["totals"]["per_class"]))
+    count_rows = [(s, s, summary.counts[s]) for s in splits]
+    count_rows.append(("total", "all", summary.totals.per_class))
     for name, key, counts in count_rows:
-        shares = summary["shares"][key]
+        shares = summary.shares[key]
         rows.append(
             [
                 name,
                 *(f"{counts[c]} ({_share(shares[c])})" for c in classes),
                 sum(counts.values()),
-                _fmt(summary["imbalance_ratio"][key], ".2f"),
+                _fmt(summary.imbalance_ratio[key], ".2f"),
             ]
         )
     lines += _md_table(["split", *classes, "total", "max/min"], rows)
     lines += ["", *_md_figure("class_counts")]
 
-    bad = summary["not_ok"]
+    bad = summary.not_ok
     lines += ["## Unreadable files", ""]
-    if bad["total"]:
-        lines += [f"{bad['total']} files are left out of the statistics and plots.", ""]
-        lines += _md_table(["status", "files"], list(bad["by_status"].items()))
-        lines += ["", "Examples: " + "; ".join(map(md, bad["examples"])), ""]
+    if bad.total:
+        lines += [f"{bad.total} files are left out of the statistics and plots.", ""]
+        lines += _md_table(["status", "files"], list(bad.by_status.items()))
+        lines += ["", "Examples: " + "; ".join(map(md, bad.examples)), ""]
     else:
         lines += ["None: every file decodes.", ""]
 
     lines += ["## Per class (readable images)", ""]
     rows = []
     for c in classes:
-        st = summary["per_class"][c]
-        common = st["most_common_size"]
-        width, height = st["width"], st["height"]
-        intensity = st["intensity"]
+        st = summary.per_class[c]
+        common, width, height, intensity = st.most_common_size, st.width, st.height, st.intensity
         rows.append(
             [
                 c,
-                st["n_ok"],
-                st["median_size"],
-                f"{_fmt(width['min'])}–{_fmt(width['max'])}",
-                f"{_fmt(height['min'])}–{_fmt(height['max'])}",
-                _share(st["square_share"]),
-                f"{common['size']} ({pct(common['share'])})" if common else "-",
-                _fmt(st["median_aspect"], ".2f"),
+                st.n_ok,
+                st.median_size,
+                f"{_fmt(width.min)}–{_fmt(width.max)}",
+                f"{_fmt(height.min)}–{_fmt(height.max)}",
+                _share(st.square_share),
+                f"{common.size} ({pct(common.share)})" if common else "-",
+                _fmt(st.median_aspect, ".2f"),
                 "-"
-                if intensity["mean"] is None
-                else f"{_fmt(intensity['mean'])} ± {_fmt(intensity['std'])}",
-                _share(st["median_border_fraction"]),
-                ", ".join(f"{k} {v}" for k, v in st["formats"].items()) or "-",
-                ", ".join(f"{k} {v}" for k, v in st["modes"].items()) or "-",
+                if intensity.mean is None
+                else f"{_fmt(intensity.mean)} ± {_fmt(intensity.std)}",
+                _share(st.median_border_fraction),
+                ", ".join(f"{k} {v}" for k, v in st.formats.items()) or "-",
+                ", ".join(f"{k} {v}" for k, v in st.modes.items()) or "-",
             ]
         )
     lines += _md_table(
@@ -353,7 +358,7 @@ def _markdown(summary: dict) -> str:
     rows = [
         [s, c, *_split_class_cells(cell)]
         for s in splits
-        for c, cell in summary["per_split_class"][s].items()
+        for c, cell in summary.per_split_class[s].items()
     ]
     lines += _md_table(SPLIT_CLASS_COLUMNS, rows)
     lines += ["", "## Plots", ""]
@@ -362,22 +367,22 @@ def _markdown(summary: dict) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def summary_table(summary: dict) -> Table:
+def summary_table(summary: DatasetSummary) -> Table:
     """A short Rich table for the terminal: the per split and class columns of summary.md (names
     as plain text, undecodable bytes shown)."""
-    title = Text(f"{display_name(summary['dataset']['name'])}: {summary['n_files']} files")
+    title = Text(f"{display_name(summary.dataset.name)}: {summary.n_files} files")
     table = Table(title=title, title_justify="left")
     for k, header in enumerate(SPLIT_CLASS_COLUMNS):
         table.add_column(header, justify="left" if k < 2 else "right")
-    for i, s in enumerate(summary["dataset"]["splits"]):
+    for i, s in enumerate(summary.dataset.splits):
         if i:
             table.add_section()
-        for j, (c, cell) in enumerate(summary["per_split_class"][s].items()):
+        for j, (c, cell) in enumerate(summary.per_split_class[s].items()):
             table.add_row(s if j == 0 else "", Text(display_name(c)), *_split_class_cells(cell))
-    bad = summary["not_ok"]
-    if bad["total"]:
+    bad = summary.not_ok
+    if bad.total:
         table.caption = (
-            f"{bad['total']} unreadable files ({status_detail(bad['by_status'])}) "
+            f"{bad.total} unreadable files ({status_detail(bad.by_status)}) "
             "left out of size and intensity columns"
         )
     return table
@@ -393,8 +398,8 @@ def analyze_dataset(
     *,
     samples_per_class: int = 8,
     seed: int = 0,
-) -> dict:
-    """Write the plots and summaries into out_dir; return the summary dict (JSON-serialisable)."""
+) -> DatasetSummary:
+    """Write the plots and summaries into out_dir; return the summary (saved as summary.json)."""
     from cxrlab.data import analyze_plots as plots  # matplotlib only when drawing
     from cxrlab.plotting import class_colours
 
@@ -407,21 +412,24 @@ def analyze_dataset(
         if record.ok:
             ok_by_class[classes[record.label]].append(record)
 
-    summary = _build_summary(index, records, _splits_of(index, records), ok_by_class)
-    summary["findings"] = findings_of(summary, ok_by_class)
+    numbers = _build_summary(index, records, _splits_of(index, records), ok_by_class)
+    findings = findings_of(numbers, ok_by_class)
 
     colours = class_colours(classes)
-    plots.plot_class_counts(summary, colours, out / PLOTS["class_counts"])
+    plots.plot_class_counts(numbers, colours, out / PLOTS["class_counts"])
     plots.plot_image_sizes(ok_by_class, colours, out / PLOTS["image_sizes"])
     plots.plot_intensity(ok_by_class, colours, out / PLOTS["intensity"])
-    summary["samples"] = plots.plot_samples(
+    samples = plots.plot_samples(
         Path(index.root), ok_by_class, colours, samples_per_class, seed, out / PLOTS["samples"]
     )
     plots.plot_mean_images(ok_by_class, colours, out / PLOTS["mean_images"])
-    summary["class_colours"] = colours
-    summary["files"] = {**PLOTS, "summary_json": "summary.json", "summary_md": "summary.md"}
-
-    summary = _json_safe(summary)  # type: ignore[assignment]
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    atomic_write_text(out / "summary.md", _markdown(summary))
+    summary = replace(
+        numbers,
+        findings=findings,
+        samples=samples,
+        class_colours=colours,
+        files={**PLOTS, "summary_json": SUMMARY_JSON, "summary_md": SUMMARY_MD},
+    )
+    atomic_write_text(out / SUMMARY_JSON, summary.to_json())
+    atomic_write_text(out / SUMMARY_MD, _markdown(summary))
     return summary

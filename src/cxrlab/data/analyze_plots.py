@@ -15,6 +15,7 @@ from PIL import Image
 
 from cxrlab.data.reader import read_grayscale
 from cxrlab.data.scan import HIST_BINS, ImageRecord, most_common_size
+from cxrlab.data.summary import DatasetSummary
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import pct
 from cxrlab.plotting import empty_panel, new_figure, save_figure
@@ -22,11 +23,10 @@ from cxrlab.plotting import empty_panel, new_figure, save_figure
 SAMPLE_MAX_SIDE = 256  # sample images are shrunk to this before plotting
 
 
-def plot_class_counts(summary: dict, colours: dict[str, str], path: Path) -> None:
+def plot_class_counts(summary: DatasetSummary, colours: dict[str, str], path: Path) -> None:
     """Grouped bars: files per class in each split, unreadable files included."""
-    classes = summary["dataset"]["classes"]
-    splits = summary["dataset"]["splits"]
-    counts = summary["counts"]
+    classes, splits = summary.dataset.classes, summary.dataset.splits
+    counts = summary.counts
     figure = new_figure(max(6.0, 1.2 + 0.55 * len(classes) * max(len(splits), 1) + 0.6), 4.6)
     ax = figure.add_subplot()
     if not splits:
@@ -41,13 +41,13 @@ def plot_class_counts(summary: dict, colours: dict[str, str], path: Path) -> Non
         offset = (i - (len(classes) - 1) / 2) * width
         bars = ax.bar(x + offset, values, width * 0.95, label=c, color=colours[c])
         ax.bar_label(bars, labels=[f"{v}" for v in values], padding=2, fontsize=8)
-    ax.set_xticks(x, [f"{s}\n({summary['totals']['per_split'][s]} files)" for s in splits])
+    ax.set_xticks(x, [f"{s}\n({summary.totals.per_split[s]} files)" for s in splits])
     ax.set_ylabel("files")
     ax.set_ylim(0, max(highest, 1) * 1.15)
     ax.spines[["top", "right"]].set_visible(False)
     title = "Files per class and split"
-    if summary["not_ok"]["total"]:
-        title += f" (incl. {summary['not_ok']['total']} unreadable)"
+    if summary.not_ok.total:
+        title += f" (incl. {summary.not_ok.total} unreadable)"
     ax.set_title(title)
     ax.legend(title="class", frameon=False, loc="upper right")
     save_figure(figure, path)
@@ -262,7 +262,7 @@ def plot_samples(
     figure = new_figure(1.55 * cols + 0.9, 1.85 * rows + 0.7)
     axes = np.asarray(figure.subplots(rows, cols, squeeze=False))
     rng = np.random.default_rng(seed)
-    shown: list[dict] = []
+    shown: list[dict[str, str]] = []
     for row, (c, recs) in enumerate(ok_by_class.items()):
         k = min(len(recs), max(samples_per_class, 0))
         picks = sorted(rng.choice(len(recs), size=k, replace=False).tolist()) if k else []

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cxrlab.data.scan import ImageRecord
+from cxrlab.data.summary import DatasetSummary
 from cxrlab.fileio import pct
 
 IMBALANCE_RATIO = 1.5  # largest / smallest class above this counts as imbalanced
@@ -36,12 +37,12 @@ def status_detail(by_status: dict[str, int]) -> str:
     return ", ".join(f"{n} {status.replace('_', ' ')}" for status, n in by_status.items())
 
 
-def _finding_imbalance(summary: dict) -> str | None:
-    splits = summary["dataset"]["splits"]
+def _finding_imbalance(summary: DatasetSummary) -> str | None:
+    splits = summary.dataset.splits
     if not splits:
         return None
     split = "train" if "train" in splits else splits[0]
-    table = summary["counts"][split]
+    table = summary.counts[split]
     whole = sum(table.values())
     if whole == 0 or len(table) < 2:
         return None
@@ -64,8 +65,11 @@ def _finding_imbalance(summary: dict) -> str | None:
     return f"Classes are roughly balanced in {split} (largest/smallest = {ratio:.2f})."
 
 
-def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> str | None:
-    stats = {c: s for c, s in summary["per_class"].items() if s["n_ok"] > 0}
+def _finding_shape(
+    summary: DatasetSummary, ok_by_class: dict[str, list[ImageRecord]]
+) -> str | None:
+    stats = {c: s for c, s in summary.per_class.items() if s.n_ok > 0}
+    common = {c: s.most_common_size for c, s in stats.items() if s.most_common_size}
     if len(stats) < 2:
         return None  # nothing to compare
     # 1) One exact size dominates some classes and is (nearly) absent from others.
@@ -74,22 +78,20 @@ def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> 
     }
     candidates = list(
         dict.fromkeys(  # in class order, so that ties resolve the same way each run
-            (s["most_common_size"]["width"], s["most_common_size"]["height"])
-            for s in stats.values()
-            if s["most_common_size"]["share"] >= MOSTLY
+            (size.width, size.height) for size in common.values() if size.share >= MOSTLY
         )
     )
     best: tuple[int, str] | None = None
     for size in candidates:
-        share = {c: size_counts[c][size] / stats[c]["n_ok"] for c in stats}
+        share = {c: size_counts[c][size] / stats[c].n_ok for c in stats}
         mostly = [c for c in stats if share[c] >= MOSTLY]
         rare = [c for c in stats if share[c] <= RARELY]
         if not mostly or not rare:
             continue
         hits_m = sum(size_counts[c][size] for c in mostly)
         hits_r = sum(size_counts[c][size] for c in rare)
-        n_m = sum(stats[c]["n_ok"] for c in mostly)
-        n_r = sum(stats[c]["n_ok"] for c in rare)
+        n_m = sum(stats[c].n_ok for c in mostly)
+        n_r = sum(stats[c].n_ok for c in rare)
         text = (
             f"{_join(mostly)} {'is' if len(mostly) == 1 else 'are'} mostly exactly "
             f"{size[0]}x{size[1]} ({pct(hits_m / n_m)}), {_join(rare)} almost never "
@@ -101,7 +103,7 @@ def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> 
     if best is not None:
         return best[1]
     # 2) Square against non-square.
-    square = {c: s["square_share"] for c, s in stats.items()}
+    square = {c: s.square_share or 0.0 for c, s in stats.items()}
     mostly = [c for c in stats if square[c] >= MOSTLY]
     rare = [c for c in stats if square[c] <= RARELY]
     if mostly and rare:
@@ -112,7 +114,7 @@ def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> 
             "a format shortcut; resize every image the same way."
         )
     # 3) Aspect ratio or resolution differs.
-    aspects = {c: s["median_aspect"] for c, s in stats.items()}
+    aspects = {c: s.median_aspect or math.nan for c, s in stats.items()}
     lo, hi = min(aspects, key=aspects.get), max(aspects, key=aspects.get)
     if aspects[hi] / aspects[lo] >= ASPECT_RATIO_GAP:
         return (
@@ -123,30 +125,30 @@ def _finding_shape(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> 
     if len(all_sizes) == 1:
         ((w, h),) = all_sizes
         return (
-            f"All {summary['n_ok']} readable images are {w}x{h}: size and shape carry no class "
+            f"All {summary.n_ok} readable images are {w}x{h}: size and shape carry no class "
             "information."
         )
-    pixels = {c: s["width"]["median"] * s["height"]["median"] for c, s in stats.items()}
+    pixels = {c: (s.width.median or 0.0) * (s.height.median or 0.0) for c, s in stats.items()}
     lo, hi = min(pixels, key=pixels.get), max(pixels, key=pixels.get)
     if pixels[hi] / pixels[lo] >= RESOLUTION_GAP:
         return (
-            f"Resolution differs by class (median {stats[hi]['median_size']} for {hi} vs "
-            f"{stats[lo]['median_size']} for {lo}): sharpness or resizing artefacts may hint at "
+            f"Resolution differs by class (median {stats[hi].median_size} for {hi} vs "
+            f"{stats[lo].median_size} for {lo}): sharpness or resizing artefacts may hint at "
             "the class."
         )
     return "Image sizes and shapes look alike across classes: no obvious format shortcut."
 
 
-def _finding_not_ok(summary: dict) -> str | None:
-    bad = summary["not_ok"]
-    if not bad["total"]:
+def _finding_not_ok(summary: DatasetSummary) -> str | None:
+    bad = summary.not_ok
+    if not bad.total:
         return None
     text = (
-        f"{bad['total']} of {summary['n_files']} files cannot be read "
-        f"({status_detail(bad['by_status'])}): they are left out of every statistic and plot; "
+        f"{bad.total} of {summary.n_files} files cannot be read "
+        f"({status_detail(bad.by_status)}): they are left out of every statistic and plot; "
         "remove or fix them before training."
     )
-    lost = [c for c, s in summary["per_class"].items() if s["n_ok"] == 0]
+    lost = [c for c, s in summary.per_class.items() if s.n_ok == 0]
     if lost:
         text += f" {_join(lost)} {'has' if len(lost) == 1 else 'have'} no readable image at all."
     return text
@@ -181,11 +183,11 @@ def _finding_intensity(ok_by_class: dict[str, list[ImageRecord]]) -> str | None:
     )
 
 
-def _finding_border(summary: dict) -> str | None:
+def _finding_border(summary: DatasetSummary) -> str | None:
     borders = {
-        c: s["median_border_fraction"]
-        for c, s in summary["per_class"].items()
-        if s["median_border_fraction"] is not None
+        c: s.median_border_fraction
+        for c, s in summary.per_class.items()
+        if s.median_border_fraction is not None
     }
     if len(borders) < 2:
         return None
@@ -198,8 +200,8 @@ def _finding_border(summary: dict) -> str | None:
     )
 
 
-def _finding_mode(summary: dict) -> str | None:
-    dominant = {c: next(iter(s["modes"])) for c, s in summary["per_class"].items() if s["modes"]}
+def _finding_mode(summary: DatasetSummary) -> str | None:
+    dominant = {c: next(iter(s.modes)) for c, s in summary.per_class.items() if s.modes}
     if len(set(dominant.values())) < 2:
         return None
     detail = ", ".join(f"{c}: {m}" for c, m in dominant.items())
@@ -209,7 +211,7 @@ def _finding_mode(summary: dict) -> str | None:
     )
 
 
-def findings_of(summary: dict, ok_by_class: dict[str, list[ImageRecord]]) -> list[str]:
+def findings_of(summary: DatasetSummary, ok_by_class: dict[str, list[ImageRecord]]) -> list[str]:
     candidates = [
         _finding_imbalance(summary),
         _finding_shape(summary, ok_by_class),

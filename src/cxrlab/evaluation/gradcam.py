@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cxrlab.diagnostics import GradcamSummary
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.lungs import lung_field_mask, lung_masks
 from cxrlab.plotting import empty_panel, figure_text, new_figure, save_figure
@@ -271,13 +272,14 @@ def gradcam_summary(
     seed: int = 0,
     title: str = "",
     layer: str | None = None,
-) -> dict[str, object]:
+) -> GradcamSummary:
     """Grad-CAM of the predicted class of every image and the share of it in the lung fields.
 
     ``images``: uint8 ``(N, S, S)`` at the model's input size; ``labels``: true class indices;
     ``layer``: the Grad-CAM layer (default: :func:`find_target_layer` at ``S`` px).
-    Returns a JSON-ready dict (plain floats, None where undefined); the share means leave out
-    the ``n_zero_maps`` images whose map is zero everywhere (no positive evidence at the layer).
+    Returns the record saved as ``gradcam.json`` (plain floats, None where undefined); the
+    share means leave out the ``n_zero_maps`` images whose map is zero everywhere (no positive
+    evidence at the layer).
     With ``out_png``, also draws example overlays there (see :func:`plot_gradcam_examples`).
     """
     images = np.asarray(images)
@@ -316,25 +318,25 @@ def gradcam_summary(
     predicted = probs.argmax(axis=1)
     correct = predicted == labels
     lung_share, lung_area = _mean(shares["lung_share"]), _mean(shares["lung_area"])
-    summary: dict[str, object] = {
-        "n_images": int(n),
-        "target": "predicted class",
-        "layer": layer,
-        "lung_share": lung_share,
-        "border_share": _mean(shares["border_share"]),
-        "other_share": _mean(shares["other_share"]),
-        "lung_area": lung_area,
-        "lung_enrichment": (
+    summary = GradcamSummary(
+        n_images=int(n),
+        target="predicted class",
+        layer=layer,
+        lung_share=lung_share,
+        border_share=_mean(shares["border_share"]),
+        other_share=_mean(shares["other_share"]),
+        lung_area=lung_area,
+        lung_enrichment=(
             json_number(lung_share / lung_area) if lung_share is not None and lung_area else None
         ),
-        "lung_share_by_class": {
+        lung_share_by_class={
             name: _mean(shares["lung_share"][labels == index]) for index, name in enumerate(classes)
         },
-        "lung_share_correct": _mean(shares["lung_share"][correct]),
-        "lung_share_wrong": _mean(shares["lung_share"][~correct]),
-        "segmented": float(segmented.mean()),
-        "n_zero_maps": int((~np.isfinite(shares["lung_share"])).sum()),
-    }
+        lung_share_correct=_mean(shares["lung_share"][correct]),
+        lung_share_wrong=_mean(shares["lung_share"][~correct]),
+        segmented=float(segmented.mean()),
+        n_zero_maps=int((~np.isfinite(shares["lung_share"])).sum()),
+    )
     if out_png is not None:
         plot_gradcam_examples(
             model,

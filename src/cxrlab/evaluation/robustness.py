@@ -54,6 +54,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from cxrlab.data.cache import RESIZE_MODES, CacheSpec, resize_square
 from cxrlab.data.reader import decode_image
+from cxrlab.diagnostics import Chance, LungFields, Robustness, VariantResult
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.evaluation.lungs import lung_masks
 from cxrlab.evaluation.metrics import classification_metrics
@@ -242,22 +243,16 @@ def robustness_eval(
     device: str | torch.device = "cpu",
     progress: bool = True,
     images: dict[str, np.ndarray] | None = None,
-) -> dict:
+) -> Robustness:
     """Accuracy, balanced accuracy, macro-F1 and per-class recall of ``model`` on every
     variant of the images.
 
     ``spec`` is the model's own preprocessing (image size and resize mode). ``images``, when
     given, is the result of :func:`load_variant_images` for the same ``paths`` and size (the
     lung masks are added to it). Unreadable files are left out (with their labels) and counted
-    in ``unreadable``; ``n_images`` is the number of images evaluated. Returns a JSON-ready
-    dict::
-
-        {"reference": spec.resize, "image_size": S, "n_images": N, "unreadable": k,
-         "variants": {name: {"description", "accuracy", "balanced_accuracy", "macro_f1",
-                             "recall": {class: r}, "accuracy_drop"}},
-         "chance": {"balanced_accuracy": 1/k, "accuracy": majority share, "majority_class"},
-         "lung_fields": {"mode": spec.resize, "segmented": share, "n_segmented": n,
-                         "segmented_by_class": {class: share, None without films}}}
+    in ``unreadable``; ``n_images`` is the number of images evaluated. Returns the record
+    saved as ``robustness.json`` (:class:`~cxrlab.diagnostics.Robustness`): every variant's
+    numbers, the chance levels and the share of films whose lung fields were found.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if len(labels) != len(paths):
@@ -270,7 +265,7 @@ def robustness_eval(
     y_true = labels[readable]
     masks, segmented = lung_fields(images, spec.resize, progress=progress)
     masks, segmented = masks[readable], segmented[readable]
-    results: dict[str, dict] = {}
+    results = {}
     for variant in VARIANT_LIST:
         source = variant.source or spec.resize
         squares = images[source][readable]
@@ -282,54 +277,55 @@ def robustness_eval(
             progress=progress,
             description=f"Robustness: {variant.name}",
         )
-        metrics = classification_metrics(y_true, probs, classes)
-        results[variant.name] = {
-            "description": variant.description,
-            "accuracy": metrics.accuracy,
-            "balanced_accuracy": metrics.balanced_accuracy,
-            "macro_f1": metrics.macro_f1,
-            "recall": {c: metrics.per_class[c].recall for c in classes},
-        }
-    reference = results[spec.resize]["accuracy"]
-    for values in results.values():
-        values["accuracy_drop"] = float(reference - values["accuracy"])
-    return {
-        "reference": spec.resize,
-        "image_size": int(spec.image_size),
-        "n_images": int(readable.sum()),
-        "unreadable": int((~readable).sum()),
-        "variants": results,
-        "chance": chance_levels(y_true, classes),
-        "lung_fields": {
-            "mode": spec.resize,
-            "segmented": float(segmented.mean()),
-            "n_segmented": int(segmented.sum()),
-            "segmented_by_class": {
+        results[variant.name] = classification_metrics(y_true, probs, classes)
+    reference = results[spec.resize].accuracy
+    return Robustness(
+        reference=spec.resize,
+        image_size=int(spec.image_size),
+        n_images=int(readable.sum()),
+        unreadable=int((~readable).sum()),
+        variants={
+            name: VariantResult(
+                description=VARIANTS[name],
+                accuracy=metrics.accuracy,
+                balanced_accuracy=metrics.balanced_accuracy,
+                macro_f1=metrics.macro_f1,
+                recall={c: metrics.per_class[c].recall for c in classes},
+                accuracy_drop=float(reference - metrics.accuracy),
+            )
+            for name, metrics in results.items()
+        },
+        chance=chance_levels(y_true, classes),
+        lung_fields=LungFields(
+            mode=spec.resize,
+            segmented=float(segmented.mean()),
+            n_segmented=int(segmented.sum()),
+            segmented_by_class={
                 c: float(segmented[y_true == k].mean()) if (y_true == k).any() else None
                 for k, c in enumerate(classes)
             },
-        },
-    }
+        ),
+    )
 
 
-def chance_levels(y_true: np.ndarray, classes: list[str]) -> dict[str, object]:
+def chance_levels(y_true: np.ndarray, classes: list[str]) -> Chance:
     """What guessing scores on these labels: the balanced accuracy of any constant guess
     (``1/k``, ``k`` the classes present) and the accuracy of always guessing the majority."""
     counts = np.bincount(np.asarray(y_true, dtype=np.int64), minlength=len(classes))
     majority = int(np.argmax(counts))
-    return {
-        "balanced_accuracy": 1.0 / max(int((counts > 0).sum()), 1),
-        "accuracy": float(counts[majority] / max(counts.sum(), 1)),
-        "majority_class": classes[majority],
-    }
+    return Chance(
+        balanced_accuracy=1.0 / max(int((counts > 0).sum()), 1),
+        accuracy=float(counts[majority] / max(counts.sum(), 1)),
+        majority_class=classes[majority],
+    )
 
 
-def probe_reading(robustness: dict | None) -> str:
+def probe_reading(robustness: Robustness | None) -> str:
     """One line on the lungs-hidden probe of a ``robustness.json``: its balanced accuracy
     against chance and what that says ("not computed" where the file predates the probes)."""
-    hidden = ((robustness or {}).get("variants") or {}).get("lungs-hidden") or {}
-    value = hidden.get("balanced_accuracy")
-    chance = ((robustness or {}).get("chance") or {}).get("balanced_accuracy")
+    hidden = robustness.variants.get("lungs-hidden") if robustness else None
+    value = hidden.balanced_accuracy if hidden else None
+    chance = robustness.chance.balanced_accuracy if robustness and robustness.chance else None
     if value is None or chance is None:
         return "lungs hidden: not computed"
     if value - chance > PROBE_MARGIN:

@@ -16,7 +16,7 @@ them after training; ``cxrlab explain RUN...`` adds them to older runs.
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +25,7 @@ from cxrlab.artifacts import DIAGNOSTIC_FILES, RunDir
 from cxrlab.data.cache import CacheSpec
 from cxrlab.data.split import load_split
 from cxrlab.device import pick_device
+from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.gradcam import gradcam_summary
 from cxrlab.evaluation.robustness import READABLE, load_variant_images, robustness_eval
@@ -32,6 +33,14 @@ from cxrlab.fileio import atomic_write_text
 
 # Decoded test films shared by the runs of one process (one comparison): {(paths, spec): images}.
 _DECODED: dict[tuple[tuple[str, ...], CacheSpec], dict[str, np.ndarray]] = {}
+
+
+@dataclass(frozen=True)
+class Diagnostics:
+    """What :func:`diagnose_run` wrote: ``robustness.json`` and ``gradcam.json``."""
+
+    robustness: Robustness
+    gradcam: GradcamSummary
 
 
 def has_diagnostics(run_dir: Path) -> bool:
@@ -61,7 +70,7 @@ def diagnose_run(
     device: str = "auto",
     progress: bool = True,
     gradcam_per_class: int | None = 100,
-) -> dict[str, dict]:
+) -> Diagnostics:
     """Write the diagnostics of the finished run in ``run_dir``; ``data`` is its dataset root.
 
     Robustness uses every test film; Grad-CAM (a backward pass per film) a seeded sample of
@@ -103,7 +112,7 @@ def diagnose_run(
         device=target,
         progress=progress,
     )
-    atomic_write_text(files.robustness, json.dumps(robustness, indent=2) + "\n")
+    atomic_write_text(files.robustness, robustness.to_json())
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
     gradcam = gradcam_summary(
         model,
@@ -115,5 +124,5 @@ def diagnose_run(
         progress=progress,
         title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
     )
-    atomic_write_text(files.gradcam, json.dumps(gradcam, indent=2) + "\n")
-    return {"robustness": robustness, "gradcam": gradcam}
+    atomic_write_text(files.gradcam, gradcam.to_json())
+    return Diagnostics(robustness, gradcam)

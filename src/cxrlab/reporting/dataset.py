@@ -8,11 +8,11 @@ from pathlib import Path
 
 from markupsafe import Markup
 
-from cxrlab.artifacts import read_json
-from cxrlab.data.analyze import PLOTS
+from cxrlab.data.analyze import PLOTS, SUMMARY_JSON
+from cxrlab.data.summary import DatasetSummary
 from cxrlab.reporting.render import Figure, render
 from cxrlab.reporting.runs import ReportRun
-from cxrlab.reporting.tables import MISSING, Cell, Table
+from cxrlab.reporting.tables import Cell, Table
 
 SUBSETS = ("train", "val", "test")
 ANALYSIS_CAPTIONS = {  # the cxrlab analyze figures shown in the dataset section, in order
@@ -34,37 +34,35 @@ def subsets_table(runs: Sequence[ReportRun]) -> Table:
     return Table(["run", "train", "validation", "test"], rows)
 
 
-def dataset_table(summary: dict) -> Table:
+def dataset_table(summary: DatasetSummary) -> Table:
     """Files per split and class from an analysis summary (and the readable count if fewer)."""
-    classes = summary["dataset"]["classes"]
-    counts, readable = summary.get("counts", {}), summary.get("ok_counts", {})
+    classes = summary.dataset.classes
+    counts, readable = summary.counts, summary.ok_counts
     rows = []
-    for split in summary["dataset"]["splits"]:
+    for split in summary.dataset.splits:
         cells = []
         for c in classes:
-            n, ok = counts.get(split, {}).get(c, 0), readable.get(split, {}).get(c, 0)
+            n, ok = counts[split][c], readable[split][c]
             cells.append(Cell(str(n), f"({ok} readable)" if ok != n else ""))
-        rows.append([Cell(split), *cells, Cell(str(sum(counts.get(split, {}).values())))])
+        rows.append([Cell(split), *cells, Cell(str(sum(counts[split].values())))])
     return Table(["split", *classes, "total"], rows)
 
 
 def dataset_html(analysis_dir: Path | None, runs: Sequence[ReportRun]) -> Markup:
     """The analysis summary (counts, findings, figures) when given, and each run's subsets."""
-    summary_file = analysis_dir / "summary.json" if analysis_dir else None
-    summary = read_json(summary_file) if summary_file and summary_file.is_file() else None
+    summary = DatasetSummary.load_optional(analysis_dir / SUMMARY_JSON) if analysis_dir else None
     context: dict[str, object] = {"analysis_dir": analysis_dir, "summary": summary}
-    if summary is not None:
-        dataset = summary.get("dataset", {})
-        n_files, n_ok = summary.get("n_files", MISSING), summary.get("n_ok", MISSING)
+    if analysis_dir is not None and summary is not None:
+        dataset = summary.dataset
         context |= {
             "about": {
-                "dataset": str(dataset.get("name", MISSING)),
-                "folder": str(dataset.get("root", MISSING)),
-                "layout": str(dataset.get("layout", MISSING)),
-                "files": f"{n_files} ({n_ok} readable)",
+                "dataset": dataset.name,
+                "folder": dataset.root,
+                "layout": dataset.layout,
+                "files": f"{summary.n_files} ({summary.n_ok} readable)",
             },
             "counts": dataset_table(summary),
-            "findings": [str(finding) for finding in summary.get("findings") or []],
+            "findings": summary.findings,
             "figures": [
                 Figure(analysis_dir / PLOTS[key], caption)
                 for key, caption in ANALYSIS_CAPTIONS.items()

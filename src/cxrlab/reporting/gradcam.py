@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from markupsafe import Markup
 
 from cxrlab.artifacts import GRADCAM_JSON
+from cxrlab.diagnostics import GradcamSummary
 from cxrlab.reporting.render import Figure, render
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (
@@ -24,7 +25,7 @@ from cxrlab.reporting.tables import (
     number,
 )
 
-# gradcam.json share keys, their table header and which way is better (None: not ranked)
+# the shares (gradcam.csv columns), their table header and which way is better (None: not ranked)
 GRADCAM_SHARES = (
     ("lung_share", "lung share", True),
     ("border_share", "border share", False),
@@ -48,8 +49,18 @@ GRADCAM_FIELDS = (
 )
 
 
-def _share(data: dict, key: str) -> Cell:
-    return Cell(fmt(data.get(key)))
+def _numbers(data: GradcamSummary | None) -> dict[str, float | None]:
+    """The numbers of a run's ``gradcam.json`` by ``gradcam.csv`` column (None without one)."""
+    return {
+        "lung_share": data.lung_share if data else None,
+        "border_share": data.border_share if data else None,
+        "other_share": data.other_share if data else None,
+        "lung_area": data.lung_area if data else None,
+        "lung_enrichment": data.lung_enrichment if data else None,
+        "lung_share_correct": data.lung_share_correct if data else None,
+        "lung_share_wrong": data.lung_share_wrong if data else None,
+        "segmented": data.segmented if data else None,
+    }
 
 
 def gradcam_table(runs: Sequence[ReportRun]) -> Table:
@@ -75,26 +86,25 @@ def gradcam_table(runs: Sequence[ReportRun]) -> Table:
             dashes = [Cell(MISSING)] * (len(headers) - 2)
             rows.append([Cell(run.label), Cell(NOT_COMPUTED), *dashes])
             continue
-        enrichment = number(data.get("lung_enrichment"))
-        by_class = data.get("lung_share_by_class") or {}
+        numbers, enrichment = _numbers(data), number(data.lung_enrichment)
         rows.append(
             [
                 Cell(run.label),
-                Cell(str(data.get("layer") or MISSING)),
-                Cell(str(data.get("n_images", MISSING))),
-                *(_share(data, key) for key, _, _ in GRADCAM_SHARES),
+                Cell(data.layer or MISSING),
+                Cell(str(data.n_images)),
+                *(Cell(fmt(numbers[key])) for key, _, _ in GRADCAM_SHARES),
                 Cell(f"{fmt(enrichment, 2)}×" if math.isfinite(enrichment) else MISSING),
-                _share(data, "lung_share_correct"),
-                _share(data, "lung_share_wrong"),
-                *(Cell(fmt(by_class.get(c))) for c in classes),
-                Cell(fmt_percent(data.get("segmented"))),
+                Cell(fmt(data.lung_share_correct)),
+                Cell(fmt(data.lung_share_wrong)),
+                *(Cell(fmt(data.lung_share_by_class.get(c))) for c in classes),
+                Cell(fmt_percent(data.segmented)),
             ]
         )
     table = Table(headers, rows, text=(0, 1))
     ranked = [(key, higher) for key, _, higher in GRADCAM_SHARES] + [("lung_enrichment", True)]
     for j, (key, higher) in enumerate(ranked):
         if higher is not None:
-            values = [number((r.gradcam or {}).get(key)) for r in runs]
+            values = [number(_numbers(r.gradcam)[key]) for r in runs]
             table.bold_best(3 + j, values, higher)
     return table
 
@@ -112,22 +122,19 @@ def gradcam_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
         row = csv_row(fields, run=run.label, computed=bool(run.gradcam))
         if run.gradcam:
             data = run.gradcam
-            for key in ("n_images", "target", "layer"):
-                row[key] = "" if data.get(key) is None else data[key]
-            for key in GRADCAM_FIELDS[5:]:
-                row[key] = csv_number(data.get(key))
-            by_class = data.get("lung_share_by_class") or {}
+            row |= {"n_images": data.n_images, "target": data.target, "layer": data.layer}
+            row |= {key: csv_number(value) for key, value in _numbers(data).items()}
             for c in run.classes:
-                row[f"lung_share_{c}"] = csv_number(by_class.get(c))
+                row[f"lung_share_{c}"] = csv_number(data.lung_share_by_class.get(c))
         rows.append(row)
     return rows
 
 
 def gradcam_caption(run: ReportRun) -> str:
     """The caption of a run's Grad-CAM overlay figure."""
-    data = run.gradcam or {}
-    target = data.get("target") or "predicted class"
-    layer = f" at layer {data['layer']}" if data.get("layer") else ""
+    data = run.gradcam
+    target = (data.target if data else "") or "predicted class"
+    layer = f" at layer {data.layer}" if data and data.layer else ""
     return (
         f"{run.label}: Grad-CAM of the {target}{layer}, overlaid on test images; rows: true "
         "class; columns: correctly classified examples, then wrongly classified ones."

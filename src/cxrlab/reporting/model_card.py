@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
+from cxrlab.diagnostics import Robustness
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
@@ -177,24 +178,20 @@ def external_lines(external: list[Evaluation]) -> list[str]:
     return lines
 
 
-def robustness_lines(robustness: dict | None) -> list[str]:
+def robustness_lines(robustness: Robustness | None) -> list[str]:
     """Accuracy on each variant of the test films and what the lung probes say."""
-    if not robustness:
+    if robustness is None:
         return ["- not computed (`cxrlab explain RUN --data DATA`)"]
     lines = [
-        f"- {markdown_escape(name)}: accuracy {v.get('accuracy', NAN):.3f}"
-        + (
-            f" ({-v['accuracy_drop']:+.3f} against its own preprocessing)"
-            if "accuracy_drop" in v
-            else ""
-        )
-        for name, v in robustness.get("variants", {}).items()
+        f"- {markdown_escape(name)}: accuracy {v.accuracy:.3f} "
+        f"({-v.accuracy_drop:+.3f} against its own preprocessing)"
+        for name, v in robustness.variants.items()
     ]
-    found = (robustness.get("lung_fields") or {}).get("segmented")
+    found = robustness.lung_fields
     where = (
         ""
         if found is None
-        else (f" (lung fields found on {found:.0%} of the films, a template elsewhere)")
+        else f" (lung fields found on {found.segmented:.0%} of the films, a template elsewhere)"
     )
     lines.append(f"- **{probe_reading(robustness)}**{where}")
     return lines
@@ -276,7 +273,7 @@ def model_card(run_dir: Path) -> str:
         "",
         "## Robustness probes (test split)",
         "",
-        *robustness_lines(_json(files.robustness)),
+        *robustness_lines(Robustness.load_optional(files.robustness)),
         "",
         "## Known limitations",
         "",

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from markupsafe import Markup
 
 from cxrlab.artifacts import ROBUSTNESS_JSON
+from cxrlab.diagnostics import VariantResult
 from cxrlab.evaluation.robustness import PROBES, VARIANTS, probe_reading
 from cxrlab.reporting.render import render
 from cxrlab.reporting.runs import ReportRun
@@ -23,7 +24,6 @@ from cxrlab.reporting.tables import (
     fmt,
     fmt_change,
     fmt_percent,
-    number,
 )
 
 
@@ -31,7 +31,7 @@ def robustness_variants(runs: Sequence[ReportRun]) -> list[str]:
     """The variant names of every run's ``robustness.json``: :data:`VARIANTS` order, then others."""
     found: list[str] = []
     for run in runs:
-        for name in (run.robustness or {}).get("variants", {}):
+        for name in run.robustness.variants if run.robustness else ():
             if name not in found:
                 found.append(name)
     known = [name for name in VARIANTS if name in found]
@@ -43,27 +43,32 @@ def variant_descriptions(runs: Sequence[ReportRun]) -> dict[str, str]:
     described = {}
     for name in robustness_variants(runs):
         texts = [
-            r.robustness["variants"][name].get("description")
+            r.robustness.variants[name].description
             for r in runs
-            if r.robustness and name in r.robustness.get("variants", {})
+            if r.robustness and name in r.robustness.variants
         ]
         described[name] = next((t for t in texts if t), VARIANTS.get(name, MISSING))
     return described
 
 
-def _variant(run: ReportRun, name: str) -> dict:
-    return (run.robustness or {}).get("variants", {}).get(name) or {}
+def _variant(run: ReportRun, name: str) -> VariantResult | None:
+    return run.robustness.variants.get(name) if run.robustness else None
+
+
+def _accuracy(run: ReportRun, name: str) -> float:
+    variant = _variant(run, name)
+    return variant.accuracy if variant else math.nan
 
 
 def worst_drop(run: ReportRun) -> tuple[float, str]:
     """The largest accuracy drop over the variants other than the reference, and its variant."""
     if not run.robustness:
         return math.nan, ""
-    reference = run.robustness.get("reference")
+    reference = run.robustness.reference
     drops = [
-        (number(v.get("accuracy_drop")), name)
-        for name, v in run.robustness.get("variants", {}).items()
-        if name not in (reference, *PROBES) and math.isfinite(number(v.get("accuracy_drop")))
+        (v.accuracy_drop, name)
+        for name, v in run.robustness.variants.items()
+        if name not in (reference, *PROBES) and math.isfinite(v.accuracy_drop)
     ]
     return max(drops) if drops else (math.nan, "")
 
@@ -71,42 +76,40 @@ def worst_drop(run: ReportRun) -> tuple[float, str]:
 def _probe_cells(run: ReportRun) -> list[Cell]:
     """The probe columns of a run: balanced accuracy with the lungs hidden and with only the
     lungs (chance in brackets), and the share of films whose lungs were found (per class)."""
-    data = run.robustness or {}
-    chance = fmt((data.get("chance") or {}).get("balanced_accuracy"))
+    data = run.robustness
+    chance = fmt(data.chance.balanced_accuracy if data and data.chance else None)
     cells = []
     for name in PROBES:
-        value = _variant(run, name).get("balanced_accuracy")
+        variant = _variant(run, name)
+        value = variant.balanced_accuracy if variant else None
         computed = value is not None
         cells.append(Cell(fmt(value), f"(chance {chance})") if computed else Cell(NOT_COMPUTED))
-    found = data.get("lung_fields") or {}
-    if found.get("segmented") is None:
+    found = data.lung_fields if data else None
+    if found is None:
         return [*cells, Cell(NOT_COMPUTED)]
-    by_class = ", ".join(
-        f"{c} {fmt_percent(v)}" for c, v in (found.get("segmented_by_class") or {}).items()
-    )
-    return [*cells, Cell(fmt_percent(found["segmented"]), f"({by_class})" if by_class else "")]
+    by_class = ", ".join(f"{c} {fmt_percent(v)}" for c, v in found.segmented_by_class.items())
+    return [*cells, Cell(fmt_percent(found.segmented), f"({by_class})" if by_class else "")]
 
 
 def _row(run: ReportRun, names: Sequence[str]) -> list[Cell]:
     """A run's own preprocessing, test images, each format variant's accuracy with the change
     against the reference, the worst drop and the probes."""
     data = run.robustness
-    unreadable = int(data.get("unreadable") or 0)
-    skipped = f"({unreadable} unreadable)" if unreadable else ""
+    assert data is not None  # rows of runs without robustness.json are "not computed"
+    skipped = f"({data.unreadable} unreadable)" if data.unreadable else ""
     row = [
         Cell(run.label),
-        Cell(f"{data.get('reference', MISSING)} {data.get('image_size', MISSING)}px"),
-        Cell(str(data.get("n_images", MISSING)), skipped),
+        Cell(f"{data.reference} {data.image_size}px"),
+        Cell(str(data.n_images), skipped),
     ]
     for name in names:
         variant = _variant(run, name)
-        if not variant:
+        if variant is None:
             row.append(Cell(MISSING))
             continue
-        own = name == data.get("reference")
-        change = -number(variant.get("accuracy_drop"))
-        note = "(reference)" if own else f"({fmt_change(change)})"
-        row.append(Cell(fmt(variant.get("accuracy")), note))
+        own = name == data.reference
+        note = "(reference)" if own else f"({fmt_change(-variant.accuracy_drop)})"
+        row.append(Cell(fmt(variant.accuracy), note))
     drop, where = worst_drop(run)
     row.append(Cell(fmt(drop), f"({where})" if where else ""))
     return row + _probe_cells(run)
@@ -126,7 +129,7 @@ def robustness_table(runs: Sequence[ReportRun]) -> Table:
     headers = ["run", "own preprocessing", "test images", *names, "worst drop", *probes]
     table = Table([*headers, "lungs found"], rows, text=(0, 1))
     for j, name in enumerate(names):
-        accuracies = [number(_variant(r, name).get("accuracy")) for r in runs]
+        accuracies = [_accuracy(r, name) for r in runs]
         table.bold_best(3 + j, accuracies, True)
     table.bold_best(3 + len(names), [worst_drop(r)[0] for r in runs], False)
     return table
@@ -162,6 +165,26 @@ def robustness_fields(runs: Sequence[ReportRun]) -> list[str]:
     ]
 
 
+def _variant_fields(
+    name: str, variant: VariantResult | None, classes: Sequence[str]
+) -> dict[str, str]:
+    """The ``robustness.csv`` columns of one variant (empty where the run lacks it)."""
+    numbers = (
+        {
+            "accuracy": csv_number(variant.accuracy),
+            "accuracy_drop": csv_number(variant.accuracy_drop),
+            "balanced_accuracy": csv_number(variant.balanced_accuracy),
+            "macro_f1": csv_number(variant.macro_f1),
+        }
+        if variant
+        else dict.fromkeys(("accuracy", "accuracy_drop", "balanced_accuracy", "macro_f1"), "")
+    )
+    recalls = {c: csv_number(variant.recall.get(c) if variant else None) for c in classes}
+    return {f"{name}_{key}": value for key, value in numbers.items()} | {
+        f"{name}_recall_{c}": value for c, value in recalls.items()
+    }
+
+
 def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
     """One dict per run: the rows of ``robustness.csv`` (numbers empty where not computed)."""
     fields = robustness_fields(runs)
@@ -172,26 +195,23 @@ def robustness_rows(runs: Sequence[ReportRun]) -> list[dict[str, object]]:
             data = run.robustness
             drop, where = worst_drop(run)
             row |= {
-                "reference": data.get("reference", ""),
-                "image_size": data.get("image_size", ""),
-                "n_images": data.get("n_images", ""),
-                "unreadable": data.get("unreadable", ""),
+                "reference": data.reference,
+                "image_size": data.image_size,
+                "n_images": data.n_images,
+                "unreadable": data.unreadable,
                 "worst_drop": csv_number(drop),
                 "worst_variant": where,
             }
             for name in robustness_variants(runs):
-                variant = _variant(run, name)
-                for key in ("accuracy", "accuracy_drop", "balanced_accuracy", "macro_f1"):
-                    row[f"{name}_{key}"] = csv_number(variant.get(key)) if variant else ""
-                for c in run.classes:
-                    recall = (variant.get("recall") or {}).get(c)
-                    row[f"{name}_recall_{c}"] = csv_number(recall)
-            chance, found = data.get("chance") or {}, data.get("lung_fields") or {}
-            row["chance_balanced_accuracy"] = csv_number(chance.get("balanced_accuracy"))
-            row["chance_accuracy"] = csv_number(chance.get("accuracy"))
-            row["lungs_segmented"] = csv_number(found.get("segmented"))
+                row |= _variant_fields(name, _variant(run, name), run.classes)
+            chance, found = data.chance, data.lung_fields
+            if chance is not None:
+                row["chance_balanced_accuracy"] = csv_number(chance.balanced_accuracy)
+                row["chance_accuracy"] = csv_number(chance.accuracy)
+            if found is not None:
+                row["lungs_segmented"] = csv_number(found.segmented)
             for c in run.classes:
-                share = (found.get("segmented_by_class") or {}).get(c)
+                share = found.segmented_by_class.get(c) if found else None
                 row[f"lungs_segmented_{c}"] = csv_number(share)
         rows.append(row)
     return rows

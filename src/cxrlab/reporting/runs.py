@@ -3,7 +3,8 @@
 A run folder (written by ``cxrlab train``) holds ``config.json`` (the recipe), ``metrics.json``
 (the chosen checkpoint's numbers), ``history.csv`` (one row per epoch, counted from 0) and
 ``test_predictions.csv``; later commands add ``robustness.json``, ``gradcam.json`` and
-``gradcam.png``. They are read here as typed records (:mod:`cxrlab.records`) and CSV, so that
+``gradcam.png``. They are read here as typed records (:mod:`cxrlab.records`,
+:mod:`cxrlab.diagnostics`) and CSV, so that
 rendering a report loads neither Lightning nor :mod:`cxrlab.training`.
 """
 
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlab.artifacts import RunDir, optional_json, read_json
+from cxrlab.artifacts import RunDir, read_json
+from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.predict import read_predictions
 from cxrlab.fileio import open_text
@@ -69,8 +71,8 @@ class ReportRun:
     y_true: np.ndarray
     probs: np.ndarray
     label: str  # metrics.run, plus the folder name where two runs of a report share it
-    robustness: dict | None = None  # robustness.json, when the run has one
-    gradcam: dict | None = None  # gradcam.json, when the run has one
+    robustness: Robustness | None = None  # robustness.json, when the run has one
+    gradcam: GradcamSummary | None = None  # gradcam.json, when the run has one
 
     @property
     def gradcam_png(self) -> Path | None:
@@ -133,8 +135,8 @@ def load_run(run_dir: Path) -> ReportRun:
         y_true,
         probs,
         metrics.run,
-        robustness=optional_json(files.robustness),
-        gradcam=optional_json(files.gradcam),
+        robustness=Robustness.load_optional(files.robustness),
+        gradcam=GradcamSummary.load_optional(files.gradcam),
     )
 
 
