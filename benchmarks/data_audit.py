@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from cxrlab.data.audit_records import AuditReport
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
@@ -119,29 +120,22 @@ def main() -> int:
         return 0
     audit_s = timed_cli("audit", str(args.data), "--out", str(args.out / "audit"))
     analyze_s = timed_cli("analyze", str(args.data), "--out", str(args.out / "analysis"))
-    audit = json.loads((args.out / "audit" / "audit.json").read_text())
-    s, sc = audit["summary"], audit["shortcut"]
+    audit = AuditReport.load(args.out / "audit" / "audit.json")
+    s, sc = audit.summary, audit.shortcut
     print("\n=== cxrlab data benchmark ===")
     print(f"data: {args.data}")
     print(f"audit:   {audit_s:6.1f} s   analyze: {analyze_s:6.1f} s   (goal: each < 120 s)")
+    print(f"files {s.files}, unreadable {s.unreadable or 0}, excluded {s.status['excluded']}")
+    print(f"exact duplicates: {s.exact_duplicate_groups} groups / {s.exact_duplicate_files} files")
+    print(f"near duplicates:  {s.near_duplicate_groups} groups / {s.near_duplicate_files} files")
+    print(f"leakage across splits: {s.leakage_groups} groups / {s.leakage_files} files")
+    print(f"label conflicts: {s.label_conflict_groups} groups")
     print(
-        f"files {s['files']}, unreadable {s['unreadable'] or 0}, excluded {s['status']['excluded']}"
+        f"shortcut check ({sc.level}): CV accuracy {sc.cv_accuracy:.3f} vs majority "
+        f"{sc.majority_rate:.3f}; balanced {sc.cv_balanced_accuracy:.3f} vs chance "
+        f"{sc.chance_balanced:.3f}; train->test accuracy {sc.test_accuracy:.3f}"
     )
-    print(
-        f"exact duplicates: {s['exact_duplicate_groups']} groups / "
-        f"{s['exact_duplicate_files']} files"
-    )
-    print(
-        f"near duplicates:  {s['near_duplicate_groups']} groups / {s['near_duplicate_files']} files"
-    )
-    print(f"leakage across splits: {s['leakage_groups']} groups / {s['leakage_files']} files")
-    print(f"label conflicts: {s['label_conflict_groups']} groups")
-    print(
-        f"shortcut check ({sc['level']}): CV accuracy {sc['cv_accuracy']:.3f} vs majority "
-        f"{sc['majority_rate']:.3f}; balanced {sc['cv_balanced_accuracy']:.3f} vs chance "
-        f"{sc['chance_balanced']:.3f}; train->test accuracy {sc['test_accuracy']:.3f}"
-    )
-    for line in sc["explanation"]:
+    for line in sc.explanation:
         print(f"  - {line}")
     started = time.perf_counter()
     check = detector_check(args.data)

@@ -58,11 +58,12 @@ def test_artifacts_import_neither_torch_nor_lightning() -> None:
 
 def test_records_import_neither_torch_nor_lightning() -> None:
     code = (
-        "import sys, cxrlab.records, cxrlab.diagnostics, cxrlab.data.summary; "
-        "print('\\n'.join(sorted(sys.modules)))"
+        "import sys, cxrlab.records, cxrlab.diagnostics, cxrlab.data.summary, "
+        "cxrlab.data.audit_records; print('\\n'.join(sorted(sys.modules)))"
     )
     found = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.split()
-    assert {"cxrlab.records", "cxrlab.diagnostics", "cxrlab.data.summary"} <= set(found)
+    modules = ("records", "diagnostics", "data.summary", "data.audit_records")
+    assert {f"cxrlab.{name}" for name in modules} <= set(found)
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning")] == []

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 from conftest import save, smooth_image
 from PIL import Image
 
-from cxrlab.data.audit import AuditConfig, audit_records, read_manifest, run_audit
+from cxrlab.data.audit import AuditConfig, audit_records, markdown_report, read_manifest, run_audit
+from cxrlab.data.audit_records import AuditReport
 from cxrlab.data.discover import discover
 from cxrlab.data.duplicates import near_pairs
 from cxrlab.data.scan import scan_dataset
@@ -78,9 +80,9 @@ def test_each_problem_is_found_and_explained(messy_tree: Path) -> None:
     assert status_of(result, "A(1).png")[0] == "ok"  # the first copy is kept
     assert status_of(result, "Data/test/B/B(0).png")[0] == "ok"  # test copies stay
     summary = result.summary
-    assert summary["leakage_groups"] == 1 and summary["label_conflict_groups"] == 1
-    assert summary["unreadable"] == {"empty": 1, "not_image": 1, "truncated": 1}
-    assert summary["status"]["ok"] == 18 - 1  # of the 18 originals only A(2) (label conflict) goes
+    assert summary.leakage_groups == 1 and summary.label_conflict_groups == 1
+    assert summary.unreadable == {"empty": 1, "not_image": 1, "truncated": 1}
+    assert summary.status["ok"] == 18 - 1  # of the 18 originals only A(2) (label conflict) goes
 
 
 def test_clean_distinct_images_are_not_flagged(kaggle_tree: Path) -> None:
@@ -136,3 +138,44 @@ def test_manifest_and_report_files(messy_tree: Path, tmp_path: Path) -> None:
 def test_missing_manifest_is_named(tmp_path: Path) -> None:
     with pytest.raises(CxrlabError, match="manifest not found"):
         read_manifest(tmp_path)
+
+
+def test_audit_json_is_a_typed_record_read_strictly(messy_tree: Path, tmp_path: Path) -> None:
+    out = tmp_path / "audit"
+    result = run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
+    path = out / "audit.json"
+    data = json.loads(path.read_text())
+    loaded = AuditReport.load(path)
+    assert loaded == result.report() and loaded.to_json() == path.read_text()  # byte for byte
+    assert markdown_report(loaded) == (out / "audit.md").read_text()  # audit.md: from audit.json
+    assert loaded.summary.leakage_groups == 1 and loaded.shortcut is not None
+    assert {p.path for p in loaded.problems} >= {"Data/train/B/leak.jpg", "Data/train/A/empty.jpg"}
+    typo = json.loads(json.dumps(data))
+    typo["duplicate_groups"][0]["note"] = "x"
+    lost = json.loads(json.dumps(data))
+    del lost["shortcut"]["level"]
+    broken_path = tmp_path / "audit.json"
+    for broken, message in (
+        (typo, "duplicate_groups.0.note: unknown key"),
+        (lost, "shortcut.level: missing key"),
+        (data | {"summary": data["summary"] | {"leakage": 1}}, "summary.leakage: unknown key"),
+        ({k: v for k, v in data.items() if k != "problems"}, "problems: missing key"),
+    ):
+        broken_path.write_text(json.dumps(broken))
+        with pytest.raises(CxrlabError) as error:
+            AuditReport.load(broken_path)
+        assert str(error.value) == f"{broken_path}: {message}"
+
+
+def test_model_card_reads_the_audit_beside_the_manifest(messy_tree: Path, tmp_path: Path) -> None:
+    from cxrlab.reporting.model_card import _audit_of
+
+    out = tmp_path / "audit"
+    run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
+    for manifest in (out, out / "manifest.csv"):
+        assert _audit_of({"manifest": str(manifest)}) == AuditReport.load(out / "audit.json")
+    assert _audit_of({"manifest": None}) is None
+    assert _audit_of({"manifest": str(tmp_path / "elsewhere" / "manifest.csv")}) is None
+    (out / "audit.json").write_text('{"root": "x"}')
+    with pytest.raises(CxrlabError, match=r"audit\.json: classes: missing key"):
+        _audit_of({"manifest": str(out)})

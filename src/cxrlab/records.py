@@ -9,7 +9,7 @@ The records are plain dataclasses (saved with :func:`dataclasses.asdict`); pydan
 and builds them from JSON. The numbers are computed in :mod:`cxrlab.evaluation`; this module
 imports neither torch nor Lightning, so that reports and tools read runs without the training
 stack. :class:`JsonRecord` and :func:`parse` serve the other files' records too
-(:mod:`cxrlab.diagnostics`, :mod:`cxrlab.data.summary`).
+(:mod:`cxrlab.diagnostics`, :mod:`cxrlab.data.summary`, :mod:`cxrlab.data.audit_records`).
 """
 
 from __future__ import annotations

@@ -75,25 +75,25 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
     table = Table(title=f"Audit of {shown(result.root)}", show_header=True)
     table.add_column("check")
     table.add_column("result", justify="right")
-    table.add_row("files", str(s["files"]))
-    table.add_row("kept per split", ", ".join(f"{k} {v}" for k, v in s["kept_per_split"].items()))
-    table.add_row("unreadable", ", ".join(f"{k} {v}" for k, v in s["unreadable"].items()) or "0")
-    table.add_row(f"too small (< {result.config.min_size} px)", str(s["too_small"]))
+    table.add_row("files", str(s.files))
+    table.add_row("kept per split", ", ".join(f"{k} {v}" for k, v in s.kept_per_split.items()))
+    table.add_row("unreadable", ", ".join(f"{k} {v}" for k, v in s.unreadable.items()) or "0")
+    table.add_row(f"too small (< {result.config.min_size} px)", str(s.too_small))
     table.add_row(
         "exact duplicates: groups (files)",
-        f"{s['exact_duplicate_groups']} ({s['exact_duplicate_files']})",
+        f"{s.exact_duplicate_groups} ({s.exact_duplicate_files})",
     )
     table.add_row(
         "near duplicates: groups (files)",
-        f"{s['near_duplicate_groups']} ({s['near_duplicate_files']})",
+        f"{s.near_duplicate_groups} ({s.near_duplicate_files})",
     )
     table.add_row(
-        "LEAKAGE across splits: groups (files)", f"{s['leakage_groups']} ({s['leakage_files']})"
+        "LEAKAGE across splits: groups (files)", f"{s.leakage_groups} ({s.leakage_files})"
     )
-    table.add_row("label conflicts (groups)", str(s["label_conflict_groups"]))
-    table.add_row("excluded (see manifest)", str(s["status"]["excluded"]))
+    table.add_row("label conflicts (groups)", str(s.label_conflict_groups))
+    table.add_row("excluded (see manifest)", str(s.status["excluded"]))
     console.print(table)
-    if s["leakage_groups"]:
+    if s.leakage_groups:
         leaks = [g for g in result.groups if g.cross_split]
         lines = [" <-> ".join(g.members) for g in leaks[:10]]
         more = f"\n... and {len(leaks) - 10} more (audit.md)" if len(leaks) > 10 else ""
@@ -104,7 +104,7 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
                 border_style="red",
             )
         )
-    if s["label_conflict_groups"]:
+    if s.label_conflict_groups:
         conflicts = [g for g in result.groups if g.label_conflict]
         lines = [
             " <-> ".join(f"{m} ({c})" for m, c in zip(g.members, g.classes)) for g in conflicts[:10]

@@ -9,7 +9,8 @@ It writes, into its output folder only:
 * ``manifest.csv``: one row per file: ``status`` (``ok``, ``warning`` or ``excluded``),
   ``reasons`` and the measured properties. Later commands read it (``--manifest``) to skip
   excluded files.
-* ``audit.json`` and ``audit.md``: the summary, every duplicate group, the shortcut check.
+* ``audit.json`` and ``audit.md``: the summary, every duplicate group, the shortcut check
+  (an :class:`~cxrlab.data.audit_records.AuditReport`; ``audit.md`` is rendered from it).
 * ``duplicates.png`` and ``shortcuts.png``.
 
 Exclusion policy: unreadable and too-small files are excluded. Of a group of copies, the
@@ -22,20 +23,21 @@ right is unknown) and flagged in test.
 from __future__ import annotations
 
 import csv
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex, natural_key
-from cxrlab.data.duplicates import (
-    DEFAULT_THRESHOLD,
+from cxrlab.data.audit_records import (
+    AuditConfig,
+    AuditReport,
+    AuditSummary,
     DuplicateGroup,
-    exact_pairs,
-    group_pairs,
-    near_pairs,
+    Problem,
+    ShortcutReport,
 )
+from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex, natural_key
+from cxrlab.data.duplicates import exact_pairs, group_pairs, near_pairs
 from cxrlab.data.scan import ImageRecord, scan_dataset
-from cxrlab.data.shortcuts import FEATURES, ShortcutReport, shortcut_check
+from cxrlab.data.shortcuts import FEATURES, shortcut_check
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
 
@@ -44,17 +46,6 @@ MANIFEST_FIELDS = (
     "path", "split", "class", "status", "reasons", "duplicate_group", "file_format", "mode",
     "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
 )  # fmt: skip
-
-
-@dataclass
-class AuditConfig:
-    """Options of one audit run (saved in audit.json)."""
-
-    min_size: int = 64
-    near_threshold: float = DEFAULT_THRESHOLD
-    workers: int = 2
-    folds: int = 5
-    seed: int = 0
 
 
 @dataclass
@@ -70,7 +61,27 @@ class AuditResult:
     groups: list[DuplicateGroup]
     group_of: dict[int, int]
     shortcut: ShortcutReport | None
-    summary: dict[str, object] = field(default_factory=dict)
+    summary: AuditSummary
+
+    def problems(self) -> list[Problem]:
+        """The files that are not ``ok``, in record order."""
+        return [
+            Problem(path=r.path, status=s, reasons=why)
+            for r, s, why in zip(self.records, self.statuses, self.reasons)
+            if s != "ok"
+        ]
+
+    def report(self) -> AuditReport:
+        """What ``audit.json`` holds (everything but the per-file measurements)."""
+        return AuditReport(
+            root=self.root,
+            classes=self.classes,
+            config=self.config,
+            summary=self.summary,
+            shortcut=self.shortcut,
+            duplicate_groups=self.groups,
+            problems=self.problems(),
+        )
 
 
 def _split_rank(split: str) -> int:
@@ -158,7 +169,7 @@ def audit_records(
     train = [r for r in kept if r.split == "train"]
     test = [r for r in kept if r.split == "test"]
     shortcut = shortcut_check(train, index.classes, test, folds=config.folds, seed=config.seed)
-    result = AuditResult(
+    return AuditResult(
         root=str(index.root),
         classes=index.classes,
         config=config,
@@ -168,50 +179,51 @@ def audit_records(
         groups=groups,
         group_of=group_of,
         shortcut=shortcut,
+        summary=summarize(records, statuses, reasons, groups, shortcut),
     )
-    result.summary = summarize(result)
-    return result
 
 
-def summarize(result: AuditResult) -> dict[str, object]:
-    """Counts a person reads first."""
-    records = result.records
+def summarize(
+    records: list[ImageRecord],
+    statuses: list[str],
+    reasons: list[list[str]],
+    groups: list[DuplicateGroup],
+    shortcut: ShortcutReport | None,
+) -> AuditSummary:
+    """Counts a person reads first (``statuses`` and ``reasons`` aligned with ``records``)."""
     unreadable: dict[str, int] = {}
     for record in records:
         if not record.ok:
             unreadable[record.status] = unreadable.get(record.status, 0) + 1
 
     def count(prefix: str) -> int:
-        return sum(any(r.startswith(prefix) for r in reasons) for reasons in result.reasons)
+        return sum(any(r.startswith(prefix) for r in why) for why in reasons)
 
-    exact = [g for g in result.groups if g.exact]
-    near = [g for g in result.groups if not g.exact]
-    leaking = [g for g in result.groups if g.cross_split]
-    status_counts = {s: result.statuses.count(s) for s in ("ok", "warning", "excluded")}
+    exact = [g for g in groups if g.exact]
+    near = [g for g in groups if not g.exact]
+    leaking = [g for g in groups if g.cross_split]
     kept = {
-        split: sum(
-            1 for r, s in zip(records, result.statuses) if r.split == split and s != "excluded"
-        )
+        split: sum(1 for r, s in zip(records, statuses) if r.split == split and s != "excluded")
         for split in SPLIT_ORDER
         if any(r.split == split for r in records)
     }
-    return {
-        "files": len(records),
-        "status": status_counts,
-        "kept_per_split": kept,
-        "unreadable": unreadable,
-        "too_small": count("too_small"),
-        "exact_duplicate_groups": len(exact),
-        "exact_duplicate_files": sum(len(g.members) for g in exact),
-        "near_duplicate_groups": len(near),
-        "near_duplicate_files": sum(len(g.members) for g in near),
-        "leakage_groups": len(leaking),
-        "leakage_files": sum(len(g.members) for g in leaking),
-        "label_conflict_groups": sum(g.label_conflict for g in result.groups),
-        "excluded_as_duplicate": count("duplicate") + count("near_duplicate"),
-        "excluded_as_leakage": count("leakage"),
-        "shortcut_level": result.shortcut.level if result.shortcut else "not run",
-    }
+    return AuditSummary(
+        files=len(records),
+        status={s: statuses.count(s) for s in ("ok", "warning", "excluded")},
+        kept_per_split=kept,
+        unreadable=unreadable,
+        too_small=count("too_small"),
+        exact_duplicate_groups=len(exact),
+        exact_duplicate_files=sum(len(g.members) for g in exact),
+        near_duplicate_groups=len(near),
+        near_duplicate_files=sum(len(g.members) for g in near),
+        leakage_groups=len(leaking),
+        leakage_files=sum(len(g.members) for g in leaking),
+        label_conflict_groups=sum(g.label_conflict for g in groups),
+        excluded_as_duplicate=count("duplicate") + count("near_duplicate"),
+        excluded_as_leakage=count("leakage"),
+        shortcut_level=shortcut.level if shortcut else "not run",
+    )
 
 
 def write_manifest(result: AuditResult, path: Path) -> None:
@@ -261,58 +273,48 @@ def write_audit_files(result: AuditResult, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(result, out_dir / MANIFEST_NAME)
-    payload = {
-        "root": result.root,
-        "classes": result.classes,
-        "config": asdict(result.config),
-        "summary": result.summary,
-        "shortcut": result.shortcut.to_dict() if result.shortcut else None,
-        "duplicate_groups": [asdict(g) for g in result.groups],
-        "problems": [
-            {"path": r.path, "status": s, "reasons": why}
-            for r, s, why in zip(result.records, result.statuses, result.reasons)
-            if s != "ok"
-        ],
-    }
-    atomic_write_text(out_dir / "audit.json", json.dumps(payload, indent=2))
+    report = result.report()
+    atomic_write_text(out_dir / "audit.json", report.to_json())
     plot_duplicates(result.groups, Path(result.root), out_dir / "duplicates.png")
     plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
-    atomic_write_text(out_dir / "audit.md", markdown_report(result))
+    atomic_write_text(out_dir / "audit.md", markdown_report(report))
 
 
-def markdown_report(result: AuditResult) -> str:
-    """``audit.md``: the summary, flagged duplicate groups, the shortcut check and the problem
-    files; every file and class name escaped (:func:`~cxrlab.fileio.markdown_escape`)."""
+def markdown_report(report: AuditReport) -> str:
+    """``audit.md`` (from what ``audit.json`` holds): the summary, flagged duplicate groups, the
+    shortcut check and the problem files; every file and class name escaped
+    (:func:`~cxrlab.fileio.markdown_escape`)."""
     md = markdown_escape
-    s = result.summary
+    s, config = report.summary, report.config
     lines = [
-        f"# Data audit: {md(result.root)}",
+        f"# Data audit: {md(report.root)}",
         "",
-        f"{s['files']} files; status: {s['status']}; kept per split: {s['kept_per_split']}.",
+        f"{s.files} files; status: {s.status}; kept per split: {s.kept_per_split}.",
         "",
         *markdown_table(
             ["check", "count"],
             [
-                ["unreadable (by kind)", f"{s['unreadable'] or 0}"],
-                [f"too small (< {result.config.min_size} px)", f"{s['too_small']}"],
+                ["unreadable (by kind)", f"{s.unreadable or 0}"],
+                [f"too small (< {config.min_size} px)", f"{s.too_small}"],
                 [
                     "exact duplicate groups (files)",
-                    f"{s['exact_duplicate_groups']} ({s['exact_duplicate_files']})",
+                    f"{s.exact_duplicate_groups} ({s.exact_duplicate_files})",
                 ],
                 [
-                    f"near-duplicate groups (files), NCC >= {result.config.near_threshold}",
-                    f"{s['near_duplicate_groups']} ({s['near_duplicate_files']})",
+                    f"near-duplicate groups (files), NCC >= {config.near_threshold}",
+                    f"{s.near_duplicate_groups} ({s.near_duplicate_files})",
                 ],
                 [
                     "**groups leaking across splits (files)**",
-                    f"**{s['leakage_groups']} ({s['leakage_files']})**",
+                    f"**{s.leakage_groups} ({s.leakage_files})**",
                 ],
-                ["groups with conflicting labels", f"{s['label_conflict_groups']}"],
+                ["groups with conflicting labels", f"{s.label_conflict_groups}"],
             ],
         ),
         "",
     ]
-    flagged = [g for g in result.groups if g.cross_split or g.label_conflict or not g.exact]
+    groups = report.duplicate_groups
+    flagged = [g for g in groups if g.cross_split or g.label_conflict or not g.exact]
     if flagged:
         lines += [
             "## Leakage, label conflicts and near duplicates",
@@ -332,7 +334,7 @@ def markdown_report(result: AuditResult) -> str:
         )
         lines.append("")
     lines += ["![duplicates](duplicates.png)", ""]
-    sc = result.shortcut
+    sc = report.shortcut
     if sc:
         lines += [
             "## Shortcut check",
@@ -353,17 +355,13 @@ def markdown_report(result: AuditResult) -> str:
             )
         lines += [f"- level: **{sc.level}**", ""] + [f"- {md(line)}" for line in sc.explanation]
         lines += ["", "![shortcuts](shortcuts.png)", ""]
-    problems = [
-        (r.path, st, why)
-        for r, st, why in zip(result.records, result.statuses, result.reasons)
-        if st != "ok"
-    ]
+    problems = report.problems
     if problems:
         lines += [
             "## Files excluded or flagged",
             "",
         ]
-        rows = [[md(p), st, md("; ".join(why))] for p, st, why in problems[:500]]
+        rows = [[md(p.path), p.status, md("; ".join(p.reasons))] for p in problems[:500]]
         if len(problems) > 500:
             rows.append([f"... {len(problems) - 500} more in manifest.csv", "", ""])
         lines += markdown_table(["file", "status", "reasons"], rows)

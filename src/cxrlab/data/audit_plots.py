@@ -10,9 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from cxrlab.data.duplicates import DuplicateGroup  # noqa: E402
+from cxrlab.data.audit_records import DuplicateGroup, ShortcutReport  # noqa: E402
 from cxrlab.data.reader import read_grayscale  # noqa: E402
-from cxrlab.data.shortcuts import ShortcutReport  # noqa: E402
 from cxrlab.errors import ImageReadError  # noqa: E402
 from cxrlab.plotting import figure_text  # noqa: E402
 

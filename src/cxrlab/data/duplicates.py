@@ -10,6 +10,9 @@ Why not a perceptual hash: at 8x8 most chest films look alike (a dHash flags tho
 pairs of different patients). On the real Kaggle data the 64x64 NCC of different films
 reaches 0.97 at its 99.999th percentile while re-encoded or resized copies stay above 0.99;
 ``benchmarks/data_audit.py`` measures recall on synthetic copies and the false-positive rate.
+
+The audit groups the pairs into :class:`~cxrlab.data.audit_records.DuplicateGroup` records
+(what ``audit.json`` holds), where ``DEFAULT_THRESHOLD`` is defined too.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cxrlab.data.audit_records import DEFAULT_THRESHOLD
 from cxrlab.data.scan import ImageRecord
 
 COARSE_SIZE, FINE_SIZE = 16, 64
 COARSE_THRESHOLD = 0.95  # real copies score >= 0.998 at 16x16 on the Kaggle data
-DEFAULT_THRESHOLD = 0.98
 
 
 @dataclass(frozen=True)
@@ -113,16 +116,3 @@ def group_pairs(n: int, pairs: list[DuplicatePair]) -> list[list[int]]:
         if root in members:
             members[root].append(i)
     return sorted((sorted(set(group)) for group in members.values()), key=lambda g: g[0])
-
-
-@dataclass
-class DuplicateGroup:
-    """Files that are copies of one image."""
-
-    members: list[str]
-    splits: list[str]
-    classes: list[str]
-    exact: bool
-    min_similarity: float
-    cross_split: bool = False
-    label_conflict: bool = False

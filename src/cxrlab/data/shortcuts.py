@@ -5,12 +5,12 @@ file size, mean intensity, black border) with stratified cross-validation on the
 training split, then, if there is a test split, trained on train and scored on test.
 Its accuracy is reported next to the majority-class rate and its balanced accuracy next
 to chance; each feature is also scored alone, to say *which* format property leaks.
+The result is a :class:`~cxrlab.data.audit_records.ShortcutReport` (saved in ``audit.json``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from sklearn.ensemble import RandomForestClassifier
@@ -18,30 +18,10 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.tree import DecisionTreeClassifier
 
+from cxrlab.data.audit_records import ShortcutReport
 from cxrlab.data.scan import ImageRecord
 
 FEATURES = ("width", "height", "aspect", "file_size", "mean_intensity", "border_fraction")
-
-
-@dataclass
-class ShortcutReport:
-    """What the format-only classifier achieves, and which features carry it."""
-
-    n_train: int
-    folds: int
-    majority_rate: float
-    chance_balanced: float
-    cv_accuracy: float
-    cv_balanced_accuracy: float
-    test_accuracy: float | None
-    test_balanced_accuracy: float | None
-    per_class_recall: dict[str, float]  # of the all-feature classifier (CV)
-    single_feature: dict[str, float]  # balanced accuracy of each feature alone (CV)
-    level: str  # "low", "moderate" or "high"
-    explanation: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
 
 
 def feature_matrix(records: list[ImageRecord]) -> np.ndarray:

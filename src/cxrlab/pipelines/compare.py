@@ -169,7 +169,7 @@ def run_comparison(
         result = run_audit(index, out / "audit", AuditConfig(workers=workers), progress=progress)
         manifest = out / "audit" / "manifest.csv"
         records = result.records
-        excluded = result.summary["status"]["excluded"]
+        excluded = result.summary.status["excluded"]
         say(f"Audit: {excluded} file(s) excluded from training (see {out / 'audit' / 'audit.md'})")
     else:
         records = scan_dataset(index, workers=workers, progress=progress)

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
+from cxrlab.data.audit_records import AuditReport
 from cxrlab.diagnostics import Robustness
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.robustness import probe_reading
@@ -29,7 +30,6 @@ KAGGLE_CONFOUND = (
 )
 LARGE_GAP = 0.10  # a balanced-accuracy drop off the own test split: a failure to transfer
 CALIBRATION_HOLDS = 0.05  # an ECE above this on an external set: the calibration does not carry
-NAN = float("nan")
 INTENDED_USE = (
     "Research and teaching: comparing CNNs on chest X-rays and studying what they learn. **Not a "
     "diagnostic device**: it has not been validated prospectively or on the population it would "
@@ -57,13 +57,15 @@ def _ci(interval: Interval | None) -> str:
     return "–" if interval is None else str(interval)
 
 
-def _audit_of(config: dict) -> dict | None:
-    """The audit the run's manifest came from (``audit.json`` beside ``manifest.csv``)."""
+def _audit_of(config: dict) -> AuditReport | None:
+    """The audit the run's manifest came from (``audit.json`` beside ``manifest.csv``); None
+    when the run used no manifest or there is no ``audit.json`` beside it, an error naming the
+    file when there is one that does not load."""
     manifest = config.get("manifest")
     if not manifest:
         return None
     folder = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
-    return _json(folder / "audit.json")
+    return AuditReport.load_optional(folder / "audit.json")
 
 
 def _external(run_dir: Path) -> list[Evaluation]:
@@ -95,7 +97,7 @@ def model_lines(metrics: RunMetrics) -> list[str]:
     ]
 
 
-def training_data_lines(metrics: RunMetrics, audit: dict | None) -> list[str]:
+def training_data_lines(metrics: RunMetrics, audit: AuditReport | None) -> list[str]:
     """Images per subset, unreadable files, and what the audit knows of the sources."""
     sizes = ", ".join(f"{k} {v}" for k, v in metrics.sizes.items())
     lines = [f"- images per subset: {sizes}"]
@@ -103,19 +105,17 @@ def training_data_lines(metrics: RunMetrics, audit: dict | None) -> list[str]:
         lines.append(f"- unreadable files left out: {len(metrics.skipped)}")
     if audit is None:
         return [*lines, "- audit: not known (the run used no audit manifest)"]
-    summary, shortcut = audit.get("summary", {}), audit.get("shortcut") or {}
-    excluded = summary.get("status", {}).get("excluded", 0)
+    summary, shortcut = audit.summary, audit.shortcut
+    excluded = summary.status.get("excluded", 0)
     lines.append(
-        f"- audit: {summary.get('files', '–')} files; {excluded} excluded (duplicates, leakage "
-        f"across splits, unreadable); {summary.get('leakage_groups', 0)} groups leaked across "
-        "splits"
+        f"- audit: {summary.files} files; {excluded} excluded (duplicates, leakage across splits, "
+        f"unreadable); {summary.leakage_groups} groups leaked across splits"
     )
     if shortcut:
         lines.append(
-            f"- **shortcut check: {shortcut.get('level', '?')}**: a classifier that sees only the "
-            "file format (size, aspect, file size, intensity, border) reaches balanced accuracy "
-            f"{shortcut.get('cv_balanced_accuracy', NAN):.1%} "
-            f"(chance {shortcut.get('chance_balanced', NAN):.1%}); "
+            f"- **shortcut check: {shortcut.level}**: a classifier that sees only the file format "
+            "(size, aspect, file size, intensity, border) reaches balanced accuracy "
+            f"{shortcut.cv_balanced_accuracy:.1%} (chance {shortcut.chance_balanced:.1%}); "
             "the classes differ in source, not only in disease"
         )
     return lines
@@ -198,11 +198,11 @@ def robustness_lines(robustness: Robustness | None) -> list[str]:
 
 
 def limitation_lines(
-    metrics: RunMetrics, audit: dict | None, external: list[Evaluation]
+    metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
 ) -> list[str]:
     """Known limitations in plain words: sources, transfer, scope, calibration."""
     limitations = []
-    if audit and (audit.get("shortcut") or {}).get("level") in ("high", "moderate"):
+    if audit and audit.shortcut and audit.shortcut.level in ("high", "moderate"):
         limitations.append(
             "The classes of the training data come from different sources (the audit's shortcut "
             "check), so the model can score well on its own test split by recognising the source."
