@@ -246,3 +246,68 @@ def test_compare_scores_every_model_on_every_external_set(
     assert "TUBERCULOSIS" in capsys.readouterr().err and not (tmp_path / "cmp2" / "runs").exists()
     assert run(["compare", str(tiny_data[0]), "--external", "adults"]) == 2
     assert "--external adults: write NAME=PATH" in capsys.readouterr().err
+
+
+def test_card_limitations_name_the_set_the_gap_and_the_worst_confusion() -> None:
+    """What serve shows beside every answer stands on its own: the set, both balanced accuracies,
+    the class most often called another, and the ECE where calibration does not hold."""
+    from cxrlab.records import (
+        CalibrationEffect,
+        ClassResult,
+        Evaluation,
+        Internal,
+        Interval,
+        Reliability,
+        RunCalibration,
+        RunMetrics,
+    )
+    from cxrlab.reporting.model_card import limitation_lines
+
+    ci = lambda v: Interval(v, v - 0.02, v + 0.02)  # noqa: E731
+    classes = ["COVID19", "NORMAL", "PNEUMONIA"]
+    adult = Evaluation(
+        name="adult",
+        data="x",
+        split="train",
+        arch="mobilenet_v2",
+        classes=classes,
+        present=["COVID19", "NORMAL"],
+        n=800,
+        accuracy=ci(0.55),
+        balanced_accuracy=ci(0.55),
+        macro_f1=None,
+        macro_auc=None,
+        ece=0.31,
+        per_class={
+            "COVID19": ClassResult(400, ci(0.92), ci(0.5), {"COVID19": 366, "NORMAL": 30}, None),
+            "NORMAL": ClassResult(400, ci(0.17), ci(0.7), {"COVID19": 324, "NORMAL": 68}, None),
+        },
+        internal=Internal(1223, {"COVID19": 0.9, "NORMAL": 0.96}, 0.93),
+        ece_uncalibrated=0.30,
+    )
+    bins = Reliability([0.5], [0.5], [1])
+    metrics = RunMetrics(
+        run="r",
+        description="d",
+        classes=classes,
+        sizes={},
+        best_epoch=0,
+        epochs_run=1,
+        best_val_macro_f1=0.9,
+        parameters=1,
+        trainable_parameters=1,
+        timings={},
+        training_processes=1,
+        skipped={},
+        inference_img_per_s=1.0,
+        inference_device="cpu",
+        calibration=RunCalibration(1.0, CalibrationEffect(1, 0.1, 0.1, 0.1, 0.1, bins, bins)),
+    )
+    text = "\n".join(limitation_lines(metrics, None, [adult]))
+    assert (
+        "Measured on adult (800 films from elsewhere): its accuracy does not carry over to films "
+        "from other hospitals (balanced accuracy 0.55 there, 0.93 on its own test split; of its "
+        "400 NORMAL films, 324 were called COVID19)." in text
+    )
+    assert "not calibrated (ECE 0.31 on adult)" in text
+    assert "above" not in text

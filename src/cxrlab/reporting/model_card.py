@@ -197,6 +197,24 @@ def robustness_lines(robustness: Robustness | None) -> list[str]:
     return lines
 
 
+def _worst_confusion(ev: Evaluation) -> str:
+    """``; of its 400 NORMAL films, 324 were called COVID19``: the class most often called
+    another, on an external set (empty when every film is called its own class)."""
+    wrong = [
+        (n, name, other)
+        for name, result in ev.per_class.items()
+        for other, n in result.called.items()
+        if other != name and n
+    ]
+    if not wrong:
+        return ""
+    n, name, other = max(wrong)
+    total = ev.per_class[name].n
+    return (
+        f"; of its {total} {markdown_escape(name)} films, {n} were called {markdown_escape(other)}"
+    )
+
+
 def limitation_lines(
     metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
 ) -> list[str]:
@@ -208,10 +226,14 @@ def limitation_lines(
             "check), so the model can score well on its own test split by recognising the source."
             + (KAGGLE_CONFOUND if metrics.classes == KAGGLE_CLASSES else "")
         )
-    if any(ev.internal and _gap(ev) < -LARGE_GAP for ev in external):
-        limitations.append(
-            "Measured above: its accuracy does not carry over to films from other hospitals."
-        )
+    for ev in external:
+        if ev.internal and _gap(ev) < -LARGE_GAP:
+            limitations.append(
+                f"Measured on {markdown_escape(ev.name)} ({ev.n} films from elsewhere): its "
+                "accuracy does not carry over to films from other hospitals (balanced accuracy "
+                f"{ev.balanced_accuracy.value:.2f} there, {ev.internal.balanced_accuracy:.2f} on "
+                f"its own test split{_worst_confusion(ev)})."
+            )
     limitations.append(
         "Trained and tested on frontal films as stored in its dataset; other views, devices, ages "
         "and populations are out of scope until evaluated."
@@ -221,10 +243,13 @@ def limitation_lines(
             "Probabilities are those of the network (no calibration step): read them as scores, "
             "not as risks."
         )
-    elif any(ev.ece_uncalibrated is not None and ev.ece > CALIBRATION_HOLDS for ev in external):
+    elif off := [
+        ev for ev in external if ev.ece_uncalibrated is not None and ev.ece > CALIBRATION_HOLDS
+    ]:
+        eces = ", ".join(f"ECE {ev.ece:.2f} on {markdown_escape(ev.name)}" for ev in off)
         limitations.append(
             "Probabilities were calibrated on the training hospital's validation films; on films "
-            "from elsewhere they are not calibrated (ECE above): read them as scores there, not "
+            f"from elsewhere they are not calibrated ({eces}): read them as scores there, not "
             "as risks."
         )
     return [f"- {item}" for item in limitations]
