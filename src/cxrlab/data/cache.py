@@ -38,6 +38,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -108,6 +109,25 @@ def decode_square(source: ImageSource, spec: CacheSpec, *, name: str | None = No
 def load_square(source: ImageSource, spec: CacheSpec, *, name: str | None = None) -> np.ndarray:
     """The pixels of :func:`decode_square`: ``uint8 (S, S)``."""
     return decode_square(source, spec, name=name).pixels
+
+
+def read_squares(
+    files: Sequence[Path],
+    spec: CacheSpec,
+    errors: dict[str, str],
+    *,
+    progress: bool = True,
+    description: str = "Reading",
+) -> Iterator[tuple[Path, np.ndarray]]:
+    """Each readable file with its square (:func:`load_square`), in order, as it is read; a file
+    that cannot be decoded is skipped and its reason put in ``errors``."""
+    for path in track(files, total=len(files), description=description, enabled=progress):
+        try:
+            square = load_square(path, spec)
+        except ImageReadError as exc:
+            errors[str(path)] = str(exc)
+            continue
+        yield path, square
 
 
 def _load_resized(args: tuple[Path, CacheSpec]) -> np.ndarray | str:

@@ -45,10 +45,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from cxrlab.data.cache import CacheSpec, load_square
-from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.data.cache import CacheSpec, read_squares
+from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open
-from cxrlab.progress import track
 
 QUANTILE = 0.99  # of the validation films' scores: the threshold
 OOD_FORMAT = "cxrlab-ood-v1"
@@ -287,12 +286,11 @@ def score_files(
             scores.append(stats.score(head_features(model, images)))
             batch.clear()
 
-    for path in track(files, total=len(files), description="OOD scores", enabled=progress):
-        try:
-            batch.append(load_square(path, spec))
-            readable.append(path)
-        except ImageReadError as exc:
-            errors[str(path)] = str(exc)
+    for path, square in read_squares(
+        files, spec, errors, progress=progress, description="OOD scores"
+    ):
+        batch.append(square)
+        readable.append(path)
         if len(batch) >= batch_size:
             flush()
     flush()

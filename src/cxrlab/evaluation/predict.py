@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrlab.data.cache import CacheSpec, load_square
+from cxrlab.data.cache import CacheSpec, read_squares
 from cxrlab.data.discover import natural_key
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.device import pick_device
-from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
 from cxrlab.fileio import atomic_open, open_text
 from cxrlab.progress import track
@@ -257,15 +257,10 @@ def predict_files(
         checkpoint if isinstance(checkpoint, Predictor) else load_predictor(checkpoint, device)
     )
     arch, classes, spec = predictor.arch, predictor.classes, predictor.spec
-    readable: list[Path] = []
-    squares: list[np.ndarray] = []  # uint8 S x S each, decoded once
     errors: dict[str, str] = {}
-    for path in track(files, total=len(files), description="Reading", enabled=progress):
-        try:
-            squares.append(load_square(path, spec))
-            readable.append(path)
-        except ImageReadError as exc:
-            errors[str(path)] = str(exc)
+    pairs = list(read_squares(files, spec, errors, progress=progress))  # each decoded once
+    readable = [path for path, _ in pairs]
+    squares = [square for _, square in pairs]  # uint8 S x S
     if not squares:
         return FilePredictions(
             arch,

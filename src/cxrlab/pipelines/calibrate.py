@@ -7,10 +7,9 @@ from pathlib import Path
 
 from cxrlab.artifacts import RunDir
 from cxrlab.device import pick_device
-from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, locked
-from cxrlab.training.prepared import prepare_data, subset_logits
+from cxrlab.training.prepared import prepare_run_data, subset_logits
 from cxrlab.training.run import RunResult
 from cxrlab.training.testing import calibrate_and_test
 
@@ -39,19 +38,15 @@ def calibrate_run(
     tta = bool(extra.get("tta", False))
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
-        prepared = prepare_data(
+        prepared = prepare_run_data(
             data,
             config,
-            split_file=RunDir(run_dir).split,
+            RunDir(run_dir).split,
+            model.classes,
             cache_root=cache_root,
             workers=workers,
             progress=progress,
         )
-        if prepared.classes != list(model.classes):
-            raise CxrlabError(
-                f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} "
-                "(is this the run's dataset?)"
-            )
         if config.target_recall:
             parse_target_recall(config.target_recall, prepared.classes)
         torch_device = pick_device(device)

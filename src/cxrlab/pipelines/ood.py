@@ -34,7 +34,7 @@ def fit_run_ood(
     from cxrlab.models.checkpoint import load_checkpoint_with_extra
     from cxrlab.training.config import RunConfig
     from cxrlab.training.frozen import extract_features
-    from cxrlab.training.prepared import prepare_data
+    from cxrlab.training.prepared import prepare_run_data
 
     files = RunDir(run_dir)
     if not files.is_finished or not files.split.is_file():
@@ -45,19 +45,15 @@ def fit_run_ood(
     config = RunConfig.load(files.config)
     spec = CacheSpec.of_checkpoint(extra)
     config = config.updated(image_size=spec.image_size, resize=spec.resize)
-    prepared = prepare_data(
+    prepared = prepare_run_data(
         data,
         config,
-        split_file=files.split,
+        files.split,
+        model.classes,
         cache_root=cache_root,
         workers=workers,
         progress=progress,
     )
-    if prepared.classes != list(model.classes):
-        raise CxrlabError(
-            f"{data}: classes {prepared.classes} are not the run's {list(model.classes)} "
-            "(is this the run's dataset?)"
-        )
     for name, why in list(prepared.skipped.items())[:5]:
         say(f"skipped {name}: {why}")
     torch_device = pick_device(device)

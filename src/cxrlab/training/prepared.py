@@ -91,6 +91,35 @@ def prepare_data(
     return PreparedData(index, cache, subsets, rows, skipped)
 
 
+def prepare_run_data(
+    data: Path,
+    config: RunConfig,
+    split_file: Path,
+    classes: list[str],
+    *,
+    cache_root: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> PreparedData:
+    """A finished run's data again, for a step after training (calibrate, the OOD statistics):
+    ``data`` cached at the run's size, split by the run's own ``split_file``; an error when its
+    classes are not the run's ``classes``."""
+    prepared = prepare_data(
+        data,
+        config,
+        split_file=split_file,
+        cache_root=cache_root,
+        workers=workers,
+        progress=progress,
+    )
+    if prepared.classes != list(classes):
+        raise CxrlabError(
+            f"{data}: classes {prepared.classes} are not the run's {list(classes)} "
+            "(is this the run's dataset?)"
+        )
+    return prepared
+
+
 def subset_logits(
     model: CxrClassifier | torch.nn.Module,
     prepared: PreparedData,
