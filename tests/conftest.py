@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +25,14 @@ def smooth_image(seed: int, size: tuple[int, int] = (80, 96)) -> np.ndarray:
     array = np.asarray(image, dtype=np.float64)
     array = (array - array.min()) / max(array.max() - array.min(), 1) * 255
     return array.astype(np.uint8)
+
+
+def modules_loaded_by(*modules: str) -> list[str]:
+    """Every module a fresh interpreter has loaded after importing ``modules``."""
+    code = f"import sys, {', '.join(modules)}; print('\\n'.join(sorted(sys.modules)))"
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
 
 
 def save(path: Path, pixels: np.ndarray, **kwargs: object) -> Path:

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import modules_loaded_by
 
 from cxrlab.artifacts import RunDir, optional_json, read_json
 from cxrlab.errors import CxrlabError
@@ -48,22 +47,13 @@ def test_config_with_an_unknown_field_is_refused_not_dropped(tmp_path: Path) -> 
 
 
 def test_artifacts_import_neither_torch_nor_lightning() -> None:
-    code = "import sys, cxrlab.artifacts; print('\\n'.join(sorted(sys.modules)))"
-    found = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    found = modules_loaded_by("cxrlab.artifacts")
     assert "cxrlab.artifacts" in found
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning", "numpy")] == []
 
 
 def test_records_import_neither_torch_nor_lightning() -> None:
-    code = (
-        "import sys, cxrlab.records, cxrlab.diagnostics, cxrlab.data.summary, "
-        "cxrlab.data.audit_records; print('\\n'.join(sorted(sys.modules)))"
-    )
-    found = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
     modules = ("records", "diagnostics", "data.summary", "data.audit_records")
+    found = modules_loaded_by(*(f"cxrlab.{name}" for name in modules))
     assert {f"cxrlab.{name}" for name in modules} <= set(found)
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning")] == []

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 
+from conftest import modules_loaded_by
 from PIL import Image
 
 from cxrlab.reporting.render import Figure, render
@@ -95,13 +94,7 @@ def test_templates_escape_every_value() -> None:
 
 def test_reporting_imports_no_training_code() -> None:
     """Rendering a report or a model card loads neither Lightning nor cxrlab.training."""
-    code = (
-        "import sys, cxrlab.reporting.report, cxrlab.reporting.model_card; "
-        "print('\\n'.join(sorted(sys.modules)))"
-    )
-    found = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout.split()
+    found = modules_loaded_by("cxrlab.reporting.report", "cxrlab.reporting.model_card")
     assert "cxrlab.reporting.report" in found
     forbidden = ("lightning", "pytorch_lightning", "cxrlab.training")
     assert [name for name in found if name.startswith(forbidden)] == []
