@@ -44,6 +44,12 @@ def machine() -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPU cores, {gpu}, torch {torch.__version__}"
 
 
+def cxrlab(args: list[str]) -> None:
+    """Run ``cxrlab ARGS`` in a child process, printing the command first; fails on failure."""
+    print("$ cxrlab " + shlex.join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "cxrlab", *args], check=True)
+
+
 def real_data_parser(description: str) -> argparse.ArgumentParser:
     """The real-data benchmarks' parser: ``--data`` and ``--weights``, from ../shared by default."""
     parser = argparse.ArgumentParser(description=description)

@@ -23,8 +23,6 @@ Skips (exit 0, with a message) when ../shared is absent. Re-running reuses finis
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
+from compare_real import cxrlab, machine, real_data_parser, shared_missing  # noqa: E402
 
 from cxrlab.artifacts import RunDir  # noqa: E402
 from cxrlab.diagnostics import GradcamSummary, Robustness  # noqa: E402
@@ -44,11 +42,6 @@ HEADLINE = (
     ("recall_COVID19", "COVID19 recall"),
 )
 GOALS = {"accuracy": 0.98, "macro_f1": 0.97, "recall_COVID19": 0.97}
-
-
-def cxrlab(args: list[str]) -> None:
-    print("$ cxrlab " + shlex.join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "cxrlab", *args], check=True)
 
 
 def headline(test: ClassificationMetrics) -> dict[str, float]:

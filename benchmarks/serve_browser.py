@@ -18,36 +18,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start(model: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    args = ["serve", str(model), "--port", str(port), *extra]
-    print("$ cxrlab " + shlex.join(args), flush=True)
-    server = subprocess.Popen([sys.executable, "-m", "cxrlab", *args], stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(240):
-        if server.poll() is not None:
-            raise SystemExit(f"cxrlab serve exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url + "api/model", timeout=2):
-                return server, url
-        except OSError:
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit(f"cxrlab serve did not answer on {url}")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_latency import Server  # noqa: E402
 
 
 def main() -> int:
@@ -55,6 +30,7 @@ def main() -> int:
     parser.add_argument("model", type=Path, help="run folder, model.pt or .onnx")
     parser.add_argument("films", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks/serve-browser"))
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--serve-option", action="append", default=[], help="passed to serve")
     args = parser.parse_args()
     chromium = next(filter(None, map(shutil.which, ("chromium", "chromium-browser"))), None)
@@ -63,47 +39,44 @@ def main() -> int:
         return 0
     from playwright.sync_api import expect, sync_playwright
 
-    server, url = start(args.model, args.serve_option)
     problems: list[str] = []
     failed = False
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium, headless=True)
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda error: problems.append(str(error)))
-            page.goto(url)
-            expect(page.locator("#model-summary")).not_to_be_empty()
-            print("model:", " ".join(page.locator("#model-summary").text_content().split()))
-            page.set_input_files("#files", [str(f) for f in args.films])
-            expect(page.locator("#table tbody tr")).to_have_count(len(args.films), timeout=300_000)
-            pytorch = "ONNX" not in page.locator("#model-summary").text_content()
-            for card in page.locator(".card").all():
-                name = card.locator(".filename").text_content()
-                if "error" in (card.get_attribute("class") or ""):
-                    print(f"- {name}: {card.locator('.status').text_content()}")
-                    continue
-                bars = card.locator(".bar-row").all_text_contents()
-                overlay = card.locator(".overlay").is_visible()
-                ood = card.locator(".ood-warning")
-                warned = ood.count() > 0 and ood.is_visible()
-                print(f"- {name}: " + "; ".join(" ".join(b.split()) for b in bars))
-                print(f"    {card.locator('.decision').text_content()}")
-                if card.locator(".operating").count():
-                    print(f"    {card.locator('.operating').text_content()}")
-                print(f"    Grad-CAM overlay shown: {overlay}; OOD warning shown: {warned}")
-                failed |= not bars or (pytorch and not overlay)
-            print("known limitations on the page:")
-            for item in page.locator("#limitations li").all_text_contents():
-                print(f"  - {' '.join(item.split())}")
-            args.out.mkdir(parents=True, exist_ok=True)
-            shot = args.out / f"{args.model.resolve().name}.png"
-            page.screenshot(path=str(shot), full_page=True)
-            print(f"screenshot: {shot}")
-            browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    server = Server(args.model, args.device, args.serve_option)
+    print("$ cxrlab " + shlex.join(server.args), flush=True)
+    with server, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium, headless=True)
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(str(error)))
+        page.goto(server.url + "/")
+        expect(page.locator("#model-summary")).not_to_be_empty()
+        print("model:", " ".join(page.locator("#model-summary").text_content().split()))
+        page.set_input_files("#files", [str(f) for f in args.films])
+        expect(page.locator("#table tbody tr")).to_have_count(len(args.films), timeout=300_000)
+        pytorch = "ONNX" not in page.locator("#model-summary").text_content()
+        for card in page.locator(".card").all():
+            name = card.locator(".filename").text_content()
+            if "error" in (card.get_attribute("class") or ""):
+                print(f"- {name}: {card.locator('.status').text_content()}")
+                continue
+            bars = card.locator(".bar-row").all_text_contents()
+            overlay = card.locator(".overlay").is_visible()
+            ood = card.locator(".ood-warning")
+            warned = ood.count() > 0 and ood.is_visible()
+            print(f"- {name}: " + "; ".join(" ".join(b.split()) for b in bars))
+            print(f"    {card.locator('.decision').text_content()}")
+            if card.locator(".operating").count():
+                print(f"    {card.locator('.operating').text_content()}")
+            print(f"    Grad-CAM overlay shown: {overlay}; OOD warning shown: {warned}")
+            failed |= not bars or (pytorch and not overlay)
+        print("known limitations on the page:")
+        for item in page.locator("#limitations li").all_text_contents():
+            print(f"  - {' '.join(item.split())}")
+        args.out.mkdir(parents=True, exist_ok=True)
+        shot = args.out / f"{args.model.resolve().name}.png"
+        page.screenshot(path=str(shot), full_page=True)
+        print(f"screenshot: {shot}")
+        browser.close()
     problems = [p for p in problems if "status of 415" not in p and "status of 422" not in p]
     for problem in problems:
         print(f"page error: {problem}")

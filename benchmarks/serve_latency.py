@@ -28,6 +28,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -68,11 +69,13 @@ def post(url: str, body: bytes, content_type: str) -> float:
 class Server:
     """``cxrlab serve MODEL`` in a subprocess, until the ``with`` block ends."""
 
-    def __init__(self, model: Path, device: str) -> None:
+    def __init__(self, model: Path, device: str, options: Sequence[str] = ()) -> None:
         self.port = free_port()
-        command = [sys.executable, "-m", "cxrlab", "serve", str(model), "--port", str(self.port)]
+        self.args = ["serve", str(model), "--port", str(self.port), "--device", device, *options]
         self.process = subprocess.Popen(
-            [*command, "--device", device], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [sys.executable, "-m", "cxrlab", *self.args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
         self.url = f"http://127.0.0.1:{self.port}"
 

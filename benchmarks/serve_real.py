@@ -22,7 +22,6 @@ message) when the data is absent.
 
 from __future__ import annotations
 
-import csv
 import os
 import shlex
 import subprocess
@@ -35,17 +34,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import (  # noqa: E402
     DEFAULT_EXTERNAL,
+    cxrlab,
     machine,
     real_data_parser,
     shared_missing,
 )
 
 from cxrlab.artifacts import RunDir  # noqa: E402
-
-
-def cxrlab(args: list[str]) -> None:
-    print("$ cxrlab " + shlex.join(args), flush=True)
-    subprocess.run([sys.executable, "-m", "cxrlab", *args], check=True)
 
 
 def ensure_model(args) -> Path:  # noqa: ANN001 (argparse.Namespace)
@@ -61,10 +56,12 @@ def ensure_model(args) -> Path:  # noqa: ANN001 (argparse.Namespace)
     return run
 
 
-def called(predictions: Path, root: Path) -> dict[Path, bool]:
+def called(predictions: Path, root: Path, classes: list[str]) -> dict[Path, bool]:
     """Per film of a predictions file (paths relative to ``root``): whether its argmax is right."""
-    with open(predictions, newline="") as handle:
-        return {root / r["path"]: r["true"] == r["predicted"] for r in csv.DictReader(handle)}
+    from cxrlab.evaluation.predict import read_predictions
+
+    paths, y_true, probs = read_predictions(predictions, classes)
+    return {root / path: bool(ok) for path, ok in zip(paths, probs.argmax(axis=1) == y_true)}
 
 
 def flag_rates(run: Path, data: Path, external: Path | None) -> list[list[str]]:
@@ -79,14 +76,16 @@ def flag_rates(run: Path, data: Path, external: Path | None) -> list[list[str]]:
     stats, why = load_stats_for(predictor.model, files.model)
     if stats is None:
         raise SystemExit(why)
-    right = called(files.val_predictions, data) | called(files.test_predictions, data)
+    classes = predictor.classes
+    right = called(files.val_predictions, data, classes)
+    right |= called(files.test_predictions, data, classes)
     split = load_split(files.split)
     sets: dict[str, list[Path]] = {}
     for subset in ("val", "test"):
         for path, label in split.get(subset, []):
             sets.setdefault(f"Kaggle {subset} {label}", []).append(data / path)
     if external is not None:
-        right |= called(files.external("adult").predictions, external)
+        right |= called(files.external("adult").predictions, external, classes)
         for folder in sorted(p for p in external.iterdir() if p.is_dir()):
             sets[f"external-dev {folder.name}"] = expand_image_paths([folder])
     rows = []
@@ -109,8 +108,9 @@ def flag_rates(run: Path, data: Path, external: Path | None) -> list[list[str]]:
 
 def latency(run: Path, data: Path, requests: int) -> None:
     """``benchmarks/serve_latency.py`` on this run, sending one of its own Kaggle test films."""
-    with open(RunDir(run).split, newline="") as handle:
-        film = next(data / r["path"] for r in csv.DictReader(handle) if r["subset"] == "test")
+    from cxrlab.data.split import load_split
+
+    film = data / load_split(RunDir(run).split)["test"][0][0]
     command = [sys.executable, str(Path(__file__).with_name("serve_latency.py")), str(run)]
     command += ["--film", str(film), "--requests", str(requests)]
     print("$ " + shlex.join(command), flush=True)
