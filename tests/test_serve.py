@@ -162,6 +162,42 @@ def test_fitted_statistics_agree_with_the_served_features(
     assert scores.summary() == f"flagged {scores.flagged.sum()} of 6 ({scores.flag_rate:.1%})"
 
 
+def test_the_ood_score_is_the_single_view_s_read_from_the_answering_pass(
+    served: ServedModel, tiny_data: tuple[Path, Path]
+) -> None:
+    """The features come from the forward pass that gave the probabilities (no second pass), and
+    score as the single view's; under test-time augmentation (several views per film) the score
+    is still the single view's."""
+    import dataclasses
+
+    import torch
+
+    from cxrlab.data.cache import load_square
+    from cxrlab.evaluation.ood import head_features
+    from cxrlab.models.tta import with_tta
+    from cxrlab.serve.service import Film
+
+    films = dataset_films(tiny_data)[:4]
+    uploads = [Film(f.name, f.read_bytes()) for f in films]
+    p = served.predictor
+    images = np.stack([load_square(f, p.spec) for f in films])[:, None] / np.float32(255.0)
+    expected = served.ood.score(head_features(p.model, images.astype(np.float32)))
+    assert [r.ood.score for r in served.predict(uploads)] == pytest.approx(expected, rel=1e-6)
+
+    views = with_tta(p.model, True).eval()
+
+    @torch.no_grad()
+    def tta_probs(batch: np.ndarray) -> np.ndarray:
+        return torch.softmax(views(torch.from_numpy(batch)), dim=1).numpy()
+
+    served.predictor = dataclasses.replace(p, batch_probs=tta_probs)
+    try:
+        scores = [r.ood.score for r in served.predict(uploads)]
+    finally:
+        served.predictor = p
+    assert scores == pytest.approx(expected, rel=1e-6)
+
+
 def test_the_page_and_its_assets_are_served_from_the_package(client: TestClient) -> None:
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")

@@ -36,8 +36,6 @@ needs ``model.pt``.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +46,7 @@ from torch import nn
 from cxrlab.data.cache import CacheSpec, read_squares
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open
+from cxrlab.models.registry import head_inputs
 
 QUANTILE = 0.99  # of the validation films' scores: the threshold
 OOD_FORMAT = "cxrlab-ood-v1"
@@ -66,22 +65,6 @@ def weights_digest(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
-def _head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
-    """Inside: every forward pass appends the input of ``model.head`` to the yielded list."""
-    head = getattr(model, "head", None)
-    if not isinstance(head, nn.Module):
-        raise CxrlabError(f"{type(model).__name__}: no classification head to read features from")
-    captured: list[torch.Tensor] = []
-    handle = head.register_forward_hook(
-        lambda _m, inputs, _o: captured.append(inputs[0].detach().float().flatten(1).cpu())
-    )
-    try:
-        yield captured
-    finally:
-        handle.remove()
-
-
 @torch.no_grad()
 def head_features(model: nn.Module, images: np.ndarray | torch.Tensor) -> np.ndarray:
     """Features ``float64 (N, d)`` (the head's input) of ``images`` ``(N, 1, S, S)`` in 0..1."""
@@ -90,7 +73,7 @@ def head_features(model: nn.Module, images: np.ndarray | torch.Tensor) -> np.nda
     was_training = model.training
     model.eval()
     try:
-        with _head_inputs(model) as captured:
+        with head_inputs(model) as captured:
             model(batch)
     finally:
         model.train(was_training)

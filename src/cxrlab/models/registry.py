@@ -18,6 +18,7 @@ augmentation is a wrapper around the model (:mod:`cxrlab.models.tta`), not part 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -86,6 +87,24 @@ class CxrClassifier(nn.Module):
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
         head_ids = {id(p) for p in self.head.parameters()}
         return (p for p in self.network.parameters() if id(p) not in head_ids)
+
+
+@contextmanager
+def head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Inside: every forward pass of ``model`` appends the input of ``model.head`` (the pooled
+    features, ``float32 (N, d)`` on the CPU) to the yielded list. Frozen-mode training fits the
+    head on these features; the OOD score measures them."""
+    head = getattr(model, "head", None)
+    if not isinstance(head, nn.Module):
+        raise CxrlabError(f"{type(model).__name__}: no classification head to read features from")
+    captured: list[torch.Tensor] = []
+    handle = head.register_forward_hook(
+        lambda _m, inputs, _o: captured.append(inputs[0].detach().float().flatten(1).cpu())
+    )
+    try:
+        yield captured
+    finally:
+        handle.remove()
 
 
 def list_models() -> list[str]:

@@ -14,7 +14,7 @@ import base64
 import io
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from cxrlab.evaluation.external import resolve_model
 from cxrlab.evaluation.gradcam import CAM_ALPHA, CAM_CMAP, find_target_layer, gradcam
 from cxrlab.evaluation.ood import OodStats, head_features, load_stats_for
 from cxrlab.evaluation.predict import Predictor, load_predictor
+from cxrlab.models.registry import head_inputs
 from cxrlab.serve import schemas
 
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
@@ -180,14 +181,17 @@ class ServedModel:
         squares = np.stack([d.pixels for d in decoded])
         images = squares[:, None].astype(np.float32) / np.float32(255.0)
         small = len(films) < ONE_THREAD_BELOW and (p.device is None or p.device.type == "cpu")
+        scored = self.ood is not None and p.model is not None
         with self._lock, cpu_threads(1 if small else None):
-            probs = np.asarray(p.batch_probs(images), dtype=np.float64)
+            with head_inputs(p.model) if scored else nullcontext([]) as captured:
+                probs = np.asarray(p.batch_probs(images), dtype=np.float64)
             decisions = probs.argmax(axis=1)
-            scores = (
-                self.ood.score(head_features(p.model, images))
-                if self.ood is not None and p.model is not None
-                else None
-            )
+            scores = None
+            if scored:  # the features of the pass that gave the probabilities, read once
+                features = torch.cat(captured).numpy().astype(np.float64)
+                if len(features) != len(images):  # test-time augmentation: several views each
+                    features = head_features(p.model, images)  # the score wants the single view
+                scores = self.ood.score(features)
             cams = None
             if with_gradcam and self.layer is not None and p.model is not None:
                 batch = torch.from_numpy(images).to(p.device)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from cxrlab.data.cache import ImageCache
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.fileio import atomic_open
-from cxrlab.models.registry import CxrClassifier
+from cxrlab.models.registry import CxrClassifier, head_inputs
 from cxrlab.progress import track
 
 
@@ -35,18 +35,12 @@ def extract_features(
 ) -> np.ndarray:
     """The inputs of ``model.head`` for every image of ``dataset``: ``float32 (n, d)``."""
     model = model.to(device).eval()
-    captured: list[torch.Tensor] = []
-    hook = model.head.register_forward_hook(
-        lambda _m, inputs, _o: captured.append(inputs[0].detach().cpu())
-    )
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    try:
+    with head_inputs(model) as captured:
         for images, _ in track(
             loader, total=len(loader), description=f"Features {model.arch}", enabled=progress
         ):
             model(images.to(device))
-    finally:
-        hook.remove()
     return (
         torch.cat(captured).numpy().astype(np.float32) if captured else np.zeros((0, 0), np.float32)
     )
