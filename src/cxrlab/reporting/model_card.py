@@ -218,7 +218,7 @@ def _worst_confusion(ev: Evaluation) -> str:
 def limitation_lines(
     metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
 ) -> list[str]:
-    """Known limitations in plain words: sources, transfer, scope, calibration."""
+    """Known limitations, one plain sentence each: sources, transfer, scope, calibration."""
     limitations = []
     if audit and audit.shortcut and audit.shortcut.level in ("high", "moderate"):
         limitations.append(
@@ -252,23 +252,26 @@ def limitation_lines(
             f"from elsewhere they are not calibrated ({eces}): read them as scores there, not "
             "as risks."
         )
-    return [f"- {item}" for item in limitations]
+    return limitations
+
+
+def _card_sources(run_dir: Path) -> tuple[RunMetrics, AuditReport | None, list[Evaluation]]:
+    """What a card is written from: the run's metrics, its audit (if known), its external sets."""
+    files = RunDir(run_dir)
+    config = _json(files.config) or {}
+    return RunMetrics.load(files.metrics), _audit_of(config), _external(run_dir)
 
 
 def known_limitations(run_dir: Path) -> list[str]:
     """The card's known limitations of the run in ``run_dir``, one plain sentence each (what
     ``cxrlab serve`` shows beside every answer)."""
-    files = RunDir(run_dir)
-    config, metrics = _json(files.config) or {}, RunMetrics.load(files.metrics)
-    lines = limitation_lines(metrics, _audit_of(config), _external(run_dir))
-    return [line.removeprefix("- ") for line in lines]
+    return limitation_lines(*_card_sources(run_dir))
 
 
 def model_card(run_dir: Path) -> str:
     """The card's Markdown for the finished run in ``run_dir``."""
     files = RunDir(run_dir)
-    config, metrics = _json(files.config) or {}, RunMetrics.load(files.metrics)
-    audit, external = _audit_of(config), _external(run_dir)
+    metrics, audit, external = _card_sources(run_dir)
     lines = [
         f"# Model card: {markdown_escape(metrics.run)}",
         "",
@@ -302,7 +305,7 @@ def model_card(run_dir: Path) -> str:
         "",
         "## Known limitations",
         "",
-        *limitation_lines(metrics, audit, external),
+        *(f"- {item}" for item in limitation_lines(metrics, audit, external)),
     ]
     return "\n".join(lines) + "\n"
 
