@@ -73,7 +73,7 @@ def test_audit_analyze_cache_split(
         run(["split", str(demo_root), "--out", str(split_csv), "--manifest", str(audit_dir)]) == 0
     )
     text = split_csv.read_text()
-    assert "leak" not in text and "empty.jpg" not in text and ",test\n" in text
+    assert "leak" not in text and "empty.jpg" not in text and ",test,data\n" in text
 
 
 def test_missing_folder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -213,7 +213,7 @@ def test_train_then_predict(
         json.loads((run_dir / "metrics.json").read_text())["test"]["accuracy"]
     )
     assert run(["explain", str(run_dir), "--data", str(tmp_path / "elsewhere")]) == 2
-    assert "not found" in capsys.readouterr().err
+    assert "elsewhere: dataset folder does not exist" in capsys.readouterr().err
     folder = tmp_path / "new"
     folder.mkdir()
     for name in ("a.jpg", "b.png"):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import codecs
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from cxrlab.data.discover import SPLIT_ALIASES
@@ -113,10 +113,11 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
         raise CxrlabError(f"{where}: exists and is not {description}; pass --force to overwrite")
 
 
-def check_output_folder(out: Path, data: Path, *, option: str = "--out") -> None:
-    """Refuse an output folder that is the dataset folder ``data`` or lies inside it: cxrlab
-    writes nothing among the films it reads."""
-    if Path(out).resolve().is_relative_to(Path(data).resolve()):
-        raise CxrlabError(
-            f"{option} {out}: is inside the dataset folder {data}; choose a folder outside it"
-        )
+def check_output_folder(out: Path, data: Path | Sequence[Path], *, option: str = "--out") -> None:
+    """Refuse an output folder that is a dataset folder ``data`` (one, or every source of a
+    training set) or lies inside one: cxrlab writes nothing among the films it reads."""
+    for folder in [data] if isinstance(data, (str, Path)) else data:
+        if Path(out).resolve().is_relative_to(Path(folder).resolve()):
+            raise CxrlabError(
+                f"{option} {out}: is inside the dataset folder {folder}; choose a folder outside it"
+            )

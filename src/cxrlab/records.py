@@ -173,6 +173,35 @@ class RunOperatingPoint(OperatingPoint):
     test: OperatingResult | None = None
 
 
+@dataclass(frozen=True)
+class ClassResult:
+    """One class present in an external set."""
+
+    __pydantic_config__ = STRICT
+    n: int
+    recall: Interval
+    precision: Interval  # NaN when the model never predicts the class
+    called: dict[str, int]  # films of this class called each of the model's classes
+    auc: float | None  # one-vs-rest, where the set has films of other classes too
+
+
+@dataclass(frozen=True)
+class SetScores:
+    """A model on one set of films that may hold only some of its classes (a source's test films,
+    ``evaluation.external.score``): balanced accuracy over the present classes, each present
+    class's recall and precision with 95% bootstrap intervals, and where its films went."""
+
+    __pydantic_config__ = STRICT
+    present: list[str]
+    n: int
+    accuracy: Interval
+    balanced_accuracy: Interval  # over the present classes
+    macro_f1: float | None  # only when every class is present
+    macro_auc: float | None
+    ece: float
+    per_class: dict[str, ClassResult]
+
+
 @dataclass
 class RunMetrics(JsonRecord):
     """``metrics.json``: a finished run's description, sizes, timings and test results.
@@ -203,6 +232,10 @@ class RunMetrics(JsonRecord):
     test: ClassificationMetrics | None = None
     intervals: dict[str, Interval] = field(default_factory=dict)  # accuracy, macro_f1, recall_C
     test_without_tta: ClassificationMetrics | None = None
+    # several training sources (--add-source): films per source, subset and class, and the test
+    # films of each source scored on their own
+    sources: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    per_source: dict[str, SetScores] = field(default_factory=dict)
 
     @property
     def temperature(self) -> float:
@@ -213,18 +246,6 @@ class RunMetrics(JsonRecord):
     def target(self) -> str | None:
         """The target (``COVID19=0.95``) of the run's operating point, if it has one."""
         return self.operating_point.target if self.operating_point else None
-
-
-@dataclass(frozen=True)
-class ClassResult:
-    """One class present in an external set."""
-
-    __pydantic_config__ = STRICT
-    n: int
-    recall: Interval
-    precision: Interval  # NaN when the model never predicts the class
-    called: dict[str, int]  # films of this class called each of the model's classes
-    auc: float | None  # one-vs-rest, where the set has films of other classes too
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,11 @@ BalanceOpt = Annotated[
     str | None,
     typer.Option(
         "--balance",
-        help="Class imbalance: weights (weighted loss), sampler (balanced batches) or none.",
+        help=(
+            "Class imbalance: weights (weighted loss), sampler (balanced batches), source "
+            "(balanced batches where each class weighs the same and, within a class, each "
+            "source) or none."
+        ),
     ),
 ]
 
@@ -227,6 +231,52 @@ LoggerOpt = Annotated[
     str,
     typer.Option("--logger", help="Extra logger besides CSV: csv (none), tensorboard or mlflow."),
 ]
+
+
+AddSourceOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--add-source",
+        help=(
+            "NAME=DIR: another source of training films, a Kaggle layout or class folders holding "
+            "some of DATA's classes (repeatable). A source without a test split gets one, held "
+            "out once per class."
+        ),
+    ),
+]
+
+
+SourceNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--source-name", help="DATA's own name as a source \\[default: its folder's name]."
+    ),
+]
+
+
+SourceTestFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--source-test-fraction",
+        help="Share of each class held out as test films of an added source without a test "
+        "split \\[0.2].",
+    ),
+]
+
+
+def source_fields(add_source: list[str] | None) -> dict[str, object]:
+    """The ``sources`` config field from ``--add-source NAME=DIR`` items (nothing when none)."""
+    from cxrlab.data.discover import parse_sources
+
+    parsed = parse_sources(add_source or [])
+    return {"sources": {name: str(folder) for name, folder in parsed.items()}} if parsed else {}
+
+
+def open_sources(data: Path, add_source: list[str] | None, source_name: str | None):  # noqa: ANN201 (DatasetIndex)
+    """DATA and its ``--add-source`` folders as one indexed set (every folder checked now)."""
+    from cxrlab.data.discover import discover_sources, parse_sources
+
+    return discover_sources(data, parse_sources(add_source or []), source_name=source_name)
 
 
 CacheDirOpt = Annotated[

@@ -11,13 +11,17 @@ from rich.panel import Panel
 from rich.table import Table
 
 from cxrlab.cli.app import (
+    AddSourceOpt,
     DataArg,
     NoProgressOpt,
+    SourceNameOpt,
+    SourceTestFractionOpt,
     WorkersOpt,
     app,
     console,
     default_out,
     err_console,
+    open_sources,
     shown,
 )
 
@@ -156,18 +160,20 @@ def audit(
             help="64x64 NCC above which two images are copies.",
         ),
     ] = 0.98,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
-    """Find unreadable files, duplicates, leakage across splits and format shortcuts (read-only)."""
+    """Find unreadable files, duplicates, leakage across splits and sources, format shortcuts, and
+    whether a source names its class (read-only)."""
     from cxrlab.data.audit import AuditConfig, run_audit
-    from cxrlab.data.discover import discover
     from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
-    index = discover(data)
+    index = open_sources(data, add_source, source_name)
     out = out or default_out(data, "audit")
-    check_output_folder(out, data)
+    check_output_folder(out, list(index.source_roots.values()))
     config = AuditConfig(min_size=min_size, near_threshold=near_threshold, workers=workers)
     result = run_audit(index, out, config, progress=not no_progress)
     print_audit(result, out)
@@ -184,19 +190,20 @@ def analyze(
         int, typer.Option(min=1, help="Images per class in the sample grid.")
     ] = 8,
     seed: Annotated[int, typer.Option(help="Seed for picking sample images.")] = 0,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Class balance, image sizes, intensities and sample images, as plots and a summary."""
     from cxrlab.data.analyze import analyze_dataset, summary_table
-    from cxrlab.data.discover import discover
     from cxrlab.data.scan import scan_dataset
     from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
-    index = discover(data)
+    index = open_sources(data, add_source, source_name)
     out = out or default_out(data, "analysis")
-    check_output_folder(out, data)
+    check_output_folder(out, list(index.source_roots.values()))
     records = scan_dataset(index, workers=workers, progress=not no_progress)
     summary = analyze_dataset(index, records, out, samples_per_class=samples_per_class, seed=seed)
     console.print(summary_table(summary))
@@ -224,18 +231,22 @@ def cache(
             "--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab]."
         ),
     ] = None,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
     workers: WorkersOpt = 2,
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Decode and resize every image once into a memory-mapped cache that training reads."""
     from cxrlab.data.cache import CacheSpec, build_cache, default_cache_root
-    from cxrlab.data.discover import discover
     from cxrlab.outputs import check_output_folder
 
     started = time.perf_counter()
-    check_output_folder(cache_dir or default_cache_root(), data, option="--cache-dir")
+    index = open_sources(data, add_source, source_name)
+    check_output_folder(
+        cache_dir or default_cache_root(), list(index.source_roots.values()), option="--cache-dir"
+    )
     built = build_cache(
-        discover(data),
+        index,
         CacheSpec(image_size, resize),
         cache_root=cache_dir,
         workers=workers,
@@ -254,7 +265,7 @@ def cache(
 def split(
     data: DataArg,
     out: Annotated[
-        Path, typer.Option("--out", help="CSV file to write (path,class,subset).")
+        Path, typer.Option("--out", help="CSV file to write (path,class,subset,source).")
     ] = Path("split.csv"),
     val_fraction: Annotated[
         float, typer.Option("--val-fraction", help="Share of train held out for validation.")
@@ -266,6 +277,12 @@ def split(
             "--manifest", help="Audit manifest (or its folder): excluded files are left out."
         ),
     ] = None,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
+    source_test_fraction: SourceTestFractionOpt = None,
+    source_split_seed: Annotated[
+        int, typer.Option("--source-split-seed", help="Seed of added sources' test parts.")
+    ] = 0,
     force: Annotated[
         bool,
         typer.Option(
@@ -273,16 +290,23 @@ def split(
         ),
     ] = False,
 ) -> None:
-    """Carve a stratified, seeded validation split from train and write it as CSV."""
+    """Carve a stratified, seeded validation split from train (and a test part from each added
+    source without one) and write it as CSV."""
     from cxrlab.data.datasets import make_split
-    from cxrlab.data.discover import discover
     from cxrlab.data.split import save_split
     from cxrlab.outputs import check_output
 
-    index = discover(data)
-    check_output(out, kind="split", inputs=[data], force=force)
-    subsets = make_split(index, val_fraction=val_fraction, seed=seed, manifest=manifest)
-    save_split(out, subsets)
+    index = open_sources(data, add_source, source_name)
+    check_output(out, kind="split", inputs=list(index.source_roots.values()), force=force)
+    subsets = make_split(
+        index,
+        val_fraction=val_fraction,
+        seed=seed,
+        manifest=manifest,
+        test_fraction=0.2 if source_test_fraction is None else source_test_fraction,
+        test_seed=source_split_seed,
+    )
+    save_split(out, subsets, index.source_of)
     console.print(
         f"Split written to {shown(out)}: " + ", ".join(f"{k} {len(v)}" for k, v in subsets.items())
     )

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from cxrlab.cli.app import (
     AcceleratorOpt,
+    AddSourceOpt,
     AugmentOnOpt,
     AugmentOpt,
     BalanceOpt,
@@ -34,6 +35,8 @@ from cxrlab.cli.app import (
     PrecisionOpt,
     ResizeOpt,
     SeedOpt,
+    SourceNameOpt,
+    SourceTestFractionOpt,
     StrategyOpt,
     TargetRecallOpt,
     TtaOpt,
@@ -47,6 +50,7 @@ from cxrlab.cli.app import (
     parse_weights,
     run_options,
     shown,
+    source_fields,
 )
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import read_text
@@ -192,6 +196,9 @@ def train(
     seed: SeedOpt = 0,
     val_fraction: ValFractionOpt = 0.15,
     manifest: ManifestOpt = None,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
+    source_test_fraction: SourceTestFractionOpt = None,
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
     devices: DevicesOpt = "auto",
@@ -218,28 +225,36 @@ def train(
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
-    options = run_options(locals()) | ({"pretrained": False} if no_pretrained else {})
+    sources = source_fields(add_source)
+    options = run_options(locals()) | ({"pretrained": False} if no_pretrained else {}) | sources
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
     if resume and config_file is not None:
         raise CxrlabError("--config: a resumed run keeps its own config.json; leave --config out")
     if config_file is not None:  # preset < file < what was typed on the command line
         typed = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
         options = (
-            recipe_file(config_file) | typed | ({"pretrained": False} if no_pretrained else {})
+            recipe_file(config_file)
+            | typed
+            | ({"pretrained": False} if no_pretrained else {})
+            | sources
         )
     if resume:
         if out is None:
             raise CxrlabError("--resume: name the run folder with --out")
         given = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
         config = resumed_config(
-            out, ctx, preset_name, given | ({"pretrained": False} if no_pretrained else {})
+            out,
+            ctx,
+            preset_name,
+            given | ({"pretrained": False} if no_pretrained else {}) | sources,
         )
     else:
         config = preset(preset_name, **options)
     run_dir = out or default_out(data, config.run_name)
-    check_output_folder(run_dir, data)
+    inputs = [data, *map(Path, config.sources.values())]
+    check_output_folder(run_dir, inputs)
     if cache_dir is not None:
-        check_output_folder(cache_dir, data, option="--cache-dir")
+        check_output_folder(cache_dir, inputs, option="--cache-dir")
     if not worker:
         check_runnable(config)  # before the banner: an impossible run says so first
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
@@ -379,6 +394,9 @@ def compare(
     freeze_bn: FreezeBnOpt = None,
     target_recall: TargetRecallOpt = None,
     val_fraction: ValFractionOpt = 0.15,
+    add_source: AddSourceOpt = None,
+    source_name: SourceNameOpt = None,
+    source_test_fraction: SourceTestFractionOpt = None,
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
     devices: DevicesOpt = "auto",
@@ -397,11 +415,13 @@ def compare(
     # --mode, --weights and --manifest mean something else here (modes to run, one file per
     # model, the audit's manifest for every run)
     given = run_options(locals(), leave_out=frozenset({"mode", "weights", "manifest"}))
+    sources = source_fields(add_source)
     shared, tuned = split_overrides(given)
     file_shared, file_tuned = {}, {}
     if config_file is not None:  # preset < file < what was typed on the command line
         file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
         shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
+    shared |= sources
     configs, notes = plan_runs(
         models,
         mode,
@@ -415,9 +435,10 @@ def compare(
         console.print(f"[yellow]note:[/] {shown(note)}")
     externals = parse_external(external or [])
     out = out or default_out(data, "compare")
-    check_output_folder(out, data)
+    inputs = [data, *map(Path, configs[0].sources.values())] if configs else [data]
+    check_output_folder(out, inputs)
     if cache_dir is not None:
-        check_output_folder(cache_dir, data, option="--cache-dir")
+        check_output_folder(cache_dir, inputs, option="--cache-dir")
     report = run_comparison(
         data,
         configs,

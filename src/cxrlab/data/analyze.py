@@ -420,7 +420,7 @@ def analyze_dataset(
     plots.plot_image_sizes(ok_by_class, colours, out / PLOTS["image_sizes"])
     plots.plot_intensity(ok_by_class, colours, out / PLOTS["intensity"])
     samples = plots.plot_samples(
-        Path(index.root), ok_by_class, colours, samples_per_class, seed, out / PLOTS["samples"]
+        index.path_of, ok_by_class, colours, samples_per_class, seed, out / PLOTS["samples"]
     )
     plots.plot_mean_images(ok_by_class, colours, out / PLOTS["mean_images"])
     summary = replace(

@@ -7,6 +7,7 @@ order) and the colour of each class; :mod:`cxrlab.data.analyze` decides the file
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -224,10 +225,10 @@ def plot_intensity(
     save_figure(figure, path)
 
 
-def _sample_pixels(root: Path, record: ImageRecord) -> np.ndarray:
+def _sample_pixels(path_of: Callable[[str], Path], record: ImageRecord) -> np.ndarray:
     """The image shrunk to at most SAMPLE_MAX_SIDE, aspect kept; the thumbnail if it fails."""
     try:
-        pixels = read_grayscale(root / record.path, draft_size=SAMPLE_MAX_SIDE)
+        pixels = read_grayscale(path_of(record.path), draft_size=SAMPLE_MAX_SIDE)
     except (CxrlabError, OSError, ValueError):
         thumb = record.thumbs.get(64)
         if thumb is None:
@@ -249,7 +250,7 @@ def _sample_pixels(root: Path, record: ImageRecord) -> np.ndarray:
 
 
 def plot_samples(
-    root: Path,
+    path_of: Callable[[str], Path],
     ok_by_class: dict[str, list[ImageRecord]],
     colours: dict[str, str],
     samples_per_class: int,
@@ -292,7 +293,7 @@ def plot_samples(
             record = recs[picks[col]]
             ax.set_facecolor("#dcdcdc")
             ax.imshow(
-                _sample_pixels(root, record),
+                _sample_pixels(path_of, record),
                 cmap="gray",
                 vmin=0,
                 vmax=255,

@@ -23,6 +23,7 @@ right is unknown) and flagged in test.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,18 +34,20 @@ from cxrlab.data.audit_records import (
     DuplicateGroup,
     Problem,
     ShortcutReport,
+    SourceCheck,
 )
 from cxrlab.data.discover import SPLIT_ORDER, DatasetIndex, natural_key
 from cxrlab.data.duplicates import exact_pairs, group_pairs, near_pairs
 from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, shortcut_check
+from cxrlab.data.sources import source_check
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_FIELDS = (
-    "path", "split", "class", "status", "reasons", "duplicate_group", "file_format", "mode",
-    "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
+    "path", "split", "class", "source", "status", "reasons", "duplicate_group", "file_format",
+    "mode", "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
 )  # fmt: skip
 
 
@@ -62,6 +65,8 @@ class AuditResult:
     group_of: dict[int, int]
     shortcut: ShortcutReport | None
     summary: AuditSummary
+    path_of: Callable[[str], Path]  # a film's key -> its file (DatasetIndex.path_of)
+    sources: SourceCheck | None = None  # a set of several sources
 
     def problems(self) -> list[Problem]:
         """The files that are not ``ok``, in record order."""
@@ -81,6 +86,7 @@ class AuditResult:
             shortcut=self.shortcut,
             duplicate_groups=self.groups,
             problems=self.problems(),
+            sources=self.sources,
         )
 
 
@@ -105,6 +111,7 @@ def _resolve_groups(
         splits = {records[i].split for i in group}
         sims = [similarity[(a, b)] for (a, b) in similarity if a in group and b in group]
         conflict, cross = len(labels) > 1, len(splits) > 1
+        cross_source = len({records[i].source for i in group}) > 1
         keeper = group[0]
         keeper_split = records[keeper].split
         for i in group:
@@ -120,6 +127,11 @@ def _resolve_groups(
                     statuses[i] = "warning"
             if i == keeper:
                 continue
+            if cross_source and record.source != records[keeper].source:
+                reasons[i].append(
+                    f"cross_source: the film {records[keeper].path} of source "
+                    f"{records[keeper].source} (a film two sources share)"
+                )
             if record.split != keeper_split:
                 reasons[i].append(f"leakage: copy of {keeper_split} file {records[keeper].path}")
             else:
@@ -139,6 +151,8 @@ def _resolve_groups(
                 min_similarity=float(min(sims)) if sims else 1.0,
                 cross_split=cross,
                 label_conflict=conflict,
+                sources=[records[i].source for i in group],
+                cross_source=cross_source,
             )
         )
     return resolved
@@ -169,6 +183,16 @@ def audit_records(
     train = [r for r in kept if r.split == "train"]
     test = [r for r in kept if r.split == "test"]
     shortcut = shortcut_check(train, index.classes, test, folds=config.folds, seed=config.seed)
+    sources = None
+    if index.is_multi_source:
+        sources = source_check(
+            records,
+            [status != "excluded" for status in statuses],
+            index.classes,
+            index.source_roots,
+            folds=config.folds,
+            seed=config.seed,
+        )
     return AuditResult(
         root=str(index.root),
         classes=index.classes,
@@ -180,6 +204,8 @@ def audit_records(
         group_of=group_of,
         shortcut=shortcut,
         summary=summarize(records, statuses, reasons, groups, shortcut),
+        path_of=index.path_of,
+        sources=sources,
     )
 
 
@@ -237,6 +263,7 @@ def write_manifest(result: AuditResult, path: Path) -> None:
                     "path": record.path,
                     "split": record.split,
                     "class": result.classes[record.label],
+                    "source": record.source,
                     "status": result.statuses[i],
                     "reasons": " | ".join(result.reasons[i]),
                     "duplicate_group": result.group_of.get(i, ""),
@@ -275,7 +302,7 @@ def write_audit_files(result: AuditResult, out_dir: Path) -> None:
     write_manifest(result, out_dir / MANIFEST_NAME)
     report = result.report()
     atomic_write_text(out_dir / "audit.json", report.to_json())
-    plot_duplicates(result.groups, Path(result.root), out_dir / "duplicates.png")
+    plot_duplicates(result.groups, result.path_of, out_dir / "duplicates.png")
     plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
     atomic_write_text(out_dir / "audit.md", markdown_report(report))
 
@@ -355,6 +382,8 @@ def markdown_report(report: AuditReport) -> str:
             )
         lines += [f"- level: **{sc.level}**", ""] + [f"- {md(line)}" for line in sc.explanation]
         lines += ["", "![shortcuts](shortcuts.png)", ""]
+    if report.sources is not None:
+        lines += sources_markdown(report.sources, report.classes)
     problems = report.problems
     if problems:
         lines += [
@@ -366,6 +395,58 @@ def markdown_report(report: AuditReport) -> str:
             rows.append([f"... {len(problems) - 500} more in manifest.csv", "", ""])
         lines += markdown_table(["file", "status", "reasons"], rows)
     return "\n".join(lines) + "\n"
+
+
+def sources_markdown(check: SourceCheck, classes: list[str]) -> list[str]:
+    """The audit's Sources section: per source, files per class, formats, sizes and intensities;
+    then whether the source can name the class."""
+    md = markdown_escape
+    rows = []
+    for name, p in check.sources.items():
+        rows.append(
+            [
+                md(name),
+                *(str(p.kept.get(c, 0)) for c in classes),
+                md(", ".join(f"{k} {n}" for k, n in p.formats.items())),
+                f"{p.median_width:.0f}x{p.median_height:.0f}",
+                f"{p.square_share:.0%}",
+                f"{p.mean_intensity:.0f} / {p.mean_contrast:.0f}",
+                f"{p.border_fraction:.2f}",
+            ]
+        )
+    fmt = lambda x: "n/a" if x is None else f"{x:.1%}"  # noqa: E731
+    single = ", ".join(f"{n} ({c})" for n, c in check.single_class.items())
+    lines = [
+        "## Sources",
+        "",
+        "Films kept per class (all splits), and what the readable files look like:",
+        "",
+        *markdown_table(
+            [
+                "source",
+                *map(md, classes),
+                "formats",
+                "median size",
+                "square",
+                "mean intensity / contrast",
+                "border",
+            ],  # fmt: skip
+            rows,
+        ),
+        "",
+        f"- source and class: Cramér's V **{check.cramers_v:.2f}** (0 independent, 1 the source "
+        "names the class)",
+        f"- the format-only classifier tells the source: balanced accuracy "
+        f"**{fmt(check.format_predicts_source)}** (chance {check.source_chance:.1%})",
+        f"- guessing the class from format only: {fmt(check.format_only)}; "
+        f"with the source as a feature: {fmt(check.source_and_format)}",
+        f"- single-class sources: **{md(single) or 'none'}**",
+        f"- level: **{check.level}**",
+        "",
+        *(f"- {md(line)}" for line in check.explanation),
+        "",
+    ]
+    return lines
 
 
 def run_audit(

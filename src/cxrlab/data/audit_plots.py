@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -18,12 +18,15 @@ from cxrlab.plotting import figure_text  # noqa: E402
 MAX_GROUPS_SHOWN = 8
 
 
-def plot_duplicates(all_groups: Sequence[DuplicateGroup], root: Path, path: Path) -> None:
-    """Up to eight duplicate groups (leakage and label conflicts first), two members each;
-    ``root``: the dataset folder the members' paths are relative to."""
-    groups = sorted(all_groups, key=lambda g: (not g.cross_split, not g.label_conflict, g.exact))[
-        :MAX_GROUPS_SHOWN
-    ]
+def plot_duplicates(
+    all_groups: Sequence[DuplicateGroup], path_of: Callable[[str], Path], path: Path
+) -> None:
+    """Up to eight duplicate groups (leakage, films two sources share and label conflicts
+    first), two members each; ``path_of``: a member's key to its file."""
+    groups = sorted(
+        all_groups,
+        key=lambda g: (not g.cross_split, not g.cross_source, not g.label_conflict, g.exact),
+    )[:MAX_GROUPS_SHOWN]
     if not groups:
         fig, ax = plt.subplots(figsize=(5, 1.5))
         ax.text(0.5, 0.5, "No duplicates found", ha="center", va="center", fontsize=12)
@@ -39,13 +42,14 @@ def plot_duplicates(all_groups: Sequence[DuplicateGroup], root: Path, path: Path
     for k, group in enumerate(groups):
         row, col = divmod(k, columns)
         kind = "LEAK " if group.cross_split else ""
+        kind += "TWO SOURCES " if group.cross_source else ""
         kind += "LABEL CONFLICT " if group.label_conflict else ""
         kind += "exact" if group.exact else f"NCC {group.min_similarity:.3f}"
         for m in range(2):
             ax = axes[row, 2 * col + m]
             member = group.members[m]
             try:
-                ax.imshow(read_grayscale(root / member), cmap="gray", vmin=0, vmax=255)
+                ax.imshow(read_grayscale(path_of(member)), cmap="gray", vmin=0, vmax=255)
             except ImageReadError:
                 pass
             name = member.rsplit("/", 1)[-1]

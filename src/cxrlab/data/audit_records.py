@@ -15,7 +15,7 @@ above. Like :mod:`cxrlab.records`, this module imports neither torch nor Lightni
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from cxrlab.records import STRICT, JsonRecord
 
@@ -49,6 +49,8 @@ class DuplicateGroup:
     min_similarity: float  # the lowest 64x64 NCC between two members (1.0 when exact)
     cross_split: bool  # members in more than one split
     label_conflict: bool  # members with more than one class
+    sources: list[str] = field(default_factory=list)  # each member's source (several-source sets)
+    cross_source: bool = False  # members in more than one source: a film two sources share
 
 
 @dataclass
@@ -69,6 +71,53 @@ class ShortcutReport:
     single_feature: dict[str, float]  # balanced accuracy of each feature alone (CV)
     level: str  # "low", "moderate" or "high"
     explanation: list[str]  # plain-language reasons; empty when the level is "low"
+
+
+@dataclass(frozen=True)
+class SourceProfile:
+    """One source of a training set: its folder, files per split and class, and what its files
+    look like (readable films only: formats, sizes, intensities)."""
+
+    __pydantic_config__ = STRICT
+    root: str
+    counts: dict[str, dict[str, int]]  # split -> class -> files
+    kept: dict[str, int]  # class -> files the audit did not exclude
+    formats: dict[str, int]  # file format -> readable files
+    median_width: float
+    median_height: float
+    square_share: float  # readable films exactly square
+    mean_intensity: float  # mean over films of their mean (0..255)
+    mean_contrast: float  # mean over films of their standard deviation
+    border_fraction: float  # mean black border share
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes this source holds films of."""
+        return [c for c, n in self.kept.items() if n]
+
+
+@dataclass(frozen=True)
+class SourceCheck:
+    """Whether the source of a film, rather than its disease, can name its class
+    (:func:`cxrlab.data.sources.source_check`), over the training films the audit kept.
+
+    ``format_predicts_source``: CV balanced accuracy of the format-only classifier guessing the
+    source (against ``1 / sources``): high means the files tell their site. ``source_and_format``:
+    the shortcut classifier with the source added as a feature, against ``format_only``: the
+    rise is what the source adds. ``single_class``: sources all of whose films are one class (a
+    site that can be learnt as that class); ``single_source``: classes held by one source."""
+
+    __pydantic_config__ = STRICT
+    sources: dict[str, SourceProfile]
+    single_class: dict[str, str]  # source -> its one class
+    single_source: dict[str, str]  # class -> its one source
+    cramers_v: float  # association of source and class over the kept films (0 none, 1 fully)
+    format_predicts_source: float | None
+    source_chance: float
+    format_only: float | None
+    source_and_format: float | None
+    level: str  # "low", "moderate" or "high"
+    explanation: list[str]
 
 
 @dataclass(frozen=True)
@@ -119,6 +168,7 @@ class AuditReport(JsonRecord):
     shortcut: ShortcutReport | None
     duplicate_groups: list[DuplicateGroup]
     problems: list[Problem]
+    sources: SourceCheck | None = None  # a training set of several sources (--add-source)
 
     def to_json(self) -> str:
         # audit.json has always been written without a final newline: kept, byte for byte

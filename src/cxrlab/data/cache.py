@@ -173,8 +173,18 @@ class ImageCache:
 
 
 def cache_folder(index: DatasetIndex, spec: CacheSpec, cache_root: Path | None = None) -> Path:
-    root_key = hashlib.sha1(os.fsencode(index.root)).hexdigest()[:10]  # even an undecodable name
-    name = f"{index.root.name}-{root_key}-{spec.image_size}px-{spec.resize}-v{CACHE_VERSION}"
+    """The cache of a dataset at one size: named by its folder (every source's name and folder,
+    for a set of several sources), size, resize mode and layout version."""
+    key = os.fsencode(index.root)  # even an undecodable name
+    label = index.root.name
+    if index.is_multi_source:
+        key = b"\0".join(
+            os.fsencode(name) + b"=" + os.fsencode(root)
+            for name, root in index.source_roots.items()
+        )
+        label = f"{label}+{len(index.source_roots) - 1}"
+    root_key = hashlib.sha1(key).hexdigest()[:10]
+    name = f"{label}-{root_key}-{spec.image_size}px-{spec.resize}-v{CACHE_VERSION}"
     return (cache_root or default_cache_root()) / name
 
 
@@ -189,7 +199,7 @@ def build_cache(
     """Open the cache of ``index``, decoding only the files that are new or changed."""
     spec = spec or CacheSpec()
     folder = cache_folder(index, spec, cache_root)
-    paths = [index.relative(s.path) for s in index.samples]
+    paths = [index.key(s) for s in index.samples]
     prints = [list(fingerprint(s.path)) for s in index.samples]
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -31,34 +31,65 @@ def make_split(
     val_fraction: float = 0.15,
     seed: int = 0,
     manifest: str | Path | None = None,
+    test_fraction: float = 0.2,
+    test_seed: int = 0,
 ) -> Subsets:
-    """``{"train", "val", "test"}`` lists of ``(relative path, class)``.
+    """``{"train", "val", "test"}`` lists of ``(key, class)``, source by source (the main data
+    first).
 
     Files the manifest excludes, and files that are not images by extension, are left out.
     An existing ``val`` split is used as is; otherwise validation is carved from train,
-    stratified and seeded. The test split is passed through untouched.
+    stratified and seeded. A test split is passed through untouched. An added source without
+    its own test split gets one: ``test_fraction`` of each class held out, drawn with
+    ``test_seed`` (fixed, so runs of every seed test on the same films); the main data keeps
+    what it has.
     """
     skip = excluded_paths(manifest)
+    subsets: Subsets = {"train": [], "val": []}
+    tests: list[tuple[str, str]] = []
+    for source in index.source_roots:
 
-    def usable(split: str) -> list[tuple[str, str]]:
-        return [
-            (index.relative(s.path), index.classes[s.label])
-            for s in index.split(split)
-            if s.path.suffix.lower() in IMAGE_EXTENSIONS and index.relative(s.path) not in skip
-        ]
+        def usable(split: str, source: str = source) -> list[tuple[str, str]]:
+            return [
+                (key, index.classes[s.label])
+                for s in index.split(split)
+                if (s.source or index.main_source) == source
+                and s.path.suffix.lower() in IMAGE_EXTENSIONS
+                and (key := index.key(s)) not in skip
+            ]
 
-    train = usable("train")
-    subsets: Subsets = {}
-    if "val" in index.splits:
-        subsets["train"], subsets["val"] = train, usable("val")
-    else:
-        labels = np.array([index.classes.index(c) for _, c in train])
-        train_pos, val_pos = stratified_split(labels, val_fraction, seed)
-        subsets["train"] = [train[i] for i in train_pos]
-        subsets["val"] = [train[i] for i in val_pos]
-    if "test" in index.splits:
-        subsets["test"] = usable("test")
+        splits = {s.split for s in index.samples if (s.source or index.main_source) == source}
+        train = usable("train")
+        if "test" in splits:
+            tests += usable("test")
+        elif source != index.main_source:
+            train, held = _carve(train, index.classes, test_fraction, test_seed, source, "test")
+            tests += held
+        if "val" in splits:
+            subsets["train"] += train
+            subsets["val"] += usable("val")
+        else:
+            train, val = _carve(train, index.classes, val_fraction, seed, source, "val")
+            subsets["train"] += train
+            subsets["val"] += val
+    if tests or "test" in index.splits:
+        subsets["test"] = tests
     return subsets
+
+
+def _carve(
+    items: list[tuple[str, str]],
+    classes: list[str],
+    fraction: float,
+    seed: int,
+    source: str,
+    part: str,
+) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """``items`` split into (rest, a stratified seeded ``fraction``) for one source's ``part``."""
+    option = "--val-fraction" if part == "val" else "--source-test-fraction"
+    labels = np.array([classes.index(c) for _, c in items])
+    rest, held = stratified_split(labels, fraction, seed, option=option, what=f"{source}'s")
+    return [items[i] for i in rest], [items[i] for i in held]
 
 
 class CachedImageDataset(Dataset):

@@ -9,11 +9,19 @@ Layouts understood (class names always come from folder names):
 Every regular file below a class folder is listed, image or not, so that the audit can
 report odd files; hidden files (``.DS_Store``) are listed too. Files lying loose in a
 split folder, outside any class, are kept in ``ignored``.
+
+Sources. A training set may join several folders (``--add-source NAME=DIR``): the main DATA
+and each added one is a *source*, and every film carries the name of its own. An added source
+holds some of the main data's classes (an unknown class folder is an error naming it). A film's
+*key*, the name every later stage (cache, split, manifest, predictions) knows it by, is its path
+relative to its source's folder, prefixed ``NAME:`` for an added source; so a dataset of one
+source keys its films exactly as before.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,15 +37,19 @@ SPLIT_ALIASES = {
     "testing": "test",
 }
 SPLIT_ORDER = ("train", "val", "test")
+SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+KEY_SEPARATOR = ":"  # between an added source's name and the film's path in it
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One file of the dataset: where it is, which split, which class (index into classes)."""
+    """One file of the dataset: where it is, which split, which class (index into classes) and
+    which source it comes from."""
 
     path: Path
     split: str
     label: int
+    source: str = ""
 
 
 @dataclass
@@ -49,6 +61,62 @@ class DatasetIndex:
     classes: list[str]
     samples: list[Sample]
     ignored: list[Path] = field(default_factory=list)
+    # every source's folder by name, the main data first; empty: one source, named after root
+    sources: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def source_roots(self) -> dict[str, Path]:
+        """``{name: folder}`` of every source, the main data first."""
+        return dict(self.sources) or {self.root.name: self.root}
+
+    @property
+    def main_source(self) -> str:
+        return next(iter(self.source_roots))
+
+    @property
+    def is_multi_source(self) -> bool:
+        return len(self.source_roots) > 1
+
+    def key(self, sample: Sample) -> str:
+        """The film's key: its path in its source's folder, ``NAME:``-prefixed for an added one."""
+        root = self.source_roots.get(sample.source, self.root)
+        relative = sample.path.relative_to(root).as_posix()
+        if not sample.source or sample.source == self.main_source:
+            return relative
+        return f"{sample.source}{KEY_SEPARATOR}{relative}"
+
+    def source_of(self, key: str) -> str:
+        """The source a film's key names."""
+        name, sep, _ = key.partition(KEY_SEPARATOR)
+        if sep and name in self.source_roots and name != self.main_source:
+            return name
+        return self.main_source
+
+    def path_of(self, key: str) -> Path:
+        """The file a key names (the inverse of :meth:`key`)."""
+        source = self.source_of(key)
+        relative = key if source == self.main_source else key.partition(KEY_SEPARATOR)[2]
+        return self.source_roots[source] / relative
+
+    def source_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{source: {split: {class: n_files}}}``."""
+        table: dict[str, dict[str, dict[str, int]]] = {}
+        for sample in self.samples:
+            name = sample.source or self.main_source
+            per_split = table.setdefault(name, {})
+            row = per_split.setdefault(sample.split, dict.fromkeys(self.classes, 0))
+            row[self.classes[sample.label]] += 1
+        return table
+
+    def single_class_sources(self) -> dict[str, str]:
+        """Sources whose films are all of one class: ``{source: class}`` (such a source can teach
+        its site as that class)."""
+        out = {}
+        for name, per_split in self.source_counts().items():
+            held = {c for row in per_split.values() for c, n in row.items() if n}
+            if len(held) == 1:
+                out[name] = held.pop()
+        return out
 
     @property
     def splits(self) -> list[str]:
@@ -67,7 +135,11 @@ class DatasetIndex:
         return samples
 
     def relative(self, path: Path) -> str:
-        """A path relative to the dataset root, with forward slashes (stable across machines)."""
+        """The key of a file of the dataset: relative to its source's folder, with forward
+        slashes (stable across machines), ``NAME:``-prefixed for an added source."""
+        for name, root in self.source_roots.items():
+            if path.is_relative_to(root) and name != self.main_source:
+                return f"{name}{KEY_SEPARATOR}{path.relative_to(root).as_posix()}"
         return path.relative_to(self.root).as_posix()
 
     def counts(self) -> dict[str, dict[str, int]]:
@@ -116,10 +188,11 @@ def _classes_of(split_dir: Path) -> list[Path]:
     return class_dirs
 
 
-def discover(root: str | Path, *, min_classes: int = 2) -> DatasetIndex:
+def discover(root: str | Path, *, min_classes: int = 2, source: str | None = None) -> DatasetIndex:
     """Index a dataset folder; raise a one-line :class:`CxrlabError` on any layout problem.
 
-    ``min_classes``: training needs two classes; a set to evaluate on may hold one."""
+    ``min_classes``: training needs two classes; a set to evaluate on may hold one. ``source``:
+    the name its films carry (default: the folder's name)."""
     root = Path(root).expanduser()
     if not root.exists():
         raise CxrlabError(f"{root}: dataset folder does not exist")
@@ -167,10 +240,87 @@ def discover(root: str | Path, *, min_classes: int = 2) -> DatasetIndex:
             files = _files_below(class_dir)
             if not files:
                 raise CxrlabError(f"{class_dir}: class folder is empty")
-            samples.extend(Sample(path, split, label) for path in files)
+            samples.extend(Sample(path, split, label, source or root.name) for path in files)
         ignored.extend(p for p in split_dir.iterdir() if p.is_file())
     if len(classes or []) < min_classes:
         raise CxrlabError(f"{root}: need at least {min_classes} class folders, found {classes}")
     return DatasetIndex(
-        root=root, layout=layout, classes=classes or [], samples=samples, ignored=ignored
+        root=root,
+        layout=layout,
+        classes=classes or [],
+        samples=samples,
+        ignored=ignored,
+        sources={source: root} if source else {},
     )
+
+
+def parse_sources(items: list[str], option: str = "--add-source") -> dict[str, Path]:
+    """``NAME=DIR`` items (``--add-source``, repeatable) into ``{name: folder}``: each name a
+    plain word given once, each folder existing."""
+    parsed: dict[str, Path] = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise CxrlabError(
+                f"{option} {item}: write NAME=DIR, e.g. {option} adult=../shared/data/adult-extra"
+            )
+        check_source_name(name, option)
+        if name in parsed:
+            raise CxrlabError(f"{option} {item}: the name {name} is given twice")
+        parsed[name] = Path(folder).expanduser()
+    return parsed
+
+
+def check_source_name(name: str, option: str) -> None:
+    if not SOURCE_NAME.fullmatch(name):
+        raise CxrlabError(
+            f"{option} {name}: a source name is letters, digits, '_', '.' or '-' "
+            "(at most 64, not starting with a sign)"
+        )
+
+
+def discover_sources(
+    data: str | Path,
+    added: Mapping[str, str | Path] | None = None,
+    *,
+    source_name: str | None = None,
+) -> DatasetIndex:
+    """Index the main dataset ``data`` and every ``added`` source (``{name: folder}``) as one
+    training set: the main data's classes and layout; each added folder (a Kaggle layout or plain
+    class folders) may hold some of those classes. Every layout problem, an unknown class folder
+    and a folder given twice are one-line errors naming the folder, raised before any work."""
+    main = discover(data)
+    if not added and source_name is None:
+        return main
+    name = source_name or main.root.name
+    if source_name is None and not SOURCE_NAME.fullmatch(name):
+        raise CxrlabError(f"{main.root}: name the main data's source with --source-name NAME")
+    check_source_name(name, "--source-name")
+    main.samples = [Sample(s.path, s.split, s.label, name) for s in main.samples]
+    roots: dict[str, Path] = {name: main.root}
+    for extra_name, folder in (added or {}).items():
+        option = f"--add-source {extra_name}={folder}"
+        if extra_name in roots:
+            raise CxrlabError(f"{option}: the name {extra_name} is already a source's name")
+        index = discover(folder, min_classes=1, source=extra_name)
+        for other, root in roots.items():
+            if (
+                index.root == root
+                or index.root.is_relative_to(root)
+                or root.is_relative_to(index.root)
+            ):
+                raise CxrlabError(f"{option}: {index.root} overlaps the folder of {other}")
+        unknown = [c for c in index.classes if c not in main.classes]
+        if unknown:
+            raise CxrlabError(
+                f"{option}: class folder {', '.join(unknown)} is not one of the main data's "
+                f"classes ({', '.join(main.classes)})"
+            )
+        remap = [main.classes.index(c) for c in index.classes]
+        main.samples.extend(
+            Sample(s.path, s.split, remap[s.label], extra_name) for s in index.samples
+        )
+        main.ignored.extend(index.ignored)
+        roots[extra_name] = index.root
+    main.sources = roots
+    return main

@@ -11,7 +11,6 @@ import hashlib
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -30,10 +29,11 @@ DARK_LEVEL = 10  # a border row/column darker than this (mean, 0..255) counts as
 class ImageRecord:
     """What one pass learns about one file. ``status`` is ``ok`` or the reader's error kind."""
 
-    path: str
+    path: str  # the film's key (its path in its source's folder; NAME: for an added source)
     split: str
     label: int
     file_size: int
+    source: str = ""
     status: str = "ok"
     error: str = ""
     file_format: str = ""
@@ -92,18 +92,20 @@ def pixel_hash(pixels: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def scan_file(sample: Sample, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRecord:
-    """Measure one file; never raises for a bad image (the record says what is wrong)."""
+def scan_file(sample: Sample, key: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageRecord:
+    """Measure one file (known by ``key``); never raises for a bad image (the record says what is
+    wrong)."""
     path = sample.path
     try:
         size = path.stat().st_size
     except OSError:
         size = -1
     record = ImageRecord(
-        path=path.relative_to(root).as_posix(),
+        path=key,
         split=sample.split,
         label=sample.label,
         file_size=size,
+        source=sample.source,
     )
     try:
         decoded = decode_image(path, max_pixels=max_pixels)
@@ -122,7 +124,7 @@ def scan_file(sample: Sample, root: Path, max_pixels: int = DEFAULT_MAX_PIXELS) 
     return record
 
 
-def _scan_one(args: tuple[Sample, Path, int]) -> ImageRecord:
+def _scan_one(args: tuple[Sample, str, int]) -> ImageRecord:
     return scan_file(*args)
 
 
@@ -135,7 +137,7 @@ def scan_dataset(
     description: str = "Scanning images",
 ) -> list[ImageRecord]:
     """Scan every file of ``index`` (in order) with a progress bar and ``workers`` processes."""
-    jobs = [(sample, index.root, max_pixels) for sample in index.samples]
+    jobs = [(sample, index.key(sample), max_pixels) for sample in index.samples]
     if workers <= 1 or len(jobs) < 64:
         results = map(_scan_one, jobs)
         return list(track(results, total=len(jobs), description=description, enabled=progress))

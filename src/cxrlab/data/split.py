@@ -8,6 +8,7 @@ each run folder so that the run can be reproduced and audited.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,19 +21,32 @@ from cxrlab.fileio import atomic_open, open_text
 
 
 def stratified_split(
-    labels: np.ndarray, val_fraction: float = 0.15, seed: int = 0
+    labels: np.ndarray,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    *,
+    option: str = "--val-fraction",
+    what: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (into ``labels``) of the train and validation parts, stratified and seeded."""
+    """Positions (into ``labels``) of the train and validation parts, stratified and seeded
+    (``option`` and ``what``, e.g. a source's name, say whose split an error is about)."""
     labels = np.asarray(labels)
     if not 0.0 < val_fraction < 1.0:
-        raise CxrlabError(f"--val-fraction: {val_fraction} must be between 0 and 1")
-    counts = np.bincount(labels)
+        raise CxrlabError(f"{option}: {val_fraction} must be between 0 and 1")
+    counts = np.bincount(labels) if len(labels) else np.zeros(1, np.int64)
     present = counts[counts > 0]
     n_val = int(round(val_fraction * len(labels)))
-    if present.min() < 2 or n_val < len(present) or len(labels) - n_val < len(present):
+    if (
+        not len(present)
+        or present.min() < 2
+        or n_val < len(present)
+        or len(labels) - n_val < len(present)
+    ):
+        part = "validation" if option == "--val-fraction" else "test"
         raise CxrlabError(
-            f"--val-fraction: cannot carve a stratified {val_fraction:.0%} validation split from "
-            f"{len(labels)} images with class counts {counts.tolist()} (need >= 2 per class)"
+            f"{option}: cannot carve a stratified {val_fraction:.0%} {part} split from "
+            f"{len(labels)} {what + ' ' if what else ''}images with class counts "
+            f"{counts.tolist()} (need >= 2 per class)"
         )
     positions = np.arange(len(labels))
     train, val = train_test_split(
@@ -41,13 +55,21 @@ def stratified_split(
     return np.sort(train), np.sort(val)
 
 
-def save_split(path: Path, rows: dict[str, list[tuple[str, str]]]) -> None:
-    """Write ``{subset: [(relative path, class), ...]}`` as CSV ``path,class,subset``."""
+def save_split(
+    path: Path,
+    rows: dict[str, list[tuple[str, str]]],
+    source_of: Callable[[str], str] | None = None,
+) -> None:
+    """Write ``{subset: [(key, class), ...]}`` as CSV ``path,class,subset,source`` (the key is the
+    path in the main data, ``NAME:path`` in an added source; ``source_of`` names a key's source,
+    the ``source`` column is left out without it)."""
     with atomic_open(path, newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "class", "subset"])
+        writer.writerow(["path", "class", "subset", *(["source"] if source_of else [])])
         for subset, items in rows.items():
-            writer.writerows((p, c, subset) for p, c in items)
+            writer.writerows(
+                (p, c, subset, *([source_of(p)] if source_of else [])) for p, c in items
+            )
 
 
 def load_split(path: Path) -> dict[str, list[tuple[str, str]]]:
@@ -82,9 +104,35 @@ class EpochSeededSampler(WeightedRandomSampler):
         self.generator.manual_seed(self.seed + 1_000_003 * epoch)
 
 
-def balanced_sampler(labels: np.ndarray, seed: int = 0) -> EpochSeededSampler:
-    """Draw each class equally often per epoch (with replacement), seeded by (seed, epoch)."""
-    labels = np.asarray(labels)
-    counts = np.bincount(labels)
-    weights = 1.0 / counts[labels]
+def balanced_sampler(
+    labels: np.ndarray, seed: int = 0, sources: np.ndarray | None = None
+) -> EpochSeededSampler:
+    """Draw each class equally often per epoch (with replacement), seeded by (seed, epoch); with
+    ``sources`` (a source index per film), also each source equally often within a class
+    (:func:`source_balance_weights`)."""
+    weights = (
+        source_balance_weights(labels, sources)
+        if sources is not None
+        else 1.0 / np.bincount(np.asarray(labels))[np.asarray(labels)]
+    )
     return EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double), len(labels), seed)
+
+
+def source_balance_weights(labels: np.ndarray, sources: np.ndarray) -> np.ndarray:
+    """Per-film sampling weights for ``--balance source``: every class present gets the same
+    total weight, shared equally by the sources that hold it, and within a (source, class)
+    cell every film weighs the same; so 271 films of a small source weigh as much as 1,266 of a
+    large one in the same class. The weights sum to 1."""
+    labels, sources = np.asarray(labels), np.asarray(sources)
+    cells: dict[tuple[int, int], int] = {}
+    for label, source in zip(labels.tolist(), sources.tolist()):
+        cells[(label, source)] = cells.get((label, source), 0) + 1
+    classes = sorted({label for label, _ in cells})
+    sources_in = {k: sum(1 for label, _ in cells if label == k) for k in classes}
+    share = np.array(
+        [
+            1.0 / (len(classes) * sources_in[label] * cells[(label, source)])
+            for label, source in zip(labels.tolist(), sources.tolist())
+        ]
+    )
+    return share

@@ -20,7 +20,7 @@ from pathlib import Path
 from cxrlab.artifacts import RunDir
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.audit import AuditConfig, run_audit
-from cxrlab.data.discover import discover
+from cxrlab.data.discover import discover_sources
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import evaluate_model, external_films, is_current
 from cxrlab.pipelines.calibrate import calibrate_run
@@ -45,6 +45,10 @@ SHARED_FIELDS = (
             "target_recall",
             "precision",
             "manifest",
+            "sources",
+            "source_name",
+            "source_test_fraction",
+            "source_split_seed",
         }
     )
     | RUNTIME_FIELDS
@@ -158,7 +162,8 @@ def run_comparison(
                 f"--devices {config.devices}: compare trains in one process; "
                 "for DDP train each model with cxrlab train --devices N"
             )
-    index = discover(data)
+    first = configs[0] if configs else RunConfig()
+    index = discover_sources(data, first.sources, source_name=first.source_name)
     for folder in (
         external or {}
     ).values():  # a class the models do not know fails now, not after training
@@ -221,7 +226,7 @@ def run_comparison(
             say(f"    test accuracy {test.accuracy:.3f}, macro-F1 {test.macro_f1:.3f} ({run_dir})")
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
-                diagnose_run(run_dir, index.root, progress=progress)
+                diagnose_run(run_dir, data, progress=progress)
             for name, folder in (
                 external or {}
             ).items():  # scored once per finished model, never used to select

@@ -23,6 +23,7 @@ import numpy as np
 
 from cxrlab.artifacts import DIAGNOSTIC_FILES, RunDir
 from cxrlab.data.cache import CacheSpec
+from cxrlab.data.discover import DatasetIndex, discover_sources
 from cxrlab.data.split import load_split
 from cxrlab.device import pick_device
 from cxrlab.diagnostics import GradcamSummary, Robustness
@@ -63,6 +64,15 @@ def gradcam_sample(
     return np.sort(np.concatenate(chosen))
 
 
+def run_files(run_dir: Path, data: Path) -> DatasetIndex:
+    """The films of a finished run: ``data`` and the sources its config adds (``split.csv`` keys
+    resolve through :meth:`~cxrlab.data.discover.DatasetIndex.path_of`)."""
+    from cxrlab.training.config import RunConfig
+
+    config = RunConfig.load(RunDir(run_dir).config)
+    return discover_sources(data, config.sources, source_name=config.source_name)
+
+
 def diagnose_run(
     run_dir: Path,
     data: Path,
@@ -86,7 +96,8 @@ def diagnose_run(
     test = load_split(files.split).get("test", [])
     if not test:
         raise CxrlabError(f"{run_dir}: the run has no test split to diagnose")
-    paths = [data / relative for relative, _ in test]
+    films = run_files(run_dir, data)
+    paths = [films.path_of(key) for key, _ in test]
     missing = [p for p in paths if not p.is_file()]
     if missing:
         raise CxrlabError(

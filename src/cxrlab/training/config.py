@@ -18,7 +18,7 @@ from cxrlab.fileio import atomic_write_text, read_text
 
 MODES = ("frozen", "finetune")
 OPTIMIZERS = ("adamw", "sgd")
-BALANCE = ("weights", "sampler", "none")
+BALANCE = ("weights", "sampler", "source", "none")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 
@@ -67,6 +67,14 @@ class RunConfig:
     channels_last: bool = False  # NHWC memory format (faster convolutions on some hardware)
     logger: str = "csv"  # csv, tensorboard or mlflow (CSV logs are always written)
     manifest: str | None = None  # audit manifest: excluded files are left out
+    # training sources besides the main DATA: {name: folder} (--add-source NAME=DIR), and the main
+    # data's own name (--source-name; default: its folder's name)
+    sources: dict[str, str] = field(default_factory=dict)
+    source_name: str | None = None
+    # a source without its own test split: this share of each class held out as its test part,
+    # drawn once with source_split_seed (not the run's seed, so every seed tests the same films)
+    source_test_fraction: float = 0.2
+    source_split_seed: int = 0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -87,6 +95,11 @@ class RunConfig:
             (self.lr > 0, "--lr", "must be positive"),
             (0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1) (0 turns EMA off)"),
             (0 < self.val_fraction < 1, "--val-fraction", "must be between 0 and 1"),
+            (
+                0 < self.source_test_fraction < 1,
+                "--source-test-fraction",
+                "must be between 0 and 1",
+            ),
             (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
             (
                 self.augment_on in ("loader", "device"),
@@ -139,6 +152,8 @@ class RunConfig:
             ["TTA"] if self.tta else []
         )
         extras += [f"operating point {self.target_recall}"] if self.target_recall else []
+        extras += [f"+ sources {', '.join(self.sources)}"] if self.sources else []
+        extras += [f"balance {self.balance}"] if self.balance == "source" else []
         return (
             f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, "
             f"{self.epochs} epochs, "

@@ -24,14 +24,22 @@ from cxrlab.training.config import RunConfig
 
 
 class CxrDataModule(L.LightningDataModule):
-    """Loaders for one run; ``train_labels`` drive balanced sampling when it is asked for."""
+    """Loaders for one run; ``train_labels`` (and, for ``--balance source``, ``train_sources``)
+    drive balanced sampling when it is asked for."""
 
     def __init__(
-        self, train: Dataset, val: Dataset, train_labels: np.ndarray, config: RunConfig
+        self,
+        train: Dataset,
+        val: Dataset,
+        train_labels: np.ndarray,
+        config: RunConfig,
+        *,
+        train_sources: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         self.train_set, self.val_set = train, val
         self.train_labels = np.asarray(train_labels)
+        self.train_sources = train_sources
         self.config = config
 
     @property
@@ -56,10 +64,10 @@ class CxrDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        if self.config.balance == "sampler":
-            return self._loader(
-                self.train_set, sampler=balanced_sampler(self.train_labels, self.config.seed)
-            )
+        if self.config.balance in ("sampler", "source"):
+            sources = self.train_sources if self.config.balance == "source" else None
+            sampler = balanced_sampler(self.train_labels, self.config.seed, sources)
+            return self._loader(self.train_set, sampler=sampler)
         return self._loader(
             self.train_set, shuffle=True, drop_last=len(self.train_set) > self.config.batch_size
         )

@@ -11,7 +11,7 @@ import torch
 
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
 from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
-from cxrlab.data.discover import DatasetIndex, discover
+from cxrlab.data.discover import DatasetIndex, discover_sources
 from cxrlab.data.split import load_split
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.predict import (
@@ -40,6 +40,19 @@ class PreparedData:
     def labels(self, subset: str) -> np.ndarray:
         return self.cache.labels[self.rows[subset]]
 
+    def keys(self, subset: str) -> list[str]:
+        """The films of a subset by key, in row order."""
+        return [self.cache.paths[r] for r in self.rows[subset]]
+
+    def sources(self, subset: str) -> list[str]:
+        """The source of each film of a subset, in row order."""
+        return [self.index.source_of(key) for key in self.keys(subset)]
+
+    def source_ids(self, subset: str) -> np.ndarray:
+        """The source of each film of a subset as an index into ``index.source_roots``."""
+        names = list(self.index.source_roots)
+        return np.array([names.index(s) for s in self.sources(subset)], dtype=np.int64)
+
 
 def prepare_data(
     data: Path,
@@ -55,7 +68,7 @@ def prepare_data(
     Files that cannot be decoded are taken out of the subsets (and so out of ``split.csv``) and
     listed in ``skipped`` with the reason, so the saved split and every count agree.
     """
-    index = discover(data)
+    index = discover_sources(data, config.sources, source_name=config.source_name)
     index.require("train")
     cache = build_cache(
         index,
@@ -68,7 +81,12 @@ def prepare_data(
         subsets = load_split(split_file)
     else:
         subsets = make_split(
-            index, val_fraction=config.val_fraction, seed=config.seed, manifest=config.manifest
+            index,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            manifest=config.manifest,
+            test_fraction=config.source_test_fraction,
+            test_seed=config.source_split_seed,
         )
     usable = {path for path, ok in zip(cache.paths, cache.ok) if ok}
     skipped = {

@@ -54,7 +54,7 @@ from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.prepared import PreparedData, prepare_data, subset_logits
-from cxrlab.training.testing import calibrate_and_test
+from cxrlab.training.testing import calibrate_and_test, source_counts
 from cxrlab.training.trainer import (
     HistoryWriter,
     build_trainer,
@@ -259,7 +259,7 @@ def _prepare(
             )
     if not worker and not resume:
         config.save(files.config)
-        save_split(files.split, prepared.subsets)
+        save_split(files.split, prepared.subsets, prepared.index.source_of)
     if config.target_recall:  # its class is checked before any training
         parse_target_recall(config.target_recall, prepared.classes)
     return prepared
@@ -340,7 +340,13 @@ def _fit(
         model, config, prepared, device, timings, progress
     )
     module = ClassifierModule(net, config, len(classes), weights)
-    datamodule = CxrDataModule(train_set, val_set, prepared.labels("train"), config)
+    datamodule = CxrDataModule(
+        train_set,
+        val_set,
+        prepared.labels("train"),
+        config,
+        train_sources=prepared.source_ids("train") if config.balance == "source" else None,
+    )
     best = ModelCheckpoint(
         dirpath=files.checkpoints, filename="best", monitor="val_macro_f1", mode="max"
     )
@@ -443,6 +449,7 @@ def _test(
         skipped=prepared.skipped,
         inference_img_per_s=inference_speed(tested, config.image_size, device=device),
         inference_device=device.type,
+        sources=source_counts(prepared),
     )
     metrics = calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
     if tta and "test" in logits:  # the same checkpoint without test-time augmentation

@@ -22,11 +22,18 @@ from cxrlab.evaluation.calibration import (
     parse_target_recall,
     softmax,
 )
+from cxrlab.evaluation.external import score
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
 from cxrlab.evaluation.predict import write_predictions
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier
-from cxrlab.records import RunCalibration, RunMetrics, RunOperatingPoint, target_name
+from cxrlab.records import (
+    RunCalibration,
+    RunMetrics,
+    RunOperatingPoint,
+    SetScores,
+    target_name,
+)
 from cxrlab.training.config import RunConfig
 from cxrlab.training.prepared import PreparedData
 
@@ -82,6 +89,7 @@ def calibrate_and_test(
     )
     return replace(
         metrics,
+        per_source=source_scores(prepared, y_true, probs) if prepared.index.is_multi_source else {},
         calibration=replace(
             calibration, test=calibration_effect(logits["test"], y_true, temperature)
         ),
@@ -91,6 +99,29 @@ def calibrate_and_test(
         test=classification_metrics(y_true, probs, classes),
         intervals=headline_intervals(y_true, probs, classes),
     )
+
+
+def source_counts(prepared: PreparedData) -> dict[str, dict[str, dict[str, int]]]:
+    """``{source: {subset: {class: films}}}`` of a prepared run (what each source gave)."""
+    table: dict[str, dict[str, dict[str, int]]] = {name: {} for name in prepared.index.source_roots}
+    for subset in prepared.rows:
+        for source, label in zip(prepared.sources(subset), prepared.labels(subset).tolist()):
+            row = table[source].setdefault(subset, dict.fromkeys(prepared.classes, 0))
+            row[prepared.classes[label]] += 1
+    return table
+
+
+def source_scores(
+    prepared: PreparedData, y_true: np.ndarray, probs: np.ndarray
+) -> dict[str, SetScores]:
+    """The test films of each source scored on their own (a source may hold some classes only):
+    balanced accuracy and recalls with bootstrap intervals, where its films went."""
+    sources = np.array(prepared.sources("test"))
+    return {
+        name: SetScores(**score(y_true[sources == name], probs[sources == name], prepared.classes))
+        for name in prepared.index.source_roots
+        if (sources == name).any()
+    }
 
 
 def is_calibrated(metrics: RunMetrics, target_recall: str | None = None) -> bool:
