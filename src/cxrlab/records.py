@@ -247,6 +247,20 @@ class RunMetrics(JsonRecord):
         """The target (``COVID19=0.95``) of the run's operating point, if it has one."""
         return self.operating_point.target if self.operating_point else None
 
+    def source_totals(self) -> dict[str, dict[str, int]]:
+        """Films each source gave, per class, over all subsets (``sources`` summed)."""
+        return {
+            name: {c: sum(row.get(c, 0) for row in subsets.values()) for c in self.classes}
+            for name, subsets in self.sources.items()
+        }
+
+    def single_class_sources(self) -> dict[str, str]:
+        """Training sources (of several) that gave films of one class only: ``{source: class}``."""
+        if len(self.sources) < 2:
+            return {}
+        held = {n: [c for c, k in row.items() if k] for n, row in self.source_totals().items()}
+        return {n: classes[0] for n, classes in held.items() if len(classes) == 1}
+
 
 @dataclass(frozen=True)
 class Internal:

@@ -97,10 +97,41 @@ def model_lines(metrics: RunMetrics) -> list[str]:
     ]
 
 
+def source_lines(metrics: RunMetrics) -> list[str]:
+    """Each training source (of several) with its films per class, a warning for a source of
+    one class; nothing for a run on one source."""
+    if len(metrics.sources) < 2:
+        return []
+    single = metrics.single_class_sources()
+    lines = []
+    for name, row in metrics.source_totals().items():
+        counts = ", ".join(f"{markdown_escape(c)} {n}" for c, n in row.items() if n)
+        warning = (
+            f" — **only {markdown_escape(single[name])}: the model can learn this source's look "
+            f"as {markdown_escape(single[name])}**"
+            if name in single
+            else ""
+        )
+        lines.append(f"- source {markdown_escape(name)}: {counts}{warning}")
+    return lines
+
+
+def sources_sentence(metrics: RunMetrics) -> str | None:
+    """The training sources in one sentence (what ``cxrlab serve`` shows beside every answer)."""
+    if not metrics.sources:
+        return None
+    parts = [
+        f"{name} ({', '.join(f'{c} {n}' for c, n in row.items() if n)})"
+        for name, row in metrics.source_totals().items()
+    ]
+    return "Trained on films from: " + "; ".join(parts) + "."
+
+
 def training_data_lines(metrics: RunMetrics, audit: AuditReport | None) -> list[str]:
-    """Images per subset, unreadable files, and what the audit knows of the sources."""
+    """Images per subset and per source, unreadable files, and what the audit knows of the
+    sources."""
     sizes = ", ".join(f"{k} {v}" for k, v in metrics.sizes.items())
-    lines = [f"- images per subset: {sizes}"]
+    lines = [f"- images per subset: {sizes}", *source_lines(metrics)]
     if metrics.skipped:
         lines.append(f"- unreadable files left out: {len(metrics.skipped)}")
     if audit is None:
@@ -118,11 +149,37 @@ def training_data_lines(metrics: RunMetrics, audit: AuditReport | None) -> list[
             f"{shortcut.cv_balanced_accuracy:.1%} (chance {shortcut.chance_balanced:.1%}); "
             "the classes differ in source, not only in disease"
         )
+    if audit.sources is not None:
+        check = audit.sources
+        told = (
+            "n/a" if check.format_predicts_source is None else f"{check.format_predicts_source:.1%}"
+        )
+        lines.append(
+            f"- **source check: {check.level}**: the file format tells the source with balanced "
+            f"accuracy {told} (chance {check.source_chance:.1%}); source and class: "
+            f"Cramér's V {check.cramers_v:.2f}"
+        )
+    return lines
+
+
+def per_source_lines(metrics: RunMetrics) -> list[str]:
+    """Each source's test films scored on their own (several sources only)."""
+    lines = []
+    for name, scores in metrics.per_source.items():
+        recalls = "; ".join(
+            f"recall {markdown_escape(c)} {_ci(r.recall)}" for c, r in scores.per_class.items()
+        )
+        lines.append(
+            f"- source {markdown_escape(name)}: {scores.n} films "
+            f"({', '.join(map(markdown_escape, scores.present))}); balanced accuracy "
+            f"{_ci(scores.balanced_accuracy)}; {recalls}"
+        )
     return lines
 
 
 def test_split_lines(metrics: RunMetrics) -> list[str]:
-    """The test split's headline numbers with their intervals, and each class's recall."""
+    """The test split's headline numbers with their intervals, each class's recall, and each
+    source's test films on their own."""
     test, intervals = metrics.test, metrics.intervals
     if test is None:
         return ["- not tested (the dataset has no test split)"]
@@ -137,6 +194,7 @@ def test_split_lines(metrics: RunMetrics) -> list[str]:
             f"- recall {markdown_escape(c)}: {_ci(intervals.get(f'recall_{c}'))}"
             for c in metrics.classes
         ),
+        *per_source_lines(metrics),
     ]
 
 
@@ -225,6 +283,13 @@ def limitation_lines(
             "The classes of the training data come from different sources (the audit's shortcut "
             "check), so the model can score well on its own test split by recognising the source."
             + (KAGGLE_CONFOUND if metrics.classes == KAGGLE_CLASSES else "")
+        )
+    for name, cls in metrics.single_class_sources().items():
+        limitations.append(
+            f"Every film of the training source {markdown_escape(name)} is {markdown_escape(cls)}:"
+            f" the model can call a film {markdown_escape(cls)} because it looks like "
+            f"{markdown_escape(name)}'s films (framing, scanner, processing), not because of "
+            "the disease."
         )
     for ev in external:
         if ev.internal and _gap(ev) < -LARGE_GAP:

@@ -80,6 +80,12 @@ from cxrlab.reporting.robustness import (
     robustness_table,
 )
 from cxrlab.reporting.runs import ReportRun, load_runs
+from cxrlab.reporting.sources import (
+    has_sources,
+    per_source_columns,
+    sources_html,
+    sources_markdown,
+)
 from cxrlab.reporting.tables import Table, write_csv
 
 PROTOCOL = (
@@ -215,7 +221,10 @@ def write_report(
     comparison, pairs = comparison_table(runs), mcnemar_table(tests)
     externals = load_external_sets(runs, external)
     results = [
-        row | external_columns(externals, i) | calibration_columns(runs[i], externals, i)
+        row
+        | per_source_columns(runs[i])
+        | external_columns(externals, i)
+        | calibration_columns(runs[i], externals, i)
         for i, row in enumerate(results_rows(runs))
     ]
     every_column = list(dict.fromkeys(key for row in results for key in row))
@@ -225,6 +234,8 @@ def write_report(
     write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
     write_csv(out_dir / "gradcam.csv", gradcam_fields(runs), gradcam_rows(runs))
     markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
+    if has_sources(runs):
+        markdown += "\n" + sources_markdown(runs)
     if externals:
         markdown += "\n" + external_markdown(runs, externals)
     markdown += "\n" + calibration_markdown(runs, externals)
@@ -234,6 +245,7 @@ def write_report(
     sections = [
         Section("dataset", "Dataset", dataset_html(analysis, runs)),
         Section("comparison", "Comparison on the test split", comparison_html(comparison)),
+        *([Section("sources", "Per source", sources_html(runs))] if has_sources(runs) else []),
         *(
             [Section("external", "External validation", external_html(runs, externals, out_dir))]
             if externals

@@ -89,7 +89,11 @@ def calibrate_and_test(
     )
     return replace(
         metrics,
-        per_source=source_scores(prepared, y_true, probs) if prepared.index.is_multi_source else {},
+        per_source=(
+            scores_by_source(prepared.sources("test"), y_true, probs, classes)
+            if prepared.index.is_multi_source
+            else {}
+        ),
         calibration=replace(
             calibration, test=calibration_effect(logits["test"], y_true, temperature)
         ),
@@ -111,16 +115,17 @@ def source_counts(prepared: PreparedData) -> dict[str, dict[str, dict[str, int]]
     return table
 
 
-def source_scores(
-    prepared: PreparedData, y_true: np.ndarray, probs: np.ndarray
+def scores_by_source(
+    sources: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str]
 ) -> dict[str, SetScores]:
-    """The test films of each source scored on their own (a source may hold some classes only):
-    balanced accuracy and recalls with bootstrap intervals, where its films went."""
-    sources = np.array(prepared.sources("test"))
+    """The films of each source (``sources``: one name per film) scored on their own, in order
+    of first appearance; a source may hold some classes only, so these are the subset-aware
+    scores of an external set (balanced accuracy and recalls with bootstrap intervals, where
+    its films went)."""
+    names = np.array(sources)
     return {
-        name: SetScores(**score(y_true[sources == name], probs[sources == name], prepared.classes))
-        for name in prepared.index.source_roots
-        if (sources == name).any()
+        name: SetScores(**score(y_true[names == name], probs[names == name], classes))
+        for name in dict.fromkeys(sources)
     }
 
 
