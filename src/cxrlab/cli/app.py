@@ -264,6 +264,16 @@ SourceTestFractionOpt = Annotated[
 ]
 
 
+SourceTrainFractionOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--source-train-fraction",
+        help="Share of an added source's films (after its test part) used to train and validate "
+        "\\[1]; 0: the source is only tested on.",
+    ),
+]
+
+
 def source_fields(add_source: list[str] | None) -> dict[str, object]:
     """The ``sources`` config field from ``--add-source NAME=DIR`` items (nothing when none)."""
     from cxrlab.data.discover import parse_sources

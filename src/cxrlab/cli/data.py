@@ -136,6 +136,21 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
         console.print(
             Panel(shown(body), title=f"Shortcut check: {sc.level.upper()}", border_style=style)
         )
+    check = result.sources
+    if check is not None:
+        style = {"high": "red", "moderate": "yellow", "low": "green"}[check.level]
+        rows = [
+            f"{name}: " + ", ".join(f"{c} {n}" for c, n in profile.kept.items() if n)
+            for name, profile in check.sources.items()
+        ]
+        crossing = [g for g in result.groups if g.cross_source]
+        rows.append(f"films two sources share: {len(crossing)} group(s) (copies excluded)")
+        rows += [f"- {line}" for line in check.explanation]
+        console.print(
+            Panel(
+                shown("\n".join(rows)), title=f"Sources: {check.level.upper()}", border_style=style
+            )
+        )
     console.print(
         f"Manifest, report and plots in {shown(out)}/ "
         "(audit.md, manifest.csv, duplicates.png, shortcuts.png)"

@@ -37,6 +37,7 @@ from cxrlab.cli.app import (
     SeedOpt,
     SourceNameOpt,
     SourceTestFractionOpt,
+    SourceTrainFractionOpt,
     StrategyOpt,
     TargetRecallOpt,
     TtaOpt,
@@ -77,6 +78,12 @@ def print_result(result) -> None:  # noqa: ANN001 (RunResult)
     table.add_row("balanced accuracy", f"{test.balanced_accuracy:.3f}")
     table.add_row("macro AUC", f"{test.macro_auc:.3f}")
     console.print(table)
+    for name, scores in m.per_source.items():
+        recalls = ", ".join(f"{shown(c)} {r.recall.value:.3f}" for c, r in scores.per_class.items())
+        console.print(
+            f"  source {shown(name)}: {scores.n} test films, balanced accuracy "
+            f"{scores.balanced_accuracy}; recall {recalls}"
+        )
     print_calibration(m)
     console.print(
         f"Run folder {shown(result.run_dir)} "
@@ -199,6 +206,7 @@ def train(
     add_source: AddSourceOpt = None,
     source_name: SourceNameOpt = None,
     source_test_fraction: SourceTestFractionOpt = None,
+    source_train_fraction: SourceTrainFractionOpt = None,
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
     devices: DevicesOpt = "auto",
@@ -397,6 +405,7 @@ def compare(
     add_source: AddSourceOpt = None,
     source_name: SourceNameOpt = None,
     source_test_fraction: SourceTestFractionOpt = None,
+    source_train_fraction: SourceTrainFractionOpt = None,
     precision: PrecisionOpt = "auto",
     accelerator: AcceleratorOpt = "auto",
     devices: DevicesOpt = "auto",

@@ -33,6 +33,7 @@ def make_split(
     manifest: str | Path | None = None,
     test_fraction: float = 0.2,
     test_seed: int = 0,
+    train_fraction: float = 1.0,
 ) -> Subsets:
     """``{"train", "val", "test"}`` lists of ``(key, class)``, source by source (the main data
     first).
@@ -42,7 +43,9 @@ def make_split(
     stratified and seeded. A test split is passed through untouched. An added source without
     its own test split gets one: ``test_fraction`` of each class held out, drawn with
     ``test_seed`` (fixed, so runs of every seed test on the same films); the main data keeps
-    what it has.
+    what it has. ``train_fraction`` < 1 keeps that share of each added source's remaining films
+    (stratified, drawn with ``seed``) for training and validation: a learning curve over the
+    added films, on a fixed test part (0: the source is only tested on).
     """
     skip = excluded_paths(manifest)
     subsets: Subsets = {"train": [], "val": []}
@@ -65,6 +68,14 @@ def make_split(
         elif source != index.main_source:
             train, held = _carve(train, index.classes, test_fraction, test_seed, source, "test")
             tests += held
+        if source != index.main_source and train_fraction < 1:
+            train = (
+                _carve(train, index.classes, train_fraction, seed, source, "train")[1]
+                if train_fraction > 0
+                else []
+            )
+        if not train:
+            continue
         if "val" in splits:
             subsets["train"] += train
             subsets["val"] += usable("val")
@@ -86,7 +97,9 @@ def _carve(
     part: str,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``items`` split into (rest, a stratified seeded ``fraction``) for one source's ``part``."""
-    option = "--val-fraction" if part == "val" else "--source-test-fraction"
+    option = {"val": "--val-fraction", "test": "--source-test-fraction"}.get(
+        part, "--source-train-fraction"
+    )
     labels = np.array([classes.index(c) for _, c in items])
     rest, held = stratified_split(labels, fraction, seed, option=option, what=f"{source}'s")
     return [items[i] for i in rest], [items[i] for i in held]

@@ -42,7 +42,9 @@ def stratified_split(
         or n_val < len(present)
         or len(labels) - n_val < len(present)
     ):
-        part = "validation" if option == "--val-fraction" else "test"
+        part = {"--val-fraction": "validation", "--source-test-fraction": "test"}.get(
+            option, "training"
+        )
         raise CxrlabError(
             f"{option}: cannot carve a stratified {val_fraction:.0%} {part} split from "
             f"{len(labels)} {what + ' ' if what else ''}images with class counts "

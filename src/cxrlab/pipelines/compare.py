@@ -49,6 +49,7 @@ SHARED_FIELDS = (
             "source_name",
             "source_test_fraction",
             "source_split_seed",
+            "source_train_fraction",
         }
     )
     | RUNTIME_FIELDS

@@ -75,6 +75,9 @@ class RunConfig:
     # drawn once with source_split_seed (not the run's seed, so every seed tests the same films)
     source_test_fraction: float = 0.2
     source_split_seed: int = 0
+    # of an added source's films left after its test part, the share that trains (and
+    # validates): a learning curve over the added films; drawn with the run's seed
+    source_train_fraction: float = 1.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -98,6 +101,11 @@ class RunConfig:
             (
                 0 < self.source_test_fraction < 1,
                 "--source-test-fraction",
+                "must be between 0 and 1",
+            ),
+            (
+                0 <= self.source_train_fraction <= 1,
+                "--source-train-fraction",
                 "must be between 0 and 1",
             ),
             (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
@@ -152,7 +160,10 @@ class RunConfig:
             ["TTA"] if self.tta else []
         )
         extras += [f"operating point {self.target_recall}"] if self.target_recall else []
-        extras += [f"+ sources {', '.join(self.sources)}"] if self.sources else []
+        if self.sources:
+            share = self.source_train_fraction
+            part = f" ({share:g} of their training films)" if share < 1 else ""
+            extras.append(f"+ sources {', '.join(self.sources)}{part}")
         extras += [f"balance {self.balance}"] if self.balance == "source" else []
         return (
             f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, "

@@ -3,7 +3,8 @@
 The backbone is unchanged, so its output for an image never changes: features are computed
 in one pass over the cache (no augmentation, eval mode) and stored beside the image cache,
 in the folder of the cache's generation (a new one whenever any cached image changes, so
-features never outlive the pixels they came from), keyed by the model key and the image rows.
+features never outlive the pixels they came from), keyed by the model, one row per cached
+image: every run of one model on one cache (any split, seed or share of a source) reads them.
 The new linear head is then trained on the feature matrix by the same Lightning loop as every
 other run (:mod:`cxrlab.training.run`), which takes seconds instead of a forward pass through
 the CNN per epoch.
@@ -56,20 +57,24 @@ def cached_features(
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> np.ndarray:
-    """:func:`extract_features` for cache ``rows``, memoised in the cache folder."""
-    digest = hashlib.sha1(
-        model_key.encode() + b"|" + np.asarray(rows, dtype=np.int64).tobytes()
-    ).hexdigest()[:16]
+    """:func:`extract_features` for cache ``rows``, memoised in the cache folder: the features of
+    every decodable row of the cache are computed once per model and cache generation, so runs
+    that differ in their split, seed or share of a source reuse them."""
+    digest = hashlib.sha1(model_key.encode() + b"|all-rows").hexdigest()[:16]
     path = cache.folder / "features" / cache.generation / f"{digest}.npy"
+    rows = np.asarray(rows, dtype=np.int64)
     if path.is_file():
-        return np.load(path)
+        return np.load(path, mmap_mode="r")[rows].copy()
+    usable = np.flatnonzero(cache.ok)
     features = extract_features(
         model,
-        CachedImageDataset(cache, rows),
+        CachedImageDataset(cache, usable),
         batch_size=batch_size,
         device=device,
         progress=progress,
     )
+    every = np.zeros((len(cache.paths), features.shape[1]), dtype=np.float32)
+    every[usable] = features
     with atomic_open(path, "wb") as handle:
-        np.save(handle, features)
-    return features
+        np.save(handle, every)
+    return every[rows].copy()

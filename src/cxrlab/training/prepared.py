@@ -87,6 +87,7 @@ def prepare_data(
             manifest=config.manifest,
             test_fraction=config.source_test_fraction,
             test_seed=config.source_split_seed,
+            train_fraction=config.source_train_fraction,
         )
     usable = {path for path, ok in zip(cache.paths, cache.ok) if ok}
     skipped = {
