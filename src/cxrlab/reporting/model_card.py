@@ -327,6 +327,12 @@ def _card_sources(run_dir: Path) -> tuple[RunMetrics, AuditReport | None, list[E
     return RunMetrics.load(files.metrics), _audit_of(config), _external(run_dir)
 
 
+def training_sources(run_dir: Path) -> str | None:
+    """The run's training sources in one sentence, with their films per class (None for a run
+    from before sources were recorded): what ``cxrlab serve`` shows beside every answer."""
+    return sources_sentence(RunMetrics.load(RunDir(run_dir).metrics))
+
+
 def known_limitations(run_dir: Path) -> list[str]:
     """The card's known limitations of the run in ``run_dir``, one plain sentence each (what
     ``cxrlab serve`` shows beside every answer)."""

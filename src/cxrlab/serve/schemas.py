@@ -45,6 +45,11 @@ class ModelInfo(BaseModel):
     gradcam: GradcamInfo
     ood: OodInfo
     known_limitations: list[str] = Field(description="From the run's model card.")
+    training_sources: str | None = Field(
+        None,
+        description="The sources of the training films with their films per class (null when "
+        "the model is not in a run folder).",
+    )
     notes: list[str] = Field(description="Caveats about this model or how it is served.")
     max_upload_mb: float = Field(description="Largest request body accepted.")
 

@@ -93,6 +93,7 @@ class ServedModel:
         self.predictor: Predictor = load_predictor(self.model_file, device)
         self._lock = threading.Lock()
         self.limitations = self._limitations()
+        self.sources = self._sources()
         self.ood, self.ood_reason = self._ood()
         self.layer, self.gradcam_reason = self._gradcam_layer()
 
@@ -102,6 +103,13 @@ class ServedModel:
         from cxrlab.reporting.model_card import known_limitations
 
         return known_limitations(self.run_dir)
+
+    def _sources(self) -> str | None:
+        if self.run_dir is None:
+            return None
+        from cxrlab.reporting.model_card import training_sources
+
+        return training_sources(self.run_dir)
 
     def _ood(self) -> tuple[OodStats | None, str]:
         if self.predictor.model is None:
@@ -170,6 +178,7 @@ class ServedModel:
             ),
             ood=ood,
             known_limitations=self.limitations,
+            training_sources=self.sources,
             notes=self.notes,
             max_upload_mb=max_upload_mb,
         )
