@@ -105,7 +105,11 @@ class SourceCheck:
     source (against ``1 / sources``): high means the files tell their site. ``source_and_format``:
     the shortcut classifier with the source added as a feature, against ``format_only``: the
     rise is what the source adds. ``single_class``: sources all of whose films are one class (a
-    site that can be learnt as that class); ``single_source``: classes held by one source."""
+    site that can be learnt as that class); ``single_source``: classes held by one source.
+    ``level``: with a single-class source, ``high`` when the format tells the source (the
+    shortcut's own rule, :func:`cxrlab.data.shortcuts._level`, against ``source_chance``) and
+    ``moderate`` otherwise; without one, ``moderate`` when the format tells the source and the
+    sources differ in their classes (Cramér's V >= 0.1), else ``low``."""
 
     __pydantic_config__ = STRICT
     sources: dict[str, SourceProfile]

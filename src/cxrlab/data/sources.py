@@ -12,6 +12,7 @@ single class and which classes a single source. The result is a
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -108,20 +109,21 @@ def source_check(
             n_jobs=2,
         )
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        return float(balanced_accuracy_score(y, cross_val_predict(forest, x, y, cv=splitter)))
+        predicted = cross_val_predict(forest, x, y, cv=splitter)
+        with warnings.catch_warnings():  # a fold may call a class absent from the labels
+            warnings.simplefilter("ignore", UserWarning)
+            return float(balanced_accuracy_score(y, predicted))
 
     one_hot = np.eye(len(names))[source_ids] if len(train) else np.zeros((0, len(names)))
     format_source = cv_balanced(features, source_ids)
     format_only = cv_balanced(features, labels)
     with_source = cv_balanced(np.hstack([features, one_hot]), labels)
     chance = 1.0 / len(names)
-    level = "low"
-    if format_source is not None:
-        level = _level(format_source, chance)
-    if single_class and level == "low":
-        level = "moderate"
-    if single_class and format_source is not None and level != "low":
-        level = "high"
+    told = _level(format_source, chance) if format_source is not None else "low"
+    if single_class:  # a site that is one class: high when the files also tell the site
+        level = "high" if told != "low" else "moderate"
+    else:  # the files tell the site, and the sites differ in their classes
+        level = "moderate" if told != "low" and v >= 0.1 else "low"
     return SourceCheck(
         sources=profiles,
         single_class=single_class,
