@@ -81,4 +81,20 @@ def bad_films(tmp: Path, good: bytes) -> dict[str, tuple[str, bytes, int, str]]:
             "decompression-bomb limit",
         ),
         "dicom without pixels": ("report.dcm", dicom.read_bytes(), 422, "without pixel data"),
+        "dicom with WindowWidth 0": (
+            "w0.dcm",
+            write_dicom(
+                tmp / "w0.dcm", np.ones((8, 8)), WindowCenter=1, WindowWidth=0
+            ).read_bytes(),
+            422,
+            "window",
+        ),
+        "multi-frame dicom over the pixel limit": (
+            "frames.dcm",
+            write_dicom(
+                tmp / "frames.dcm", np.zeros((2, 8)), Rows=1, Columns=8, NumberOfFrames=10_000_001
+            ).read_bytes(),
+            422,
+            "10000001 frames of 8x1 pixels",
+        ),
     }

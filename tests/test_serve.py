@@ -8,6 +8,7 @@ import json
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,11 @@ from PIL import Image
 from serving import bad_films, dataset_films, film_formats, served_run, unlike_films
 
 from cxrlab.cli import run
+from cxrlab.data.cache import decode_square
 from cxrlab.evaluation.ood import OodStats, load_stats_for, score_files, stats_path
 from cxrlab.evaluation.predict import load_predictor, predict_files
 from cxrlab.serve.app import create_app
-from cxrlab.serve.service import ServedModel
+from cxrlab.serve.service import Film, ServedModel
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,31 @@ def test_bad_inputs_are_4xx_naming_the_file_and_the_server_goes_on(
         detail = response.json()["detail"]
         assert detail.startswith(f"{name}: ") and phrase in detail and "\n" not in detail, case
         assert post(client, good).status_code == 200, case  # still serving
+
+
+def test_films_are_decoded_a_few_at_a_time(
+    served: ServedModel, tiny_data: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each film is decoded holding one of the server's DECODE_SLOTS (so hostile films sent at
+    once cannot each take their decoding memory): with one slot, none is free while decoding."""
+    from cxrlab.serve import service
+
+    assert service.DECODE_SLOTS == 2  # the number the README states
+    monkeypatch.setattr(served, "decoding", threading.BoundedSemaphore(1))
+    free_while_decoding = []
+
+    def decode(*args: object, **kwargs: object) -> object:
+        free = served.decoding.acquire(blocking=False)
+        if free:
+            served.decoding.release()
+        free_while_decoding.append(free)
+        return decode_square(*args, **kwargs)
+
+    monkeypatch.setattr(service, "decode_square", decode)
+    films = [Film(p.name, p.read_bytes()) for p in dataset_films(tiny_data)[:3]]
+    assert len(served.predict(films)) == 3
+    assert free_while_decoding == [False, False, False]
+    assert served.decoding.acquire(blocking=False)  # released afterwards
 
 
 def test_a_bad_film_in_a_batch_is_named(client: TestClient, tiny_data: tuple[Path, Path]) -> None:

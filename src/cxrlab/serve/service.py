@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 from cxrlab.data.cache import decode_square
+from cxrlab.data.reader import DecodedImage
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import resolve_model
 from cxrlab.evaluation.gradcam import CAM_ALPHA, CAM_CMAP, find_target_layer, gradcam
@@ -39,6 +40,9 @@ MIN_PNG_SIDE = 256  # films and overlays smaller than this are enlarged for the 
 # thread (not the main thread), CPU inference with several intra-op threads was 2.5x slower for
 # one film (MobileNetV2, 128 px, 2 cores: 67 ms against 27 ms) and faster only from 16 films on.
 ONE_THREAD_BELOW = 16
+# Films decoded at once, over all requests: each takes up to 8 bytes per pixel of the 80 MP limit
+# (cxrlab.data.reader), so decoding never holds more than about 2 x 640 MB whatever is uploaded.
+DECODE_SLOTS = 2
 
 
 @contextmanager
@@ -92,6 +96,7 @@ class ServedModel:
         self.model_file, self.run_dir = resolve_model(Path(model))
         self.predictor: Predictor = load_predictor(self.model_file, device)
         self._lock = threading.Lock()
+        self.decoding = threading.BoundedSemaphore(DECODE_SLOTS)  # films decoded at once
         self.limitations = self._limitations()
         self.ood, self.ood_reason = self._ood()
         self.layer, self.gradcam_reason = self._gradcam_layer()
@@ -174,10 +179,15 @@ class ServedModel:
             max_upload_mb=max_upload_mb,
         )
 
+    def _decode(self, film: Film) -> DecodedImage:
+        """One film decoded and resized, waiting for one of :data:`DECODE_SLOTS`."""
+        with self.decoding:
+            return decode_square(film.data, self.predictor.spec, name=film.filename)
+
     def predict(self, films: list[Film], *, with_gradcam: bool = False) -> list[schemas.FilmResult]:
         """Answers for ``films``, in order; raises ``ImageReadError`` for the first bad one."""
         p = self.predictor
-        decoded = [decode_square(f.data, p.spec, name=f.filename) for f in films]
+        decoded = [self._decode(film) for film in films]
         squares = np.stack([d.pixels for d in decoded])
         images = squares[:, None].astype(np.float32) / np.float32(255.0)
         small = len(films) < ONE_THREAD_BELOW and (p.device is None or p.device.type == "cpu")

@@ -1,0 +1,76 @@
+"""Hostile input through the command line (issue 23): DICOMs pydicom cannot window, symlinks in
+a dataset, cells a spreadsheet would run, files that are blank or far too large."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import TINY, train_tiny
+from test_reader import write_dicom
+
+from cxrlab.cli import run
+from cxrlab.fileio import open_text
+
+
+@pytest.fixture(scope="module")
+def model(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run's ``model.pt``."""
+    from cxrlab.training.config import preset
+
+    out = tmp_path_factory.mktemp("hostile") / "run"
+    train_tiny(tiny_data, out, preset("scratch", model="resnet18", epochs=1, **TINY))
+    return out / "model.pt"
+
+
+def manifest_rows(audit: Path) -> dict[str, dict[str, str]]:
+    """The audit's ``manifest.csv`` by path."""
+    with open_text(audit / "manifest.csv") as handle:
+        return {row["path"]: row for row in csv.DictReader(handle)}
+
+
+def window_zero(path: Path) -> Path:
+    """A DICOM whose WindowWidth is 0 (pydicom refuses to apply that window)."""
+    return write_dicom(path, np.ones((16, 16)), WindowCenter=1, WindowWidth=0)
+
+
+def test_predict_names_an_unwindowable_dicom_in_one_line(
+    model: Path, tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Named on the command line: exit 2, one line naming it, nothing written. In a folder: the
+    others are predicted and it is listed as skipped."""
+    folder = tmp_path / "films"
+    folder.mkdir()
+    good = next((tiny_data[0] / "Data" / "test" / "NORMAL").glob("*.*"))
+    (folder / good.name).write_bytes(good.read_bytes())
+    bad = window_zero(folder / "w0.dcm")
+    out = tmp_path / "p.csv"
+    common = ["--out", str(out), "--no-progress", "--device", "cpu"]
+    assert run(["predict", str(model), str(bad), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: corrupt:") and "window" in err.lower()
+    assert "\n" not in err and "Traceback" not in err and not out.exists()
+    assert run(["predict", str(model), str(folder), *common]) == 0
+    assert f"skipped {bad}: corrupt" in capsys.readouterr().err.replace("\n", "")
+    with open_text(out) as handle:
+        assert [row["path"] for row in csv.DictReader(handle)] == [str(folder / good.name)]
+
+
+def test_audit_lists_an_unwindowable_dicom(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        for label in ("A", "B"):
+            source = tiny_data[0] / "Data" / split / ("NORMAL" if label == "A" else "PNEUMONIA")
+            target = data / "Data" / split / label
+            target.mkdir(parents=True)
+            for film in sorted(source.iterdir())[:3]:
+                (target / film.name).write_bytes(film.read_bytes())
+    window_zero(data / "Data" / "train" / "A" / "w0.dcm")
+    audit = tmp_path / "audit"
+    args = ["audit", str(data), "--out", str(audit), "--no-progress", "--workers", "1"]
+    assert run(args) == 0, capsys.readouterr().err
+    assert manifest_rows(audit)["Data/train/A/w0.dcm"]["reasons"].startswith("unreadable: corrupt")
