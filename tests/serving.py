@@ -23,6 +23,16 @@ def served_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
     return out
 
 
+LOCAL_URL = "http://127.0.0.1:8000"  # the Host the test client sends: one the server answers
+
+
+def local_client(app: object) -> object:
+    """A test client for ``app`` addressing it as a browser on this machine would."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=LOCAL_URL)
+
+
 def dataset_films(tiny_data: tuple[Path, Path]) -> list[Path]:
     """The tiny dataset's test films, in a stable order."""
     return sorted((tiny_data[0] / "Data" / "test").rglob("*.*"))

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving import bad_films, dataset_films, film_formats, served_run, unlike_films
+from serving import (
+    bad_films,
+    dataset_films,
+    film_formats,
+    local_client,
+    served_run,
+    unlike_films,
+)
 
 from cxrlab.cli import run
 from cxrlab.data.cache import decode_square
@@ -37,7 +44,7 @@ def served(run_dir: Path) -> ServedModel:
 
 @pytest.fixture(scope="module")
 def client(served: ServedModel) -> TestClient:
-    return TestClient(create_app(served))
+    return local_client(create_app(served))
 
 
 def post(client: TestClient, *films: tuple[str, bytes], gradcam: bool = False):  # noqa: ANN201
@@ -268,7 +275,7 @@ def test_file_names_are_never_html(client: TestClient, tiny_data: tuple[Path, Pa
 
 
 def test_uploads_over_the_limit_are_413_naming_the_file(served: ServedModel) -> None:
-    small = TestClient(create_app(served, max_upload_mb=0.05))
+    small = local_client(create_app(served, max_upload_mb=0.05))
     assert small.get("/api/model").json()["max_upload_mb"] == 0.05
     limit = "over the upload limit of 0.05 MB (--max-upload-mb)"
     for size in (60_000, 20_000_000):
@@ -313,7 +320,7 @@ def test_onnx_backend_has_neither_gradcam_nor_ood(
 
     onnx = export_onnx(run_dir / "model.pt", tmp_path / "model.onnx")
     shutil.copy(run_dir / "ood.npz", tmp_path / "ood.npz")
-    client = TestClient(create_app(onnx, device="cpu"))
+    client = local_client(create_app(onnx, device="cpu"))
     info = client.get("/api/model").json()
     assert info["runtime"] == "ONNX Runtime"
     assert not info["gradcam"]["available"] and "model.pt" in info["gradcam"]["reason"]
@@ -369,6 +376,36 @@ def test_cli_serve_refuses_a_taken_port_in_one_line(
         assert run(["serve", str(run_dir), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and len(err.splitlines()) == 1
+
+
+def test_cross_site_requests_are_refused_in_one_line(
+    served: ServedModel, client: TestClient, tiny_data: tuple[Path, Path]
+) -> None:
+    """Another site's page cannot post films (Origin), and a name that is not this server's
+    (DNS rebinding: evil.example resolving to 127.0.0.1) gets nothing, not even the page."""
+    film = ("film.png", dataset_films(tiny_data)[0].read_bytes())
+    parts = [("file", (film[0], film[1], "image/png"))]
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+        response = client.post("/api/predict", files=parts, headers={"Origin": origin})
+        assert response.status_code == 403, origin
+        detail = response.json()["detail"]
+        assert detail.startswith(f"Origin '{origin}': cross-site") and "\n" not in detail
+    own = client.post("/api/predict", files=parts, headers={"Origin": "http://127.0.0.1:8000"})
+    assert own.status_code == 200 and post(client, film).status_code == 200  # own page; curl
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        for path in ("/", "/api/model"):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == 400, (host, path)
+            assert response.json()["detail"].startswith(f"Host '{host}': not an address")
+    assert client.get("/api/model", headers={"Host": "localhost:8000"}).status_code == 200
+    assert client.get("/api/model", headers={"Host": "[::1]:8000"}).status_code == 200
+    proxied = TestClient(
+        create_app(served, allowed_hosts=["cxr.example.org"]), base_url="https://cxr.example.org"
+    )
+    assert proxied.get("/api/model").status_code == 200
+    origin = {"Origin": "https://cxr.example.org"}
+    assert proxied.post("/api/predict", files=parts, headers=origin).status_code == 200
+    assert client.get("/api/model", headers={"Host": "cxr.example.org"}).status_code == 400
 
 
 def test_openapi_is_json(client: TestClient) -> None:

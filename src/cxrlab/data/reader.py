@@ -53,7 +53,9 @@ DICOM_PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 UPLOAD_NAME = "<upload>"  # the name shown for bytes given without one
 DEEP_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I", "F"})  # scaled min..max
 SCALE_BLOCK = 1 << 16  # values scaled at once (float64: 512 KB a block)
-DICOM_BYTES_PER_PIXEL = 4  # a deflated DICOM may inflate to this many bytes per allowed pixel
+DICOM_BYTES_PER_PIXEL = (
+    2  # a deflated DICOM may inflate to this many bytes per allowed pixel (16 bit)
+)
 LUMA = np.array([0.299, 0.587, 0.114])  # ITU-R 601-2, as Pillow's "L"
 
 ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO
