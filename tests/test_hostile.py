@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY, train_tiny
+from conftest import TINY, save, smooth_image, train_tiny
 from test_reader import write_dicom
 
 from cxrlab.cli import run
@@ -74,3 +74,70 @@ def test_audit_lists_an_unwindowable_dicom(
     args = ["audit", str(data), "--out", str(audit), "--no-progress", "--workers", "1"]
     assert run(args) == 0, capsys.readouterr().err
     assert manifest_rows(audit)["Data/train/A/w0.dcm"]["reasons"].startswith("unreadable: corrupt")
+
+
+def small_dataset(root: Path) -> Path:
+    """Two classes, A and B, of three distinct 80x96 films each in train and test."""
+    seed = 100
+    for split in ("train", "test"):
+        for label in ("A", "B"):
+            for _ in range(3):
+                save(root / "Data" / split / label / f"{seed}.png", smooth_image(seed))
+                seed += 1
+    return root
+
+
+def audit(data: Path, out: Path, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, str]]:
+    args = ["audit", str(data), "--out", str(out), "--no-progress", "--workers", "1"]
+    assert run(args) == 0, capsys.readouterr().err
+    return manifest_rows(out)
+
+
+def test_symlinks_are_listed_never_dropped(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dangling link, a loop and a link to a folder are listed as unreadable with the reason;
+    a link to a film outside the dataset is read and flagged as such."""
+    from cxrlab.data.discover import discover
+
+    data = small_dataset(tmp_path / "data")
+    folder = data / "Data" / "train" / "A"
+    outside = tmp_path / "elsewhere.png"
+    save(outside, smooth_image(1))
+    (folder / "dangling.png").symlink_to("nowhere.png")
+    (folder / "loop.png").symlink_to("loop.png")
+    (folder / "up").symlink_to("..")
+    (folder / "outside.png").symlink_to(outside)
+    links = {"dangling.png", "loop.png", "up", "outside.png"}
+    found = {s.path.name for s in discover(data).samples if s.path.parent == folder}
+    assert links <= found
+    rows = audit(data, tmp_path / "audit", capsys)
+    reasons = {name: rows[f"Data/train/A/{name}"]["reasons"] for name in links}
+    assert reasons["dangling.png"] == (
+        "unreadable: unreadable: symbolic link to nowhere.png: No such file or directory"
+    )
+    assert "symbolic link to loop.png: Too many levels of symbolic links" in reasons["loop.png"]
+    assert reasons["up"] == "unreadable: unreadable: symbolic link to ..: a folder, not followed"
+    assert rows["Data/train/A/outside.png"]["status"] == "warning"
+    assert reasons["outside.png"].startswith("outside: a symbolic link read from outside")
+    assert str(outside) in reasons["outside.png"]
+
+
+def test_audit_flags_blank_and_oversized_films(
+    tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = small_dataset(tmp_path / "data")
+    folder = data / "Data" / "train" / "B"
+    save(folder / "blank.png", np.zeros((80, 80), dtype=np.uint8))
+    save(folder / "grey.png", np.full((80, 80), 128, dtype=np.uint8))
+    wide = np.tile(np.linspace(0, 255, 5001).astype(np.uint8), (64, 1))
+    save(folder / "huge.png", wide)
+    rows = audit(data, tmp_path / "audit", capsys)
+    for name in ("blank.png", "grey.png"):
+        row = rows[f"Data/train/B/{name}"]
+        assert row["status"] == "warning" and row["reasons"].startswith("blank: "), name
+    huge = rows["Data/train/B/huge.png"]
+    assert huge["status"] == "warning" and huge["reasons"].startswith("very_large: 5001x64")
+    ordinary = [r for p, r in rows.items() if p.startswith("Data/test/")]
+    assert all(r["status"] == "ok" for r in ordinary)
+    assert "kept with a warning" in capsys.readouterr().out

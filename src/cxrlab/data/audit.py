@@ -13,7 +13,9 @@ It writes, into its output folder only:
   (an :class:`~cxrlab.data.audit_records.AuditReport`; ``audit.md`` is rendered from it).
 * ``duplicates.png`` and ``shortcuts.png``.
 
-Exclusion policy: unreadable and too-small files are excluded. Of a group of copies, the
+Exclusion policy: unreadable and too-small files are excluded. Blank (constant) films, films
+over :data:`LARGE_SIDE` px a side and files a symbolic link reads from outside the dataset are
+kept and flagged (``warning``). Of a group of copies, the
 copy in the most final split is kept (test over val over train), so that leaked copies are
 removed from *training* and the test set stays as published; within one split the first
 copy is kept. Copies with different labels are excluded from train/val (which label is
@@ -23,6 +25,7 @@ right is unknown) and flagged in test.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,8 @@ from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
 
 MANIFEST_NAME = "manifest.csv"
+BLANK_STD = 1.0  # a film whose pixels (0..255) vary less than this shows nothing
+LARGE_SIDE = 5000  # px a side: beyond the largest chest X-ray detectors (about 4300 px)
 MANIFEST_FIELDS = (
     "path", "split", "class", "status", "reasons", "duplicate_group", "file_format", "mode",
     "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
@@ -144,6 +149,26 @@ def _resolve_groups(
     return resolved
 
 
+def _warnings(root: Path, record: ImageRecord) -> list[str]:
+    """Why a readable film deserves a look (status ``warning``, kept): blank, far larger than
+    any chest detector gives, or read through a symbolic link from outside the dataset."""
+    found = []
+    if record.std < BLANK_STD:
+        found.append(
+            f"blank: almost one value throughout (mean {record.mean:.1f}, std {record.std:.2f})"
+        )
+    if max(record.width, record.height) > LARGE_SIDE:
+        found.append(
+            f"very_large: {record.width}x{record.height}, over {LARGE_SIDE} px a side (chest "
+            "detectors give up to about 4300); shrunk to the training size, it may be a scan "
+            "of something else"
+        )
+    target = Path(os.path.realpath(root / record.path))  # (Path.resolve raises on a loop)
+    if not target.is_relative_to(os.path.realpath(root)):
+        found.append(f"outside: a symbolic link read from outside the dataset ({target})")
+    return found
+
+
 def audit_records(
     index: DatasetIndex, records: list[ImageRecord], config: AuditConfig
 ) -> AuditResult:
@@ -159,6 +184,9 @@ def audit_records(
             reasons[i].append(
                 f"too_small: {record.width}x{record.height} below {config.min_size} px"
             )
+        if flags := _warnings(index.root, record):
+            statuses[i] = "warning" if statuses[i] == "ok" else statuses[i]
+            reasons[i].extend(flags)
     pairs = exact_pairs(records) + near_pairs(records, config.near_threshold)
     similarity = {(p.first, p.second): p.similarity for p in pairs}
     groups_idx = group_pairs(len(records), pairs)

@@ -33,6 +33,7 @@ The result is a C-contiguous ``uint8`` array of shape ``(height, width)``.
 from __future__ import annotations
 
 import io
+import os
 import struct
 import warnings
 from collections.abc import Callable, Iterator
@@ -260,7 +261,13 @@ def _open_source(source: ImageSource, name: str | None) -> tuple[str, int, bool,
         try:
             size = path.stat().st_size
         except OSError as exc:
-            raise ImageReadError(name or path, "unreadable", exc.strerror or str(exc)) from exc
+            why = exc.strerror or str(exc)
+            if path.is_symlink():  # dangling, or a loop
+                why = f"symbolic link to {os.readlink(path)}: {why}"
+            raise ImageReadError(name or path, "unreadable", why) from exc
+        if path.is_dir():  # a link to a folder, met among a dataset's files
+            link = f"symbolic link to {os.readlink(path)}: " if path.is_symlink() else ""
+            raise ImageReadError(name or path, "unreadable", f"{link}a folder, not followed")
         return name or str(path), size, size > 0 and is_dicom(path), path
     data = bytes(source) if isinstance(source, bytes | bytearray | memoryview) else source.read()
     label = name or UPLOAD_NAME
