@@ -12,7 +12,7 @@ from conftest import TINY, save, smooth_image, train_tiny
 from test_reader import write_dicom
 
 from cxrlab.cli import run
-from cxrlab.fileio import open_text
+from cxrlab.fileio import csv_dict_reader, open_text
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +141,30 @@ def test_audit_flags_blank_and_oversized_films(
     ordinary = [r for p, r in rows.items() if p.startswith("Data/test/")]
     assert all(r["status"] == "ok" for r in ordinary)
     assert "kept with a warning" in capsys.readouterr().out
+
+
+def test_csv_files_never_hold_a_formula(
+    model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A film named ``=1+1.jpg`` and a class folder named ``=cmd|calc``: the cells of
+    predictions.csv and manifest.csv start with an apostrophe, and cxrlab reads them back."""
+    from cxrlab.data.audit import read_manifest
+
+    data = small_dataset(tmp_path / "data")
+    for split in ("train", "test"):
+        (data / "Data" / split / "B").rename(data / "Data" / split / "=cmd|calc")
+    film = next((data / "Data" / "test" / "A").iterdir())
+    formula = film.with_name("=1+1.png")
+    film.rename(formula)
+    rows = audit(data, tmp_path / "audit", capsys)
+    text = (tmp_path / "audit" / "manifest.csv").read_text()
+    assert ",'=cmd|calc," in text and ",=cmd" not in text and "\n=" not in text
+    assert rows["Data/test/A/=1+1.png"]["path"] == "Data/test/A/=1+1.png"
+    assert "Data/test/A/=1+1.png" in read_manifest(tmp_path / "audit")
+    out = tmp_path / "p.csv"
+    monkeypatch.chdir(formula.parent)  # the name as typed: the cell starts with "="
+    args = ["predict", str(model), formula.name, "--out", str(out), "--no-progress"]
+    assert run([*args, "--device", "cpu"]) == 0
+    assert out.read_text().splitlines()[1].startswith("'=1+1.png,")
+    with open_text(out) as handle:
+        assert [row["path"] for row in csv_dict_reader(handle)] == ["=1+1.png"]

@@ -11,10 +11,15 @@
 * Where people read a name (Markdown, HTML, the terminal) it goes through :func:`display_name`
   (undecodable bytes shown as ``\\xe9``), and :func:`markdown_escape` or :func:`html_escape`, so
   that a file or class folder named like a tag or a Markdown table stays plain text.
+* Every CSV cxrlab writes goes through :func:`csv_writer` or :func:`csv_dict_writer`: a text cell
+  that a spreadsheet would run as a formula (one starting with ``=``, ``+``, ``-``, ``@``, a tab
+  or a carriage return, and not a number) gets a leading apostrophe, as the page's CSV export
+  does (:func:`csv_cell`); :func:`csv_dict_reader` gives the original text back.
 """
 
 from __future__ import annotations
 
+import csv
 import html
 import os
 import re
@@ -146,3 +151,88 @@ def pct(value: float) -> str:
     if percent in (0, 100) or 10 <= percent <= 99:
         return f"{percent:.0f}%"
     return f"{percent:.1f}%"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet may run as a formula
+NEUTRAL = "'"  # the prefix that makes such a cell text (the page's export adds it too)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cell(value: object) -> object:
+    """``value`` as a CSV cell a spreadsheet shows as text and never runs: a string starting with
+    ``= + - @``, a tab or a carriage return (and not a number, such as ``-0.5``) gets a leading
+    apostrophe; so does one already starting with an apostrophe, so that :func:`csv_text` gives
+    every string back exactly. Anything else is left as it is."""
+    if not isinstance(value, str) or not value:
+        return value
+    if value[0] == NEUTRAL or (value.startswith(FORMULA_STARTS) and not _is_number(value)):
+        return NEUTRAL + value
+    return value
+
+
+def csv_text(cell: str) -> str:
+    """The text :func:`csv_cell` was given (its apostrophe removed)."""
+    return cell[1:] if cell.startswith(NEUTRAL) else cell
+
+
+class _NeutralWriter:
+    """A :func:`csv.writer` whose cells go through :func:`csv_cell`."""
+
+    def __init__(self, handle: IO[str], **options: object) -> None:
+        self._writer = csv.writer(handle, **options)
+
+    def writerow(self, row: Iterable[object]) -> object:
+        return self._writer.writerow([csv_cell(value) for value in row])
+
+    def writerows(self, rows: Iterable[Iterable[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+class _NeutralDictWriter(csv.DictWriter):
+    """A :class:`csv.DictWriter` whose cells (the header too) go through :func:`csv_cell`."""
+
+    def writerow(self, rowdict: dict) -> object:  # type: ignore[override]
+        return super().writerow({key: csv_cell(value) for key, value in rowdict.items()})
+
+    def writerows(self, rowdicts: Iterable[dict]) -> None:  # type: ignore[override]
+        for row in rowdicts:
+            self.writerow(row)
+
+
+class _NeutralDictReader(csv.DictReader):
+    """A :class:`csv.DictReader` giving back the text :func:`csv_cell` was given."""
+
+    @property
+    def fieldnames(self) -> list[str] | None:  # type: ignore[override]
+        names = super().fieldnames
+        return None if names is None else [csv_text(name) for name in names]
+
+    def __next__(self) -> dict:
+        row = super().__next__()
+        return {key: csv_text(v) if isinstance(v, str) else v for key, v in row.items()}
+
+
+def csv_writer(handle: IO[str], **options: object) -> _NeutralWriter:
+    """:func:`csv.writer` for a file cxrlab writes: every cell through :func:`csv_cell`."""
+    return _NeutralWriter(handle, **options)
+
+
+def csv_dict_writer(
+    handle: IO[str], fieldnames: Sequence[str], **options: object
+) -> csv.DictWriter:
+    """:class:`csv.DictWriter` for a file cxrlab writes: every cell through :func:`csv_cell`."""
+    return _NeutralDictWriter(handle, fieldnames=fieldnames, **options)
+
+
+def csv_dict_reader(handle: IO[str]) -> csv.DictReader:
+    """:class:`csv.DictReader` for a file cxrlab wrote: cells as they were before
+    :func:`csv_cell`."""
+    return _NeutralDictReader(handle)

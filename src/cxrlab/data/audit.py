@@ -24,7 +24,6 @@ right is unknown) and flagged in test.
 
 from __future__ import annotations
 
-import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,15 @@ from cxrlab.data.duplicates import exact_pairs, group_pairs, near_pairs
 from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, shortcut_check
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
+from cxrlab.fileio import (
+    atomic_open,
+    atomic_write_text,
+    csv_dict_reader,
+    csv_dict_writer,
+    markdown_escape,
+    markdown_table,
+    open_text,
+)
 
 MANIFEST_NAME = "manifest.csv"
 BLANK_STD = 1.0  # a film whose pixels (0..255) vary less than this shows nothing
@@ -257,7 +264,7 @@ def summarize(
 def write_manifest(result: AuditResult, path: Path) -> None:
     """One CSV row per file; later commands read ``path`` and ``status``."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer = csv_dict_writer(handle, MANIFEST_FIELDS)
         writer.writeheader()
         for i, record in enumerate(result.records):
             writer.writerow(
@@ -289,7 +296,7 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise CxrlabError(f"{path}: manifest not found (run 'cxrlab audit DATA --out DIR' first)")
     with open_text(path) as handle:
-        reader = csv.DictReader(handle)
+        reader = csv_dict_reader(handle)
         if not reader.fieldnames or not {"path", "status"} <= set(reader.fieldnames):
             raise CxrlabError(f"{path}: not a cxrlab manifest (needs 'path' and 'status' columns)")
         return {row["path"]: row["status"] for row in reader}

@@ -7,7 +7,6 @@ each run folder so that the run can be reproduced and audited.
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import WeightedRandomSampler
 
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, open_text
+from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
 
 
 def stratified_split(
@@ -44,7 +43,7 @@ def stratified_split(
 def save_split(path: Path, rows: dict[str, list[tuple[str, str]]]) -> None:
     """Write ``{subset: [(relative path, class), ...]}`` as CSV ``path,class,subset``."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv_writer(handle)
         writer.writerow(["path", "class", "subset"])
         for subset, items in rows.items():
             writer.writerows((p, c, subset) for p, c in items)
@@ -56,7 +55,7 @@ def load_split(path: Path) -> dict[str, list[tuple[str, str]]]:
         raise CxrlabError(f"{path}: split file not found")
     subsets: dict[str, list[tuple[str, str]]] = {}
     with open_text(path) as handle:
-        for row in csv.DictReader(handle):
+        for row in csv_dict_reader(handle):
             subsets.setdefault(row["subset"], []).append((row["path"], row["class"]))
     return subsets
 
