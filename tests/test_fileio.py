@@ -93,3 +93,30 @@ def test_csv_cells_are_never_formulas_and_read_back_exactly(tmp_path: Path) -> N
     with atomic_open(path, newline="") as handle:
         csv_writer(handle).writerows([[v] for v in FORMULAS])
     assert not any(line.startswith(("=", "+", "-", "@")) for line in path.read_text().split())
+
+
+def test_a_full_or_read_only_disk_is_named_by_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not by the hidden temporary file, and in one line; nothing left behind, the old file kept.
+    A full disk is also recognised behind another error (torch.save's "unexpected pos")."""
+    import errno
+
+    from cxrlab import fileio
+
+    target = tmp_path / "predictions.csv"
+    target.write_text("old")
+    for code, said in ((errno.ENOSPC, "no space left on device"), (errno.EROFS, "read-only")):
+
+        def failing(fd: int, code: int = code) -> None:
+            raise OSError(code, os.strerror(code))
+
+        with monkeypatch.context() as patch:
+            patch.setattr(fileio.os, "fsync", failing)
+            with pytest.raises(CxrlabError) as info, atomic_open(target) as handle:
+                handle.write("new")
+        assert str(info.value) == f"{said}{' file system' if code == errno.EROFS else ''}: {target}"
+    monkeypatch.setattr(fileio, "disk_full", lambda folder: True)
+    with pytest.raises(CxrlabError, match="^no space left on device: "), atomic_open(target, "wb"):
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 64")
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["predictions.csv"]

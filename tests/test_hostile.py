@@ -76,12 +76,12 @@ def test_audit_lists_an_unwindowable_dicom(
     assert manifest_rows(audit)["Data/train/A/w0.dcm"]["reasons"].startswith("unreadable: corrupt")
 
 
-def small_dataset(root: Path) -> Path:
-    """Two classes, A and B, of three distinct 80x96 films each in train and test."""
+def small_dataset(root: Path, per_class: int = 3) -> Path:
+    """Two classes, A and B, of ``per_class`` distinct 80x96 films each in train and test."""
     seed = 100
     for split in ("train", "test"):
         for label in ("A", "B"):
-            for _ in range(3):
+            for _ in range(per_class):
                 save(root / "Data" / split / label / f"{seed}.png", smooth_image(seed))
                 seed += 1
     return root
@@ -168,3 +168,116 @@ def test_csv_files_never_hold_a_formula(
     assert out.read_text().splitlines()[1].startswith("'=1+1.png,")
     with open_text(out) as handle:
         assert [row["path"] for row in csv_dict_reader(handle)] == ["=1+1.png"]
+
+
+def smoke_train(data: Path, out: Path, tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "train", str(data), "--model", "resnet18", "--preset", "smoke", "--no-pretrained",
+        "--image-size", "32", "--out", str(out), "--cache-dir", str(tmp_path / "cache"),
+        "--no-progress", "--workers", "1", "--no-diagnose", *extra,
+    ]  # fmt: skip
+
+
+def test_a_read_only_or_full_output_is_refused_before_the_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by a probe before anything is read or trained (a real read-only mount needs more
+    than a test may do: the file system's answer is simulated)."""
+    import errno
+    import shutil
+    import tempfile
+
+    from cxrlab import fileio
+
+    data = small_dataset(tmp_path / "data")
+    run_dir = tmp_path / "runs" / "one"
+
+    def read_only(*args: object, **kwargs: object) -> object:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(tempfile, "TemporaryFile", read_only)
+        assert run(smoke_train(data, run_dir, tmp_path)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --out {run_dir}: cannot write in {tmp_path} (read-only file system)"
+    assert not run_dir.exists() and not (tmp_path / "cache").exists()
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(fileio.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    assert run(smoke_train(data, run_dir, tmp_path)) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {run_dir}: no space left on device: {tmp_path}"
+    )
+    out = tmp_path / "p.csv"
+    film = next((data / "Data" / "test" / "A").iterdir())
+    assert run(["predict", str(tmp_path / "model.pt"), str(film), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: --out {out}: no space left on device: {tmp_path}"
+    )
+
+
+def test_a_full_disk_under_the_cache_is_one_line_and_leaves_no_orphan(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The array's blocks are allocated before the memory map writes them: a full disk is an
+    error there (not a SIGBUS later), the new array is removed and the earlier cache stays."""
+    import errno
+    import os
+
+    data = small_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    args = ["cache", str(data), "--image-size", "32", "--cache-dir", str(cache), "--no-progress"]
+    assert run(args) == 0
+    before = sorted(p.name for p in cache.rglob("*"))
+    save(data / "Data" / "train" / "A" / "new.png", smooth_image(99))
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    capsys.readouterr()
+    assert run(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no space left on device: ") and "\n" not in err
+    assert str(cache) in err and " MB)" in err
+    assert sorted(p.name for p in cache.rglob("*")) == before  # no orphan, index untouched
+    monkeypatch.undo()
+    assert run(args) == 0
+
+
+@pytest.mark.parametrize(
+    ("sig", "epoch", "status", "said"),
+    [
+        ("SIGINT", 1, 130, "last.ckpt keeps the last finished epoch; go on with: cxrlab train"),
+        ("SIGTERM", 0, 143, "no epoch had finished, so nothing was kept"),
+    ],
+)
+def test_ctrl_c_or_sigterm_in_train_says_what_was_kept(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sig: str,
+    epoch: int,
+    status: int,
+    said: str,
+) -> None:
+    import os
+    import signal
+
+    from cxrlab.training import trainer as run_module
+
+    def interrupt(self, trainer, module, batch, index) -> None:  # noqa: ANN001
+        if trainer.current_epoch == epoch and index == 0:
+            os.kill(os.getpid(), getattr(signal, sig))
+
+    monkeypatch.setattr(run_module.HistoryWriter, "on_train_batch_start", interrupt, raising=False)
+    data = small_dataset(tmp_path / "data", per_class=8)
+    run_dir = tmp_path / "run"
+    assert run(smoke_train(data, run_dir, tmp_path, "--epochs", "2")) == status
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"interrupted ({sig}): ") and said in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    if epoch:
+        assert f"--out {run_dir} --resume" in err
+        assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
