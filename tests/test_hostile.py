@@ -281,3 +281,22 @@ def test_ctrl_c_or_sigterm_in_train_says_what_was_kept(
         assert f"--out {run_dir} --resume" in err
         assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_an_audit_of_cjk_and_emoji_names_warns_of_no_glyphs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The duplicates figure shows the names; matplotlib's "Glyph ... missing" warnings (16
+    lines for such an audit) are not shown."""
+    import warnings
+
+    data = small_dataset(tmp_path / "data")
+    film = smooth_image(7)
+    save(data / "Data" / "train" / "A" / "胸部X線写真.png", film)
+    save(data / "Data" / "train" / "A" / "🫁 lungs.png", film)  # an exact copy: in the figure
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rows = audit(data, tmp_path / "audit", capsys)
+    assert "duplicate" in rows["Data/train/A/🫁 lungs.png"]["reasons"]
+    glyphs = [str(w.message) for w in caught if "Glyph" in str(w.message)]
+    assert not glyphs and "Glyph" not in capsys.readouterr().err

@@ -305,13 +305,15 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 def write_audit_files(result: AuditResult, out_dir: Path) -> None:
     """audit.json, audit.md, manifest.csv and the two plots."""
     from cxrlab.data.audit_plots import plot_duplicates, plot_shortcuts
+    from cxrlab.plotting import missing_glyphs_quiet
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(result, out_dir / MANIFEST_NAME)
     report = result.report()
     atomic_write_text(out_dir / "audit.json", report.to_json())
-    plot_duplicates(result.groups, Path(result.root), out_dir / "duplicates.png")
-    plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
+    with missing_glyphs_quiet():  # file names in scripts the font lacks: boxes, no warnings
+        plot_duplicates(result.groups, Path(result.root), out_dir / "duplicates.png")
+        plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
     atomic_write_text(out_dir / "audit.md", markdown_report(report))
 
 
