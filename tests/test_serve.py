@@ -408,5 +408,48 @@ def test_cross_site_requests_are_refused_in_one_line(
     assert client.get("/api/model", headers={"Host": "cxr.example.org"}).status_code == 400
 
 
+def test_a_too_long_file_name_is_said_so(client: TestClient, tiny_data: tuple[Path, Path]) -> None:
+    film = dataset_films(tiny_data)[0].read_bytes()
+    response = post(client, ("x" * 5000 + ".png", film))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("upload: a file name is too long")
+
+
+def test_a_client_gone_mid_upload_is_no_traceback(
+    served: ServedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The body stops half-way (the browser tab closed): the app answers, raises nothing and
+    logs nothing (uvicorn would log a raised ClientDisconnect as a traceback)."""
+    import asyncio
+    import logging
+
+    app = create_app(served)
+    head = b"--xyz\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\n\x89PNG"
+    messages = [{"type": "http.request", "body": head, "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict",
+        "query_string": b"", "root_path": "", "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"multipart/form-data; boundary=xyz"),
+            (b"content-length", b"100000"),
+        ],
+    }  # fmt: skip
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 def test_openapi_is_json(client: TestClient) -> None:
     assert json.loads(client.get("/openapi.json").text)["info"]["title"] == "cxrlab serve"

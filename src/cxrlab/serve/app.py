@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from cxrlab import __version__
 from cxrlab.errors import ImageReadError
@@ -204,6 +205,8 @@ def create_app(
             )
         except UploadError as exc:
             raise HTTPException(exc.status, exc.detail) from None
+        except ClientDisconnect:  # nobody is left to answer: no traceback in the log either
+            return JSONResponse({"detail": "upload: the client disconnected"}, 400)
         films = [Film(u.filename, u.data) for u in uploads]
         try:
             results = await run_in_threadpool(served.predict, films, with_gradcam=gradcam)

@@ -120,6 +120,12 @@ async def read_uploads(
                 raise UploadError(413, f"{collector.name()}: over {limit}")
         parser.finalize()
     except MultipartParseError as exc:
+        if "header size" in str(exc) and collector.header_name.lower() == b"content-disposition":
+            raise UploadError(
+                422,
+                f"upload: a file name is too long (over {parser.max_header_size} bytes with its "
+                "part's header); rename the file",
+            ) from exc
         raise UploadError(422, f"{collector.name()}: malformed multipart body ({exc})") from exc
     if not collector.parts:
         raise UploadError(422, f"upload: no '{FIELD}' part (send one or more films as '{FIELD}')")
