@@ -159,6 +159,18 @@ def test_a_batch_answers_every_film_in_order(
     assert single["probabilities"] == pytest.approx(results[3]["probabilities"], abs=1e-6)
 
 
+def test_the_overlay_leaves_the_film_readable() -> None:
+    """Blended by the map: the film alone where Grad-CAM is 0, colour only where it is high."""
+    from cxrlab.serve.service import OVERLAY_MAX_ALPHA, overlay
+
+    film = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    cam = np.zeros((32, 32))
+    cam[:8] = 1.0
+    mixed = overlay(film, cam).astype(int)
+    assert (mixed[8:] == film[8:, :, None]).all()  # the film, unchanged, where the map is 0
+    assert 0 < OVERLAY_MAX_ALPHA < 1 and np.abs(mixed[:8, :, 0] - mixed[:8, :, 2]).max() > 50
+
+
 def test_gradcam_overlay_on_request(client: TestClient, tiny_data: tuple[Path, Path]) -> None:
     film = dataset_films(tiny_data)[0]
     result = post(client, (film.name, film.read_bytes()), gradcam=True).json()["results"][0]
@@ -270,8 +282,22 @@ def test_file_names_are_never_html(client: TestClient, tiny_data: tuple[Path, Pa
     headers = {"content-type": "multipart/form-data; boundary=B"}
     detail = client.post("/api/predict", content=raw, headers=headers).json()["detail"]
     assert detail.startswith("tab?esc?.png: ")
-    folder = post(client, ("C:\\films\\a.png", b"no image")).json()["detail"]
-    assert folder.startswith("a.png: ")  # the client's folders are not shown
+
+
+def test_one_name_per_film_as_the_person_named_it(
+    client: TestClient, tiny_data: tuple[Path, Path]
+) -> None:
+    """The API's name is the one the page's card shows (the browser's File.name): slashes and
+    backslashes kept, the browser's %22 for a quote turned back."""
+    film = dataset_films(tiny_data)[0].read_bytes()
+    for sent, named in (
+        ("<script>alert(2)</script>.png", "<script>alert(2)</script>.png"),
+        ("say %22hi%22.png", 'say "hi".png'),
+        ('say "hi".png', 'say "hi".png'),
+        ("a\\b.png", "a\\b.png"),
+    ):
+        assert post(client, (sent, film)).json()["results"][0]["filename"] == named, sent
+        assert post(client, (sent, b"no image")).json()["detail"].startswith(f"{named}: "), sent
 
 
 def test_uploads_over_the_limit_are_413_naming_the_file(served: ServedModel) -> None:
@@ -449,6 +475,29 @@ def test_a_client_gone_mid_upload_is_no_traceback(
         asyncio.run(app(scope, receive, send))
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_the_page_lists_the_formats_the_server_reads(
+    client: TestClient, tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The page's format line is true: every format named there (and both depths where it says
+    8 or 16 bit) is answered 200."""
+    import re
+
+    listed = re.search(r'id="formats">([^<]*)<', client.get("/").text).group(1)
+    names = [re.sub(r" \(.*\)", "", n).strip() for n in listed.split(";")[0].split(",")]
+    assert names == ["JPEG", "PNG", "TIFF", "BMP", "GIF", "WebP", "DICOM"]
+    grey = np.asarray(Image.open(dataset_films(tiny_data)[0]).convert("L"))
+    films = {"DICOM": film_formats(dataset_films(tiny_data)[0], tmp_path)["dicom"][1]}
+    for name in names[:-1]:
+        for pixels in (grey, grey.astype(np.uint16) * 257)[: 2 if name in ("PNG", "TIFF") else 1]:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format=name.upper())
+            films[f"{name} {pixels.dtype}"] = buffer.getvalue()
+    assert len(films) == len(names) + 2
+    for key, data in films.items():
+        response = post(client, (f"film.{key.split()[0].lower()}", data))
+        assert response.status_code == 200, (key, response.text)
 
 
 def test_openapi_is_json(client: TestClient) -> None:

@@ -61,7 +61,10 @@ MULTIPART_BODY = {
                     FIELD: {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
-                        "description": "One or more films: JPEG, PNG (8 or 16 bit), DICOM, ...",
+                        "description": (
+                            "One or more films: JPEG, PNG (8 or 16 bit), TIFF (8 or 16 bit), "
+                            "BMP, GIF, WebP, DICOM"
+                        ),
                     }
                 },
             }

@@ -26,7 +26,7 @@ from cxrlab.data.cache import decode_square
 from cxrlab.data.reader import DecodedImage
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import resolve_model
-from cxrlab.evaluation.gradcam import CAM_ALPHA, CAM_CMAP, find_target_layer, gradcam
+from cxrlab.evaluation.gradcam import CAM_CMAP, find_target_layer, gradcam
 from cxrlab.evaluation.ood import OodStats, head_features, load_stats_for
 from cxrlab.evaluation.predict import Predictor, load_predictor
 from cxrlab.models.registry import head_inputs
@@ -35,6 +35,7 @@ from cxrlab.serve import schemas
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 ALPHA_WARNING = "the image has transparency (alpha); it was dropped and the stored pixels read"
 ONNX_REASON = "the ONNX graph outputs the probabilities only; serve the run's model.pt for {what}"
+OVERLAY_MAX_ALPHA = 0.6  # the overlay's opacity where the Grad-CAM map is highest (0 where 0)
 MIN_PNG_SIDE = 256  # films and overlays smaller than this are enlarged for the page
 # Below this many films a request runs PyTorch on one CPU thread: called from the server's worker
 # thread (not the main thread), CPU inference with several intra-op threads was 2.5x slower for
@@ -71,12 +72,16 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 def overlay(film: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The film ``uint8 (S, S)`` under the Grad-CAM map ``(S, S)`` in 0..1, coloured as in the
-    report's figures (``jet`` at alpha 0.45): ``uint8 (S, S, 3)``."""
+    report's figures (``jet``) and blended by the map itself: opaque up to
+    :data:`OVERLAY_MAX_ALPHA` where the map is highest, the film alone where it is 0, so that
+    the film stays readable under it: ``uint8 (S, S, 3)``."""
     from matplotlib import colormaps
 
-    heat = colormaps[CAM_CMAP](np.clip(cam, 0.0, 1.0))[..., :3]
+    cam = np.clip(cam, 0.0, 1.0)
+    heat = colormaps[CAM_CMAP](cam)[..., :3]
     grey = np.repeat(film[..., None].astype(np.float64) / 255.0, 3, axis=2)
-    mixed = (1.0 - CAM_ALPHA) * grey + CAM_ALPHA * heat
+    alpha = OVERLAY_MAX_ALPHA * cam[..., None]
+    mixed = (1.0 - alpha) * grey + alpha * heat
     return np.clip(np.rint(mixed * 255.0), 0, 255).astype(np.uint8)
 
 
