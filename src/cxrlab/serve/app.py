@@ -9,8 +9,10 @@ Status codes of ``POST /api/predict``: 200 with one result per film; 413 a reque
 ``--max-upload-mb`` (or over :data:`~cxrlab.serve.upload.MAX_FILES` films); 415 a body that is
 not ``multipart/form-data``, or a film that is not an image format cxrlab reads; 422 a film that
 cannot be decoded (empty, truncated, corrupt, a DICOM without pixel data, more pixels than the
-decompression-bomb limit) or a request without a ``file`` part. Every error is
-``{"detail": "<file name>: <reason>"}`` on one line, and the server goes on serving.
+decompression-bomb limit, a too-long file name) or a request without a ``file`` part; 400 a
+``Host`` the server does not answer on, or a client gone mid-upload; 403 a cross-site POST.
+Every error is ``{"detail": "<file name>: <reason>"}`` on one line, and the server goes on
+serving.
 Nothing is written to disk: uploads are parsed and decoded in memory.
 
 Cross-site requests are refused (:func:`same_site_only`): a request whose ``Host`` is not an
@@ -76,6 +78,8 @@ WILDCARDS = frozenset({"0.0.0.0", "::"})  # --host values that listen on every n
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change nothing
 ANY_HOST = "*"  # --allowed-host '*': the Host check is off (the Origin check stays)
 ERRORS = {
+    400: {"model": ErrorDetail, "description": "A Host this server does not answer on."},
+    403: {"model": ErrorDetail, "description": "A POST from another site's page (Origin)."},
     413: {"model": ErrorDetail, "description": "Request body over --max-upload-mb."},
     415: {"model": ErrorDetail, "description": "Not multipart, or a file that is no image."},
     422: {"model": ErrorDetail, "description": "A film that cannot be decoded."},
