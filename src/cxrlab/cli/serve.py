@@ -145,9 +145,13 @@ def serve(
             soft_wrap=True,
         )
     else:
+        from cxrlab.serve.app import served_hosts
+
         console.print(
             f"[yellow]Listening on {shown(host)}:[/] other machines that reach it can upload "
-            "films; there is no login.",
+            "films; there is no login. Requests must be addressed to "
+            f"{shown(', '.join(sorted(served_hosts(host, allowed_host or ()))))} "
+            "(--allowed-host NAME adds a name or address).",
             soft_wrap=True,
         )
     if allowed_host:
