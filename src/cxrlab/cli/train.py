@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -294,7 +294,7 @@ def train(
         if worker
         else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
     )
-    with stopped_by_signal(data, run_dir):
+    with nullcontext() if worker else stopped_by_signal(data, run_dir):  # (DDP: the launcher)
         result = train_run(
             data,
             config,
