@@ -23,6 +23,16 @@ def served_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
     return out
 
 
+LOCAL_URL = "http://127.0.0.1:8000"  # the Host the test client sends: one the server answers
+
+
+def local_client(app: object) -> object:
+    """A test client for ``app`` addressing it as a browser on this machine would."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url=LOCAL_URL)
+
+
 def dataset_films(tiny_data: tuple[Path, Path]) -> list[Path]:
     """The tiny dataset's test films, in a stable order."""
     return sorted((tiny_data[0] / "Data" / "test").rglob("*.*"))
@@ -81,4 +91,20 @@ def bad_films(tmp: Path, good: bytes) -> dict[str, tuple[str, bytes, int, str]]:
             "decompression-bomb limit",
         ),
         "dicom without pixels": ("report.dcm", dicom.read_bytes(), 422, "without pixel data"),
+        "dicom with WindowWidth 0": (
+            "w0.dcm",
+            write_dicom(
+                tmp / "w0.dcm", np.ones((8, 8)), WindowCenter=1, WindowWidth=0
+            ).read_bytes(),
+            422,
+            "window",
+        ),
+        "multi-frame dicom over the pixel limit": (
+            "frames.dcm",
+            write_dicom(
+                tmp / "frames.dcm", np.zeros((2, 8)), Rows=1, Columns=8, NumberOfFrames=10_000_001
+            ).read_bytes(),
+            422,
+            "10000001 frames of 8x1 pixels",
+        ),
     }

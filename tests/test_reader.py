@@ -9,19 +9,23 @@ import pytest
 from conftest import save, smooth_image
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from cxrlab.data.reader import DEFAULT_MAX_PIXELS, decode_image, read_grayscale, scale_to_uint8
 from cxrlab.errors import ImageReadError
 
 
 def write_dicom(
-    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **extra: object
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    syntax: str = ExplicitVRLittleEndian,
+    **extra: object,
 ) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = syntax
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
@@ -235,3 +239,98 @@ def test_dicom_without_pixel_data(tmp_path: Path) -> None:
         with pytest.raises(ImageReadError) as info:
             decode_image(source, name="report.dcm")
         assert info.value.kind == "no_pixels" and "report.dcm: no pixels:" in str(info.value)
+
+
+def gradient16(side: int) -> np.ndarray:
+    """A 16-bit horizontal gradient, ``side`` x ``side``: the film of issue 23's memory blow-up."""
+    return np.broadcast_to(np.linspace(0, 65535, side).astype(np.uint16), (side, side)).copy()
+
+
+@pytest.mark.parametrize("kind", ["png16", "dicom"])
+def test_deep_films_decode_within_the_memory_budget(tmp_path: Path, kind: str) -> None:
+    """Decoding a film at the pixel limit allocates at most 8 bytes per pixel of the limit (the
+    README's budget), here with the limit scaled down to 1 megapixel. tracemalloc sees numpy's
+    and pydicom's memory; Pillow's own decoded 16-bit image (2 bytes a pixel) is outside it, so
+    a PNG may allocate 6 bytes a pixel here. Scaling in float64 over the whole film took 32."""
+    import tracemalloc
+
+    side = 1000
+    values = gradient16(side)
+    if kind == "png16":
+        path, budget = tmp_path / "grad16.png", 8 - 2
+        Image.fromarray(values).save(path)
+    else:
+        path, budget = tmp_path / "grad.dcm", 8
+        write_dicom(path, values // 16, RescaleSlope=2, RescaleIntercept=-100)
+    expected = scale_to_uint8(values if kind == "png16" else (values // 16) * 2.0 - 100)
+    tracemalloc.start()
+    try:
+        pixels = read_grayscale(path, max_pixels=side * side)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(pixels, expected)
+    assert peak <= budget * side * side, f"{peak / side**2:.1f} bytes per pixel"
+
+
+def test_scaling_matches_whole_array_arithmetic_and_keeps_its_input() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.normal(0, 1000, (300, 700))  # several blocks of rows
+    values[5, 5] = np.nan
+    before = values.copy()
+    scaled = scale_to_uint8(values)
+    low, high = np.nanmin(values), np.nanmax(values)
+    finite = np.isfinite(values)
+    whole = np.clip(np.rint((values[finite] - low) * (255.0 / (high - low))), 0, 255)
+    assert np.array_equal(scaled[finite], whole.astype(np.uint8))
+    assert np.array_equal(values, before, equal_nan=True)
+    assert not scale_to_uint8(np.full((3, 4), 7.0)).any()
+
+
+def multi_frame_dicom(path: Path, frames: int, side: int, **extra: object) -> np.ndarray:
+    """A ``frames``-frame DICOM of ``side`` x ``side`` films, each a different gradient; returns
+    the stack."""
+    stack = np.stack([gradient16(side) // (16 * (i + 1)) for i in range(frames)])
+    write_dicom(path, stack.reshape(frames * side, side), Rows=side, NumberOfFrames=frames, **extra)
+    return stack
+
+
+def test_multi_frame_dicom_counts_every_frame_and_gives_the_first(tmp_path: Path) -> None:
+    path = tmp_path / "frames.dcm"
+    stack = multi_frame_dicom(path, 4, 16)
+    with pytest.raises(ImageReadError) as info:
+        read_grayscale(path, max_pixels=4 * 16 * 16 - 1)  # each frame alone is under the limit
+    assert info.value.kind == "too_large" and "4 frames of 16x16 pixels" in str(info.value)
+    assert np.array_equal(read_grayscale(path, max_pixels=4 * 16 * 16), scale_to_uint8(stack[0]))
+
+
+def test_deflated_dicom_that_inflates_past_the_limit_is_refused(tmp_path: Path) -> None:
+    """A deflated file whose pixel data is far larger than its header says (2 MB of zeros that
+    deflate to 2 KB behind an 8x8 header): refused while inflating, before pydicom holds it."""
+    path = write_dicom(
+        tmp_path / "bomb.dcm", np.zeros((1024, 1024)), syntax=DeflatedExplicitVRLittleEndian
+    )
+    import pydicom
+
+    dataset = pydicom.dcmread(path)
+    dataset.Rows = dataset.Columns = 8
+    dataset.save_as(path, enforce_file_format=True)
+    assert path.stat().st_size < 10_000
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageReadError) as info:
+            decode_image(source, name="bomb.dcm", max_pixels=64)
+        assert info.value.kind == "too_large" and "deflated" in str(info.value)
+    values = gradient16(32) // 16  # 12 bits stored
+    small = write_dicom(tmp_path / "ok.dcm", values, syntax=DeflatedExplicitVRLittleEndian)
+    assert np.array_equal(read_grayscale(small, max_pixels=32 * 32), scale_to_uint8(values))
+
+
+def test_dicom_with_window_width_zero_is_a_read_error(tmp_path: Path) -> None:
+    """WindowWidth 0 (pydicom refuses it when applying the window): one error naming the file."""
+    path = write_dicom(tmp_path / "w0.dcm", gradient16(16) // 16, WindowCenter=1024, WindowWidth=0)
+    for source in (path, path.read_bytes()):
+        with pytest.raises(ImageReadError) as info:
+            decode_image(source, name="w0.dcm")
+        message = str(info.value)
+        assert info.value.kind == "corrupt" and message.startswith("w0.dcm: corrupt: ")
+        assert "window" in message.lower() and "\n" not in message

@@ -8,19 +8,28 @@ import json
 import shutil
 import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serving import bad_films, dataset_films, film_formats, served_run, unlike_films
+from serving import (
+    bad_films,
+    dataset_films,
+    film_formats,
+    local_client,
+    served_run,
+    unlike_films,
+)
 
 from cxrlab.cli import run
+from cxrlab.data.cache import decode_square
 from cxrlab.evaluation.ood import OodStats, load_stats_for, score_files, stats_path
 from cxrlab.evaluation.predict import load_predictor, predict_files
 from cxrlab.serve.app import create_app
-from cxrlab.serve.service import ServedModel
+from cxrlab.serve.service import Film, ServedModel
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +44,7 @@ def served(run_dir: Path) -> ServedModel:
 
 @pytest.fixture(scope="module")
 def client(served: ServedModel) -> TestClient:
-    return TestClient(create_app(served))
+    return local_client(create_app(served))
 
 
 def post(client: TestClient, *films: tuple[str, bytes], gradcam: bool = False):  # noqa: ANN201
@@ -106,6 +115,31 @@ def test_bad_inputs_are_4xx_naming_the_file_and_the_server_goes_on(
         assert post(client, good).status_code == 200, case  # still serving
 
 
+def test_films_are_decoded_a_few_at_a_time(
+    served: ServedModel, tiny_data: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each film is decoded holding one of the server's DECODE_SLOTS (so hostile films sent at
+    once cannot each take their decoding memory): with one slot, none is free while decoding."""
+    from cxrlab.serve import service
+
+    assert service.DECODE_SLOTS == 2  # the number the README states
+    monkeypatch.setattr(served, "decoding", threading.BoundedSemaphore(1))
+    free_while_decoding = []
+
+    def decode(*args: object, **kwargs: object) -> object:
+        free = served.decoding.acquire(blocking=False)
+        if free:
+            served.decoding.release()
+        free_while_decoding.append(free)
+        return decode_square(*args, **kwargs)
+
+    monkeypatch.setattr(service, "decode_square", decode)
+    films = [Film(p.name, p.read_bytes()) for p in dataset_films(tiny_data)[:3]]
+    assert len(served.predict(films)) == 3
+    assert free_while_decoding == [False, False, False]
+    assert served.decoding.acquire(blocking=False)  # released afterwards
+
+
 def test_a_bad_film_in_a_batch_is_named(client: TestClient, tiny_data: tuple[Path, Path]) -> None:
     films = [(p.name, p.read_bytes()) for p in dataset_films(tiny_data)[:2]]
     response = post(client, films[0], ("second<b>.png", b"GIF89a not really"), films[1])
@@ -123,6 +157,18 @@ def test_a_batch_answers_every_film_in_order(
     assert [r["filename"] for r in results] == [name for name, _ in films]
     single = post(client, films[3]).json()["results"][0]
     assert single["probabilities"] == pytest.approx(results[3]["probabilities"], abs=1e-6)
+
+
+def test_the_overlay_leaves_the_film_readable() -> None:
+    """Blended by the map: the film alone where Grad-CAM is 0, colour only where it is high."""
+    from cxrlab.serve.service import OVERLAY_MAX_ALPHA, overlay
+
+    film = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    cam = np.zeros((32, 32))
+    cam[:8] = 1.0
+    mixed = overlay(film, cam).astype(int)
+    assert (mixed[8:] == film[8:, :, None]).all()  # the film, unchanged, where the map is 0
+    assert 0 < OVERLAY_MAX_ALPHA < 1 and np.abs(mixed[:8, :, 0] - mixed[:8, :, 2]).max() > 50
 
 
 def test_gradcam_overlay_on_request(client: TestClient, tiny_data: tuple[Path, Path]) -> None:
@@ -236,12 +282,26 @@ def test_file_names_are_never_html(client: TestClient, tiny_data: tuple[Path, Pa
     headers = {"content-type": "multipart/form-data; boundary=B"}
     detail = client.post("/api/predict", content=raw, headers=headers).json()["detail"]
     assert detail.startswith("tab?esc?.png: ")
-    folder = post(client, ("C:\\films\\a.png", b"no image")).json()["detail"]
-    assert folder.startswith("a.png: ")  # the client's folders are not shown
+
+
+def test_one_name_per_film_as_the_person_named_it(
+    client: TestClient, tiny_data: tuple[Path, Path]
+) -> None:
+    """The API's name is the one the page's card shows (the browser's File.name): slashes and
+    backslashes kept, the browser's %22 for a quote turned back."""
+    film = dataset_films(tiny_data)[0].read_bytes()
+    for sent, named in (
+        ("<script>alert(2)</script>.png", "<script>alert(2)</script>.png"),
+        ("say %22hi%22.png", 'say "hi".png'),
+        ('say "hi".png', 'say "hi".png'),
+        ("a\\b.png", "a\\b.png"),
+    ):
+        assert post(client, (sent, film)).json()["results"][0]["filename"] == named, sent
+        assert post(client, (sent, b"no image")).json()["detail"].startswith(f"{named}: "), sent
 
 
 def test_uploads_over_the_limit_are_413_naming_the_file(served: ServedModel) -> None:
-    small = TestClient(create_app(served, max_upload_mb=0.05))
+    small = local_client(create_app(served, max_upload_mb=0.05))
     assert small.get("/api/model").json()["max_upload_mb"] == 0.05
     limit = "over the upload limit of 0.05 MB (--max-upload-mb)"
     for size in (60_000, 20_000_000):
@@ -286,7 +346,7 @@ def test_onnx_backend_has_neither_gradcam_nor_ood(
 
     onnx = export_onnx(run_dir / "model.pt", tmp_path / "model.onnx")
     shutil.copy(run_dir / "ood.npz", tmp_path / "ood.npz")
-    client = TestClient(create_app(onnx, device="cpu"))
+    client = local_client(create_app(onnx, device="cpu"))
     info = client.get("/api/model").json()
     assert info["runtime"] == "ONNX Runtime"
     assert not info["gradcam"]["available"] and "model.pt" in info["gradcam"]["reason"]
@@ -342,6 +402,102 @@ def test_cli_serve_refuses_a_taken_port_in_one_line(
         assert run(["serve", str(run_dir), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert f"--port {port}: cannot listen on 127.0.0.1:{port}" in err and len(err.splitlines()) == 1
+
+
+def test_cross_site_requests_are_refused_in_one_line(
+    served: ServedModel, client: TestClient, tiny_data: tuple[Path, Path]
+) -> None:
+    """Another site's page cannot post films (Origin), and a name that is not this server's
+    (DNS rebinding: evil.example resolving to 127.0.0.1) gets nothing, not even the page."""
+    film = ("film.png", dataset_films(tiny_data)[0].read_bytes())
+    parts = [("file", (film[0], film[1], "image/png"))]
+    for origin in ("http://evil.example", "null", "http://127.0.0.1:9999"):
+        response = client.post("/api/predict", files=parts, headers={"Origin": origin})
+        assert response.status_code == 403, origin
+        detail = response.json()["detail"]
+        assert detail.startswith(f"Origin '{origin}': cross-site") and "\n" not in detail
+    own = client.post("/api/predict", files=parts, headers={"Origin": "http://127.0.0.1:8000"})
+    assert own.status_code == 200 and post(client, film).status_code == 200  # own page; curl
+    for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example"):
+        for path in ("/", "/api/model"):
+            response = client.get(path, headers={"Host": host})
+            assert response.status_code == 400, (host, path)
+            assert response.json()["detail"].startswith(f"Host '{host}': not an address")
+    assert client.get("/api/model", headers={"Host": "localhost:8000"}).status_code == 200
+    assert client.get("/api/model", headers={"Host": "[::1]:8000"}).status_code == 200
+    proxied = TestClient(
+        create_app(served, allowed_hosts=["cxr.example.org"]), base_url="https://cxr.example.org"
+    )
+    assert proxied.get("/api/model").status_code == 200
+    origin = {"Origin": "https://cxr.example.org"}
+    assert proxied.post("/api/predict", files=parts, headers=origin).status_code == 200
+    assert client.get("/api/model", headers={"Host": "cxr.example.org"}).status_code == 400
+
+
+def test_a_too_long_file_name_is_said_so(client: TestClient, tiny_data: tuple[Path, Path]) -> None:
+    film = dataset_films(tiny_data)[0].read_bytes()
+    response = post(client, ("x" * 5000 + ".png", film))
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("upload: a file name is too long")
+
+
+def test_a_client_gone_mid_upload_is_no_traceback(
+    served: ServedModel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The body stops half-way (the browser tab closed): the app answers, raises nothing and
+    logs nothing (uvicorn would log a raised ClientDisconnect as a traceback)."""
+    import asyncio
+    import logging
+
+    app = create_app(served)
+    head = b"--xyz\r\nContent-Disposition: form-data; name=file; filename=a.png\r\n\r\n\x89PNG"
+    messages = [{"type": "http.request", "body": head, "more_body": True}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/api/predict", "raw_path": b"/api/predict",
+        "query_string": b"", "root_path": "", "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 50000),
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"content-type", b"multipart/form-data; boundary=xyz"),
+            (b"content-length", b"100000"),
+        ],
+    }  # fmt: skip
+    with caplog.at_level(logging.DEBUG):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_the_page_lists_the_formats_the_server_reads(
+    client: TestClient, tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The page's format line is true: every format named there (and both depths where it says
+    8 or 16 bit) is answered 200."""
+    import re
+
+    listed = re.search(r'id="formats">([^<]*)<', client.get("/").text).group(1)
+    names = [re.sub(r" \(.*\)", "", n).strip() for n in listed.split(";")[0].split(",")]
+    assert names == ["JPEG", "PNG", "TIFF", "BMP", "GIF", "WebP", "DICOM"]
+    grey = np.asarray(Image.open(dataset_films(tiny_data)[0]).convert("L"))
+    films = {"DICOM": film_formats(dataset_films(tiny_data)[0], tmp_path)["dicom"][1]}
+    for name in names[:-1]:
+        for pixels in (grey, grey.astype(np.uint16) * 257)[: 2 if name in ("PNG", "TIFF") else 1]:
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format=name.upper())
+            films[f"{name} {pixels.dtype}"] = buffer.getvalue()
+    assert len(films) == len(names) + 2
+    for key, data in films.items():
+        response = post(client, (f"film.{key.split()[0].lower()}", data))
+        assert response.status_code == 200, (key, response.text)
 
 
 def test_openapi_is_json(client: TestClient) -> None:

@@ -114,10 +114,16 @@ def test_the_page_in_chromium(
                 overlay = card.locator(".overlay")
                 assert overlay.is_visible(), path.name
                 assert overlay.evaluate("img => img.complete && img.naturalWidth") >= 256
+                decision = card.locator(".decision").text_content().split(": ")[1].split(" (")[0]
+                caption = card.locator(".cam-caption").text_content()
+                assert caption.startswith(f"Grad-CAM of {decision} "), caption  # which class
+                assert card.locator(".cam-bar").is_visible()  # the colour scale
                 assert card.locator(".card-limits li").count() >= 1
             noise = cards["noise.png"]
             assert noise.locator(".ood-warning").is_visible()
             assert "Unlike the training films" in noise.locator(".ood-warning").text_content()
+            listed = noise.locator(".warnings li").all_text_contents()
+            assert not [w for w in listed if "unlike the training" in w.lower()]  # said once
             bad = cards["notes.png"]
             assert "error" in bad.get_attribute("class")
             assert bad.locator(".status").text_content().startswith("notes.png: not image")
@@ -126,8 +132,20 @@ def test_the_page_in_chromium(
 
             page.uncheck("#gradcam")  # the toggle hides every overlay, and shows them again
             assert not cards["noise.png"].locator(".overlay").is_visible()
+            with page.expect_request("**/api/predict?gradcam=false"):  # asked for only if wanted
+                page.set_input_files("#files", [str(files[0])])  # the same name a second time
+            expect(page.locator("#table tbody tr")).to_have_count(len(files) + 1, timeout=60_000)
+            again = f"{files[0].name} (2)"  # one name per film, unique
+            second = page.locator(".card", has=page.locator(".filename", has_text=again))
+            expect(second.locator(".decision")).to_contain_text("Most probable")
+            assert second.locator(".overlay").get_attribute("src") is None
             page.check("#gradcam")
             assert cards["noise.png"].locator(".overlay").is_visible()
+            names = page.locator("#table tbody tr td:first-child").all_text_contents()
+            assert sorted(names) == sorted([p.name for p in files] + [again])
+            failed = page.locator("#table tbody tr.failed td:last-child").all_text_contents()
+            assert failed == ["not image: not a recognised image format"]  # no name repeated
+            assert "operating point" in page.locator("#table thead").text_content()
 
             page.locator("#table th", has_text="OOD score").click()
             page.locator("#table th", has_text="OOD score").click()  # descending
@@ -135,10 +153,11 @@ def test_the_page_in_chromium(
             assert first == "noise.png"
             with page.expect_download() as download:
                 page.click("#csv")
-            text = Path(download.value.path()).read_text()
-            rows = list(csv.DictReader(io.StringIO(text)))
-            assert len(rows) == len(files) and rows[0]["file"] != ""
-            assert {r["file"] for r in rows} == {p.name for p in files}
+            data = Path(download.value.path()).read_bytes()
+            assert data.startswith(b"\xef\xbb\xbf")  # a spreadsheet reads it as UTF-8
+            rows = list(csv.DictReader(io.StringIO(data.decode("utf-8-sig"))))
+            assert len(rows) == len(files) + 1 and rows[0]["file"] != ""
+            assert {r["file"] for r in rows} == {p.name for p in files} | {again}
             assert float(next(r for r in rows if r["file"] == "noise.png")["OOD score"]) > 0
             page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
         finally:

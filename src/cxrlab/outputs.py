@@ -25,6 +25,7 @@ from pathlib import Path
 from cxrlab.data.discover import SPLIT_ALIASES
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import check_writable
 
 PREDICTION_HEADERS = (
     b"path,predicted,p_",
@@ -111,13 +112,30 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
     description, is_previous = KINDS[kind]
     if out.exists() and not force and not is_previous(out):
         raise CxrlabError(f"{where}: exists and is not {description}; pass --force to overwrite")
+    check_writable(out.parent, where)
 
 
-def check_output_folder(out: Path, data: Path | Sequence[Path], *, option: str = "--out") -> None:
+def check_output_folder(
+    out: Path, data: Path | Sequence[Path], *, option: str = "--out"
+) -> None:
     """Refuse an output folder that is a dataset folder ``data`` (one, or every source of a
-    training set) or lies inside one: cxrlab writes nothing among the films it reads."""
+    training set) or lies inside one: cxrlab writes nothing among the films it reads; and one
+    where nothing can be written (read-only, or a full disk), before any work."""
     for folder in [data] if isinstance(data, (str, Path)) else data:
         if Path(out).resolve().is_relative_to(Path(folder).resolve()):
             raise CxrlabError(
                 f"{option} {out}: is inside the dataset folder {folder}; choose a folder outside it"
             )
+    check_writable(out, f"{option} {out}")
+
+
+def check_cache_folder(cache_dir: Path | None, data: Path | Sequence[Path]) -> None:
+    """:func:`check_output_folder` for ``--cache-dir``; without one, whether the default cache
+    (``$CXRLAB_CACHE`` or ``~/.cache/cxrlab``) can be written."""
+    from cxrlab.data.cache import default_cache_root
+
+    if cache_dir is not None:
+        check_output_folder(cache_dir, data, option="--cache-dir")
+    else:
+        root = default_cache_root()
+        check_writable(root, f"the cache folder {root} ($CXRLAB_CACHE, or --cache-dir)")

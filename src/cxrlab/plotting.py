@@ -6,6 +6,9 @@ matplotlib backend and plotting works on machines without a display.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from matplotlib import colormaps
@@ -38,10 +41,21 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as a PNG on white, atomically; returns ``path``."""
-    with atomic_open(path, "wb") as handle:
+    """Write ``figure`` as a PNG on white, atomically; returns ``path``. A file name in a script
+    the font lacks (CJK, emoji) is drawn as boxes without matplotlib's "Glyph ... missing"
+    warning per character: the name is in the Markdown and CSV beside the figure."""
+    with atomic_open(path, "wb") as handle, missing_glyphs_quiet():
         figure.savefig(handle, dpi=DPI, format="png", facecolor="white")
     return path
+
+
+@contextmanager
+def missing_glyphs_quiet() -> Iterator[None]:
+    """Inside the block, matplotlib draws a character its font lacks as a box without warning
+    ("Glyph ... missing from font(s)", one line per character of every CJK or emoji name)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from", category=UserWarning)
+        yield
 
 
 def empty_panel(ax: Axes, text: str) -> None:

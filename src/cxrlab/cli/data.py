@@ -96,6 +96,7 @@ def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, import
     )
     table.add_row("label conflicts (groups)", str(s.label_conflict_groups))
     table.add_row("excluded (see manifest)", str(s.status["excluded"]))
+    table.add_row("kept with a warning (see manifest)", str(s.status["warning"]))
     console.print(table)
     if s.leakage_groups:
         leaks = [g for g in result.groups if g.cross_split]

@@ -53,8 +53,8 @@ def predict(
     no_progress: NoProgressOpt = False,
 ) -> None:
     (
-        """Class probabilities for images, printed and written as CSV (unreadable files are """
-        """listed, not fatal)."""
+        """Class probabilities for images, printed and written as CSV (unreadable files in """
+        """folders are listed, not fatal; a file named here that cannot be read is an error)."""
     )
     from cxrlab.evaluation.predict import expand_image_paths, predict_files
     from cxrlab.outputs import check_output
@@ -64,6 +64,9 @@ def predict(
     result = predict_files(
         checkpoint, files, batch_size=batch_size or 32, device=device, progress=not no_progress
     )
+    for item in images:  # a film named on the command line must be read: one line, nothing written
+        if str(item) in result.errors:
+            raise CxrlabError(result.errors[str(item)])
     result.write_csv(out)
     for note in result.notes:
         console.print(f"[yellow]note:[/] {shown(note)}")

@@ -81,6 +81,16 @@ def serve(
             "--max-upload-mb", min=0.01, help="Largest request (the page sends one film each)."
         ),
     ] = 20.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help=(
+                "Another host name requests may be addressed to, e.g. a reverse proxy's public "
+                "name (repeatable; '*': any). Others are refused, as are cross-site posts."
+            ),
+        ),
+    ] = None,
     data: OodDataOpt = None,
     device: DeviceOpt = "auto",
     cache_dir: CacheDirOpt = None,
@@ -109,7 +119,13 @@ def serve(
             fit_ood(
                 run_dir, data, cache_dir=cache_dir, workers=workers, device=device, progress=True
             )
-    web = create_app(model_file, max_upload_mb=max_upload_mb, device=device)
+    web = create_app(
+        model_file,
+        max_upload_mb=max_upload_mb,
+        device=device,
+        host=host,
+        allowed_hosts=allowed_host or (),
+    )
     info = web.state.served.info(max_upload_mb)
     console.print(
         f"Serving {shown(info.arch)} ({info.runtime}) from {shown(model_file)}", soft_wrap=True
@@ -129,9 +145,19 @@ def serve(
             soft_wrap=True,
         )
     else:
+        from cxrlab.serve.app import served_hosts
+
         console.print(
             f"[yellow]Listening on {shown(host)}:[/] other machines that reach it can upload "
-            "films; there is no login.",
+            "films; there is no login. Requests must be addressed to "
+            f"{shown(', '.join(sorted(served_hosts(host, allowed_host or ()))))} "
+            "(--allowed-host NAME adds a name or address).",
+            soft_wrap=True,
+        )
+    if allowed_host:
+        console.print(
+            f"Also answering requests addressed to {shown(', '.join(allowed_host))} "
+            "(--allowed-host).",
             soft_wrap=True,
         )
     uvicorn.run(web, host=host, port=port, log_level="warning")

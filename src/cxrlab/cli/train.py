@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -46,6 +51,7 @@ from cxrlab.cli.app import (
     app,
     console,
     default_out,
+    err_console,
     given_options,
     parse_external,
     parse_weights,
@@ -151,6 +157,47 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
     return stored
 
 
+STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit status 128 + the signal
+
+
+@contextmanager
+def stopped_by_signal(data: Path, run_dir: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside the block: one line saying what was kept and how to go on, and
+    exit status 130 (SIGINT) or 143 (SIGTERM). Both signals raise KeyboardInterrupt here;
+    Lightning catches it, stops cleanly and exits 1 on its own, so the handler notes which
+    signal it was."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except (KeyboardInterrupt, SystemExit) as exc:
+        if not received and not isinstance(exc, KeyboardInterrupt):
+            raise
+        signum = received[0] if received else signal.SIGINT
+        from cxrlab.artifacts import RunDir
+
+        last = RunDir(run_dir).last_checkpoint
+        if last.is_file():
+            again = shlex.join(["cxrlab", "train", str(data), "--out", str(run_dir), "--resume"])
+            kept = f"{last} keeps the last finished epoch; go on with: {again}"
+        else:
+            kept = "no epoch had finished, so nothing was kept; run the same command again"
+        name = signal.Signals(signum).name
+        err_console.print(f"interrupted ({name}): {shown(kept)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(STOP_SIGNALS[signum]) from None
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @app.command()
 def train(
     ctx: typer.Context,
@@ -226,7 +273,7 @@ def train(
     Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the """
         """global batch."""
     )
-    from cxrlab.outputs import check_output_folder
+    from cxrlab.outputs import check_cache_folder, check_output_folder
     from cxrlab.training.config import preset, recipe_file
     from cxrlab.training.run import train_run
     from cxrlab.training.trainer import check_runnable, launched_rank
@@ -261,8 +308,7 @@ def train(
     run_dir = out or default_out(data, config.run_name)
     inputs = [data, *map(Path, config.sources.values())]
     check_output_folder(run_dir, inputs)
-    if cache_dir is not None:
-        check_output_folder(cache_dir, inputs, option="--cache-dir")
+    check_cache_folder(cache_dir, inputs)
     if not worker:
         check_runnable(config)  # before the banner: an impossible run says so first
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
@@ -271,16 +317,17 @@ def train(
         if worker
         else (lambda line: console.print(shown(line), highlight=False, soft_wrap=True))
     )
-    result = train_run(
-        data,
-        config,
-        run_dir,
-        resume=resume,
-        cache_root=cache_dir,
-        workers=workers,
-        progress=not no_progress,
-        say=say,
-    )
+    with nullcontext() if worker else stopped_by_signal(data, run_dir):  # (DDP: the launcher)
+        result = train_run(
+            data,
+            config,
+            run_dir,
+            resume=resume,
+            cache_root=cache_dir,
+            workers=workers,
+            progress=not no_progress,
+            say=say,
+        )
     if worker:
         return
     print_result(result)
@@ -416,7 +463,7 @@ def compare(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
-    from cxrlab.outputs import check_output_folder
+    from cxrlab.outputs import check_cache_folder, check_output_folder
     from cxrlab.pipelines.compare import plan_runs, run_comparison, split_overrides, split_recipe
     from cxrlab.training.config import recipe_file
 
@@ -446,8 +493,7 @@ def compare(
     out = out or default_out(data, "compare")
     inputs = [data, *map(Path, configs[0].sources.values())] if configs else [data]
     check_output_folder(out, inputs)
-    if cache_dir is not None:
-        check_output_folder(cache_dir, inputs, option="--cache-dir")
+    check_cache_folder(cache_dir, inputs)
     report = run_comparison(
         data,
         configs,

@@ -13,7 +13,9 @@ It writes, into its output folder only:
   (an :class:`~cxrlab.data.audit_records.AuditReport`; ``audit.md`` is rendered from it).
 * ``duplicates.png`` and ``shortcuts.png``.
 
-Exclusion policy: unreadable and too-small files are excluded. Of a group of copies, the
+Exclusion policy: unreadable and too-small files are excluded. Blank (constant) films, films
+over :data:`LARGE_SIDE` px a side and files a symbolic link reads from outside the dataset are
+kept and flagged (``warning``). Of a group of copies, the
 copy in the most final split is kept (test over val over train), so that leaked copies are
 removed from *training* and the test set stays as published; within one split the first
 copy is kept. Copies with different labels are excluded from train/val (which label is
@@ -22,7 +24,7 @@ right is unknown) and flagged in test.
 
 from __future__ import annotations
 
-import csv
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +44,19 @@ from cxrlab.data.scan import ImageRecord, scan_dataset
 from cxrlab.data.shortcuts import FEATURES, shortcut_check
 from cxrlab.data.sources import source_check
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, atomic_write_text, markdown_escape, markdown_table, open_text
+from cxrlab.fileio import (
+    atomic_open,
+    atomic_write_text,
+    csv_dict_reader,
+    csv_dict_writer,
+    markdown_escape,
+    markdown_table,
+    open_text,
+)
 
 MANIFEST_NAME = "manifest.csv"
+BLANK_STD = 1.0  # a film whose pixels (0..255) vary less than this shows nothing
+LARGE_SIDE = 5000  # px a side: beyond the largest chest X-ray detectors (about 4300 px)
 MANIFEST_FIELDS = (
     "path", "split", "class", "source", "status", "reasons", "duplicate_group", "file_format",
     "mode", "width", "height", "file_size", "mean", "std", "border_fraction", "pixel_hash",
@@ -158,6 +170,26 @@ def _resolve_groups(
     return resolved
 
 
+def _warnings(root: Path, record: ImageRecord) -> list[str]:
+    """Why a readable film deserves a look (status ``warning``, kept): blank, far larger than
+    any chest detector gives, or read through a symbolic link from outside the dataset."""
+    found = []
+    if record.std < BLANK_STD:
+        found.append(
+            f"blank: almost one value throughout (mean {record.mean:.1f}, std {record.std:.2f})"
+        )
+    if max(record.width, record.height) > LARGE_SIDE:
+        found.append(
+            f"very_large: {record.width}x{record.height}, over {LARGE_SIDE} px a side (chest "
+            "detectors give up to about 4300); shrunk to the training size, it may be a scan "
+            "of something else"
+        )
+    target = Path(os.path.realpath(root / record.path))  # (Path.resolve raises on a loop)
+    if not target.is_relative_to(os.path.realpath(root)):
+        found.append(f"outside: a symbolic link read from outside the dataset ({target})")
+    return found
+
+
 def audit_records(
     index: DatasetIndex, records: list[ImageRecord], config: AuditConfig
 ) -> AuditResult:
@@ -173,6 +205,9 @@ def audit_records(
             reasons[i].append(
                 f"too_small: {record.width}x{record.height} below {config.min_size} px"
             )
+        if flags := _warnings(index.root, record):
+            statuses[i] = "warning" if statuses[i] == "ok" else statuses[i]
+            reasons[i].extend(flags)
     pairs = exact_pairs(records) + near_pairs(records, config.near_threshold)
     similarity = {(p.first, p.second): p.similarity for p in pairs}
     groups_idx = group_pairs(len(records), pairs)
@@ -255,7 +290,7 @@ def summarize(
 def write_manifest(result: AuditResult, path: Path) -> None:
     """One CSV row per file; later commands read ``path`` and ``status``."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=MANIFEST_FIELDS)
+        writer = csv_dict_writer(handle, MANIFEST_FIELDS)
         writer.writeheader()
         for i, record in enumerate(result.records):
             writer.writerow(
@@ -288,7 +323,7 @@ def read_manifest(path: str | Path) -> dict[str, str]:
     if not path.is_file():
         raise CxrlabError(f"{path}: manifest not found (run 'cxrlab audit DATA --out DIR' first)")
     with open_text(path) as handle:
-        reader = csv.DictReader(handle)
+        reader = csv_dict_reader(handle)
         if not reader.fieldnames or not {"path", "status"} <= set(reader.fieldnames):
             raise CxrlabError(f"{path}: not a cxrlab manifest (needs 'path' and 'status' columns)")
         return {row["path"]: row["status"] for row in reader}
@@ -297,13 +332,15 @@ def read_manifest(path: str | Path) -> dict[str, str]:
 def write_audit_files(result: AuditResult, out_dir: Path) -> None:
     """audit.json, audit.md, manifest.csv and the two plots."""
     from cxrlab.data.audit_plots import plot_duplicates, plot_shortcuts
+    from cxrlab.plotting import missing_glyphs_quiet
 
     out_dir.mkdir(parents=True, exist_ok=True)
     write_manifest(result, out_dir / MANIFEST_NAME)
     report = result.report()
     atomic_write_text(out_dir / "audit.json", report.to_json())
-    plot_duplicates(result.groups, result.path_of, out_dir / "duplicates.png")
-    plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
+    with missing_glyphs_quiet():  # file names in scripts the font lacks: boxes, no warnings
+        plot_duplicates(result.groups, result.path_of, out_dir / "duplicates.png")
+        plot_shortcuts(result.shortcut, out_dir / "shortcuts.png")
     atomic_write_text(out_dir / "audit.md", markdown_report(report))
 
 

@@ -49,7 +49,7 @@ from PIL import Image
 from cxrlab.data.discover import DatasetIndex
 from cxrlab.data.reader import DecodedImage, ImageSource, decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
-from cxrlab.fileio import atomic_write_text, locked, read_text
+from cxrlab.fileio import atomic_write_text, locked, read_text, reserve_space
 from cxrlab.progress import track
 
 CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
@@ -284,6 +284,12 @@ def _write_generation(
     images = np.lib.format.open_memmap(
         images_file, mode="w+", dtype=np.uint8, shape=(len(paths), size, size)
     )
+    try:  # the blocks now: a full disk is one line here, not a SIGBUS while the map writes
+        reserve_space(images_file)
+    except BaseException:
+        del images
+        images_file.unlink(missing_ok=True)  # no orphan array
+        raise
     errors: dict[str, str] = {}
     todo = []
     for i, (path, fp) in enumerate(zip(paths, prints)):

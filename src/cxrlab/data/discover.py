@@ -163,7 +163,10 @@ def _subdirs(folder: Path) -> list[Path]:
 
 
 def _files_below(folder: Path) -> list[Path]:
-    files = [path for path in folder.rglob("*") if path.is_file()]
+    """Every file below ``folder``, and every symbolic link (not followed into folders): a
+    dangling or looping link, or one to a folder, then fails to read and is listed as skipped
+    with the reason, never dropped silently; a link to a file is read wherever it leads."""
+    files = [path for path in folder.rglob("*") if path.is_file() or path.is_symlink()]
     return sorted(files, key=lambda path: natural_key(path.relative_to(folder).as_posix()))
 
 

@@ -7,7 +7,6 @@ each run folder so that the run can be reproduced and audited.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import WeightedRandomSampler
 
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, open_text
+from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
 
 
 def stratified_split(
@@ -66,7 +65,7 @@ def save_split(
     path in the main data, ``NAME:path`` in an added source; ``source_of`` names a key's source,
     the ``source`` column is left out without it)."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv_writer(handle)
         writer.writerow(["path", "class", "subset", *(["source"] if source_of else [])])
         for subset, items in rows.items():
             writer.writerows(
@@ -80,7 +79,7 @@ def load_split(path: Path) -> dict[str, list[tuple[str, str]]]:
         raise CxrlabError(f"{path}: split file not found")
     subsets: dict[str, list[tuple[str, str]]] = {}
     with open_text(path) as handle:
-        for row in csv.DictReader(handle):
+        for row in csv_dict_reader(handle):
             subsets.setdefault(row["subset"], []).append((row["path"], row["class"]))
     return subsets
 

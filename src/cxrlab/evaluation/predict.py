@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
-from cxrlab.fileio import atomic_open, open_text
+from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
 from cxrlab.progress import track
 
 
@@ -111,7 +110,7 @@ def write_predictions(
     point decides, when the model has one,) one probability column per class."""
     decided = point.decide(probs, classes) if point is not None and len(probs) else None
     with atomic_open(path, newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv_writer(handle)
         head = (
             ["path"]
             + (["true"] if y_true is not None else [])
@@ -136,7 +135,7 @@ def write_predictions(
 def read_predictions(path: Path, classes: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """``(paths, y_true, probs)`` from a ``test_predictions.csv``."""
     with open_text(path) as handle:
-        rows = list(csv.DictReader(handle))
+        rows = list(csv_dict_reader(handle))
     paths = [r["path"] for r in rows]
     y_true = np.array([classes.index(r["true"]) for r in rows], dtype=np.int64)
     probs = np.array(

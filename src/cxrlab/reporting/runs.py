@@ -10,7 +10,6 @@ rendering a report loads neither Lightning nor :mod:`cxrlab.training`.
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
@@ -22,14 +21,14 @@ from cxrlab.artifacts import RunDir, read_json
 from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.predict import read_predictions
-from cxrlab.fileio import open_text
+from cxrlab.fileio import csv_dict_reader, open_text
 from cxrlab.records import ClassificationMetrics, Interval, RunMetrics
 
 
 def read_history(path: Path) -> list[dict[str, float]]:
     """``history.csv``: one dict of numbers per epoch."""
     with open_text(path) as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{k: float(v) for k, v in row.items()} for row in csv_dict_reader(handle)]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ A :class:`Table` (headers and rows of :class:`Cell`) is built once and rendered 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from cxrlab.fileio import atomic_open, markdown_escape, markdown_table
+from cxrlab.fileio import atomic_open, csv_dict_writer, markdown_escape, markdown_table
 from cxrlab.records import Interval
 from cxrlab.reporting.render import render
 
@@ -151,7 +150,7 @@ def csv_row(fields: Sequence[str], **values: object) -> dict[str, object]:
 def write_csv(path: Path, fields: Sequence[str], rows: Sequence[dict[str, object]]) -> Path:
     """Write dict rows with the columns ``fields`` to ``path`` (atomically)."""
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(fields), restval="")
+        writer = csv_dict_writer(handle, list(fields), restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path

@@ -23,9 +23,10 @@ import torch
 from PIL import Image
 
 from cxrlab.data.cache import decode_square
+from cxrlab.data.reader import DecodedImage
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import resolve_model
-from cxrlab.evaluation.gradcam import CAM_ALPHA, CAM_CMAP, find_target_layer, gradcam
+from cxrlab.evaluation.gradcam import CAM_CMAP, find_target_layer, gradcam
 from cxrlab.evaluation.ood import OodStats, head_features, load_stats_for
 from cxrlab.evaluation.predict import Predictor, load_predictor
 from cxrlab.models.registry import head_inputs
@@ -34,11 +35,15 @@ from cxrlab.serve import schemas
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "La", "RGBa"})
 ALPHA_WARNING = "the image has transparency (alpha); it was dropped and the stored pixels read"
 ONNX_REASON = "the ONNX graph outputs the probabilities only; serve the run's model.pt for {what}"
+OVERLAY_MAX_ALPHA = 0.6  # the overlay's opacity where the Grad-CAM map is highest (0 where 0)
 MIN_PNG_SIDE = 256  # films and overlays smaller than this are enlarged for the page
 # Below this many films a request runs PyTorch on one CPU thread: called from the server's worker
 # thread (not the main thread), CPU inference with several intra-op threads was 2.5x slower for
 # one film (MobileNetV2, 128 px, 2 cores: 67 ms against 27 ms) and faster only from 16 films on.
 ONE_THREAD_BELOW = 16
+# Films decoded at once, over all requests: each takes up to 8 bytes per pixel of the 80 MP limit
+# (cxrlab.data.reader), so decoding never holds more than about 2 x 640 MB whatever is uploaded.
+DECODE_SLOTS = 2
 
 
 @contextmanager
@@ -67,12 +72,16 @@ def png_data_url(pixels: np.ndarray) -> str:
 
 def overlay(film: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """The film ``uint8 (S, S)`` under the Grad-CAM map ``(S, S)`` in 0..1, coloured as in the
-    report's figures (``jet`` at alpha 0.45): ``uint8 (S, S, 3)``."""
+    report's figures (``jet``) and blended by the map itself: opaque up to
+    :data:`OVERLAY_MAX_ALPHA` where the map is highest, the film alone where it is 0, so that
+    the film stays readable under it: ``uint8 (S, S, 3)``."""
     from matplotlib import colormaps
 
-    heat = colormaps[CAM_CMAP](np.clip(cam, 0.0, 1.0))[..., :3]
+    cam = np.clip(cam, 0.0, 1.0)
+    heat = colormaps[CAM_CMAP](cam)[..., :3]
     grey = np.repeat(film[..., None].astype(np.float64) / 255.0, 3, axis=2)
-    mixed = (1.0 - CAM_ALPHA) * grey + CAM_ALPHA * heat
+    alpha = OVERLAY_MAX_ALPHA * cam[..., None]
+    mixed = (1.0 - alpha) * grey + alpha * heat
     return np.clip(np.rint(mixed * 255.0), 0, 255).astype(np.uint8)
 
 
@@ -92,6 +101,7 @@ class ServedModel:
         self.model_file, self.run_dir = resolve_model(Path(model))
         self.predictor: Predictor = load_predictor(self.model_file, device)
         self._lock = threading.Lock()
+        self.decoding = threading.BoundedSemaphore(DECODE_SLOTS)  # films decoded at once
         self.limitations = self._limitations()
         self.sources = self._sources()
         self.ood, self.ood_reason = self._ood()
@@ -183,10 +193,15 @@ class ServedModel:
             max_upload_mb=max_upload_mb,
         )
 
+    def _decode(self, film: Film) -> DecodedImage:
+        """One film decoded and resized, waiting for one of :data:`DECODE_SLOTS`."""
+        with self.decoding:
+            return decode_square(film.data, self.predictor.spec, name=film.filename)
+
     def predict(self, films: list[Film], *, with_gradcam: bool = False) -> list[schemas.FilmResult]:
         """Answers for ``films``, in order; raises ``ImageReadError`` for the first bad one."""
         p = self.predictor
-        decoded = [decode_square(f.data, p.spec, name=f.filename) for f in films]
+        decoded = [self._decode(film) for film in films]
         squares = np.stack([d.pixels for d in decoded])
         images = squares[:, None].astype(np.float32) / np.float32(255.0)
         small = len(films) < ONE_THREAD_BELOW and (p.device is None or p.device.type == "cpu")

@@ -18,6 +18,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 FIELD = "file"  # the name of every film's part
 MAX_FILES = 100  # per request
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+HTML_ESCAPES = re.compile("%(22|0[AaDd])")  # how browsers write ", LF and CR in a file name
 
 
 class UploadError(Exception):
@@ -38,9 +39,13 @@ class Upload:
 
 
 def clean_name(raw: bytes) -> str:
-    """A client's file name as one printable line: UTF-8 (undecodable bytes replaced), the
-    folder part dropped, control characters as ``?``, at most 255 characters."""
-    name = raw.decode("utf-8", errors="replace").replace("\\", "/").rsplit("/", 1)[-1]
+    """A client's file name as one printable line and as the person named the file: UTF-8
+    (undecodable bytes replaced), the ``%22``, ``%0A`` and ``%0D`` a browser writes for ``"``,
+    LF and CR in a multipart file name turned back, control characters as ``?``, at most 255
+    characters. Nothing else is removed (a ``/`` or ``\\`` stays), so that the page's card, its
+    table, its CSV and the API's answer show one name."""
+    name = raw.decode("utf-8", errors="replace")
+    name = HTML_ESCAPES.sub(lambda match: chr(int(match.group(1), 16)), name)
     return CONTROL.sub("?", name)[:255] or "(unnamed)"
 
 
@@ -120,6 +125,12 @@ async def read_uploads(
                 raise UploadError(413, f"{collector.name()}: over {limit}")
         parser.finalize()
     except MultipartParseError as exc:
+        if "header size" in str(exc) and collector.header_name.lower() == b"content-disposition":
+            raise UploadError(
+                422,
+                f"upload: a file name is too long (over {parser.max_header_size} bytes with its "
+                "part's header); rename the file",
+            ) from exc
         raise UploadError(422, f"{collector.name()}: malformed multipart body ({exc})") from exc
     if not collector.parts:
         raise UploadError(422, f"upload: no '{FIELD}' part (send one or more films as '{FIELD}')")

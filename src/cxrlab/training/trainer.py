@@ -3,7 +3,6 @@ file, and the checks that refuse what cannot run here (before any caching or tra
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import warnings
@@ -17,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxrlab.artifacts import RunDir
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open
+from cxrlab.fileio import atomic_open, csv_dict_writer
 from cxrlab.models.registry import check_model
 from cxrlab.training.config import RunConfig
 from cxrlab.training.module import ClassifierModule
@@ -48,7 +47,7 @@ class HistoryWriter(Callback):
 
 def write_history(path: Path, history: list[dict[str, float]]) -> None:
     with atomic_open(path, newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_FIELDS)
+        writer = csv_dict_writer(handle, HISTORY_FIELDS)
         writer.writeheader()
         for row in history:
             writer.writerow(

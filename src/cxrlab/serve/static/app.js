@@ -3,7 +3,8 @@
 // file or from the server is set with textContent, never parsed as HTML.
 "use strict";
 
-const state = { model: null, rows: [], sortKey: null, sortDescending: false };
+const state = { model: null, rows: [], names: new Set(), sortKey: null, sortDescending: false };
+const UNLIKE = "unlike the training films"; // the server's warning, shown once: as the banner
 const PARALLEL = 2; // requests in flight at once
 
 function el(tag, text, className) {
@@ -49,12 +50,26 @@ async function loadModel() {
   buildHeader();
 }
 
+// One name per film in its card, the table and the CSV: the file's own, made unique ("a.png (2)").
+function uniqueName(name) {
+  let unique = name;
+  for (let k = 2; state.names.has(unique); k++) unique = name + " (" + k + ")";
+  state.names.add(unique);
+  return unique;
+}
+
+// The server's "<file name>: <reason>" as the reason alone (the table has the name beside it).
+function reason(detail, name) {
+  return detail.startsWith(name + ": ") ? detail.slice(name.length + 2) : detail;
+}
+
 function columns() {
   const classes = state.model ? state.model.classes : [];
+  const point = state.model && state.model.operating_point;
   return [
     { key: "filename", label: "file" },
     { key: "decision", label: "decision" },
-    { key: "operating_decision", label: "operating point" },
+    ...(point ? [{ key: "operating_decision", label: "operating point" }] : []),
     ...classes.map((c) => ({ key: "p:" + c, label: "p(" + c + ")", digits: 4 })),
     { key: "ood_score", label: "OOD score", digits: 1 },
     { key: "unlike_training", label: "unlike training" },
@@ -135,7 +150,8 @@ function downloadCsv() {
   const cols = columns();
   const lines = [cols.map((c) => csvField(c.label)).join(",")];
   for (const row of state.rows) lines.push(cols.map((c) => csvField(cell(row, c.key))).join(","));
-  const blob = new Blob([lines.join("\r\n") + "\r\n"], { type: "text/csv" });
+  // The byte-order mark makes spreadsheets read the file as UTF-8 (café, not cafÃ©).
+  const blob = new Blob(["\ufeff" + lines.join("\r\n") + "\r\n"], { type: "text/csv" });
   const link = el("a");
   link.href = URL.createObjectURL(blob);
   link.download = "cxrlab-predictions.csv";
@@ -162,10 +178,13 @@ function showResult(card, result) {
   card.querySelector(".status").hidden = true;
   card.querySelector(".body").hidden = false;
   card.querySelector(".film").src = result.film_png;
-  const overlay = card.querySelector(".overlay");
+  const cam = card.querySelector(".cam");
   if (result.gradcam_png) {
-    overlay.src = result.gradcam_png;
-    overlay.hidden = !document.getElementById("gradcam").checked;
+    cam.querySelector(".overlay").src = result.gradcam_png;
+    cam.querySelector(".cam-caption").textContent =
+      "Grad-CAM of " + result.decision + " (the most probable class): where the film pushed the " +
+      "model towards it";
+    cam.hidden = !document.getElementById("gradcam").checked;
     card.classList.add("has-overlay");
   }
   const bars = card.querySelector(".bars");
@@ -187,48 +206,51 @@ function showResult(card, result) {
       model.operating_point.threshold.toFixed(3) + "): " + result.operating_decision
     : "";
   const warning = card.querySelector(".ood-warning");
+  const unlike = result.warnings.find((w) => w.startsWith(UNLIKE));
   if (result.ood && result.ood.unlike_training) {
     warning.hidden = false;
-    warning.textContent =
-      "Unlike the training films: this answer may not apply to this image.";
+    warning.textContent = unlike
+      ? "Unlike the training films" + unlike.slice(UNLIKE.length)
+      : "Unlike the training films: this answer may not apply to this image.";
     card.classList.add("unlike");
   }
   card.querySelector(".ood").textContent = result.ood
     ? "OOD score " + result.ood.score.toFixed(1) + " (threshold " + result.ood.threshold.toFixed(1) + ")"
     : "No out-of-distribution check for this model.";
-  fillList(card.querySelector(".warnings"), result.warnings);
+  fillList(card.querySelector(".warnings"), result.warnings.filter((w) => w !== unlike));
   fillList(card.querySelector(".card-limits ul"), model.known_limitations);
 }
 
 async function predictOne(file) {
-  const card = newCard(file.name);
+  const name = uniqueName(file.name);
+  const card = newCard(name);
   const limit = state.model.max_upload_mb * 1e6;
   if (file.size > limit) {
-    const message = file.name + ": over the upload limit of " + state.model.max_upload_mb + " MB";
-    showError(card, message);
-    state.rows.push({ filename: file.name, error: message });
+    const message = "over the upload limit of " + state.model.max_upload_mb + " MB";
+    showError(card, name + ": " + message);
+    state.rows.push({ filename: name, error: message });
     return;
   }
   const form = new FormData();
   form.append("file", file, file.name);
-  const gradcam = state.model.gradcam.available ? "true" : "false";
+  const wanted = state.model.gradcam.available && document.getElementById("gradcam").checked;
   let row;
   try {
-    const response = await fetch("/api/predict?gradcam=" + gradcam, { method: "POST", body: form });
+    const response = await fetch("/api/predict?gradcam=" + wanted, { method: "POST", body: form });
     const body = await response.json().catch(() => ({ detail: file.name + ": HTTP " + response.status }));
     if (!response.ok) {
       const detail = typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail);
       showError(card, detail);
-      row = { filename: file.name, error: detail };
+      row = { filename: name, error: reason(detail, file.name) };
     } else {
       const result = body.results[0];
       showResult(card, result);
-      row = { ...result, error: null };
+      row = { ...result, filename: name, error: null };
     }
   } catch (error) {
-    const message = file.name + ": the server did not answer (" + error.message + ")";
-    showError(card, message);
-    row = { filename: file.name, error: message };
+    const message = "the server did not answer (" + error.message + ")";
+    showError(card, name + ": " + message);
+    row = { filename: name, error: message };
   }
   delete row.film_png;
   delete row.gradcam_png;
@@ -272,8 +294,9 @@ function setUp() {
     if (event.key === "Enter" || event.key === " ") input.click();
   });
   document.getElementById("gradcam").addEventListener("change", (event) => {
+    // Shown or hidden on the films answered so far; asked for (or not) with the next ones.
     for (const card of document.querySelectorAll(".card.has-overlay")) {
-      card.querySelector(".overlay").hidden = !event.target.checked;
+      card.querySelector(".cam").hidden = !event.target.checked;
     }
   });
   document.getElementById("csv").addEventListener("click", downloadCsv);
