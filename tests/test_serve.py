@@ -71,6 +71,8 @@ def test_model_info(client: TestClient) -> None:
     assert ood["quantile"] == 0.99 and ood["n_train"] == 18 and ood["n_val"] == 6
     assert "Mahalanobis" in ood["method"]
     assert info["known_limitations"] and all(isinstance(s, str) for s in info["known_limitations"])
+    # the training sources beside every answer: one source here, its films per class
+    assert info["training_sources"].startswith("Trained on films from: data (COVID19 ")
     assert info["max_upload_mb"] == 20.0
 
 
@@ -365,6 +367,7 @@ def test_a_bare_model_and_stale_statistics(run_dir: Path, tmp_path: Path) -> Non
     shutil.copy(run_dir / "model.pt", tmp_path / "model.pt")
     info = ServedModel(tmp_path / "model.pt", device="cpu").info(20.0)
     assert info.known_limitations == [] and "not in a finished run folder" in " ".join(info.notes)
+    assert info.training_sources is None
     assert not info.ood.available and "no ood.npz beside model.pt" in info.ood.reason
     stats = OodStats.load(run_dir / "ood.npz")
     stats.digest = "0" * 40  # fitted for other weights

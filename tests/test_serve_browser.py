@@ -94,6 +94,7 @@ def test_the_page_in_chromium(
             expect = sync_api.expect  # (page.wait_for_function would need the CSP's eval)
             expect(page.locator("#model-summary")).to_contain_text("resnet18")
             assert page.locator("#limitations li").count() >= 1
+            expect(page.locator("#sources")).to_contain_text("Trained on films from: data (")
             page.set_input_files("#files", [str(p) for p in files])
             expect(page.locator("#table tbody tr")).to_have_count(len(files), timeout=60_000)
             cards = {
@@ -119,6 +120,7 @@ def test_the_page_in_chromium(
                 assert caption.startswith(f"Grad-CAM of {decision} "), caption  # which class
                 assert card.locator(".cam-bar").is_visible()  # the colour scale
                 assert card.locator(".card-limits li").count() >= 1
+                assert card.locator(".card-sources").text_content().startswith("Trained on")
             noise = cards["noise.png"]
             assert noise.locator(".ood-warning").is_visible()
             assert "Unlike the training films" in noise.locator(".ood-warning").text_content()
@@ -139,8 +141,9 @@ def test_the_page_in_chromium(
             second = page.locator(".card", has=page.locator(".filename", has_text=again))
             expect(second.locator(".decision")).to_contain_text("Most probable")
             assert second.locator(".overlay").get_attribute("src") is None
-            page.check("#gradcam")
-            assert cards["noise.png"].locator(".overlay").is_visible()
+            page.check("#gradcam")  # (cards by name: a new card shifts the positions of the rest)
+            noise = page.locator(".card", has=page.locator(".filename", has_text="noise.png"))
+            assert noise.locator(".overlay").is_visible()
             names = page.locator("#table tbody tr td:first-child").all_text_contents()
             assert sorted(names) == sorted([p.name for p in files] + [again])
             failed = page.locator("#table tbody tr.failed td:last-child").all_text_contents()

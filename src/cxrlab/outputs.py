@@ -115,9 +115,7 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
     check_writable(out.parent, where)
 
 
-def check_output_folder(
-    out: Path, data: Path | Sequence[Path], *, option: str = "--out"
-) -> None:
+def check_output_folder(out: Path, data: Path | Sequence[Path], *, option: str = "--out") -> None:
     """Refuse an output folder that is a dataset folder ``data`` (one, or every source of a
     training set) or lies inside one: cxrlab writes nothing among the films it reads; and one
     where nothing can be written (read-only, or a full disk), before any work."""

@@ -22,6 +22,10 @@ function percent(p) {
   return (100 * p).toFixed(1) + "%";
 }
 
+function sourcesText(model) {
+  return model.training_sources || "The training sources are not known (the model is not in a run folder).";
+}
+
 async function loadModel() {
   const response = await fetch("/api/model");
   const model = await response.json();
@@ -35,6 +39,7 @@ async function loadModel() {
     ? model.known_limitations
     : ["No model card limitations are known for this model (it is not in a run folder)."];
   fillList(document.getElementById("limitations"), limits);
+  document.getElementById("sources").textContent = sourcesText(model);
   fillList(document.getElementById("notes"), model.notes);
   document.getElementById("notes-heading").hidden = model.notes.length === 0;
   const toggle = document.getElementById("gradcam");
@@ -218,6 +223,7 @@ function showResult(card, result) {
     ? "OOD score " + result.ood.score.toFixed(1) + " (threshold " + result.ood.threshold.toFixed(1) + ")"
     : "No out-of-distribution check for this model.";
   fillList(card.querySelector(".warnings"), result.warnings.filter((w) => w !== unlike));
+  card.querySelector(".card-sources").textContent = sourcesText(model);
   fillList(card.querySelector(".card-limits ul"), model.known_limitations);
 }
 
