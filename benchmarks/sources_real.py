@@ -259,6 +259,7 @@ def main() -> int:
     parser.add_argument("--balance", choices=("weights", "source", "sampler"), default=None)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--again", action="store_true", help="traps: measure again")
     args = parser.parse_args()
     if shared_missing(args.data, args.weights) or not ADULT_EXTRA.is_dir():
         if not ADULT_EXTRA.is_dir():
@@ -275,8 +276,11 @@ def main() -> int:
     if args.stage == "traps":
         from sources_traps import traps
 
-        lines = traps(args.out, args.external, sources)
-        (args.out / "traps.md").write_text("\n".join(lines) + "\n")
+        done = args.out / "traps.md"
+        lines = done.read_text().splitlines() if done.is_file() and not args.again else []
+        if not lines:
+            lines = traps(args.out, args.external, sources)
+            done.write_text("\n".join(lines) + "\n")
         print("\n".join(lines))
     lines = summary(args.out)
     (args.out / "summary.md").write_text("\n".join(lines) + "\n")

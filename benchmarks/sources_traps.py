@@ -131,7 +131,7 @@ def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list
 
 
 def traps(out: Path, external: Path, sources: dict[str, Path]) -> list[str]:
-    """Both traps on every finished run of ``out`` with ``--balance source`` at F = 0 and 1."""
+    """Both traps on the seed-0 runs of ``out`` with ``--balance source`` at F = 0 and 1."""
     from compare_real import DEFAULT_DATA
 
     runs = sorted(
@@ -139,6 +139,6 @@ def traps(out: Path, external: Path, sources: dict[str, Path]) -> list[str]:
         for d in (out / "runs").glob("*")
         if (d / "metrics.json").is_file() and ("-f0-source-" in d.name or "-f1-source-" in d.name)
     )
-    lines = framing(runs, out / "traps", external, sources)
-    seed0 = [d for d in runs if d.name.endswith("-s0")]
+    seed0 = [d for d in runs if d.name.endswith("-s0")]  # the CPU budget: seed 0 of each
+    lines = framing(seed0, out / "traps", external, sources)
     return lines + [""] + lungs_hidden(seed0, DEFAULT_DATA, sources)
