@@ -328,19 +328,14 @@ def parse_weights(items: list[str], models: list[str]) -> dict[str, str]:
 
 def parse_external(items: list[str]) -> dict[str, Path]:
     """``--external NAME=PATH`` (repeatable) into ``{name: folder}``."""
-    parsed: dict[str, Path] = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise CxrlabError(
-                f"--external {item}: write NAME=PATH, "
-                "e.g. --external adult=../shared/data/external-dev"
-            )
-        if name in parsed:
-            raise CxrlabError(f"--external {item}: the name {name} is given twice")
-        if not Path(path).expanduser().is_dir():
-            raise CxrlabError(f"--external {item}: {path} is not a folder")
-        parsed[name] = Path(path).expanduser()
+    from cxrlab.data.discover import parse_named_folders
+
+    parsed = parse_named_folders(
+        items, "--external", "adult=../shared/data/external-dev", form="NAME=PATH"
+    )
+    for name, folder in parsed.items():
+        if not folder.is_dir():
+            raise CxrlabError(f"--external {name}={folder}: {folder} is not a folder")
     return parsed
 
 

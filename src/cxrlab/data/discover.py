@@ -257,20 +257,28 @@ def discover(root: str | Path, *, min_classes: int = 2, source: str | None = Non
     )
 
 
-def parse_sources(items: list[str], option: str = "--add-source") -> dict[str, Path]:
-    """``NAME=DIR`` items (``--add-source``, repeatable) into ``{name: folder}``: each name a
-    plain word given once, each folder existing."""
+def parse_named_folders(
+    items: list[str], option: str, example: str, form: str = "NAME=DIR"
+) -> dict[str, Path]:
+    """``NAME=DIR`` items of a repeatable option into ``{name: folder}``, each name given once
+    (``example``: a right item, shown with ``form`` when one is malformed)."""
     parsed: dict[str, Path] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            raise CxrlabError(
-                f"{option} {item}: write NAME=DIR, e.g. {option} adult=../shared/data/adult-extra"
-            )
-        check_source_name(name, option)
+            raise CxrlabError(f"{option} {item}: write {form}, e.g. {option} {example}")
         if name in parsed:
             raise CxrlabError(f"{option} {item}: the name {name} is given twice")
         parsed[name] = Path(folder).expanduser()
+    return parsed
+
+
+def parse_sources(items: list[str], option: str = "--add-source") -> dict[str, Path]:
+    """``--add-source NAME=DIR`` items into ``{name: folder}``: each name a plain word, given
+    once (the folders are checked when they are discovered)."""
+    parsed = parse_named_folders(items, option, "adult=../shared/data/adult-extra")
+    for name in parsed:
+        check_source_name(name, option)
     return parsed
 
 
