@@ -316,7 +316,7 @@ def test_the_audit_measures_a_film_within_the_memory_budget(tmp_path: Path) -> N
     path = save(tmp_path / "film.png", pixels)
     tracemalloc.start()
     try:
-        record = scan_file(Sample(path, "train", 0), tmp_path)
+        record = scan_file(Sample(path, "train", 0), path.name)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()

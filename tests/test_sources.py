@@ -58,7 +58,6 @@ def test_films_carry_their_source_and_keys_resolve(sources: tuple[Path, Path]) -
         "NORMAL",
         "PNEUMONIA",
     }
-    assert index.single_class_sources() == {}
     # one source only: keys as before
     alone = discover_sources(main)
     assert [alone.key(s) for s in alone.samples] == keys[: len(alone.samples)]

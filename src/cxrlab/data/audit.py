@@ -225,6 +225,7 @@ def audit_records(
             [status != "excluded" for status in statuses],
             index.classes,
             index.source_roots,
+            shortcut.cv_balanced_accuracy if shortcut else None,
             folds=config.folds,
             seed=config.seed,
         )

@@ -78,12 +78,9 @@ class DatasetIndex:
         return len(self.source_roots) > 1
 
     def key(self, sample: Sample) -> str:
-        """The film's key: its path in its source's folder, ``NAME:``-prefixed for an added one."""
-        root = self.source_roots.get(sample.source, self.root)
-        relative = sample.path.relative_to(root).as_posix()
-        if not sample.source or sample.source == self.main_source:
-            return relative
-        return f"{sample.source}{KEY_SEPARATOR}{relative}"
+        """The film's key: its path in its source's folder, ``NAME:``-prefixed for an added one
+        (:meth:`relative` of its path)."""
+        return self.relative(sample.path)
 
     def source_of(self, key: str) -> str:
         """The source a film's key names."""
@@ -97,26 +94,6 @@ class DatasetIndex:
         source = self.source_of(key)
         relative = key if source == self.main_source else key.partition(KEY_SEPARATOR)[2]
         return self.source_roots[source] / relative
-
-    def source_counts(self) -> dict[str, dict[str, dict[str, int]]]:
-        """``{source: {split: {class: n_files}}}``."""
-        table: dict[str, dict[str, dict[str, int]]] = {}
-        for sample in self.samples:
-            name = sample.source or self.main_source
-            per_split = table.setdefault(name, {})
-            row = per_split.setdefault(sample.split, dict.fromkeys(self.classes, 0))
-            row[self.classes[sample.label]] += 1
-        return table
-
-    def single_class_sources(self) -> dict[str, str]:
-        """Sources whose films are all of one class: ``{source: class}`` (such a source can teach
-        its site as that class)."""
-        out = {}
-        for name, per_split in self.source_counts().items():
-            held = {c for row in per_split.values() for c, n in row.items() if n}
-            if len(held) == 1:
-                out[name] = held.pop()
-        return out
 
     @property
     def splits(self) -> list[str]:

@@ -32,6 +32,17 @@ def feature_matrix(records: list[ImageRecord]) -> np.ndarray:
     )
 
 
+def format_forest(seed: int) -> RandomForestClassifier:
+    """The format-only classifier of the shortcut check (and of the audit's source check)."""
+    return RandomForestClassifier(
+        n_estimators=200,
+        min_samples_leaf=2,
+        class_weight="balanced",
+        random_state=seed,
+        n_jobs=2,
+    )
+
+
 def _level(balanced: float, chance: float) -> str:
     headroom = 1.0 - chance
     if balanced >= chance + 0.5 * headroom:
@@ -96,16 +107,7 @@ def shortcut_check(
     features = feature_matrix(train)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
 
-    def forest() -> RandomForestClassifier:
-        return RandomForestClassifier(
-            n_estimators=200,
-            min_samples_leaf=2,
-            class_weight="balanced",
-            random_state=seed,
-            n_jobs=2,
-        )
-
-    predicted = cross_val_predict(forest(), features, labels, cv=splitter)
+    predicted = cross_val_predict(format_forest(seed), features, labels, cv=splitter)
     single = {}
     for k, name in enumerate(FEATURES):
         tree = DecisionTreeClassifier(max_depth=4, class_weight="balanced", random_state=seed)
@@ -116,7 +118,7 @@ def shortcut_check(
     test_acc = test_bal = None
     test = [r for r in (test or []) if r.ok]
     if test:
-        model = forest().fit(features, labels)
+        model = format_forest(seed).fit(features, labels)
         test_labels = np.array([r.label for r in test])
         test_pred = model.predict(feature_matrix(test))
         test_acc = float(accuracy_score(test_labels, test_pred))

@@ -17,13 +17,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from sklearn.ensemble import RandomForestClassifier
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
 from cxrlab.data.audit_records import SourceCheck, SourceProfile
 from cxrlab.data.scan import ImageRecord
-from cxrlab.data.shortcuts import _level, feature_matrix
+from cxrlab.data.shortcuts import _level, feature_matrix, format_forest
 
 
 def source_profile(
@@ -71,11 +70,14 @@ def source_check(
     kept: list[bool],
     classes: list[str],
     roots: dict[str, Path],
+    format_only: float | None,
     *,
     folds: int = 5,
     seed: int = 0,
 ) -> SourceCheck:
-    """Profile every source and ask whether the source can name the class (see the module)."""
+    """Profile every source and ask whether the source can name the class (see the module);
+    ``format_only``: the shortcut check's CV balanced accuracy on the same training films (the
+    class from the format alone), beside which the source's own contribution is measured."""
     names = list(roots)
     profiles = {
         name: source_profile(
@@ -101,22 +103,14 @@ def source_check(
         k = int(min(folds, present.min())) if len(present) else 0
         if len(present) < 2 or k < 2:
             return None
-        forest = RandomForestClassifier(
-            n_estimators=200,
-            min_samples_leaf=2,
-            class_weight="balanced",
-            random_state=seed,
-            n_jobs=2,
-        )
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-        predicted = cross_val_predict(forest, x, y, cv=splitter)
+        predicted = cross_val_predict(format_forest(seed), x, y, cv=splitter)
         with warnings.catch_warnings():  # a fold may call a class absent from the labels
             warnings.simplefilter("ignore", UserWarning)
             return float(balanced_accuracy_score(y, predicted))
 
     one_hot = np.eye(len(names))[source_ids] if len(train) else np.zeros((0, len(names)))
     format_source = cv_balanced(features, source_ids)
-    format_only = cv_balanced(features, labels)
     with_source = cv_balanced(np.hstack([features, one_hot]), labels)
     chance = 1.0 / len(names)
     told = _level(format_source, chance) if format_source is not None else "low"

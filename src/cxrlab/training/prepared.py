@@ -48,6 +48,15 @@ class PreparedData:
         """The source of each film of a subset, in row order."""
         return [self.index.source_of(key) for key in self.keys(subset)]
 
+    def source_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``{source: {subset: {class: films}}}``: what each source gave to each subset."""
+        table: dict[str, dict[str, dict[str, int]]] = {name: {} for name in self.index.source_roots}
+        for subset in self.rows:
+            for source, label in zip(self.sources(subset), self.labels(subset).tolist()):
+                row = table[source].setdefault(subset, dict.fromkeys(self.classes, 0))
+                row[self.classes[label]] += 1
+        return table
+
     def source_ids(self, subset: str) -> np.ndarray:
         """The source of each film of a subset as an index into ``index.source_roots``."""
         names = list(self.index.source_roots)

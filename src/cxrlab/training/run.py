@@ -54,7 +54,7 @@ from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.prepared import PreparedData, prepare_data, subset_logits
-from cxrlab.training.testing import calibrate_and_test, source_counts
+from cxrlab.training.testing import calibrate_and_test
 from cxrlab.training.trainer import (
     HistoryWriter,
     build_trainer,
@@ -449,7 +449,7 @@ def _test(
         skipped=prepared.skipped,
         inference_img_per_s=inference_speed(tested, config.image_size, device=device),
         inference_device=device.type,
-        sources=source_counts(prepared),
+        sources=prepared.source_counts(),
     )
     metrics = calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
     if tta and "test" in logits:  # the same checkpoint without test-time augmentation

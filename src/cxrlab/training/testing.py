@@ -105,16 +105,6 @@ def calibrate_and_test(
     )
 
 
-def source_counts(prepared: PreparedData) -> dict[str, dict[str, dict[str, int]]]:
-    """``{source: {subset: {class: films}}}`` of a prepared run (what each source gave)."""
-    table: dict[str, dict[str, dict[str, int]]] = {name: {} for name in prepared.index.source_roots}
-    for subset in prepared.rows:
-        for source, label in zip(prepared.sources(subset), prepared.labels(subset).tolist()):
-            row = table[source].setdefault(subset, dict.fromkeys(prepared.classes, 0))
-            row[prepared.classes[label]] += 1
-    return table
-
-
 def scores_by_source(
     sources: list[str], y_true: np.ndarray, probs: np.ndarray, classes: list[str]
 ) -> dict[str, SetScores]:
