@@ -7,10 +7,10 @@ Every test film of the Kaggle COVID-19/pneumonia set (``../shared/data/chest-xra
 pneumonia/Data/test/<CLASS>/``) and every film of the external adult set
 (``../shared/data/external-dev/<CLASS>/``) is loaded as cxrlab's cache stores it
 (``load_square(path, CacheSpec(size))``: squashed to S x S) and segmented with
-:func:`cxrlab.evaluation.lungs.lung_field_mask`. Success is the function's own ``ok``: both
+:func:`cxrlab.lungs.heuristic.lung_field_mask`. Success is the function's own ``ok``: both
 lungs found and plausible, rather than the two-ellipse template. The table gives, per set,
 class and size, the share of films segmented and the mean time per film; the numbers of the
-current heuristic are in the docstring of :mod:`cxrlab.evaluation.lungs`.
+current heuristic are in the docstring of :mod:`cxrlab.lungs.heuristic`.
 
 ``--before REV`` (default ``640a732``, the commit before the segmentation was reworked) adds
 a "before" column: the ``lungs.py`` of that git revision, read with ``git show`` into a
@@ -35,7 +35,7 @@ from types import ModuleType
 import numpy as np
 
 from cxrlab.data.cache import CacheSpec, load_square
-from cxrlab.evaluation import lungs
+from cxrlab.lungs import heuristic as lungs
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -43,7 +43,7 @@ SETS = {
     "kaggle test": DATA / "chest-xray-covid19-pneumonia" / "Data" / "test",
     "external-dev": DATA / "external-dev",
 }
-LUNGS_PY = "src/cxrlab/evaluation/lungs.py"
+LUNGS_PY = "src/cxrlab/lungs/heuristic.py"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 Segment = Callable[[np.ndarray], tuple[np.ndarray, bool]]
 

@@ -8,7 +8,7 @@ costs one backbone pass over the Kaggle films (+ the 800 external-dev films). Th
 * ``A``     full film from cxrlab's 128 px squash cache (the frozen baseline);
 * ``A224``  full film decoded at 224 px squash first, then resized to 128 (every source gets the
             224-squash resampling history that most Kaggle NORMAL/PNEUMONIA films already have);
-* ``B``     lung crop: bounding box of the heuristic lung fields (cxrlab.evaluation.lungs) of the
+* ``B``     lung crop: bounding box of the heuristic lung fields (cxrlab.lungs.heuristic) of the
             224 px film, plus a margin, squashed to 128;
 * ``C``     B with everything outside the (slightly dilated) lung fields set to mid-grey;
 * ``B-eq``  B with global histogram equalisation of each crop (PIL ImageOps.equalize);
@@ -53,8 +53,8 @@ from cxrlab.data.cache import CacheSpec, build_cache, load_square
 from cxrlab.data.discover import discover
 from cxrlab.data.split import load_split
 from cxrlab.evaluation.external import score
-from cxrlab.evaluation.lungs import lung_masks, template_mask
 from cxrlab.evaluation.metrics import classification_metrics, macro_f1, mcnemar
+from cxrlab.lungs.heuristic import lung_masks, template_mask
 from cxrlab.models.registry import create_model
 from cxrlab.training.frozen import extract_features
 
@@ -93,7 +93,7 @@ def cached(name: str, compute):
 
 
 def cached_masks(name: str, images: np.ndarray):
-    """Lung masks and ok flags of ``images`` (cxrlab.evaluation.lungs), cached."""
+    """Lung masks and ok flags of ``images`` (cxrlab.lungs.heuristic), cached."""
     if not (OUT / f"mask_{name}.npy").is_file() or not (OUT / f"ok_{name}.npy").is_file():
         t0 = time.time()
         masks, ok = lung_masks(images)

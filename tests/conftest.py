@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlab.data.synthetic import synth_cxr
+
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
 
 
@@ -98,3 +100,30 @@ def killed_at(epoch: int, batch: int = 0) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(run_module.HistoryWriter, "on_train_batch_start", killed, raising=False)
         yield
+
+
+def square(pixels: np.ndarray, size: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def film_and_lungs(seed: int, class_name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A synthetic film and the generator's own lung fields (its local ``lungs``), both square."""
+    captured: dict[str, np.ndarray] = {}
+
+    def profile(frame, event, arg):  # noqa: ANN001
+        if event == "return" and frame.f_code is synth_cxr.__code__:
+            captured["lungs"] = np.array(frame.f_locals["lungs"])
+
+    previous = sys.getprofile()
+    sys.setprofile(profile)
+    try:
+        film = synth_cxr(np.random.default_rng(seed), class_name, size=size)
+    finally:
+        sys.setprofile(previous)
+    assert "lungs" in captured, "synth_cxr no longer has a local 'lungs' array"
+    lungs = (captured["lungs"] > 0.5).astype(np.uint8) * 255
+    return square(film, size), square(lungs, size) > 127
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)

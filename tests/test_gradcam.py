@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from conftest import dice, film_and_lungs, square
 from torch import nn
 
 from cxrlab.data.synthetic import DEMO_CLASSES, synth_cxr
@@ -23,7 +22,7 @@ from cxrlab.evaluation.gradcam import (
     gradcam,
     gradcam_summary,
 )
-from cxrlab.evaluation.lungs import lung_field_mask, lung_masks, otsu_threshold, template_mask
+from cxrlab.lungs.heuristic import lung_field_mask, lung_masks, otsu_threshold, template_mask
 from cxrlab.models import create_model
 
 CLASSES = list(DEMO_CLASSES)
@@ -57,33 +56,6 @@ def no_hooks(model: nn.Module) -> bool:
     return all(
         not (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks) for m in model.modules()
     )
-
-
-def square(pixels: np.ndarray, size: int) -> np.ndarray:
-    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
-
-
-def film_and_lungs(seed: int, class_name: str, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A synthetic film and the generator's own lung fields (its local ``lungs``), both square."""
-    captured: dict[str, np.ndarray] = {}
-
-    def profile(frame, event, arg):  # noqa: ANN001
-        if event == "return" and frame.f_code is synth_cxr.__code__:
-            captured["lungs"] = np.array(frame.f_locals["lungs"])
-
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        film = synth_cxr(np.random.default_rng(seed), class_name, size=size)
-    finally:
-        sys.setprofile(previous)
-    assert "lungs" in captured, "synth_cxr no longer has a local 'lungs' array"
-    lungs = (captured["lungs"] > 0.5).astype(np.uint8) * 255
-    return square(film, size), square(lungs, size) > 127
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 # --------------------------------------------------------------------------- target layers

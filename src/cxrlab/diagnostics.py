@@ -7,7 +7,8 @@ attributes. Loading is strict, as for ``metrics.json`` (:mod:`cxrlab.records`): 
 missing key is an error naming the file and the key.
 
 The one tolerance is explicit: files written before the shortcut probes have no ``chance``,
-no ``lung_fields`` and no ``balanced_accuracy`` per variant, so exactly those are optional.
+no ``lung_fields`` and no ``balanced_accuracy`` per variant, so exactly those are optional;
+files written before the learned lung segmenter have no ``segmenter`` (theirs was the heuristic).
 Like :mod:`cxrlab.records`, this module imports neither torch nor Lightning.
 """
 
@@ -53,6 +54,9 @@ class LungFields:
     segmented: float
     n_segmented: int
     segmented_by_class: dict[str, float | None]
+    segmenter: str = (
+        "heuristic"  # what made the masks (cxrlab.lungs.segmenter_label); older: heuristic
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -91,3 +95,4 @@ class GradcamSummary(JsonRecord):
     lung_share_wrong: float | None
     segmented: float  # share of films whose lungs were segmented rather than templated
     n_zero_maps: int  # films whose map is zero everywhere, left out of the shares
+    segmenter: str = "heuristic"  # what made the masks (cxrlab.lungs.segmenter_label)

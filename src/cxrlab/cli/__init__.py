@@ -10,7 +10,7 @@ import sys
 
 # The commands register on the app as their modules are imported, in this order (--help lists
 # them so): data, then training, then models.
-from cxrlab.cli import data, predict, serve, train  # noqa: F401
+from cxrlab.cli import data, lungs, predict, serve, train  # noqa: F401
 from cxrlab.cli.app import app, err_console, shown
 from cxrlab.errors import CxrlabError
 

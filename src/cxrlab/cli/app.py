@@ -77,6 +77,14 @@ ResizeOpt = Annotated[
 ]
 
 
+CropOpt = Annotated[
+    str,
+    typer.Option(
+        "--crop", help="none, or lungs (each film cut to its lung box by the learned segmenter)."
+    ),
+]
+
+
 EpochsOpt = Annotated[
     int | None, typer.Option("--epochs", min=1, help="Training epochs (finetune/scratch runs).")
 ]

@@ -23,6 +23,7 @@ from cxrlab.cli.app import (
     BatchOpt,
     CacheDirOpt,
     ChannelsLastOpt,
+    CropOpt,
     DataArg,
     DevicesOpt,
     EmaOpt,
@@ -234,6 +235,7 @@ def train(
     ] = False,
     image_size: ImageSizeOpt = None,
     resize: ResizeOpt = "squash",
+    crop: CropOpt = "none",
     epochs: EpochsOpt = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
@@ -436,6 +438,7 @@ def compare(
     ] = None,
     image_size: ImageSizeOpt = None,
     resize: ResizeOpt = "squash",
+    crop: CropOpt = "none",
     epochs: EpochsOpt = None,
     head_epochs: Annotated[
         int | None,

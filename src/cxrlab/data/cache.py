@@ -55,26 +55,35 @@ from cxrlab.progress import track
 CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
 INDEX, LOCK = "index.json", ".lock"
 RESIZE_MODES = ("squash", "pad")
+CROPS = ("none", "lungs")
 
 
 @dataclass(frozen=True)
 class CacheSpec:
-    """How images are stored: side length in pixels and resize mode."""
+    """How images are stored: side length in pixels, resize mode, and crop (``lungs``: each film
+    cut to its lung box by :func:`cxrlab.lungs.crop_to_lungs` before it is resized)."""
 
     image_size: int = 224
     resize: str = "squash"
+    crop: str = "none"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
             raise CxrlabError(f"--resize: '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+        if self.crop not in CROPS:
+            raise CxrlabError(f"--crop: '{self.crop}' is not one of {', '.join(CROPS)}")
         if not 16 <= self.image_size <= 2048:
             raise CxrlabError(f"--image-size: {self.image_size} is outside 16..2048")
 
     @classmethod
     def of_checkpoint(cls, extra: dict) -> CacheSpec:
         """The preprocessing a model was trained with, as its checkpoint (``model.pt``'s extra)
-        carries it; a checkpoint from before these were stored: 224 px, squashed."""
-        return cls(int(extra.get("image_size", 224)), str(extra.get("resize", "squash")))
+        carries it; a checkpoint from before these were stored: 224 px, squashed, no crop."""
+        return cls(
+            int(extra.get("image_size", 224)),
+            str(extra.get("resize", "squash")),
+            str(extra.get("crop", "none")),
+        )
 
 
 def default_cache_root() -> Path:
@@ -99,11 +108,32 @@ def resize_square(pixels: np.ndarray, spec: CacheSpec) -> np.ndarray:
     return canvas
 
 
+def crop_film(pixels: np.ndarray, spec: CacheSpec) -> np.ndarray:
+    """A decoded film cut as the spec says (``lungs``: to its lung box), else as it is."""
+    if spec.crop == "lungs":
+        from cxrlab.lungs import crop_to_lungs, default_segmenter
+
+        pixels, _ = crop_to_lungs(pixels, default_segmenter())
+    return pixels
+
+
+def draft_size(spec: CacheSpec) -> int:
+    """The least side a film is decoded at for ``spec`` (twice the size for a crop)."""
+    return spec.image_size * (2 if spec.crop != "none" else 1)
+
+
+def to_square(pixels: np.ndarray, spec: CacheSpec) -> np.ndarray:
+    """A decoded film as the spec stores it: cropped (:func:`crop_film`), then resized
+    (:func:`resize_square`). The one preprocessing of every command that reads a film."""
+    return resize_square(crop_film(pixels, spec), spec)
+
+
 def decode_square(source: ImageSource, spec: CacheSpec, *, name: str | None = None) -> DecodedImage:
-    """One file (a path, or its bytes with the ``name`` to show) decoded and resized as the cache
-    stores it, with the file's own format and mode; raises :class:`ImageReadError`."""
-    decoded = decode_image(source, draft_size=spec.image_size, name=name)
-    return DecodedImage(resize_square(decoded.pixels, spec), decoded.file_format, decoded.mode)
+    """One file (a path, or its bytes with the ``name`` to show) decoded and made square as the
+    cache stores it (:func:`to_square`), with the file's own format and mode; raises
+    :class:`ImageReadError`."""
+    decoded = decode_image(source, draft_size=draft_size(spec), name=name)
+    return DecodedImage(to_square(decoded.pixels, spec), decoded.file_format, decoded.mode)
 
 
 def load_square(source: ImageSource, spec: CacheSpec, *, name: str | None = None) -> np.ndarray:
@@ -184,8 +214,16 @@ def cache_folder(index: DatasetIndex, spec: CacheSpec, cache_root: Path | None =
         )
         label = f"{label}+{len(index.source_roots) - 1}"
     root_key = hashlib.sha1(key).hexdigest()[:10]
-    name = f"{label}-{root_key}-{spec.image_size}px-{spec.resize}-v{CACHE_VERSION}"
+    crop = "" if spec.crop == "none" else f"-{spec.crop}-{_segmenter_key()}"
+    name = f"{label}-{root_key}-{spec.image_size}px-{spec.resize}{crop}-v{CACHE_VERSION}"
     return (cache_root or default_cache_root()) / name
+
+
+def _segmenter_key() -> str:
+    """A short hash of the lung segmenter's weights file: a new segmenter, a new cropped cache."""
+    from cxrlab.lungs import segmenter_file
+
+    return hashlib.sha1(segmenter_file().read_bytes()).hexdigest()[:8]
 
 
 def build_cache(

@@ -20,10 +20,10 @@ here with torch hooks, for any :class:`~cxrlab.models.registry.CxrClassifier`:
   backpropagates the sum of its target logits at once.
 
 :func:`gradcam_summary` explains the *predicted* class of every test image and measures, per
-image, the share of the map's mass inside the lung fields (the heuristic segmentation of
-:mod:`cxrlab.evaluation.lungs`, less the border frame), inside the outer border frame
-(``border = 8%`` of each side: film edges, text, markers), and elsewhere (mediastinum,
-abdomen, shoulders). ``lung_area`` is the share a uniform map would get, so
+image, the share of the map's mass inside the lung fields (:func:`cxrlab.lungs.lung_masks`: the
+learned segmenter, or the heuristic where its weights are unavailable; less the border frame),
+inside the outer border frame (``border = 8%`` of each side: film edges, text, markers), and
+elsewhere (mediastinum, abdomen, shoulders). ``lung_area`` is the share a uniform map would get, so
 ``lung_enrichment = lung_share / lung_area`` above 1 means the maps favour the lungs.
 """
 
@@ -41,7 +41,7 @@ from torch import nn
 
 from cxrlab.diagnostics import GradcamSummary
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.lungs import lung_field_mask, lung_masks
+from cxrlab.lungs import lung_masks, segmenter_label
 from cxrlab.plotting import empty_panel, figure_text, new_figure, save_figure
 from cxrlab.progress import track
 
@@ -336,6 +336,7 @@ def gradcam_summary(
         lung_share_wrong=_mean(shares["lung_share"][~correct]),
         segmented=float(segmented.mean()),
         n_zero_maps=int((~np.isfinite(shares["lung_share"])).sum()),
+        segmenter=segmenter_label(),
     )
     if out_png is not None:
         plot_gradcam_examples(
@@ -417,7 +418,7 @@ def plot_gradcam_examples(
                     ax.set_title(f"true {names[class_index]}: no {label}", fontsize=6.5)
                     continue
                 i = picks[slot]
-                mask, segmented = lung_field_mask(images[i])
+                (mask,), (segmented,) = lung_masks(images[i : i + 1])
                 ax.imshow(images[i], cmap="gray", vmin=0, vmax=255, interpolation="nearest")
                 ax.imshow(
                     cams[i],
@@ -428,7 +429,7 @@ def plot_gradcam_examples(
                     interpolation="bilinear",
                 )
                 if mask.any() and not mask.all():
-                    ax.contour(  # dashed: the template, where the segmentation failed
+                    ax.contour(  # dashed: where no plausible two-lung mask was found
                         mask.astype(np.float32),
                         levels=[0.5],
                         colors=MASK_COLOUR,

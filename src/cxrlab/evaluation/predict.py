@@ -201,7 +201,7 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         from cxrlab.models.export import OnnxModel
 
         onnx_model = OnnxModel(model_path, device=device)
-        spec = CacheSpec(onnx_model.image_size, onnx_model.resize)
+        spec = CacheSpec(onnx_model.image_size, onnx_model.resize, onnx_model.crop)
         temperature, point = stored_calibration(onnx_model.calibration)
         return Predictor(
             onnx_model.arch,

@@ -21,10 +21,11 @@ Variants (:data:`VARIANTS`, in report order), all at the model's image size ``S`
 The probes ask whether the model reads the lungs. With the lungs hidden, a model that reads
 disease should fall to chance; one that still scores far above chance reads something outside
 the lungs: the source hospital, age, markers, positioning (Maguolo & Nanni 2021; DeGrave,
-Janizek & Lee 2021). The lung fields are :func:`cxrlab.evaluation.lungs.lung_masks` of each
-image as the model sees it (its own resize mode and size); where the heuristic fails, the
-mask is its two-ellipse template, so ``lung_fields`` records the share of films whose lungs
-were found (segmented) rather than templated, overall and per class. ``chance`` gives the
+Janizek & Lee 2021). The lung fields are :func:`cxrlab.lungs.lung_masks` of each image as the
+model sees it (its own resize mode and size): the learned segmenter's masks (or, where its
+weights are unavailable, the heuristic's, whose failures are a two-ellipse template), so
+``lung_fields`` records which segmenter made them and the share of films whose lungs were
+found (a plausible two-lung mask), overall and per class. ``chance`` gives the
 balanced accuracy of a constant guess (``1/k``, ``k`` the classes present) and the accuracy
 of always guessing the majority class; :func:`probe_reading` says in one line how far above
 chance the lungs-hidden balanced accuracy is. Every variant reports balanced accuracy too,
@@ -52,13 +53,13 @@ from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from cxrlab.data.cache import RESIZE_MODES, CacheSpec, resize_square
+from cxrlab.data.cache import RESIZE_MODES, CacheSpec, crop_film, draft_size, resize_square
 from cxrlab.data.reader import decode_image
 from cxrlab.diagnostics import Chance, LungFields, Robustness, VariantResult
 from cxrlab.errors import CxrlabError, ImageReadError
-from cxrlab.evaluation.lungs import lung_masks
 from cxrlab.evaluation.metrics import classification_metrics
 from cxrlab.evaluation.predict import predict_probs
+from cxrlab.lungs import lung_masks, segmenter_label
 from cxrlab.progress import track
 
 ROTATION_DEGREES = 10.0
@@ -182,12 +183,12 @@ def load_variant_images(
     n = len(paths)
     out = {mode: np.zeros((n, size, size), dtype=np.uint8) for mode in RESIZE_MODES}
     readable = np.zeros(n, dtype=bool)
-    specs = {mode: CacheSpec(size, mode) for mode in RESIZE_MODES}
+    specs = {mode: CacheSpec(size, mode, spec.crop) for mode in RESIZE_MODES}
     for i, path in enumerate(
         track(paths, total=n, description=f"Decoding {n} images at {size}px", enabled=progress)
     ):
         try:
-            pixels = decode_image(path, draft_size=size).pixels
+            pixels = crop_film(decode_image(path, draft_size=draft_size(spec)).pixels, spec)
         except ImageReadError:
             continue
         for mode in RESIZE_MODES:
@@ -304,6 +305,7 @@ def robustness_eval(
                 c: float(segmented[y_true == k].mean()) if (y_true == k).any() else None
                 for k, c in enumerate(classes)
             },
+            segmenter=segmenter_label(),
         ),
     )
 

@@ -4,8 +4,10 @@
 ``softmax(model(images) / T)``: input ``images`` ``(N, 1, S, S)`` float32 in 0..1
 (dynamic batch), output ``probabilities`` ``(N, classes)``, calibrated with the run's temperature
 ``T`` (1 for a model without one). The file's metadata_props carry what prediction needs
-(classes, arch, image size, resize mode, temperature and operating point) and the verified
-difference from eager PyTorch. :class:`OnnxModel` runs such a file; :func:`compare_eager_onnx`
+(classes, arch, image size, resize mode, crop, temperature and operating point) and the verified
+difference from eager PyTorch. The lung crop (``crop`` = ``lungs``) is not in the graph: it runs
+before it, in Python (:func:`cxrlab.data.cache.to_square`), as ``cxrlab predict model.onnx``
+does. :class:`OnnxModel` runs such a file; :func:`compare_eager_onnx`
 measures batch-1 latency of eager PyTorch against ONNX Runtime on the CPU.
 
 Test-time augmentation (a run's ``tta``) is not exported: the graph is the single view.
@@ -163,6 +165,7 @@ def export_model(
     *,
     image_size: int,
     resize: str = "squash",
+    crop: str = "none",
     opset: int | None = None,
     source: str = "model",
     calibration: dict | None = None,
@@ -215,6 +218,7 @@ def export_model(
         "classes": json.dumps(list(model.classes)),
         "image_size": str(int(image_size)),
         "resize": resize,
+        "crop": crop,
         "checkpoint_tta": "1" if tta else "0",
         "verified_max_abs_diff": repr(diff),
         "calibration": json.dumps(calibration),
@@ -258,6 +262,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
         out,
         image_size=spec.image_size,
         resize=spec.resize,
+        crop=spec.crop,
         opset=opset,
         source=str(checkpoint),
         calibration=extra,
@@ -295,6 +300,7 @@ class OnnxModel:
             self.classes: list[str] = list(json.loads(meta["classes"]))
             self.image_size: int = int(meta["image_size"])
             self.resize: str = meta["resize"]
+            self.crop: str = meta.get("crop", "none")  # before cxrlab wrote it: no crop
             self.tta_dropped: bool = meta.get("checkpoint_tta") == "1"
             self.max_abs_diff: float = float(meta.get("verified_max_abs_diff", "nan"))
             self.calibration: dict = json.loads(

@@ -40,6 +40,7 @@ SHARED_FIELDS = (
         {
             "image_size",
             "resize",
+            "crop",
             "val_fraction",
             "balance",
             "target_recall",

@@ -6,7 +6,7 @@ Written into the run folder, next to ``metrics.json``:
                       shortcut probes: lung fields hidden / only the lungs kept, with the
                       share of films whose lungs were found (:mod:`cxrlab.evaluation.robustness`)
     gradcam.json      share of Grad-CAM mass in the lung fields, on the border, elsewhere
-                      (:mod:`cxrlab.evaluation.gradcam`, :mod:`cxrlab.evaluation.lungs`)
+                      (:mod:`cxrlab.evaluation.gradcam`, :mod:`cxrlab.lungs`)
     gradcam.png       Grad-CAM overlays of right and wrong test films of each class
 
 Only the test files of the run's own ``split.csv`` are read, with the checkpoint in
@@ -106,7 +106,7 @@ def diagnose_run(
     classes = list(model.classes)
     labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
     spec = CacheSpec.of_checkpoint(extra)
-    key = (tuple(map(str, paths)), CacheSpec(spec.image_size))
+    key = (tuple(map(str, paths)), CacheSpec(spec.image_size, crop=spec.crop))
     if key not in _DECODED:
         _DECODED.clear()  # keep one decoded test set in memory
         _DECODED[key] = load_variant_images(paths, spec, progress=progress)

@@ -39,6 +39,9 @@ class ModelInfo(BaseModel):
     classes: list[str]
     image_size: int = Field(description="Films are resized to this side in pixels.")
     resize: str = Field(description="squash (stretch to a square) or pad (keep the aspect).")
+    crop: str = Field(
+        default="none", description="lungs: each film is cut to its lung box before resizing."
+    )
     runtime: str = Field(description="PyTorch or ONNX Runtime.")
     temperature: float = Field(description="Probabilities are softmax(logits / temperature).")
     operating_point: OperatingPointInfo | None

@@ -178,6 +178,7 @@ class ServedModel:
             classes=list(p.classes),
             image_size=p.spec.image_size,
             resize=p.spec.resize,
+            crop=p.spec.crop,
             runtime=p.runtime,
             temperature=p.temperature,
             operating_point=point,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from cxrlab.artifacts import read_json
+from cxrlab.data.cache import CROPS
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, read_text
@@ -33,6 +34,7 @@ class RunConfig:
     weights: str | None = None  # local ImageNet state dict, wins over `pretrained`
     image_size: int = 224
     resize: str = "squash"
+    crop: str = "none"  # lungs: every film cut to its lung box (cxrlab.lungs) before resizing
     val_fraction: float = 0.15
     epochs: int = 10
     batch_size: int = 32  # the global batch: split evenly over the processes under DDP
@@ -93,6 +95,7 @@ class RunConfig:
                 "--balance",
                 f"'{self.balance}' is not one of {', '.join(BALANCE)}",
             ),
+            (self.crop in CROPS, "--crop", f"'{self.crop}' is not one of {', '.join(CROPS)}"),
             (self.epochs >= 1, "--epochs", "must be at least 1"),
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
             (self.lr > 0, "--lr", "must be positive"),
@@ -167,6 +170,7 @@ class RunConfig:
         extras += [f"balance {self.balance}"] if self.balance == "source" else []
         return (
             f"{self.model} {self.mode} ({source}), {self.image_size}px {self.resize}, "
+            f"{'lung crop, ' if self.crop == 'lungs' else ''}"
             f"{self.epochs} epochs, "
             f"batch {self.batch_size}, {self.optimizer} lr {self.lr:g}"
             f"{''.join(', ' + e for e in extras)}, seed {self.seed}"

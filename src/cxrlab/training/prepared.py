@@ -81,7 +81,7 @@ def prepare_data(
     index.require("train")
     cache = build_cache(
         index,
-        CacheSpec(config.image_size, config.resize),
+        CacheSpec(config.image_size, config.resize, config.crop),
         cache_root=cache_root,
         workers=workers,
         progress=progress,

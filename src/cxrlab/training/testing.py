@@ -66,6 +66,7 @@ def calibrate_and_test(
         RunDir(run_dir).model,
         image_size=config.image_size,
         resize=config.resize,
+        crop=config.crop,
         tta=tta,
         config=asdict(config),
         temperature=temperature,

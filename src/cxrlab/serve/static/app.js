@@ -33,7 +33,8 @@ async function loadModel() {
   const point = model.operating_point ? "; operating point " + model.operating_point.description : "";
   document.getElementById("model-summary").textContent =
     model.arch + " (" + model.runtime + ", " + model.name + "): " + model.classes.join(", ") +
-    "; films resized to " + model.image_size + " px (" + model.resize + "); temperature " +
+    "; films " + (model.crop === "lungs" ? "cut to their lung box, " : "") + "resized to " +
+    model.image_size + " px (" + model.resize + "); temperature " +
     model.temperature.toFixed(3) + point + ".";
   const limits = model.known_limitations.length
     ? model.known_limitations

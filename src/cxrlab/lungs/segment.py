@@ -1,0 +1,181 @@
+"""Lung masks from the learned segmenter, the plausibility check, and the lung box and crop.
+
+A film (``uint8 (H, W)``, any size) is squashed to the segmenter's ``input_size``, its lung
+probability map is resized back (bilinear) and thresholded; :func:`clean_mask` then keeps the
+two largest pieces of at least :data:`MIN_PIECE` of the film, holes filled.
+
+**The stated check** (:func:`plausible`): a mask is a plausible two-lung mask when, after
+cleaning, it has exactly two pieces, each covering at least :data:`MIN_LUNG` of the film, one
+centred in the film's left half and the other in its right half, together covering
+:data:`COVERAGE` of the film. It is what "found" means wherever cxrlab counts masks.
+
+**The lung crop** (:func:`lung_box`, :func:`crop_to_lungs`): the box around the mask, widened
+by :data:`CROP_MARGIN` of its own height and width on each side and clipped to the film, in
+fractions of the film so that one box serves the film at any size. A film whose mask is not
+plausible is not cropped (the whole film is kept), and the caller is told.
+
+Everything runs on the CPU in float32, one film after another in a fixed order, so the same
+film gives the same mask and crop in ``train``, ``predict``, ``evaluate`` and ``serve``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from torch import nn
+
+from cxrlab.lungs.network import IMAGENET_MEAN, IMAGENET_STD, SegmenterMeta
+from cxrlab.progress import track
+
+MIN_PIECE = 0.005  # a piece smaller than this share of the film is dropped by clean_mask
+MIN_LUNG = 0.02  # the check: each of the two lungs covers at least this share of the film
+COVERAGE = (0.08, 0.60)  # the check: both lungs together, share of the film
+CROP_MARGIN = 0.08  # the crop: box widened by this share of its height / width on each side
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class Box:
+    """A crop box in fractions of the film: rows ``top..bottom``, columns ``left..right``."""
+
+    top: float
+    left: float
+    bottom: float
+    right: float
+
+    def pixels(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """``(top, left, bottom, right)`` in pixels of a film of that size (at least 1 x 1)."""
+        top, bottom = round(self.top * height), round(self.bottom * height)
+        left, right = round(self.left * width), round(self.right * width)
+        return top, left, max(bottom, top + 1), max(right, left + 1)
+
+
+WHOLE = Box(0.0, 0.0, 1.0, 1.0)
+
+
+def clean_mask(mask: np.ndarray) -> np.ndarray:
+    """The two largest pieces of ``mask`` of at least :data:`MIN_PIECE` of it, holes filled."""
+    labels, count = ndimage.label(mask)
+    if not count:
+        return np.zeros(mask.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes[0] = 0
+    keep = [k for k in np.argsort(sizes)[::-1][:2] if sizes[k] >= MIN_PIECE * mask.size]
+    out = np.zeros(mask.shape, dtype=bool)
+    for k in keep:
+        out |= ndimage.binary_fill_holes(labels == k)
+    return out
+
+
+def plausible(mask: np.ndarray) -> bool:
+    """The stated check of the module docstring, on a cleaned mask."""
+    labels, count = ndimage.label(mask)
+    if count != 2 or not COVERAGE[0] <= mask.mean() <= COVERAGE[1]:
+        return False
+    width = mask.shape[1]
+    centres = []
+    for k in (1, 2):
+        piece = labels == k
+        if piece.mean() < MIN_LUNG:
+            return False
+        centres.append(float(np.argwhere(piece)[:, 1].mean()) + 0.5)
+    return min(centres) < width / 2 < max(centres)
+
+
+def lung_box(mask: np.ndarray) -> Box:
+    """The crop box of a (plausible) mask, see the module docstring."""
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    top, bottom = rows[0] / height, (rows[-1] + 1) / height
+    left, right = cols[0] / width, (cols[-1] + 1) / width
+    dy, dx = CROP_MARGIN * (bottom - top), CROP_MARGIN * (right - left)
+    return Box(max(0.0, top - dy), max(0.0, left - dx), min(1.0, bottom + dy), min(1.0, right + dx))
+
+
+class LungSegmenter:
+    """A loaded segmenter: :meth:`masks` of films, :meth:`box` of one film."""
+
+    def __init__(self, network: nn.Module, meta: SegmenterMeta) -> None:
+        self.network = network.eval().float().cpu()
+        self.meta = meta
+        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    @property
+    def label(self) -> str:
+        return self.meta.label
+
+    def inputs(self, films: Sequence[np.ndarray]) -> torch.Tensor:
+        """Films as the network's input batch ``(N, 3, S, S)``."""
+        size = self.meta.input_size
+        squares = [
+            np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR))
+            for f in films
+        ]
+        batch = torch.from_numpy(np.stack(squares)).float().div_(255.0)[:, None]
+        return (batch.expand(-1, 3, -1, -1) - self._mean) / self._std
+
+    @torch.inference_mode()
+    def probabilities(self, films: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Each film's lung probability map at the network's input size, ``float32 (S, S)``."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(films), BATCH):
+            logits = self.network(self.inputs(films[start : start + BATCH]))
+            out.extend(torch.sigmoid(logits[:, 0]).numpy())
+        return out
+
+    def mask(self, film: np.ndarray, probability: np.ndarray | None = None) -> np.ndarray:
+        """The cleaned mask of one film at its own size (bool (H, W))."""
+        if probability is None:
+            probability = self.probabilities([film])[0]
+        height, width = film.shape
+        if probability.shape != (height, width):
+            probability = F.interpolate(
+                torch.from_numpy(probability)[None, None],
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+            )[0, 0].numpy()
+        return clean_mask(probability >= self.meta.threshold)
+
+    def masks(
+        self, films: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False
+    ) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
+        """Each film's cleaned mask at its own size and whether it is :func:`plausible`; an
+        ``(N, H, W)`` array in gives an ``(N, H, W)`` bool array out."""
+        n = len(films)
+        masks: list[np.ndarray] = []
+        starts = range(0, n, BATCH)
+        for start in track(
+            starts, total=len(starts), description=f"Lung fields of {n} films", enabled=progress
+        ):
+            chunk = films[start : start + BATCH]
+            for film, probability in zip(chunk, self.probabilities(chunk)):
+                masks.append(self.mask(film, probability))
+        ok = np.array([plausible(m) for m in masks], dtype=bool)
+        if isinstance(films, np.ndarray):
+            return np.stack(masks) if masks else np.zeros(films.shape, dtype=bool), ok
+        return masks, ok
+
+    def box(self, film: np.ndarray) -> tuple[Box, bool]:
+        """The crop box of one film, found on its mask at the network's input size, and whether
+        the mask was plausible (if not, :data:`WHOLE`)."""
+        size = self.meta.input_size
+        mask = clean_mask(self.probabilities([film])[0] >= self.meta.threshold)
+        if mask.shape != (size, size) or not plausible(mask):
+            return WHOLE, False
+        return lung_box(mask), True
+
+
+def crop_to_lungs(film: np.ndarray, segmenter: LungSegmenter) -> tuple[np.ndarray, bool]:
+    """``film`` cut to its lung box (see :meth:`LungSegmenter.box`), and whether a plausible
+    mask was found (if not, the film is returned whole)."""
+    box, ok = segmenter.box(film)
+    top, left, bottom, right = box.pixels(*film.shape)
+    return np.ascontiguousarray(film[top:bottom, left:right]), ok
