@@ -23,7 +23,10 @@ adult-extra's test part is scored). Each finished model is scored once on
 Grid: ``frozen`` runs both models (mobilenet_v2, proposed) at F = 0 and 1 with ``--balance
 weights`` and ``source``, and mobilenet_v2 at F = 0.25 and 0.5 with ``--balance source`` (the
 learning curve), over head seeds 0 1 2; ``finetune`` runs the named models at F = 0 and 1 with
-``--balance source`` (``--balance`` to change), 15 epochs. ``summary`` writes OUT/summary.md:
+``--balance source`` (``--balance`` to change), 15 epochs. ``--crop lungs`` trains the same
+grid on films cut to their lung box (``cxrlab train --crop lungs``; runs named ``...+lungs``;
+the learning curve's F = 0.25 and 0.5 are left out), and the summary adds McNemar of each
+cropped run against its whole-film twin. ``summary`` writes OUT/summary.md:
 mean ± std over seeds per configuration, McNemar on external-dev of F = 1 against F = 0 per
 model, balance and seed. Skips (exit 0, with a message) when ../shared is absent. Re-running
 reuses finished runs.
@@ -33,7 +36,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -60,14 +63,22 @@ class Config:
     fraction: float  # --source-train-fraction
     balance: str
     seed: int
+    crop: str = "none"  # --crop
 
     @property
     def name(self) -> str:
-        return f"{self.model}-{self.mode}-f{self.fraction:g}-{self.balance}-s{self.seed}"
+        crop = "" if self.crop == "none" else f"+{self.crop}"
+        return f"{self.model}-{self.mode}-f{self.fraction:g}-{self.balance}{crop}-s{self.seed}"
+
+    @classmethod
+    def of_name(cls, name: str) -> Config:
+        model, mode, fraction, balance, seed = name.rsplit("-", 4)
+        balance, _, crop = balance.partition("+")
+        return cls(model, mode, float(fraction[1:]), balance, int(seed[1:]), crop or "none")
 
     @property
-    def group(self) -> tuple[str, str, float, str]:
-        return self.model, self.mode, self.fraction, self.balance
+    def group(self) -> tuple[str, str, float, str, str]:
+        return self.model, self.mode, self.fraction, self.balance, self.crop
 
 
 def lay_out_sources(out: Path) -> dict[str, Path]:
@@ -91,21 +102,24 @@ def source_args(sources: dict[str, Path]) -> list[str]:
     return args
 
 
-def grid(stage: str, models: list[str], seeds: list[int], balance: str | None) -> list[Config]:
+def grid(
+    stage: str, models: list[str], seeds: list[int], balance: str | None, crop: str = "none"
+) -> list[Config]:
+    """The runs of a stage; with a crop, the learning curve's F = 0.25 and 0.5 are left out."""
     configs = []
     for seed in seeds:
         if stage == "frozen":
             for model in models:
                 for chosen in [balance] if balance else ["weights", "source"]:
-                    configs += [Config(model, "frozen", f, chosen, seed) for f in (0.0, 1.0)]
-            if "mobilenet_v2" in models:
+                    configs += [Config(model, "frozen", f, chosen, seed, crop) for f in (0.0, 1.0)]
+            if "mobilenet_v2" in models and crop == "none":
                 configs += [
                     Config("mobilenet_v2", "frozen", f, balance or "source", seed)
                     for f in (0.25, 0.5)
                 ]
         else:
             configs += [
-                Config(m, "finetune", f, balance or "source", seed)
+                Config(m, "finetune", f, balance or "source", seed, crop)
                 for m in models
                 for f in (0.0, 1.0)
             ]
@@ -124,6 +138,7 @@ def train(config: Config, args, sources: dict[str, Path]) -> Path:  # noqa: ANN0
         command += ["--source-train-fraction", f"{config.fraction:g}"]
         command += ["--balance", config.balance, "--manifest", str(args.out / "audit")]
         command += ["--out", str(run_dir), "--no-progress", "--no-diagnose"]
+        command += ["--crop", config.crop] if config.crop != "none" else []
         if config.mode == "finetune":
             command += ["--epochs", str(args.epochs)]
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
@@ -188,11 +203,11 @@ def summary(out: Path) -> list[str]:
     runs: dict[Config, Numbers] = {}
     for run_dir in sorted((out / "runs").glob("*")):
         if (run_dir / "external" / EXTERNAL / "metrics.json").is_file():
-            model, mode, fraction, balance, seed = run_dir.name.rsplit("-", 4)
-            config = Config(model, mode, float(fraction[1:]), balance, int(seed[1:]))
-            runs[config] = read_run(run_dir)
+            runs[Config.of_name(run_dir.name)] = read_run(run_dir)
     groups: dict[tuple, list[Config]] = {}
-    for config in sorted(runs, key=lambda c: (c.mode, c.model, c.balance, c.fraction, c.seed)):
+    for config in sorted(
+        runs, key=lambda c: (c.mode, c.model, c.crop, c.balance, c.fraction, c.seed)
+    ):
         groups.setdefault(config.group, []).append(config)
     lines = [
         "## Kaggle only (F = 0) against Kaggle + adult-extra (mean ± std over seeds)",
@@ -202,13 +217,13 @@ def summary(out: Path) -> list[str]:
         "PNEUMONIA). external-dev: 400 adult NORMAL + 400 adult COVID19 films from elsewhere, "
         "scored once per model. Counts are per seed.",
         "",
-        "| model | mode | balance | F | seeds | Kaggle macro-F1 | Kaggle COVID19 recall "
+        "| model | mode | crop | balance | F | seeds | Kaggle macro-F1 | Kaggle COVID19 recall "
         "| teaching NORMAL recall | nih PNEUMONIA recall | ext NORMAL recall "
         "| ext COVID19 recall | ext balanced accuracy | ext NORMAL → COVID19 "
         "| ext NORMAL → PNEUMONIA | ext COVID19 → NORMAL |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for (model, mode, fraction, balance), configs in groups.items():
+    for (model, mode, fraction, balance, crop), configs in groups.items():
         n = [runs[c] for c in configs]
         counts = [
             " / ".join(str(int(r.external[key])) for r in n)
@@ -226,25 +241,44 @@ def summary(out: Path) -> list[str]:
         ]
         seeds = ",".join(str(c.seed) for c in configs)
         lines.append(
-            f"| {model} | {mode} | {balance} | {fraction:g} | {seeds} | " + " | ".join(cells) + " |"
+            f"| {model} | {mode} | {crop} | {balance} | {fraction:g} | {seeds} | "
+            + " | ".join(cells)
+            + " |"
         )
     lines += [
         "",
         "## McNemar on external-dev: with all of adult-extra (F = 1) against Kaggle only (F = 0)",
         "",
-        "| model | mode | balance | seed | only with-extra right | only Kaggle-only right | p |",
-        "|---|---|---|---|---|---|---|",
+        "| model | mode | crop | balance | seed | only with-extra right | only Kaggle-only right "
+        "| p |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config, with_extra in runs.items():
         if config.fraction != 1.0:
             continue
-        base = Config(config.model, config.mode, 0.0, config.balance, config.seed)
+        base = replace(config, fraction=0.0)
         if base not in runs:
             continue
         r = mcnemar(with_extra.external_true, with_extra.external_pred, runs[base].external_pred)
         lines.append(
-            f"| {config.model} | {config.mode} | {config.balance} | {config.seed} | "
-            f"{r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+            f"| {config.model} | {config.mode} | {config.crop} | {config.balance} | "
+            f"{config.seed} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
+        )
+    lines += [
+        "",
+        "## McNemar on external-dev: the lung crop against the whole film (same run otherwise)",
+        "",
+        "| model | mode | balance | F | seed | only cropped right | only whole film right | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for config, cropped in runs.items():
+        base = replace(config, crop="none")
+        if config.crop == "none" or base not in runs:
+            continue
+        r = mcnemar(cropped.external_true, cropped.external_pred, runs[base].external_pred)
+        lines.append(
+            f"| {config.model} | {config.mode} | {config.balance} | {config.fraction:g} | "
+            f"{config.seed} | {r.only_a_right} | {r.only_b_right} | {r.p_value:.2g} |"
         )
     return lines
 
@@ -259,6 +293,7 @@ def main() -> int:
     parser.add_argument("--balance", choices=("weights", "source", "sampler"), default=None)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--crop", choices=("none", "lungs"), default="none")
     parser.add_argument("--again", action="store_true", help="traps: measure again")
     args = parser.parse_args()
     if shared_missing(args.data, args.weights) or not ADULT_EXTRA.is_dir():
@@ -271,7 +306,7 @@ def main() -> int:
         if not (args.out / "audit" / "audit.json").is_file():
             audit = ["audit", str(args.data), *source_args(sources)]
             cxrlab([*audit, "--out", str(args.out / "audit"), "--no-progress"])
-        for config in grid(args.stage, args.models, args.seeds, args.balance):
+        for config in grid(args.stage, args.models, args.seeds, args.balance, args.crop):
             train(config, args, sources)
     if args.stage == "traps":
         from sources_traps import traps

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import uuid
@@ -158,6 +159,12 @@ def read_squares(
             errors[str(path)] = str(exc)
             continue
         yield path, square
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _load_resized(args: tuple[Path, CacheSpec]) -> np.ndarray | str:
@@ -341,7 +348,15 @@ def _write_generation(
     jobs = [(index.samples[i].path, spec) for i in todo]
     desc = f"Caching {len(todo)} images at {size}px"
     if workers > 1 and len(jobs) >= 64:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        # a crop runs the lung segmenter (torch) in the workers: fresh processes with one thread
+        # each, never forks of a parent whose torch threads may be running
+        cropping = spec.crop != "none"
+        pool_options = (
+            dict(mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
+            if cropping
+            else {}
+        )
+        with ProcessPoolExecutor(max_workers=workers, **pool_options) as pool:
             results = track(
                 pool.map(_load_resized, jobs, chunksize=32),
                 total=len(jobs),
