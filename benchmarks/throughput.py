@@ -543,7 +543,7 @@ def scaling_section(args: argparse.Namespace, config, prepared, device: torch.de
 
 
 def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
-    from cxrlab.training.config import preset
+    from cxrlab.config import preset
     from cxrlab.training.run import train_run
 
     rows = []
@@ -633,8 +633,8 @@ def main() -> int:
         )
         args.manifest = None
 
+    from cxrlab.config import preset
     from cxrlab.device import pick_device
-    from cxrlab.training.config import preset
     from cxrlab.training.prepared import prepare_data
 
     device = pick_device(args.device)

@@ -14,6 +14,7 @@ import torch
 from conftest import TINY, train_tiny
 
 from cxrlab.cli import run
+from cxrlab.config import preset
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
     calibration_effect,
@@ -28,7 +29,6 @@ from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models.checkpoint import load_model, save_checkpoint
 from cxrlab.records import ModelMeta, RunMetrics, parse_target_recall
-from cxrlab.training.config import preset
 
 
 def _sampled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

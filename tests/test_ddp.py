@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrlab.config import RunConfig
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
 from cxrlab.records import read_history
-from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.run import train_run
 from cxrlab.training.trainer import check_runnable, launched_rank

@@ -10,6 +10,7 @@ import torch
 import torchvision
 from PIL import Image, ImageOps
 
+from cxrlab.config import preset
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models import create_model
@@ -18,7 +19,6 @@ from cxrlab.models.proposed import GeM, equalize_histogram
 from cxrlab.models.tta import TTA_VIEWS, TestTimeAugmentation, affine_view, with_tta
 from cxrlab.pipelines.compare import plan_runs
 from cxrlab.records import ModelMeta
-from cxrlab.training.config import preset
 from cxrlab.training.module import ClassifierModule, parameter_groups
 from cxrlab.training.run import train_run
 

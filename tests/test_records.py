@@ -13,6 +13,7 @@ import pytest
 import torch
 from conftest import TINY, modules_loaded_by, train_tiny
 
+from cxrlab.config import RunConfig, preset
 from cxrlab.data.cache import CacheSpec
 from cxrlab.errors import CxrlabError
 from cxrlab.models.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
@@ -25,7 +26,6 @@ from cxrlab.records import (
     write_history,
 )
 from cxrlab.reporting.plots import LOSS_SERIES, SCORE_SERIES
-from cxrlab.training.config import RunConfig, preset
 
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 # what training stores in model.pt's extra, in order (training/testing.py)
@@ -33,8 +33,8 @@ EXTRA_KEYS = ["image_size", "resize", "crop", "tta", "config", "temperature", "o
 
 
 def test_the_record_modules_import_neither_torch_nor_lightning() -> None:
-    found = modules_loaded_by("cxrlab.training.config", "cxrlab.records")
-    assert {"cxrlab.training.config", "cxrlab.records"} <= set(found)
+    found = modules_loaded_by("cxrlab.config", "cxrlab.records")
+    assert {"cxrlab.config", "cxrlab.records"} <= set(found)
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning")] == []
 
 

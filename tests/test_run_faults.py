@@ -15,11 +15,11 @@ import torch
 from conftest import TINY, killed_at, train_tiny
 
 from cxrlab.cli import run
+from cxrlab.config import preset
 from cxrlab.errors import CxrlabError
 from cxrlab.models.registry import check_model
 from cxrlab.records import read_history
 from cxrlab.training import module as module_module
-from cxrlab.training.config import preset
 
 _train = train_tiny
 

@@ -14,11 +14,11 @@ import pytest
 import torch
 from conftest import TINY, killed_at, train_tiny
 
+from cxrlab.config import RunConfig, preset
 from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model
 from cxrlab.models.checkpoint import load_model
 from cxrlab.records import read_history
-from cxrlab.training.config import RunConfig, preset
 from cxrlab.training.module import warmup_cosine
 
 _train = train_tiny

@@ -14,7 +14,7 @@ stack. :class:`JsonRecord` and :func:`parse` serve the other files' records too
 The other things a run stores have their one schema here too: :class:`ModelMeta` is what
 ``model.pt`` keeps beside the weights (read with :meth:`ModelMeta.from_extra`, old checkpoints
 included), and :class:`HistoryRow` is one line of ``history.csv`` (its fields are the columns).
-``config.json`` is :class:`cxrlab.training.config.RunConfig` (also torch-free).
+``config.json`` is :class:`cxrlab.config.RunConfig` (also torch-free).
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def gradcam_sample(
 def run_files(run_dir: Path, data: Path) -> DatasetIndex:
     """The films of a finished run: ``data`` and the sources its config adds (``split.csv`` keys
     resolve through :meth:`~cxrlab.data.discover.DatasetIndex.path_of`)."""
-    from cxrlab.training.config import RunConfig
+    from cxrlab.config import RunConfig
 
     config = RunConfig.load(RunDir(run_dir).config)
     return discover_sources(data, config.sources, source_name=config.source_name)

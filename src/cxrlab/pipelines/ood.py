@@ -30,8 +30,8 @@ def fit_run_ood(
     The films are read from the dataset's cache, decoded as for training: mean and covariance
     from the ``train`` rows, the threshold from the ``val`` rows.
     """
+    from cxrlab.config import RunConfig
     from cxrlab.models.checkpoint import load_model
-    from cxrlab.training.config import RunConfig
     from cxrlab.training.frozen import extract_features
     from cxrlab.training.prepared import prepare_run_data
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
+from cxrlab.config import RunConfig
 from cxrlab.data.audit_records import AuditReport
 from cxrlab.diagnostics import Robustness
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape
 from cxrlab.records import Evaluation, Interval, OperatingResult, RunMetrics
-from cxrlab.training.config import RunConfig
 
 KAGGLE_CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 KAGGLE_CONFOUND = (

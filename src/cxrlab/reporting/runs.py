@@ -3,9 +3,9 @@
 A run folder (written by ``cxrlab train``) holds ``config.json`` (the recipe), ``metrics.json``
 (the chosen checkpoint's numbers), ``history.csv`` (one row per epoch, counted from 0) and
 ``test_predictions.csv``; later commands add ``robustness.json``, ``gradcam.json`` and
-``gradcam.png``. They are read here as typed records (:class:`~cxrlab.training.config.RunConfig`,
+``gradcam.png``. They are read here as typed records (:class:`~cxrlab.config.RunConfig`,
 :mod:`cxrlab.records`, :mod:`cxrlab.diagnostics`), so that rendering a report loads neither
-torch nor Lightning (``cxrlab.training.config`` is torch-free).
+Lightning nor :mod:`cxrlab.training`.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.predict import read_predictions
 from cxrlab.records import ClassificationMetrics, HistoryRow, Interval, RunMetrics, read_history
-from cxrlab.training.config import RunConfig
 
 
 @dataclass

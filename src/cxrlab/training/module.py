@@ -23,10 +23,10 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from cxrlab.config import RunConfig
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import HistoryRow
 from cxrlab.training.augment import device_augmentation
-from cxrlab.training.config import RunConfig
 
 
 def warmup_cosine(

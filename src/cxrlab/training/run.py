@@ -31,6 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
+from cxrlab.config import RunConfig
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
@@ -48,7 +49,6 @@ from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
 from cxrlab.records import HistoryRow, RunMetrics, parse_target_recall
 from cxrlab.training.augment import loader_augmentation
-from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule

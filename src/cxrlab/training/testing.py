@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.evaluation.calibration import (
     calibration_effect,
     choose_operating_point,
@@ -35,7 +36,6 @@ from cxrlab.records import (
     parse_target_recall,
     target_name,
 )
-from cxrlab.training.config import RunConfig
 from cxrlab.training.prepared import PreparedData
 
 

@@ -14,11 +14,11 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import check_model
 from cxrlab.records import HistoryRow, write_history
-from cxrlab.training.config import RunConfig
 from cxrlab.training.module import ClassifierModule
 
 

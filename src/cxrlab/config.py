@@ -5,8 +5,9 @@ options given on the command line override single fields. ``RunConfig.describe()
 the README and the report quote, so a number can always be traced to its recipe.
 
 :meth:`RunConfig.load` is the one reader of ``config.json`` (training, resume, compare, the
-report, the model card): strict, an error naming the file. This module imports neither torch
-nor Lightning, so that reports and tools read runs without the training stack.
+report, the model card): strict, an error naming the file. This module (outside
+:mod:`cxrlab.training`) imports neither torch nor Lightning, so that reports and tools read runs
+without the training stack.
 """
 
 from __future__ import annotations
