@@ -188,12 +188,12 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
     NORMAL and PNEUMONIA films only), so for it this is a free check on adult films; the
     baseline trained on them, so its share is only a reference.
     """
-    from cxrlab.data.cache import CacheSpec, build_cache
+    from cxrlab.data.cache import build_cache
     from cxrlab.data.datasets import CachedImageDataset, rows_for
     from cxrlab.data.discover import discover
     from cxrlab.data.split import load_split
     from cxrlab.evaluation.predict import predict_probs
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
 
     lines = [
         "",
@@ -207,8 +207,8 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
         cells = []
         for seed in seeds:
             run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
-            model, extra = load_checkpoint_with_extra(run / "model.pt")
-            cache = build_cache(index, CacheSpec.of_checkpoint(extra), progress=False)
+            model, meta = load_model(run / "model.pt")
+            cache = build_cache(index, meta.cache_spec(), progress=False)
             covid = [
                 item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"
             ]

@@ -117,9 +117,11 @@ def measure(url: str, film: tuple[str, bytes], requests: int, concurrency: int) 
 def random_model(folder: Path, arch: str, image_size: int) -> Path:
     from cxrlab.models.checkpoint import save_checkpoint
     from cxrlab.models.registry import create_model
+    from cxrlab.records import ModelMeta
 
     model = create_model(arch, CLASSES, pretrained=False)
-    return save_checkpoint(model, folder / "model.pt", image_size=image_size, resize="squash")
+    meta = ModelMeta.of(model, image_size=image_size, resize="squash")
+    return save_checkpoint(model, folder / "model.pt", meta)
 
 
 def demo_film(size: int) -> tuple[str, bytes]:

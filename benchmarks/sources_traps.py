@@ -102,10 +102,9 @@ def framing(runs: list[Path], out: Path, external: Path, sources: dict[str, Path
 
 
 def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list[str]:
-    from cxrlab.data.cache import CacheSpec
     from cxrlab.data.discover import discover_sources
     from cxrlab.evaluation.robustness import robustness_eval
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
 
     lines = [
         "## Lungs hidden, per source (test films; recall as they are → with the lungs hidden)",
@@ -115,8 +114,8 @@ def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list
     ]
     index = discover_sources(data, sources, source_name="kaggle")
     for run_dir in runs:
-        model, extra = load_checkpoint_with_extra(run_dir / "model.pt")
-        spec = CacheSpec.of_checkpoint(extra)
+        model, meta = load_model(run_dir / "model.pt")
+        spec = meta.cache_spec()
         classes = list(model.classes)
         for source in ("kaggle", *sources):
             films = _test_films(run_dir, source)

@@ -476,6 +476,7 @@ def onnx_section(args: argparse.Namespace, config, prepared, device: torch.devic
     from cxrlab.data.datasets import CachedImageDataset
     from cxrlab.models.checkpoint import save_checkpoint
     from cxrlab.models.export import compare_eager_onnx, export_onnx
+    from cxrlab.records import ModelMeta
 
     films = torch.stack(
         [CachedImageDataset(prepared.cache, prepared.rows["train"][:64])[i][0] for i in range(64)]
@@ -487,8 +488,7 @@ def onnx_section(args: argparse.Namespace, config, prepared, device: torch.devic
             checkpoint = save_checkpoint(
                 model,
                 Path(folder) / f"{name}.pt",
-                image_size=config.image_size,
-                resize=config.resize,
+                ModelMeta.of(model, image_size=config.image_size, resize=config.resize),
             )
             path = export_onnx(checkpoint)
             m = compare_eager_onnx(
@@ -543,7 +543,7 @@ def scaling_section(args: argparse.Namespace, config, prepared, device: torch.de
 
 
 def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
-    from cxrlab.training.config import preset
+    from cxrlab.config import preset
     from cxrlab.training.run import train_run
 
     rows = []
@@ -633,8 +633,8 @@ def main() -> int:
         )
         args.manifest = None
 
+    from cxrlab.config import preset
     from cxrlab.device import pick_device
-    from cxrlab.training.config import preset
     from cxrlab.training.prepared import prepare_data
 
     device = pick_device(args.device)

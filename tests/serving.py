@@ -14,8 +14,8 @@ from test_reader import forged_png, write_dicom
 
 def served_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
     """A finished tiny run (with an operating point) and its ``ood.npz``."""
+    from cxrlab.config import preset
     from cxrlab.pipelines.ood import fit_run_ood
-    from cxrlab.training.config import preset
 
     config = preset("scratch", model="resnet18", epochs=1, target_recall="COVID19=0.9", **TINY)
     train_tiny(tiny_data, out, config)

@@ -9,8 +9,8 @@ import pytest
 from conftest import modules_loaded_by
 
 from cxrlab.artifacts import RunDir, optional_json, read_json
+from cxrlab.config import RunConfig, preset
 from cxrlab.errors import CxrlabError
-from cxrlab.training.config import RunConfig, preset
 
 
 def test_run_dir_names_every_file_under_its_root(tmp_path: Path) -> None:

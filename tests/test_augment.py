@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cxrlab.config import RunConfig
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
 from cxrlab.training.augment import BatchXrayAugmentation, xray_augmentation
-from cxrlab.training.config import RunConfig
 from cxrlab.training.run import train_run
 
 

@@ -14,6 +14,7 @@ import torch
 from conftest import TINY, train_tiny
 
 from cxrlab.cli import run
+from cxrlab.config import preset
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
     calibration_effect,
@@ -21,15 +22,13 @@ from cxrlab.evaluation.calibration import (
     fit_temperature,
     nll,
     operating_result,
-    parse_target_recall,
     retemper,
     softmax,
 )
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.predict import load_predictor
-from cxrlab.models.checkpoint import load_checkpoint_with_extra, save_checkpoint
-from cxrlab.records import RunMetrics
-from cxrlab.training.config import preset
+from cxrlab.models.checkpoint import load_model, save_checkpoint
+from cxrlab.records import ModelMeta, RunMetrics, parse_target_recall
 
 
 def _sampled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -118,9 +117,9 @@ def test_a_checkpoint_with_t_one_predicts_as_one_without(tmp_path: Path) -> None
     from cxrlab.models import create_model
 
     model = create_model("resnet18", ["A", "B", "C"], pretrained=False).eval()
-    save_checkpoint(model, tmp_path / "plain.pt", image_size=32)
-    save_checkpoint(model, tmp_path / "t1.pt", image_size=32, temperature=1.0)
-    save_checkpoint(model, tmp_path / "t3.pt", image_size=32, temperature=3.0)
+    save_checkpoint(model, tmp_path / "plain.pt", ModelMeta.of(model, image_size=32))
+    save_checkpoint(model, tmp_path / "t1.pt", ModelMeta.of(model, image_size=32, temperature=1.0))
+    save_checkpoint(model, tmp_path / "t3.pt", ModelMeta.of(model, image_size=32, temperature=3.0))
     images = np.random.default_rng(0).random((4, 1, 32, 32)).astype(np.float32)
     plain, t1, t3 = (
         load_predictor(tmp_path / f"{name}.pt", "cpu") for name in ("plain", "t1", "t3")
@@ -146,11 +145,10 @@ def operating_run(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPat
 def test_train_fits_t_and_the_operating_point_on_validation(operating_run: Path) -> None:
     metrics = json.loads((operating_run / "metrics.json").read_text())
     calibration, point = metrics["calibration"], metrics["operating_point"]
-    _, extra = load_checkpoint_with_extra(operating_run / "model.pt")
-    assert extra["temperature"] == calibration["temperature"] > 0
-    assert (
-        extra["operating_point"]["threshold"] == point["threshold"] and point["label"] == "COVID19"
-    )
+    _, meta = load_model(operating_run / "model.pt")
+    assert meta.temperature == calibration["temperature"] > 0
+    assert meta.operating_point is not None
+    assert meta.operating_point.threshold == point["threshold"] and point["label"] == "COVID19"
     with open(operating_run / "val_predictions.csv") as handle:
         rows = list(csv.DictReader(handle))
     classes = metrics["classes"]

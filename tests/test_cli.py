@@ -264,7 +264,7 @@ def test_train_from_a_recipe_file(
 ) -> None:
     """--config: the file's fields over the preset's, options typed over both; the run's saved
     config.json is itself a recipe file; an unknown field is one line naming the file."""
-    from cxrlab.training.config import recipe_file
+    from cxrlab.config import recipe_file
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(

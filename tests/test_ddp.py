@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cxrlab.config import RunConfig
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.errors import CxrlabError
-from cxrlab.reporting.runs import read_history
-from cxrlab.training.config import RunConfig
+from cxrlab.records import read_history
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.run import train_run
 from cxrlab.training.trainer import check_runnable, launched_rank
@@ -103,10 +103,10 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
     one, two = read_history(single.run_dir / "history.csv"), read_history(ddp_dir / "history.csv")
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
-        assert b["val_n"] == a["val_n"] == 9  # each validation film once, over both processes
-        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=1e-4)
-        assert b["val_macro_f1"] == pytest.approx(a["val_macro_f1"], abs=1e-4)
-        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-4)
+        assert b.val_n == a.val_n == 9  # each validation film once, over both processes
+        assert b.val_loss == pytest.approx(a.val_loss, abs=1e-4)
+        assert b.val_macro_f1 == pytest.approx(a.val_macro_f1, abs=1e-4)
+        assert b.train_loss == pytest.approx(a.train_loss, abs=1e-4)
     # The test split: every image exactly once, probabilities as in the single-process run.
     assert ddp["test"]["n"] == single.metrics.test.n == 9
     rows = {

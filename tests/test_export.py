@@ -16,6 +16,7 @@ from cxrlab.models import export
 from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrlab.models.export import TTA_NOTE, OnnxModel, compare_eager_onnx, export_onnx
 from cxrlab.models.registry import CxrClassifier, create_model
+from cxrlab.records import ModelMeta
 
 SIZE = 32
 CLASSES = ["A", "B", "C"]
@@ -56,9 +57,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("export")
     paths: dict[str, Path] = {}
     for arch, tta in (("resnet18", False), ("proposed_v1", True)):
-        checkpoint = save_checkpoint(
-            untrained(arch), root / arch / "model.pt", image_size=SIZE, resize="squash", tta=tta
-        )
+        model = untrained(arch)
+        meta = ModelMeta.of(model, image_size=SIZE, resize="squash", tta=tta)
+        checkpoint = save_checkpoint(model, root / arch / "model.pt", meta)
         paths[arch] = checkpoint
         paths[f"{arch}.onnx"] = export_onnx(checkpoint)
     return paths

@@ -12,8 +12,8 @@ import pytest
 from conftest import TINY, train_tiny
 
 from cxrlab.cli import run
+from cxrlab.config import preset
 from cxrlab.evaluation.external import load_evaluation, score
-from cxrlab.training.config import preset
 
 
 def test_subset_metrics_by_hand() -> None:

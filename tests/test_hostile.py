@@ -18,7 +18,7 @@ from cxrlab.fileio import csv_dict_reader, open_text
 @pytest.fixture(scope="module")
 def model(tiny_data: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished tiny run's ``model.pt``."""
-    from cxrlab.training.config import preset
+    from cxrlab.config import preset
 
     out = tmp_path_factory.mktemp("hostile") / "run"
     train_tiny(tiny_data, out, preset("scratch", model="resnet18", epochs=1, **TINY))

@@ -12,6 +12,7 @@ from conftest import TINY, dice, film_and_lungs, save, train_tiny
 from PIL import Image
 
 from cxrlab.cli import run
+from cxrlab.config import preset
 from cxrlab.data.cache import CacheSpec, build_cache, load_square
 from cxrlab.data.discover import discover
 from cxrlab.data.lung_masks import MaskedFilm
@@ -19,7 +20,6 @@ from cxrlab.errors import CxrlabError
 from cxrlab.lungs import crop_to_lungs, default_segmenter
 from cxrlab.lungs.network import SHIPPED, build_network, load_segmenter, save_segmenter
 from cxrlab.lungs.segment import WHOLE, LungSegmenter, clean_mask, lung_box, plausible
-from cxrlab.training.config import preset
 from cxrlab.training.lungs import SegmenterRecipe, train_segmenter
 
 

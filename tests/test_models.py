@@ -101,7 +101,7 @@ def test_unknown_model_is_named_with_the_option() -> None:
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
     model = create_model("mobilenet_v2", CLASSES, pretrained=False).eval()
-    path = save_checkpoint(model, tmp_path / "best.pt", epoch=3)
+    path = save_checkpoint(model, tmp_path / "best.pt")
     loaded = load_checkpoint(path, arch="mobilenet_v2", classes=CLASSES).eval()
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():

@@ -14,6 +14,7 @@ from cxrlab.evaluation.predict import write_predictions
 from cxrlab.models import checkpoint as checkpoint_module
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import create_model
+from cxrlab.records import ModelMeta
 
 PREDICT = ["--no-progress", "--device", "cpu"]
 
@@ -23,7 +24,9 @@ def model_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny untrained resnet18 checkpoint (32 px)."""
     model = create_model("resnet18", ["A", "B", "C"], pretrained=False)
     return save_checkpoint(
-        model, tmp_path_factory.mktemp("model") / "model.pt", image_size=32, resize="squash"
+        model,
+        tmp_path_factory.mktemp("model") / "model.pt",
+        ModelMeta.of(model, image_size=32, resize="squash"),
     )
 
 
@@ -35,7 +38,7 @@ def no_work(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the model was loaded before --out was checked")
 
     monkeypatch.setattr(predict, "load_predictor", loaded)
-    monkeypatch.setattr(checkpoint_module, "load_checkpoint_with_extra", loaded)
+    monkeypatch.setattr(checkpoint_module, "load_model", loaded)
 
 
 def one_line_error(capsys: pytest.CaptureFixture[str]) -> str:

@@ -10,14 +10,15 @@ import torch
 import torchvision
 from PIL import Image, ImageOps
 
+from cxrlab.config import preset
 from cxrlab.data.synthetic import make_demo_dataset
 from cxrlab.evaluation.predict import load_predictor
 from cxrlab.models import create_model
-from cxrlab.models.checkpoint import load_checkpoint, load_checkpoint_with_extra, save_checkpoint
+from cxrlab.models.checkpoint import load_checkpoint, load_model, save_checkpoint
 from cxrlab.models.proposed import GeM, equalize_histogram
 from cxrlab.models.tta import TTA_VIEWS, TestTimeAugmentation, affine_view, with_tta
 from cxrlab.pipelines.compare import plan_runs
-from cxrlab.training.config import preset
+from cxrlab.records import ModelMeta
 from cxrlab.training.module import ClassifierModule, parameter_groups
 from cxrlab.training.run import train_run
 
@@ -99,11 +100,11 @@ def test_tta_averages_probabilities_over_views_and_survives_a_checkpoint(tmp_pat
     assert not torch.allclose(averaged, torch.softmax(plain, 1))
     assert tta.classes == CLASSES and with_tta(model, False) is model
     # the checkpoint carries the run's choice; prediction from it applies the views
-    path = save_checkpoint(model, tmp_path / "m.pt", image_size=48, tta=True)
-    assert load_checkpoint_with_extra(path)[1]["tta"] is True
+    path = save_checkpoint(model, tmp_path / "m.pt", ModelMeta.of(model, image_size=48, tta=True))
+    assert load_model(path)[1].tta is True
     predicted = load_predictor(path, device="cpu").batch_probs(x.numpy())
     np.testing.assert_allclose(predicted, expected.numpy(), atol=1e-5)
-    plain_path = save_checkpoint(model, tmp_path / "p.pt", image_size=48)
+    plain_path = save_checkpoint(model, tmp_path / "p.pt", ModelMeta.of(model, image_size=48))
     predicted = load_predictor(plain_path, device="cpu").batch_probs(x.numpy())
     np.testing.assert_allclose(predicted, torch.softmax(plain, 1).numpy(), atol=1e-5)
     tta.train()
@@ -139,7 +140,7 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
         for k in kept.state_dict()
         if k.endswith("weight")
     )
-    assert load_checkpoint_with_extra(tmp_path / "run" / "model.pt")[1]["tta"] is True
+    assert load_model(tmp_path / "run" / "model.pt")[1].tta is True
     assert result.metrics.test_without_tta.n == result.metrics.test.n
     module = ClassifierModule(kept, config, 3)
     assert module.evaluated_net() is module.ema.module
@@ -226,7 +227,9 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
     with torch.no_grad():
         probs = torch.softmax(model(images), 1)
     assert torch.allclose(probs.sum(1), torch.ones(2), atol=1e-5)
-    onnx = export_model(model, tmp_path / "m.onnx", image_size=32, calibration={"temperature": 2.0})
+    onnx = export_model(
+        model, tmp_path / "m.onnx", ModelMeta.of(model, image_size=32, temperature=2.0)
+    )
     got = OnnxModel(onnx).predict(images.numpy())
     with torch.no_grad():
         expected = torch.softmax(model(images) / 2.0, 1).numpy()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxrlab.config import preset
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.discover import discover
 from cxrlab.data.scan import scan_dataset
@@ -22,7 +23,6 @@ from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.metrics import holm
 from cxrlab.fileio import markdown_escape
 from cxrlab.reporting.report import write_report
-from cxrlab.training.config import preset
 from cxrlab.training.run import train_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,11 +14,11 @@ import pytest
 import torch
 from conftest import TINY, killed_at, train_tiny
 
+from cxrlab.config import RunConfig, preset
 from cxrlab.errors import CxrlabError
 from cxrlab.models import create_model
-from cxrlab.models.checkpoint import load_checkpoint_with_extra
-from cxrlab.reporting.runs import read_history
-from cxrlab.training.config import RunConfig, preset
+from cxrlab.models.checkpoint import load_model
+from cxrlab.records import read_history
 from cxrlab.training.module import warmup_cosine
 
 _train = train_tiny
@@ -101,11 +102,11 @@ def test_finetune_run_writes_a_complete_run_folder(
     ).is_file()
     assert (run / "logs" / "csv" / "metrics.csv").is_file()
     history = read_history(run / "history.csv")
-    assert [row["epoch"] for row in history] == [0, 1]
-    assert all(0 <= row["val_macro_f1"] <= 1 and row["train_loss"] > 0 for row in history)
+    assert [row.epoch for row in history] == [0, 1]
+    assert all(0 <= row.val_macro_f1 <= 1 and row.train_loss > 0 for row in history)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["sizes"]["test"] == 9 and metrics["test"]["n"] == 9
-    assert metrics["best_epoch"] == int(np.argmax([r["val_macro_f1"] for r in history]))
+    assert metrics["best_epoch"] == int(np.argmax([r.val_macro_f1 for r in history]))
     assert metrics["parameters"] == metrics["trainable_parameters"] > 1e6
     assert set(metrics["intervals"]) == {
         "accuracy",
@@ -119,8 +120,8 @@ def test_finetune_run_writes_a_complete_run_folder(
     assert subsets.count("test") == 9 and subsets.count("train") + subsets.count("val") == 24
     # model.pt is the chosen model: with its temperature it reproduces the saved (calibrated) test
     # probabilities
-    model, extra = load_checkpoint_with_extra(run / "model.pt", arch="resnet18")
-    assert extra["temperature"] == metrics["calibration"]["temperature"] > 0
+    model, meta = load_model(run / "model.pt", arch="resnet18")
+    assert meta.temperature == metrics["calibration"]["temperature"] > 0
     with open(run / "test_predictions.csv") as handle:
         first = next(csv.DictReader(handle))
     from cxrlab.data.cache import CacheSpec, load_square
@@ -128,7 +129,7 @@ def test_finetune_run_writes_a_complete_run_folder(
     square = load_square(tiny_data[0] / first["path"], CacheSpec(32))
     image = torch.from_numpy(np.array(square)).float().div(255.0)[None, None]
     with torch.no_grad():
-        probs = torch.softmax(model.eval()(image) / extra["temperature"], 1)[0]
+        probs = torch.softmax(model.eval()(image) / meta.temperature, 1)[0]
     assert probs[0].item() == pytest.approx(float(first["p_COVID19"]), abs=1e-4)
 
 
@@ -138,7 +139,7 @@ def test_same_seed_same_result_on_cpu(tiny_data: tuple[Path, Path], tmp_path: Pa
     b = _train(tiny_data, tmp_path / "b", config)
     c = _train(tiny_data, tmp_path / "c", config.updated(seed=1))
     history = [read_history(r.run_dir / "history.csv") for r in (a, b, c)]
-    strip = lambda rows: [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in rows]  # noqa: E731
+    strip = lambda rows: [replace(row, epoch_time_s=0.0) for row in rows]  # noqa: E731
     assert strip(history[0]) == strip(history[1])
     assert (a.run_dir / "test_predictions.csv").read_text() == (
         b.run_dir / "test_predictions.csv"
@@ -208,7 +209,7 @@ def test_resume_after_interruption_loses_at_most_one_epoch(
         tiny_data, tmp_path / "run", preset("smoke"), resume=True
     )  # the saved config wins
     after = read_history(result.run_dir / "history.csv")
-    assert [row["epoch"] for row in after] == [0, 1, 2, 3]
+    assert [row.epoch for row in after] == [0, 1, 2, 3]
     assert after[:2] == before
     assert result.metrics.epochs_run == 4
 

@@ -10,23 +10,39 @@ and builds them from JSON. The numbers are computed in :mod:`cxrlab.evaluation`;
 imports neither torch nor Lightning, so that reports and tools read runs without the training
 stack. :class:`JsonRecord` and :func:`parse` serve the other files' records too
 (:mod:`cxrlab.diagnostics`, :mod:`cxrlab.data.summary`, :mod:`cxrlab.data.audit_records`).
+
+The other things a run stores have their one schema here too: :class:`ModelMeta` is what
+``model.pt`` keeps beside the weights (read with :meth:`ModelMeta.from_extra`, old checkpoints
+included), and :class:`HistoryRow` is one line of ``history.csv`` (its fields are the columns).
+``config.json`` is :class:`cxrlab.config.RunConfig` (also torch-free).
 """
 
 from __future__ import annotations
 
+import csv
 import json
-from dataclasses import asdict, dataclass, field
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Literal, Self, TypeVar, get_args
 
 import numpy as np
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from cxrlab.artifacts import read_json
 from cxrlab.errors import CxrlabError
+from cxrlab.fileio import atomic_open, csv_dict_reader, csv_dict_writer, open_text
 
 STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, not dropped
 T = TypeVar("T")
+
+# How a film is brought to the model's square input (cxrlab.data.cache.CacheSpec): stretched
+# (squash) or padded with black (pad); cut to its lung box first (lungs) or not (none).
+Resize = Literal["squash", "pad"]
+Crop = Literal["none", "lungs"]
+RESIZE_MODES: tuple[str, ...] = get_args(Resize)
+CROPS: tuple[str, ...] = get_args(Crop)
 
 
 class JsonRecord:
@@ -128,6 +144,27 @@ class RunCalibration:
 def target_name(label: str, recall: float) -> str:
     """``COVID19=0.95``: how an operating point's target is written on the command line."""
     return f"{label}={recall:g}"
+
+
+def parse_target_recall(
+    text: str, classes: list[str] | None = None, *, option: str = "--target-recall"
+) -> tuple[str, float]:
+    """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when
+    given."""
+    name, sep, value = str(text).rpartition("=")
+    try:
+        recall = float(value)
+    except ValueError:
+        recall = float("nan")
+    if not sep or not name or not 0.0 < recall <= 1.0:
+        raise CxrlabError(
+            f"{option} {text}: write CLASS=RECALL with RECALL in (0, 1], e.g. {option} COVID19=0.95"
+        )
+    if classes is not None and name not in classes:
+        raise CxrlabError(
+            f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})"
+        )
+    return name, recall
 
 
 @dataclass(frozen=True)
@@ -320,3 +357,113 @@ def parse(kind: type[T], data: Any, where: Path | str) -> T:
             "missing_argument": "missing key",
         }.get(first["type"], first["msg"])
         raise CxrlabError(f"{where}: {key}: {reason}{more}") from None
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """What a model checkpoint (``model.pt``) stores beside its weights: what it is, how its
+    films must be prepared, and how its logits are read (after timm's ``PretrainedCfg``).
+
+    ``arch`` and ``classes`` sit at the checkpoint's top level, the rest in its ``extra`` dict
+    (:meth:`extra`, :meth:`from_extra`). A checkpoint from before a key was stored (or that
+    stored it as null) gets the default given here: 224 px, squashed, no crop, no test-time
+    augmentation, no run config, ``T = 1`` and no operating point (not calibrated). The run's
+    training sources are those of its ``config`` (``sources``, ``source_name``).
+    """
+
+    __pydantic_config__ = STRICT
+    arch: str
+    classes: tuple[str, ...]
+    image_size: int = 224
+    resize: Resize = "squash"
+    crop: Crop = "none"
+    tta: bool = False  # the logits were test-time augmented (the mean over a few views)
+    config: dict[str, Any] | None = None  # the run's RunConfig, as config.json holds it
+    temperature: float = 1.0  # divides the logits before the softmax
+    operating_point: OperatingPoint | None = None
+
+    TOP_LEVEL: ClassVar[tuple[str, ...]] = ("arch", "classes")
+
+    @classmethod
+    def of(cls, model: Any, **meta: Any) -> ModelMeta:
+        """The meta of ``model`` (a ``CxrClassifier``: its arch and classes) with ``meta``."""
+        return cls(model.arch, tuple(model.classes), **meta)
+
+    def extra(self) -> dict[str, Any]:
+        """The checkpoint's ``extra`` dict (plain values, loadable with ``weights_only``)."""
+        extra = {f.name: getattr(self, f.name) for f in fields(self)}
+        point = self.operating_point
+        extra["operating_point"] = asdict(point) if point is not None else None
+        return {k: v for k, v in extra.items() if k not in self.TOP_LEVEL}
+
+    @classmethod
+    def from_extra(
+        cls, extra: dict[str, Any], where: Path | str, *, arch: str, classes: Sequence[str]
+    ) -> ModelMeta:
+        """The meta of a checkpoint in ``where`` whose top level names ``arch`` and ``classes``:
+        a missing or null key takes its default (see the class); an unknown key or a value of
+        the wrong type is an error naming ``where``."""
+        given = {k: v for k, v in dict(extra).items() if v is not None}
+        return parse(cls, {"arch": arch, "classes": list(classes), **given}, where)
+
+    def cache_spec(self) -> Any:
+        """The preprocessing the model was trained with, as a
+        :class:`cxrlab.data.cache.CacheSpec` (defaults: see the class)."""
+        from cxrlab.data.cache import CacheSpec
+
+        return CacheSpec(self.image_size, self.resize, self.crop)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One epoch of training, one line of ``history.csv``: the fields in order are its columns.
+
+    ``epoch`` counts from 0; a number a run did not measure (no training batch, or a column
+    from after its history was written) is NaN."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    val_macro_f1: float
+    epoch_time_s: float
+    val_n: float
+
+    @classmethod
+    def columns(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> HistoryRow:
+        """A row from numbers by column name (a column the row lacks: NaN)."""
+        return cls(
+            int(row["epoch"]),
+            *(float(row[k]) if k in row else math.nan for k in cls.columns()[1:]),
+        )
+
+    def csv_row(self) -> dict[str, int | str]:
+        """The row as written: ``epoch`` as an integer, the rest with 6 significant digits."""
+        return {
+            k: (self.epoch if k == "epoch" else f"{getattr(self, k):.6g}") for k in self.columns()
+        }
+
+
+def write_history(path: Path, history: Sequence[HistoryRow]) -> None:
+    """Write ``history.csv`` whole (atomically: a kill mid-write keeps the previous file)."""
+    with atomic_open(path, newline="") as handle:
+        writer = csv_dict_writer(handle, HistoryRow.columns())
+        writer.writeheader()
+        for row in history:
+            writer.writerow(row.csv_row())
+
+
+def read_history(path: Path) -> list[HistoryRow]:
+    """``history.csv``: one :class:`HistoryRow` per epoch; a file that is not one is an error
+    naming it."""
+    with open_text(path) as handle:
+        try:
+            return [HistoryRow.from_dict(row) for row in csv_dict_reader(handle)]
+        except (KeyError, TypeError, ValueError, csv.Error) as exc:
+            raise CxrlabError(f"{path}: not a history.csv ({exc!r})") from None

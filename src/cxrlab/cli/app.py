@@ -307,9 +307,9 @@ def run_options(
     parameters: dict[str, object], *, leave_out: frozenset[str] = frozenset()
 ) -> dict[str, object]:
     """Config overrides from a command's parameters (its ``locals()``): each parameter named
-    like a :class:`~cxrlab.training.config.RunConfig` field is that field's option, so an option
+    like a :class:`~cxrlab.config.RunConfig` field is that field's option, so an option
     is declared once, as a parameter; ``None`` keeps the preset's value; paths become text."""
-    from cxrlab.training.config import RunConfig
+    from cxrlab.config import RunConfig
 
     names = {f.name for f in fields(RunConfig)} - leave_out
     return {

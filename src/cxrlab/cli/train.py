@@ -137,7 +137,7 @@ def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options:
     """The stored config of the run in ``run_dir``; options given that contradict it are one
     error."""
     from cxrlab.artifacts import RunDir
-    from cxrlab.training.config import PRESETS, RunConfig, option_name, resume_conflicts
+    from cxrlab.config import PRESETS, RunConfig, option_name, resume_conflicts
 
     if not RunDir(run_dir).config.is_file():
         raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
@@ -275,8 +275,8 @@ def train(
     Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the """
         """global batch."""
     )
+    from cxrlab.config import preset, recipe_file
     from cxrlab.outputs import check_cache_folder, check_output_folder
-    from cxrlab.training.config import preset, recipe_file
     from cxrlab.training.run import train_run
     from cxrlab.training.trainer import check_runnable, launched_rank
 
@@ -466,9 +466,9 @@ def compare(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
+    from cxrlab.config import recipe_file
     from cxrlab.outputs import check_cache_folder, check_output_folder
     from cxrlab.pipelines.compare import plan_runs, run_comparison, split_overrides, split_recipe
-    from cxrlab.training.config import recipe_file
 
     models = [name for item in models for name in item.split()]
     # --mode, --weights and --manifest mean something else here (modes to run, one file per

@@ -52,11 +52,10 @@ from cxrlab.data.reader import DecodedImage, ImageSource, decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.fileio import atomic_write_text, locked, read_text, reserve_space
 from cxrlab.progress import track
+from cxrlab.records import CROPS, RESIZE_MODES, Crop, Resize
 
 CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
 INDEX, LOCK = "index.json", ".lock"
-RESIZE_MODES = ("squash", "pad")
-CROPS = ("none", "lungs")
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,8 @@ class CacheSpec:
     cut to its lung box by :func:`cxrlab.lungs.crop_to_lungs` before it is resized)."""
 
     image_size: int = 224
-    resize: str = "squash"
-    crop: str = "none"
+    resize: Resize = "squash"
+    crop: Crop = "none"
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
@@ -75,16 +74,6 @@ class CacheSpec:
             raise CxrlabError(f"--crop: '{self.crop}' is not one of {', '.join(CROPS)}")
         if not 16 <= self.image_size <= 2048:
             raise CxrlabError(f"--image-size: {self.image_size} is outside 16..2048")
-
-    @classmethod
-    def of_checkpoint(cls, extra: dict) -> CacheSpec:
-        """The preprocessing a model was trained with, as its checkpoint (``model.pt``'s extra)
-        carries it; a checkpoint from before these were stored: 224 px, squashed, no crop."""
-        return cls(
-            int(extra.get("image_size", 224)),
-            str(extra.get("resize", "squash")),
-            str(extra.get("crop", "none")),
-        )
 
 
 def default_cache_root() -> Path:

@@ -95,27 +95,6 @@ def calibration_effect(
     )
 
 
-def parse_target_recall(
-    text: str, classes: list[str] | None = None, *, option: str = "--target-recall"
-) -> tuple[str, float]:
-    """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when
-    given."""
-    name, sep, value = str(text).rpartition("=")
-    try:
-        recall = float(value)
-    except ValueError:
-        recall = float("nan")
-    if not sep or not name or not 0.0 < recall <= 1.0:
-        raise CxrlabError(
-            f"{option} {text}: write CLASS=RECALL with RECALL in (0, 1], e.g. {option} COVID19=0.95"
-        )
-    if classes is not None and name not in classes:
-        raise CxrlabError(
-            f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})"
-        )
-    return name, recall
-
-
 def choose_operating_point(
     probs: np.ndarray, y_true: np.ndarray, classes: list[str], label: str, target_recall: float
 ) -> OperatingPoint:
@@ -170,10 +149,3 @@ def operating_result(
         int(decided.sum()),
         int(len(truth)),
     )
-
-
-def stored_calibration(extra: dict) -> tuple[float, OperatingPoint | None]:
-    """``(temperature, operating point)`` stored with a model (``model.pt``'s extra or the ONNX
-    metadata); a model from before calibration has ``T = 1`` and no operating point."""
-    raw = extra.get("operating_point")
-    return float(extra.get("temperature") or 1.0), OperatingPoint(**raw) if raw else None

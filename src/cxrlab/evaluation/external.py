@@ -36,7 +36,6 @@ from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
     choose_operating_point,
     operating_result,
-    parse_target_recall,
     retemper,
 )
 from cxrlab.evaluation.metrics import (
@@ -54,6 +53,7 @@ from cxrlab.records import (
     Internal,
     OperatingPoint,
     RunMetrics,
+    parse_target_recall,
     target_name,
 )
 

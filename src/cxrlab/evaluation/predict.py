@@ -17,7 +17,7 @@ from cxrlab.data.discover import natural_key
 from cxrlab.data.reader import IMAGE_EXTENSIONS
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.calibration import OperatingPoint, softmax, stored_calibration
+from cxrlab.evaluation.calibration import OperatingPoint, softmax
 from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
 from cxrlab.progress import track
 
@@ -201,41 +201,39 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         from cxrlab.models.export import OnnxModel
 
         onnx_model = OnnxModel(model_path, device=device)
-        spec = CacheSpec(onnx_model.image_size, onnx_model.resize, onnx_model.crop)
-        temperature, point = stored_calibration(onnx_model.calibration)
+        onnx_meta = onnx_model.meta
         return Predictor(
             onnx_model.arch,
             onnx_model.classes,
-            spec,
+            onnx_meta.cache_spec(),
             onnx_model.predict,
             "ONNX Runtime",
             onnx_model.notes,
-            temperature,
-            point,
+            onnx_meta.temperature,
+            onnx_meta.operating_point,
         )
 
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
     from cxrlab.models.tta import with_tta
 
-    model, extra = load_checkpoint_with_extra(model_path)
-    temperature, point = stored_calibration(extra)
+    model, meta = load_model(model_path)
+    temperature = meta.temperature
     torch_device = pick_device(device)
     model = model.to(torch_device).eval()
-    tested = with_tta(model, bool(extra.get("tta", False))).eval()
+    tested = with_tta(model, meta.tta).eval()
 
     @torch.no_grad()
     def batch_probs(images: np.ndarray) -> np.ndarray:
         logits = tested(torch.from_numpy(images).to(torch_device))
         return torch.softmax(logits.float() / temperature, dim=1).cpu().numpy()
 
-    spec = CacheSpec.of_checkpoint(extra)
     return Predictor(
         model.arch,
         list(model.classes),
-        spec,
+        meta.cache_spec(),
         batch_probs,
         temperature=temperature,
-        point=point,
+        point=meta.operating_point,
         model=model,
         device=torch_device,
     )

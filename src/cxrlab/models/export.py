@@ -32,19 +32,15 @@ import torch
 from torch import nn
 
 from cxrlab import __version__
-from cxrlab.data.cache import CacheSpec
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier
+from cxrlab.records import ModelMeta
 
 ONNX_FORMAT = "cxrlab-onnx-v1"
 TOLERANCE = 1e-4  # largest accepted |p_onnx - p_eager| over the verification batch
 TTA_NOTE = "test-time augmentation is not part of the ONNX graph (it predicts the single view)"
 EXAMPLE_BATCH = 2  # batch size traced at export
-CALIBRATION_KEYS = (
-    "temperature",
-    "operating_point",
-)  # stored with the model, as in model.pt's extra
 VERIFY_BATCH = 3  # a different batch size, so the check also covers the dynamic batch axis
 
 
@@ -162,28 +158,29 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
 def export_model(
     model: CxrClassifier,
     out: Path,
+    meta: ModelMeta | None = None,
     *,
-    image_size: int,
-    resize: str = "squash",
-    crop: str = "none",
     opset: int | None = None,
     source: str = "model",
-    calibration: dict | None = None,
-    tta: bool = False,
 ) -> Path:
     """Export ``model`` (on the CPU, eval mode) to ``out`` and check it against eager PyTorch.
 
-    ``calibration``: ``temperature`` (divides the logits in the graph) and ``operating_point``
-    (stored as metadata for :func:`cxrlab.evaluation.predict.load_predictor`), as in ``model.pt``.
+    ``meta`` (default: the model's, every other field at its default) gives the input size,
+    resize mode and crop, ``tta`` (left out of the graph, said in the metadata), the
+    ``temperature`` (divides the logits in the graph) and the ``operating_point`` (stored as
+    metadata for :func:`cxrlab.evaluation.predict.load_predictor`), as in ``model.pt``.
 
     Raises :class:`CxrlabError` (naming ``source``) when the exporters fail or the
     probabilities differ by more than :data:`TOLERANCE` on a fixed random batch.
     """
     import onnx
 
-    calibration = {k: (calibration or {}).get(k) for k in CALIBRATION_KEYS}
+    meta = meta if meta is not None else ModelMeta.of(model)
+    image_size = meta.image_size
+    # stored with the model, as in model.pt's extra
+    calibration = {k: meta.extra()[k] for k in ("temperature", "operating_point")}
     model = model.cpu().eval()
-    wrapper = SoftmaxSingleView(model, calibration["temperature"] or 1.0).eval()
+    wrapper = SoftmaxSingleView(model, meta.temperature).eval()
     generator = torch.Generator().manual_seed(0)
     example = torch.rand(EXAMPLE_BATCH, 1, image_size, image_size, generator=generator)
     check = torch.rand(VERIFY_BATCH, 1, image_size, image_size, generator=generator)
@@ -217,9 +214,9 @@ def export_model(
         "arch": model.arch,
         "classes": json.dumps(list(model.classes)),
         "image_size": str(int(image_size)),
-        "resize": resize,
-        "crop": crop,
-        "checkpoint_tta": "1" if tta else "0",
+        "resize": meta.resize,
+        "crop": meta.crop,
+        "checkpoint_tta": "1" if meta.tta else "0",
         "verified_max_abs_diff": repr(diff),
         "calibration": json.dumps(calibration),
     }
@@ -249,25 +246,14 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
     The graph is ``softmax(model(images) / T)``, the single view; when the checkpoint uses test-time
     augmentation, :attr:`OnnxModel.notes` of the written file says it was left out.
     """
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
 
     checkpoint = Path(checkpoint)
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
-    model, extra = load_checkpoint_with_extra(checkpoint)
+    model, meta = load_model(checkpoint)
     if out.resolve() == checkpoint.resolve():
         raise CxrlabError(f"--out: {out} is the checkpoint itself; choose another file")
-    spec = CacheSpec.of_checkpoint(extra)
-    return export_model(
-        model,
-        out,
-        image_size=spec.image_size,
-        resize=spec.resize,
-        crop=spec.crop,
-        opset=opset,
-        source=str(checkpoint),
-        calibration=extra,
-        tta=bool(extra.get("tta", False)),
-    )
+    return export_model(model, out, meta, opset=opset, source=str(checkpoint))
 
 
 class OnnxModel:
@@ -303,11 +289,24 @@ class OnnxModel:
             self.crop: str = meta.get("crop", "none")  # before cxrlab wrote it: no crop
             self.tta_dropped: bool = meta.get("checkpoint_tta") == "1"
             self.max_abs_diff: float = float(meta.get("verified_max_abs_diff", "nan"))
-            self.calibration: dict = json.loads(
-                meta.get("calibration", "{}")
-            )  # temperature, operating_point
+            # temperature and operating point
+            calibration = json.loads(meta.get("calibration", "{}"))
+            if not isinstance(calibration, dict):
+                raise ValueError("calibration is not a JSON object")
         except (KeyError, ValueError) as exc:
             raise CxrlabError(f"{self.path}: damaged cxrlab metadata ({_first_line(exc)})") from exc
+        # what prediction needs, read as a checkpoint's is (the graph is the single view: no TTA)
+        self.meta: ModelMeta = ModelMeta.from_extra(
+            {
+                "image_size": self.image_size,
+                "resize": self.resize,
+                "crop": self.crop,
+                **calibration,
+            },
+            self.path,
+            arch=self.arch,
+            classes=self.classes,
+        )
 
     @property
     def notes(self) -> list[str]:
@@ -358,9 +357,7 @@ def compare_eager_onnx(
     """
     threads = torch.get_num_threads()
     runtime = OnnxModel(Path(onnx_path), threads=threads)
-    wrapper = SoftmaxSingleView(
-        model.cpu().eval(), runtime.calibration.get("temperature") or 1.0
-    ).eval()
+    wrapper = SoftmaxSingleView(model.cpu().eval(), runtime.meta.temperature).eval()
     generator = torch.Generator().manual_seed(seed)
     one = torch.rand(1, 1, image_size, image_size, generator=generator)
     batch = (

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from cxrlab.artifacts import RunDir
 from cxrlab.device import pick_device
-from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, locked
+from cxrlab.records import parse_target_recall
 from cxrlab.training.prepared import prepare_run_data, subset_logits
 from cxrlab.training.run import RunResult
 from cxrlab.training.testing import calibrate_and_test
@@ -28,14 +28,14 @@ def calibrate_run(
     point ``target_recall``: the temperature and the threshold are fitted on the run's own
     validation split, ``model.pt``, the predictions and ``metrics.json`` are rewritten. The model
     and its test split are those of the run; nothing is trained or selected."""
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
     from cxrlab.models.tta import with_tta
 
     run_dir = Path(run_dir)
     result = RunResult.load(run_dir)
     config = result.config.updated(target_recall=target_recall)
-    model, extra = load_checkpoint_with_extra(RunDir(run_dir).model)
-    tta = bool(extra.get("tta", False))
+    model, meta = load_model(RunDir(run_dir).model)
+    tta = meta.tta
     busy = f"{run_dir}: another cxrlab process is writing this run; wait for it"
     with locked(run_dir, busy=busy):
         prepared = prepare_run_data(

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import PRESETS, RUNTIME_FIELDS, RunConfig, preset
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover_sources
@@ -26,7 +27,6 @@ from cxrlab.evaluation.external import evaluate_model, external_films, is_curren
 from cxrlab.pipelines.calibrate import calibrate_run
 from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
 from cxrlab.reporting.model_card import write_model_card
-from cxrlab.training.config import PRESETS, RUNTIME_FIELDS, RunConfig, preset
 from cxrlab.training.run import RunResult, is_resumable, train_run
 from cxrlab.training.testing import is_calibrated
 from cxrlab.training.trainer import check_runnable

@@ -67,7 +67,7 @@ def gradcam_sample(
 def run_files(run_dir: Path, data: Path) -> DatasetIndex:
     """The films of a finished run: ``data`` and the sources its config adds (``split.csv`` keys
     resolve through :meth:`~cxrlab.data.discover.DatasetIndex.path_of`)."""
-    from cxrlab.training.config import RunConfig
+    from cxrlab.config import RunConfig
 
     config = RunConfig.load(RunDir(run_dir).config)
     return discover_sources(data, config.sources, source_name=config.source_name)
@@ -85,14 +85,14 @@ def diagnose_run(
 
     Robustness uses every test film; Grad-CAM (a backward pass per film) a seeded sample of
     ``gradcam_per_class`` films per class, the same films for every run of one split."""
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
+    from cxrlab.models.checkpoint import load_model
     from cxrlab.models.tta import with_tta
 
     run_dir, data = Path(run_dir), Path(data)
     files = RunDir(run_dir)
     if not files.model.is_file():
         raise CxrlabError(f"{run_dir}: no model.pt (the run has not finished)")
-    model, extra = load_checkpoint_with_extra(files.model)
+    model, meta = load_model(files.model)
     test = load_split(files.split).get("test", [])
     if not test:
         raise CxrlabError(f"{run_dir}: the run has no test split to diagnose")
@@ -105,7 +105,7 @@ def diagnose_run(
         )
     classes = list(model.classes)
     labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
-    spec = CacheSpec.of_checkpoint(extra)
+    spec = meta.cache_spec()
     key = (tuple(map(str, paths)), CacheSpec(spec.image_size, crop=spec.crop))
     if key not in _DECODED:
         _DECODED.clear()  # keep one decoded test set in memory
@@ -114,7 +114,7 @@ def diagnose_run(
     target = pick_device(device)
 
     robustness = robustness_eval(  # as the run tests: with its test-time augmentation, if any
-        with_tta(model, bool(extra.get("tta", False))),
+        with_tta(model, meta.tta),
         paths,
         labels,
         classes,

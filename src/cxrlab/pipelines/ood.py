@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxrlab.artifacts import RunDir
-from cxrlab.data.cache import CacheSpec
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
@@ -31,8 +30,8 @@ def fit_run_ood(
     The films are read from the dataset's cache, decoded as for training: mean and covariance
     from the ``train`` rows, the threshold from the ``val`` rows.
     """
-    from cxrlab.models.checkpoint import load_checkpoint_with_extra
-    from cxrlab.training.config import RunConfig
+    from cxrlab.config import RunConfig
+    from cxrlab.models.checkpoint import load_model
     from cxrlab.training.frozen import extract_features
     from cxrlab.training.prepared import prepare_run_data
 
@@ -41,9 +40,9 @@ def fit_run_ood(
         raise CxrlabError(
             f"{run_dir}: not a finished cxrlab run folder (needs model.pt, split.csv, metrics.json)"
         )
-    model, extra = load_checkpoint_with_extra(files.model)
+    model, meta = load_model(files.model)
     config = RunConfig.load(files.config)
-    spec = CacheSpec.of_checkpoint(extra)
+    spec = meta.cache_spec()
     config = config.updated(image_size=spec.image_size, resize=spec.resize)
     prepared = prepare_run_data(
         data,

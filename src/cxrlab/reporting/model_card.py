@@ -12,15 +12,15 @@ whenever one of them changes (``cxrlab train``, ``compare``, ``explain``, ``eval
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
+from cxrlab.config import RunConfig
 from cxrlab.data.audit_records import AuditReport
 from cxrlab.diagnostics import Robustness
 from cxrlab.evaluation.external import load_evaluation
 from cxrlab.evaluation.robustness import probe_reading
-from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
+from cxrlab.fileio import atomic_write_text, markdown_escape
 from cxrlab.records import Evaluation, Interval, OperatingResult, RunMetrics
 
 KAGGLE_CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
@@ -45,23 +45,16 @@ NOT_CALIBRATED = (
 )
 
 
-def _json(path: Path) -> dict | None:
-    try:
-        return json.loads(read_text(path)) if path.is_file() else None
-    except ValueError:
-        return None
-
-
 def _ci(interval: Interval | None) -> str:
     """``0.951 [0.938, 0.962]`` (:class:`Interval`'s own form); a dash when missing."""
     return "–" if interval is None else str(interval)
 
 
-def _audit_of(config: dict) -> AuditReport | None:
+def _audit_of(config: RunConfig | None) -> AuditReport | None:
     """The audit the run's manifest came from (``audit.json`` beside ``manifest.csv``); None
-    when the run used no manifest or there is no ``audit.json`` beside it, an error naming the
-    file when there is one that does not load."""
-    manifest = config.get("manifest")
+    when the run used no manifest (or its config is not known) or there is no ``audit.json``
+    beside it, an error naming the file when there is one that does not load."""
+    manifest = config.manifest if config is not None else None
     if not manifest:
         return None
     folder = Path(manifest) if Path(manifest).is_dir() else Path(manifest).parent
@@ -323,7 +316,9 @@ def limitation_lines(
 def _card_sources(run_dir: Path) -> tuple[RunMetrics, AuditReport | None, list[Evaluation]]:
     """What a card is written from: the run's metrics, its audit (if known), its external sets."""
     files = RunDir(run_dir)
-    config = _json(files.config) or {}
+    # config.json through its one reader: a broken one is an error naming it; a folder without
+    # one (a model.pt beside a metrics.json, no run config) has no known audit
+    config = RunConfig.load(files.config) if files.config.is_file() else None
     return RunMetrics.load(files.metrics), _audit_of(config), _external(run_dir)
 
 

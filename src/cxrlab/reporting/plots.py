@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#d62728"
 F1_COLOUR = "#2ca02c"
-# history.csv column, legend label, colour, line style
+# history.csv column (a HistoryRow field), legend label, colour, line style
 LOSS_SERIES = (
     ("train_loss", "train", TRAIN_COLOUR, "-"),
     ("val_loss", "validation", VAL_COLOUR, "-"),
@@ -66,10 +66,10 @@ def plot_learning_curves(runs: Sequence[ReportRun], path: Path) -> Path:
             if not run.history:
                 empty_panel(ax, "no history.csv")
                 continue
-            epochs = [h["epoch"] + 1 for h in run.history]
+            epochs = [h.epoch + 1 for h in run.history]
             marker = {"marker": "o", "ms": 3} if len(epochs) <= 30 else {}
             for key, label, colour, style in series:
-                values = [h[key] for h in run.history]
+                values = [getattr(h, key) for h in run.history]
                 ax.plot(epochs, values, color=colour, ls=style, label=label, **marker)
             if run.best_epoch >= 0:
                 ax.axvline(

@@ -3,59 +3,26 @@
 A run folder (written by ``cxrlab train``) holds ``config.json`` (the recipe), ``metrics.json``
 (the chosen checkpoint's numbers), ``history.csv`` (one row per epoch, counted from 0) and
 ``test_predictions.csv``; later commands add ``robustness.json``, ``gradcam.json`` and
-``gradcam.png``. They are read here as typed records (:mod:`cxrlab.records`,
-:mod:`cxrlab.diagnostics`) and CSV, so that
-rendering a report loads neither Lightning nor :mod:`cxrlab.training`.
+``gradcam.png``. They are read here as typed records (:class:`~cxrlab.config.RunConfig`,
+:mod:`cxrlab.records`, :mod:`cxrlab.diagnostics`), so that rendering a report loads neither
+Lightning nor :mod:`cxrlab.training`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from cxrlab.artifacts import RunDir, read_json
+from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.predict import read_predictions
-from cxrlab.fileio import csv_dict_reader, open_text
-from cxrlab.records import ClassificationMetrics, Interval, RunMetrics
-
-
-def read_history(path: Path) -> list[dict[str, float]]:
-    """``history.csv``: one dict of numbers per epoch."""
-    with open_text(path) as handle:
-        return [{k: float(v) for k, v in row.items()} for row in csv_dict_reader(handle)]
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """The fields of ``config.json`` the report shows. The defaults are those of the training
-    config, for a run written before a field existed."""
-
-    model: str = "resnet18"
-    mode: str = "finetune"
-    pretrained: bool = True
-    weights: str | None = None  # a local ImageNet state dict, wins over ``pretrained``
-    ema_decay: float = 0.0
-    tta: bool = False
-
-    @classmethod
-    def load(cls, path: Path) -> Recipe:
-        if not path.is_file():
-            raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
-        data = read_json(path)
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-
-    @property
-    def weights_source(self) -> str:
-        """Where the starting weights came from: a weights file, ImageNet or nowhere."""
-        if self.weights:
-            return Path(self.weights).name
-        return "ImageNet" if self.pretrained else "from scratch"
+from cxrlab.records import ClassificationMetrics, HistoryRow, Interval, RunMetrics, read_history
 
 
 @dataclass
@@ -63,9 +30,9 @@ class ReportRun:
     """One finished run as the report needs it: recipe, metrics, history and test predictions."""
 
     run_dir: Path
-    recipe: Recipe
+    recipe: RunConfig  # config.json
     metrics: RunMetrics
-    history: list[dict[str, float]]
+    history: list[HistoryRow]
     paths: list[str]
     y_true: np.ndarray
     probs: np.ndarray
@@ -119,7 +86,7 @@ def load_run(run_dir: Path) -> ReportRun:
         raise CxrlabError(
             f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
         )
-    metrics, recipe = RunMetrics.load(files.metrics), Recipe.load(files.config)
+    metrics, recipe = RunMetrics.load(files.metrics), RunConfig.load(files.config)
     predictions = files.test_predictions
     if metrics.test is None or not predictions.is_file():
         raise CxrlabError(f"{run_dir}: no test results (the dataset has no test split)")

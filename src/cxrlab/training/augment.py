@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from torchvision.transforms import v2
 
 if TYPE_CHECKING:
-    from cxrlab.training.config import RunConfig
+    from cxrlab.config import RunConfig
 
 DEGREES, TRANSLATE, SCALE, JITTER = 7.0, 0.06, (0.9, 1.1), 0.2
 

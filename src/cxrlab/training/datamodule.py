@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset
 
+from cxrlab.config import RunConfig
 from cxrlab.data.split import balanced_sampler
-from cxrlab.training.config import RunConfig
 
 
 class CxrDataModule(L.LightningDataModule):

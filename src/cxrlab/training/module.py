@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import asdict
 
 import lightning as L
 import numpy as np
@@ -22,9 +23,10 @@ from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from cxrlab.config import RunConfig
 from cxrlab.models.registry import CxrClassifier
+from cxrlab.records import HistoryRow
 from cxrlab.training.augment import device_augmentation
-from cxrlab.training.config import RunConfig
 
 
 def warmup_cosine(
@@ -212,26 +214,27 @@ class ClassifierModule(L.LightningModule):
             for metric in self.val_metrics:
                 metric.reset()
             return
-        row = {
-            "epoch": float(self.current_epoch),
-            "lr": float(self.optimizers().param_groups[0]["lr"]),
-            "train_loss": float(self.train_loss.compute())
+        row = HistoryRow(
+            epoch=self.current_epoch,
+            lr=float(self.optimizers().param_groups[0]["lr"]),
+            train_loss=float(self.train_loss.compute())
             if self.train_loss.update_called
             else math.nan,
-            "train_acc": float(self.train_acc.compute())
-            if self.train_acc.update_called
-            else math.nan,
-            "val_loss": float(self.val_loss.compute()),
-            "val_acc": float(self.val_acc.compute()),
-            "val_macro_f1": float(self.val_f1.compute()),
-            "epoch_time_s": time.perf_counter() - self._epoch_started,
-            "val_n": float(self.val_count.compute()),
-        }
+            train_acc=float(self.train_acc.compute()) if self.train_acc.update_called else math.nan,
+            val_loss=float(self.val_loss.compute()),
+            val_acc=float(self.val_acc.compute()),
+            val_macro_f1=float(self.val_f1.compute()),
+            epoch_time_s=time.perf_counter() - self._epoch_started,
+            val_n=float(self.val_count.compute()),
+        )
         for metric in (self.train_loss, self.train_acc, *self.val_metrics):
             metric.reset()
-        self.history.append(row)
-        self.log_dict({k: v for k, v in row.items() if k not in ("epoch", "val_macro_f1", "val_n")})
-        self.log("val_macro_f1", row["val_macro_f1"], prog_bar=True)
+        numbers = asdict(row)  # plain values: they travel in Lightning checkpoints
+        self.history.append(numbers)
+        self.log_dict(
+            {k: v for k, v in numbers.items() if k not in ("epoch", "val_macro_f1", "val_n")}
+        )
+        self.log("val_macro_f1", row.val_macro_f1, prog_bar=True)
 
     def configure_optimizers(self) -> dict:
         c = self.config

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cxrlab.config import RunConfig
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
 from cxrlab.data.datasets import CachedImageDataset, make_split, rows_for
 from cxrlab.data.discover import DatasetIndex, discover_sources
@@ -18,7 +19,6 @@ from cxrlab.evaluation.predict import (
     predict_logits,
 )
 from cxrlab.models.registry import CxrClassifier
-from cxrlab.training.config import RunConfig
 
 
 @dataclass

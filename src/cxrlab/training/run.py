@@ -31,12 +31,12 @@ from torch import nn
 from torch.utils.data import Dataset, TensorDataset
 
 from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
+from cxrlab.config import RunConfig
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.calibration import (
-    parse_target_recall,
     softmax,
 )
 from cxrlab.evaluation.metrics import classification_metrics
@@ -47,9 +47,8 @@ from cxrlab.fileio import atomic_write_text, locked
 from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
-from cxrlab.records import RunMetrics
+from cxrlab.records import HistoryRow, RunMetrics, parse_target_recall
 from cxrlab.training.augment import loader_augmentation
-from cxrlab.training.config import RunConfig
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.frozen import cached_features
 from cxrlab.training.module import ClassifierModule
@@ -380,7 +379,7 @@ def _fit(
     return Fitted(model, net, module, trainer, best.best_model_path, device, feats, timings)
 
 
-def _select(fitted: Fitted, run_dir: Path) -> list[dict[str, float]]:
+def _select(fitted: Fitted, run_dir: Path) -> list[HistoryRow]:
     """Load the epoch with the best validation macro-F1 (its EMA weights when the recipe keeps
     an EMA) into the model; return the epoch history."""
     files = RunDir(run_dir)
@@ -393,9 +392,10 @@ def _select(fitted: Fitted, run_dir: Path) -> list[dict[str, float]]:
     if fitted.module.ema is not None:
         fitted.net.load_state_dict(fitted.module.ema.module.state_dict())
     # (ddp_spawn trains in child processes: then the history comes back through the last checkpoint)
-    return fitted.module.history or safe_load(last, "Lightning checkpoint").get(
+    history = fitted.module.history or safe_load(last, "Lightning checkpoint").get(
         "cxrlab_history", []
     )
+    return [HistoryRow.from_dict(row) for row in history]
 
 
 def _test(
@@ -403,15 +403,15 @@ def _test(
     config: RunConfig,
     run_dir: Path,
     prepared: PreparedData,
-    history: list[dict[str, float]],
+    history: list[HistoryRow],
     *,
     progress: bool,
 ) -> RunMetrics:
     """Calibrate on validation, test the chosen model once (and once more without test-time
     augmentation, for the ablation), measure its speed; return ``metrics.json``'s content."""
     model, device, feats, timings = fitted.model, fitted.device, fitted.feats, fitted.timings
-    best_epoch = int(np.nanargmax([row["val_macro_f1"] for row in history])) if history else -1
-    timings["train_s"] = float(sum(row["epoch_time_s"] for row in history))
+    best_epoch = int(np.nanargmax([row.val_macro_f1 for row in history])) if history else -1
+    timings["train_s"] = float(sum(row.epoch_time_s for row in history))
     model.eval()
     tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
     tested = with_tta(model, tta)
@@ -441,7 +441,7 @@ def _test(
         sizes={name: int(len(r)) for name, r in prepared.rows.items()},
         best_epoch=best_epoch,
         epochs_run=len(history),
-        best_val_macro_f1=float(history[best_epoch]["val_macro_f1"]) if history else math.nan,
+        best_val_macro_f1=float(history[best_epoch].val_macro_f1) if history else math.nan,
         parameters=count_parameters(model),
         trainable_parameters=count_parameters(fitted.net, trainable_only=True),
         timings=timings,

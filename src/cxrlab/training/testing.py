@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.evaluation.calibration import (
     calibration_effect,
     choose_operating_point,
     fit_temperature,
     operating_result,
-    parse_target_recall,
     softmax,
 )
 from cxrlab.evaluation.external import score
@@ -28,13 +28,14 @@ from cxrlab.evaluation.predict import write_predictions
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import (
+    ModelMeta,
     RunCalibration,
     RunMetrics,
     RunOperatingPoint,
     SetScores,
+    parse_target_recall,
     target_name,
 )
-from cxrlab.training.config import RunConfig
 from cxrlab.training.prepared import PreparedData
 
 
@@ -61,17 +62,17 @@ def calibrate_and_test(
         point = choose_operating_point(
             val_probs, y_val, classes, *parse_target_recall(config.target_recall, classes)
         )
-    save_checkpoint(
+    meta = ModelMeta.of(
         model,
-        RunDir(run_dir).model,
         image_size=config.image_size,
         resize=config.resize,
         crop=config.crop,
         tta=tta,
         config=asdict(config),
         temperature=temperature,
-        operating_point=asdict(point) if point else None,
+        operating_point=point,
     )
+    save_checkpoint(model, RunDir(run_dir).model, meta)
 
     def paths(subset: str) -> list[str]:
         return [prepared.cache.paths[r] for r in prepared.rows[subset]]

@@ -4,7 +4,6 @@ file, and the checks that refuse what cannot run here (before any caching or tra
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from pathlib import Path
 
@@ -15,47 +14,24 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxrlab.artifacts import RunDir
+from cxrlab.config import RunConfig
 from cxrlab.errors import CxrlabError
-from cxrlab.fileio import atomic_open, csv_dict_writer
+from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import check_model
-from cxrlab.training.config import RunConfig
+from cxrlab.records import HistoryRow, write_history
 from cxrlab.training.module import ClassifierModule
-
-HISTORY_FIELDS = (
-    "epoch",
-    "lr",
-    "train_loss",
-    "train_acc",
-    "val_loss",
-    "val_acc",
-    "val_macro_f1",
-    "epoch_time_s",
-    "val_n",
-)
 
 
 class HistoryWriter(Callback):
-    """Rewrite ``history.csv`` after every epoch (so a killed run keeps its curves)."""
+    """Rewrite ``history.csv`` after every epoch (so a killed run keeps its curves); its
+    columns are :class:`~cxrlab.records.HistoryRow`'s fields."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def on_train_epoch_end(self, trainer: L.Trainer, module: ClassifierModule) -> None:
         if trainer.is_global_zero:
-            write_history(self.path, module.history)
-
-
-def write_history(path: Path, history: list[dict[str, float]]) -> None:
-    with atomic_open(path, newline="") as handle:
-        writer = csv_dict_writer(handle, HISTORY_FIELDS)
-        writer.writeheader()
-        for row in history:
-            writer.writerow(
-                {
-                    k: (int(row[k]) if k == "epoch" else f"{row.get(k, math.nan):.6g}")
-                    for k in HISTORY_FIELDS
-                }
-            )
+            write_history(self.path, [HistoryRow.from_dict(row) for row in module.history])
 
 
 def make_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:

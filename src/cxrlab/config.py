@@ -3,6 +3,11 @@
 A preset (``frozen``, ``finetune``, ``scratch``, ``smoke``) fills every field of a recipe;
 options given on the command line override single fields. ``RunConfig.describe()`` is what
 the README and the report quote, so a number can always be traced to its recipe.
+
+:meth:`RunConfig.load` is the one reader of ``config.json`` (training, resume, compare, the
+report, the model card): strict, an error naming the file. This module (outside
+:mod:`cxrlab.training`) imports neither torch nor Lightning, so that reports and tools read runs
+without the training stack.
 """
 
 from __future__ import annotations
@@ -10,18 +15,31 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Literal, get_args
 
 from cxrlab.artifacts import read_json
-from cxrlab.data.cache import CROPS
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.calibration import parse_target_recall
 from cxrlab.fileio import atomic_write_text, read_text
+from cxrlab.records import CROPS, RESIZE_MODES, Crop, Resize, parse_target_recall
 
-MODES = ("frozen", "finetune")
-OPTIMIZERS = ("adamw", "sgd")
-BALANCE = ("weights", "sampler", "source", "none")
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+# The choices of the free-text options, compared across files (config.json, model.pt, reports):
+# each a Literal type, its values in order as the one-line errors list them.
+Mode = Literal["frozen", "finetune"]
+Optimizer = Literal["adamw", "sgd"]
+Balance = Literal["weights", "sampler", "source", "none"]
+AugmentOn = Literal["loader", "device"]
+LoggerName = Literal["csv", "tensorboard", "mlflow"]
+Accelerator = Literal["auto", "cpu", "gpu", "cuda", "mps"]
+Precision = Literal[
+    "auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true"
+]
+MODES: tuple[str, ...] = get_args(Mode)
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+BALANCE: tuple[str, ...] = get_args(Balance)
+AUGMENT_ON: tuple[str, ...] = get_args(AugmentOn)
+LOGGERS: tuple[str, ...] = get_args(LoggerName)
+ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 @dataclass(frozen=True)
@@ -29,24 +47,24 @@ class RunConfig:
     """Everything that decides a training run's result."""
 
     model: str = "resnet18"
-    mode: str = "finetune"  # frozen: only the new head trains; finetune: all layers
+    mode: Mode = "finetune"  # frozen: only the new head trains; finetune: all layers
     pretrained: bool = True
     weights: str | None = None  # local ImageNet state dict, wins over `pretrained`
     image_size: int = 224
-    resize: str = "squash"
-    crop: str = "none"  # lungs: every film cut to its lung box (cxrlab.lungs) before resizing
+    resize: Resize = "squash"
+    crop: Crop = "none"  # lungs: every film cut to its lung box (cxrlab.lungs) before resizing
     val_fraction: float = 0.15
     epochs: int = 10
     batch_size: int = 32  # the global batch: split evenly over the processes under DDP
-    optimizer: str = "adamw"
+    optimizer: Optimizer = "adamw"
     lr: float = 1e-3  # head learning rate
     backbone_lr_scale: float = 0.1  # finetune: backbone lr = lr * scale
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
-    balance: str = "weights"  # class-weighted loss, balanced sampling, or neither
+    balance: Balance = "weights"  # class-weighted loss, balanced sampling, or neither
     augment: bool = True
-    augment_on: str = (
+    augment_on: AugmentOn = (
         "loader"  # loader: per image in the DataLoader; device: batched on the training device
     )
     freeze_bn: bool = True  # finetune: keep BatchNorm statistics fixed (needed for fused weights)
@@ -59,15 +77,15 @@ class RunConfig:
     target_recall: str | None = (
         None  # CLASS=RECALL: an operating point chosen on validation (e.g. COVID19=0.95)
     )
-    precision: str = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
+    precision: Precision = "auto"  # auto: bf16-mixed on GPU, 32 on CPU
     seed: int = 0
     num_workers: int = 0
     devices: str = "auto"  # per node; more than one trains with DDP (one process per device)
     num_nodes: int = 1
     strategy: str = "auto"  # Lightning strategy: auto, ddp, ddp_spawn, ...
-    accelerator: str = "auto"
+    accelerator: Accelerator = "auto"
     channels_last: bool = False  # NHWC memory format (faster convolutions on some hardware)
-    logger: str = "csv"  # csv, tensorboard or mlflow (CSV logs are always written)
+    logger: LoggerName = "csv"  # csv, tensorboard or mlflow (CSV logs are always written)
     manifest: str | None = None  # audit manifest: excluded files are left out
     # training sources besides the main DATA: {name: folder} (--add-source NAME=DIR), and the main
     # data's own name (--source-name; default: its folder's name)
@@ -95,6 +113,11 @@ class RunConfig:
                 "--balance",
                 f"'{self.balance}' is not one of {', '.join(BALANCE)}",
             ),
+            (
+                self.resize in RESIZE_MODES,
+                "--resize",
+                f"'{self.resize}' is not one of {', '.join(RESIZE_MODES)}",
+            ),
             (self.crop in CROPS, "--crop", f"'{self.crop}' is not one of {', '.join(CROPS)}"),
             (self.epochs >= 1, "--epochs", "must be at least 1"),
             (self.batch_size >= 1, "--batch-size", "must be at least 1"),
@@ -113,12 +136,12 @@ class RunConfig:
             ),
             (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
             (
-                self.augment_on in ("loader", "device"),
+                self.augment_on in AUGMENT_ON,
                 "--augment-on",
                 f"'{self.augment_on}' is not loader or device",
             ),
             (
-                self.logger in ("csv", "tensorboard", "mlflow"),
+                self.logger in LOGGERS,
                 "--logger",
                 f"'{self.logger}' is not csv, tensorboard or mlflow",
             ),
@@ -147,6 +170,13 @@ class RunConfig:
         if unknown:
             raise CxrlabError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def weights_source(self) -> str:
+        """Where the starting weights came from: a weights file, ImageNet or nowhere."""
+        if self.weights:
+            return Path(self.weights).name
+        return "ImageNet" if self.pretrained else "from scratch"
 
     @property
     def run_name(self) -> str:
