@@ -17,9 +17,8 @@ from pathlib import Path
 
 from cxrlab.artifacts import ExternalDir, RunDir
 from cxrlab.data.audit_records import AuditReport
-from cxrlab.diagnostics import Robustness
+from cxrlab.diagnostics import Robustness, probe_reading
 from cxrlab.evaluation.external import load_evaluation
-from cxrlab.evaluation.robustness import probe_reading
 from cxrlab.fileio import atomic_write_text, markdown_escape, read_text
 from cxrlab.records import Evaluation, Interval, OperatingResult, RunMetrics
 

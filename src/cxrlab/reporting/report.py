@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from markupsafe import Markup
 
 from cxrlab import __version__
@@ -170,7 +169,10 @@ def results_markdown(
 
 
 def machine_info() -> str:
-    """Platform, CPU count, torch version and GPU of the machine writing the report."""
+    """Platform, CPU count, torch version and GPU of the machine writing the report (torch is
+    imported here only: the commands that write a report have loaded it already)."""
+    import torch
+
     parts = [platform.platform(), f"{os.cpu_count() or '?'} CPUs", f"torch {torch.__version__}"]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name(0)}")

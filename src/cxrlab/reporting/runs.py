@@ -20,7 +20,7 @@ import numpy as np
 from cxrlab.artifacts import RunDir, read_json
 from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.predict import read_predictions
+from cxrlab.evaluation.predictions_csv import read_predictions
 from cxrlab.fileio import csv_dict_reader, open_text
 from cxrlab.records import ClassificationMetrics, Interval, RunMetrics
 
