@@ -290,7 +290,7 @@ def limitations(
             _worst_confusion(ev),
         )
         for ev in external
-        if ev.internal and _gap(ev) < -LARGE_GAP
+        if ExternalFacts.of(ev).fails
     ]
     found.append(Scope())
     if metrics.calibration is None:
