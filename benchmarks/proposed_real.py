@@ -66,7 +66,7 @@ class Seed:
 def read_seed(run_dir: Path) -> Seed:
     from cxrlab.artifacts import RunDir
     from cxrlab.evaluation.external import load_evaluation
-    from cxrlab.evaluation.predict import read_predictions
+    from cxrlab.evaluation.predictions_csv import read_predictions
 
     files = RunDir(run_dir)
     metrics = load(run_dir)

@@ -194,7 +194,7 @@ def seed_summary(runs: dict[str, list[Path]]) -> list[str]:
 
 def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
     from cxrlab.evaluation.metrics import mcnemar
-    from cxrlab.evaluation.predict import read_predictions
+    from cxrlab.evaluation.predictions_csv import read_predictions
 
     classes = load(runs["proposed_v1"][0]).classes
     lines = [

@@ -58,7 +58,7 @@ def ensure_model(args) -> Path:  # noqa: ANN001 (argparse.Namespace)
 
 def called(predictions: Path, root: Path, classes: list[str]) -> dict[Path, bool]:
     """Per film of a predictions file (paths relative to ``root``): whether its argmax is right."""
-    from cxrlab.evaluation.predict import read_predictions
+    from cxrlab.evaluation.predictions_csv import read_predictions
 
     paths, y_true, probs = read_predictions(predictions, classes)
     return {root / path: bool(ok) for path, ok in zip(paths, probs.argmax(axis=1) == y_true)}

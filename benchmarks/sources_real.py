@@ -164,7 +164,7 @@ class Numbers:
 def read_run(run_dir: Path) -> Numbers:
     from cxrlab.artifacts import RunDir
     from cxrlab.evaluation.external import load_evaluation
-    from cxrlab.evaluation.predict import read_predictions
+    from cxrlab.evaluation.predictions_csv import read_predictions
     from cxrlab.records import RunMetrics
 
     metrics = RunMetrics.load(RunDir(run_dir).metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,17 @@ def test_records_import_neither_torch_nor_lightning() -> None:
     found = modules_loaded_by(*(f"cxrlab.{name}" for name in modules))
     assert {f"cxrlab.{name}" for name in modules} <= set(found)
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning")] == []
+
+
+def test_reporting_imports_neither_torch_nor_lightning() -> None:
+    """The report and the model card are thin readers of a run's files: no module of
+    cxrlab.reporting (nor the predictions CSV they read) loads torch or Lightning."""
+    import cxrlab.reporting
+
+    modules = [
+        f"cxrlab.reporting.{m.name}" for m in pkgutil.iter_modules(cxrlab.reporting.__path__)
+    ]
+    assert {"cxrlab.reporting.report", "cxrlab.reporting.model_card"} <= set(modules)
+    found = modules_loaded_by(*modules, "cxrlab.evaluation.predictions_csv")
+    assert set(modules) <= set(found)
+    assert [m for m in found if m.split(".")[0] in ("torch", "lightning", "torchvision")] == []

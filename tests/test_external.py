@@ -306,7 +306,7 @@ def test_card_limitations_name_the_set_the_gap_and_the_worst_confusion() -> None
     text = "\n".join(limitation_lines(metrics, None, [adult]))
     assert (
         "Measured on adult (800 films from elsewhere): its accuracy does not carry over to films "
-        "from other hospitals (balanced accuracy 0.55 there, 0.93 on its own test split; of its "
+        "from other sources (balanced accuracy 0.55 there, 0.93 on its own test split; of its "
         "400 NORMAL films, 324 were called COVID19)." in text
     )
     assert "not calibrated (ECE 0.31 on adult)" in text

@@ -18,7 +18,7 @@ from conftest import save, smooth_image
 from cxrlab.cli import run
 from cxrlab.data.audit import read_manifest
 from cxrlab.data.split import load_split
-from cxrlab.evaluation.predict import read_predictions
+from cxrlab.evaluation.predictions_csv import read_predictions
 from cxrlab.fileio import display_name, markdown_escape, open_text
 from cxrlab.reporting.report import write_report
 

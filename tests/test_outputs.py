@@ -10,7 +10,7 @@ import pytest
 
 from cxrlab.cli import run
 from cxrlab.evaluation import predict
-from cxrlab.evaluation.predict import write_predictions
+from cxrlab.evaluation.predictions_csv import write_predictions
 from cxrlab.models import checkpoint as checkpoint_module
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import create_model

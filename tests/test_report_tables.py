@@ -98,3 +98,85 @@ def test_reporting_imports_no_training_code() -> None:
     assert "cxrlab.reporting.report" in found
     forbidden = ("lightning", "pytorch_lightning", "cxrlab.training")
     assert [name for name in found if name.startswith(forbidden)] == []
+
+
+def test_markdown_templates_escape_every_value() -> None:
+    from cxrlab.reporting.model_card import SingleClassSource
+    from cxrlab.reporting.render import render_markdown
+
+    item = SingleClassSource("a_b*", "C|D")
+    assert render_markdown("limitation.md", item=item).startswith(
+        "Every film of the training source a\\_b\\* is C\\|D: the model can call a film C\\|D"
+    )
+
+
+def _card_records(classes: list[str], level: str, sources: dict[str, str] | None):
+    """A RunMetrics and an AuditReport whose shortcut check has ``level``; ``sources``: the
+    source check's classes held by one source (None: a training set of one source)."""
+    from cxrlab.data.audit_records import (
+        AuditConfig,
+        AuditReport,
+        AuditSummary,
+        ShortcutReport,
+        SourceCheck,
+    )
+    from cxrlab.records import RunMetrics
+
+    recall = {c: 0.9 - 0.1 * k for k, c in enumerate(classes)}
+    shortcut = ShortcutReport(
+        n_train=90, folds=5, majority_rate=0.4, chance_balanced=1 / len(classes),
+        cv_accuracy=0.8, cv_balanced_accuracy=0.8, test_accuracy=None,
+        test_balanced_accuracy=None, per_class_recall=recall, single_feature={"aspect": 0.7},
+        level=level, explanation=[],
+    )  # fmt: skip
+    check = (
+        None
+        if sources is None
+        else SourceCheck(
+            sources={},
+            single_class={},
+            single_source=sources,
+            cramers_v=0.6,
+            format_predicts_source=0.9,
+            source_chance=0.5,
+            format_only=0.8,
+            source_and_format=0.9,
+            level="high",
+            explanation=[],
+        )  # fmt: skip
+    )
+    summary = AuditSummary(
+        files=100, status={"ok": 100}, kept_per_split={"train": 100}, unreadable={},
+        too_small=0, exact_duplicate_groups=0, exact_duplicate_files=0,
+        near_duplicate_groups=0, near_duplicate_files=0, leakage_groups=0, leakage_files=0,
+        label_conflict_groups=0, excluded_as_duplicate=0, excluded_as_leakage=0,
+        shortcut_level=level,
+    )  # fmt: skip
+    audit = AuditReport("x", classes, AuditConfig(), summary, shortcut, [], [], check)
+    metrics = RunMetrics(
+        run="r", description="d", classes=classes, sizes={}, best_epoch=0, epochs_run=1,
+        best_val_macro_f1=0.9, parameters=1, trainable_parameters=1, timings={},
+        training_processes=1, skipped={}, inference_img_per_s=1.0, inference_device="cpu",
+    )  # fmt: skip
+    return metrics, audit
+
+
+def test_the_card_says_of_the_sources_only_what_the_audit_found() -> None:
+    from cxrlab.reporting.model_card import limitation_lines
+
+    kaggle = ["COVID19", "NORMAL", "PNEUMONIA"]
+    metrics, audit = _card_records(kaggle, "high", {"COVID19": "main", "PNEUMONIA": "main"})
+    text = " ".join(limitation_lines(metrics, audit, []))
+    assert "the model can score well on its own test split by recognising the source" in text
+    assert "the file format alone recalls COVID19 90%, NORMAL 80%, PNEUMONIA 70%" in text
+    assert "Every COVID19 and PNEUMONIA film comes from the source main" in text
+    # another dataset, one source: the format's recall, no source sentence, nothing of Kaggle
+    metrics, audit = _card_records(["cat", "dog"], "moderate", None)
+    text = " ".join(limitation_lines(metrics, audit, []))
+    assert "recalls cat 90%, dog 80%" in text and "comes from the source" not in text
+    for word in ("Kaggle", "child", "adult", "hospital", "COVID19"):
+        assert word not in text
+    # a low level or no audit: no claim about the sources at all
+    for audit in (_card_records(kaggle, "low", None)[1], None):
+        text = " ".join(limitation_lines(metrics, audit, []))
+        assert "source" not in text and "format" not in text

@@ -13,18 +13,23 @@ import torch
 from torch import nn
 
 from cxrlab.data.cache import CacheSpec, load_square, resize_square
-from cxrlab.diagnostics import Chance, Robustness, VariantResult
-from cxrlab.errors import CxrlabError
-from cxrlab.evaluation import robustness
-from cxrlab.evaluation.robustness import (
+from cxrlab.diagnostics import (
     DARKEN_FACTOR,
     MID_GREY,
     PROBES,
     VARIANTS,
+    Chance,
+    Robustness,
+    VariantResult,
+    probe_reading,
+)
+from cxrlab.errors import CxrlabError
+from cxrlab.evaluation import robustness
+from cxrlab.evaluation.robustness import (
+    VARIANT_LIST,
     apply_variant,
     chance_levels,
     load_variant_images,
-    probe_reading,
     robustness_eval,
 )
 
@@ -84,6 +89,8 @@ def test_variants_are_named_and_described() -> None:
     ]
     assert PROBES == ("lungs-hidden", "lungs-only")
     assert all(isinstance(d, str) and d for d in VARIANTS.values())
+    assert [v.name for v in VARIANT_LIST] == list(VARIANTS)  # the pixel work does every variant
+    assert tuple(v.name for v in VARIANT_LIST if v.grey) == PROBES
 
 
 def test_images_are_decoded_both_ways(films: tuple[list[Path], np.ndarray]) -> None:

@@ -9,7 +9,10 @@ missing key is an error naming the file and the key.
 The one tolerance is explicit: files written before the shortcut probes have no ``chance``,
 no ``lung_fields`` and no ``balanced_accuracy`` per variant, so exactly those are optional;
 files written before the learned lung segmenter have no ``segmenter`` (theirs was the heuristic).
-Like :mod:`cxrlab.records`, this module imports neither torch nor Lightning.
+The variants' names and descriptions (:data:`VARIANTS`, the shortcut probes :data:`PROBES`) and
+the reading of the lungs-hidden probe (:func:`probe_reading`) live here too: the pixel work is
+:mod:`cxrlab.evaluation.robustness`'s, the words are the records'. Like :mod:`cxrlab.records`,
+this module imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -17,6 +20,34 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cxrlab.records import STRICT, JsonRecord
+
+ROTATION_DEGREES = 10.0
+DARKEN_FACTOR = 0.6
+MID_GREY = 0.5  # what the probes put in place of the hidden region (inputs are 0..1)
+PROBE_MARGIN = 0.15  # lungs hidden, balanced accuracy this far above chance: reads outside them
+# name: description, in report order (cxrlab.evaluation.robustness.VARIANT_LIST does them)
+VARIANTS: dict[str, str] = {
+    "squash": "resized to a square ignoring the aspect ratio (stretched)",
+    "pad": "aspect ratio kept, padded with black bars to a square",
+    "rotate+10": (
+        f"the model's own preprocessing, rotated {ROTATION_DEGREES:g}° counter-clockwise about "
+        "the centre (bilinear, black corners)"
+    ),
+    "rotate-10": (
+        f"the model's own preprocessing, rotated {ROTATION_DEGREES:g}° clockwise about the "
+        "centre (bilinear, black corners)"
+    ),
+    "darken": f"the model's own preprocessing, every intensity multiplied by {DARKEN_FACTOR:g}",
+    "lungs-hidden": (
+        f"the model's own preprocessing, the lung fields replaced by mid-grey ({MID_GREY:g}); "
+        "lung fields: the heuristic segmentation of that image, its template where it fails"
+    ),
+    "lungs-only": (
+        f"the model's own preprocessing, everything outside the lung fields replaced by "
+        f"mid-grey ({MID_GREY:g})"
+    ),
+}
+PROBES: tuple[str, ...] = ("lungs-hidden", "lungs-only")  # the shortcut probes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,3 +127,20 @@ class GradcamSummary(JsonRecord):
     segmented: float  # share of films whose lungs were segmented rather than templated
     n_zero_maps: int  # films whose map is zero everywhere, left out of the shares
     segmenter: str = "heuristic"  # what made the masks (cxrlab.lungs.segmenter_label)
+
+
+def probe_reading(robustness: Robustness | None) -> str:
+    """One line on the lungs-hidden probe of a ``robustness.json``: its balanced accuracy
+    against chance and what that says ("not computed" where the file predates the probes)."""
+    hidden = robustness.variants.get("lungs-hidden") if robustness else None
+    value = hidden.balanced_accuracy if hidden else None
+    chance = robustness.chance.balanced_accuracy if robustness and robustness.chance else None
+    if value is None or chance is None:
+        return "lungs hidden: not computed"
+    if value - chance > PROBE_MARGIN:
+        verdict = "the model reads something outside the lungs"
+    elif chance - value > PROBE_MARGIN:
+        verdict = "falls below chance"
+    else:
+        verdict = "falls to near chance"
+    return f"lungs hidden: balanced accuracy {value:.3f} vs chance {chance:.3f}: {verdict}"

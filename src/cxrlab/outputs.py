@@ -45,7 +45,7 @@ def _starts_with(path: Path, headers: tuple[bytes, ...]) -> bool:
 
 def is_predictions_csv(path: Path) -> bool:
     """Whether ``path`` starts with a header written by
-    :func:`cxrlab.evaluation.predict.write_predictions`."""
+    :func:`cxrlab.evaluation.predictions_csv.write_predictions`."""
     return _starts_with(path, PREDICTION_HEADERS)
 
 

@@ -45,7 +45,7 @@ from cxrlab.evaluation.metrics import (
     recall_of,
     roc_auc_ovr,
 )
-from cxrlab.evaluation.predict import predict_files, read_predictions, write_predictions
+from cxrlab.evaluation.predictions_csv import read_predictions, write_predictions
 from cxrlab.fileio import atomic_write_text
 from cxrlab.records import (
     ClassResult,
@@ -209,7 +209,7 @@ def evaluate_model(
 
     The operating point is the model's own, or, with ``target_recall`` (``CLASS=RECALL``), one
     chosen for it on the run's validation split."""
-    from cxrlab.evaluation.predict import load_predictor
+    from cxrlab.evaluation.predict import load_predictor, predict_files  # import torch
     from cxrlab.outputs import check_output_folder
 
     model_file, run_dir = resolve_model(model)

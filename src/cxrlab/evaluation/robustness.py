@@ -7,7 +7,7 @@ padded with black bars) can itself tell the classes apart. A model that learned 
 format shortcut loses accuracy when the format changes while the anatomy does not; a model
 that looks at the lungs should hardly notice.
 
-Variants (:data:`VARIANTS`, in report order), all at the model's image size ``S``:
+Variants (``VARIANTS`` of :mod:`cxrlab.diagnostics`, in report order), all at the image size ``S``:
 
 * ``squash`` — the original file resized to S x S ignoring the aspect ratio (the cache's
   ``squash`` mode);
@@ -15,7 +15,7 @@ Variants (:data:`VARIANTS`, in report order), all at the model's image size ``S`
 * ``rotate+10`` / ``rotate-10`` — the model's own preprocessing, then rotated by +10 / -10
   degrees (positive = counter-clockwise) about the image centre, bilinear, corners black;
 * ``darken`` — the model's own preprocessing, then every intensity multiplied by 0.6;
-* ``lungs-hidden`` / ``lungs-only`` (the shortcut probes, :data:`PROBES`) — the model's own
+* ``lungs-hidden`` / ``lungs-only`` (the shortcut probes, ``PROBES``) — the model's own
   preprocessing with the lung fields, or everything outside them, replaced by mid-grey (0.5).
 
 The probes ask whether the model reads the lungs. With the lungs hidden, a model that reads
@@ -27,9 +27,9 @@ weights are unavailable, the heuristic's, whose failures are a two-ellipse templ
 ``lung_fields`` records which segmenter made them and the share of films whose lungs were
 found (a plausible two-lung mask), overall and per class. ``chance`` gives the
 balanced accuracy of a constant guess (``1/k``, ``k`` the classes present) and the accuracy
-of always guessing the majority class; :func:`probe_reading` says in one line how far above
-chance the lungs-hidden balanced accuracy is. Every variant reports balanced accuracy too,
-since the test split is imbalanced.
+of always guessing the majority class; ``probe_reading`` (:mod:`cxrlab.diagnostics`) says in one
+line how far above chance the lungs-hidden balanced accuracy is. Every variant reports balanced
+accuracy too, since the test split is imbalanced.
 
 The *reference* is the variant equal to the model's own resize mode (``spec.resize``): its
 accuracy is what the model gets as trained, and every variant's ``accuracy_drop`` is the
@@ -55,17 +55,22 @@ from torchvision.transforms.v2 import functional as TF
 
 from cxrlab.data.cache import RESIZE_MODES, CacheSpec, crop_film, draft_size, resize_square
 from cxrlab.data.reader import decode_image
-from cxrlab.diagnostics import Chance, LungFields, Robustness, VariantResult
+from cxrlab.diagnostics import (
+    DARKEN_FACTOR,
+    MID_GREY,
+    ROTATION_DEGREES,
+    VARIANTS,
+    Chance,
+    LungFields,
+    Robustness,
+    VariantResult,
+)
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.evaluation.metrics import classification_metrics
 from cxrlab.evaluation.predict import predict_probs
 from cxrlab.lungs import lung_masks, segmenter_label
 from cxrlab.progress import track
 
-ROTATION_DEGREES = 10.0
-DARKEN_FACTOR = 0.6
-MID_GREY = 0.5  # what the probes put in place of the hidden region (inputs are 0..1)
-PROBE_MARGIN = 0.15  # lungs hidden, balanced accuracy this far above chance: reads outside them
 READABLE = "readable"  # key of the per-file boolean mask in load_variant_images' result
 
 
@@ -73,13 +78,17 @@ READABLE = "readable"  # key of the per-file boolean mask in load_variant_images
 class Variant:
     """One way of presenting the test images: which square version it starts from (``None``:
     the model's own resize mode), what is done to it afterwards (floats 0..1) and, for the
-    probes, which region is made mid-grey (``"lungs"`` or ``"outside"`` the lung fields)."""
+    probes, which region is made mid-grey (``"lungs"`` or ``"outside"`` the lung fields). Its
+    description is :data:`~cxrlab.diagnostics.VARIANTS`' (the records' vocabulary)."""
 
     name: str
-    description: str
     source: str | None
     transform: Callable[[torch.Tensor], torch.Tensor] | None = None
     grey: str | None = None
+
+    @property
+    def description(self) -> str:
+        return VARIANTS[self.name]
 
 
 def _rotate(degrees: float) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -95,47 +104,15 @@ def _darken(images: torch.Tensor) -> torch.Tensor:
     return images * DARKEN_FACTOR
 
 
-VARIANT_LIST = (
-    Variant("squash", "resized to a square ignoring the aspect ratio (stretched)", "squash"),
-    Variant("pad", "aspect ratio kept, padded with black bars to a square", "pad"),
-    Variant(
-        "rotate+10",
-        f"the model's own preprocessing, rotated {ROTATION_DEGREES:g}° counter-clockwise about "
-        "the centre (bilinear, black corners)",
-        None,
-        _rotate(ROTATION_DEGREES),
-    ),
-    Variant(
-        "rotate-10",
-        f"the model's own preprocessing, rotated {ROTATION_DEGREES:g}° clockwise about the "
-        "centre (bilinear, black corners)",
-        None,
-        _rotate(-ROTATION_DEGREES),
-    ),
-    Variant(
-        "darken",
-        f"the model's own preprocessing, every intensity multiplied by {DARKEN_FACTOR:g}",
-        None,
-        _darken,
-    ),
-    Variant(
-        "lungs-hidden",
-        f"the model's own preprocessing, the lung fields replaced by mid-grey ({MID_GREY:g}); "
-        "lung fields: the heuristic segmentation of that image, its template where it fails",
-        None,
-        grey="lungs",
-    ),
-    Variant(
-        "lungs-only",
-        f"the model's own preprocessing, everything outside the lung fields replaced by "
-        f"mid-grey ({MID_GREY:g})",
-        None,
-        grey="outside",
-    ),
+VARIANT_LIST = (  # in VARIANTS order
+    Variant("squash", "squash"),
+    Variant("pad", "pad"),
+    Variant("rotate+10", None, _rotate(ROTATION_DEGREES)),
+    Variant("rotate-10", None, _rotate(-ROTATION_DEGREES)),
+    Variant("darken", None, _darken),
+    Variant("lungs-hidden", None, grey="lungs"),
+    Variant("lungs-only", None, grey="outside"),
 )
-# name: description, in report order
-VARIANTS: dict[str, str] = {v.name: v.description for v in VARIANT_LIST}
-PROBES: tuple[str, ...] = tuple(v.name for v in VARIANT_LIST if v.grey)  # the shortcut probes
 _BY_NAME = {v.name: v for v in VARIANT_LIST}
 
 
@@ -320,20 +297,3 @@ def chance_levels(y_true: np.ndarray, classes: list[str]) -> Chance:
         accuracy=float(counts[majority] / max(counts.sum(), 1)),
         majority_class=classes[majority],
     )
-
-
-def probe_reading(robustness: Robustness | None) -> str:
-    """One line on the lungs-hidden probe of a ``robustness.json``: its balanced accuracy
-    against chance and what that says ("not computed" where the file predates the probes)."""
-    hidden = robustness.variants.get("lungs-hidden") if robustness else None
-    value = hidden.balanced_accuracy if hidden else None
-    chance = robustness.chance.balanced_accuracy if robustness and robustness.chance else None
-    if value is None or chance is None:
-        return "lungs hidden: not computed"
-    if value - chance > PROBE_MARGIN:
-        verdict = "the model reads something outside the lungs"
-    elif chance - value > PROBE_MARGIN:
-        verdict = "falls below chance"
-    else:
-        verdict = "falls to near chance"
-    return f"lungs hidden: balanced accuracy {value:.3f} vs chance {chance:.3f}: {verdict}"

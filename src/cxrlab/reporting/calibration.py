@@ -17,7 +17,7 @@ from markupsafe import Markup
 from cxrlab.records import CalibrationEffect
 from cxrlab.reporting.external import ExternalSet
 from cxrlab.reporting.plots import plot_reliability
-from cxrlab.reporting.render import Figure, render
+from cxrlab.reporting.render import Figure, render, render_markdown
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import MISSING, Cell, Table, csv_number, fmt, interval_cell
 
@@ -147,11 +147,12 @@ def calibration_columns(
 
 def calibration_markdown(runs: Sequence[ReportRun], externals: Sequence[ExternalSet]) -> str:
     """The calibration part of ``results.md``."""
-    table = calibration_table(runs, externals).markdown()
-    parts = ["## Calibration", "", EXPLANATION, "", table, ""]
-    if has_points(runs):
-        parts += ["### Operating point", "", operating_point_table(runs, externals).markdown(), ""]
-    return "\n".join(parts)
+    return render_markdown(
+        "calibration.md",
+        explanation=EXPLANATION,
+        table=calibration_table(runs, externals),
+        points=operating_point_table(runs, externals) if has_points(runs) else None,
+    )
 
 
 def calibration_html(

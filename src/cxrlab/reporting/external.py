@@ -21,11 +21,10 @@ from markupsafe import Markup
 from cxrlab.artifacts import RunDir
 from cxrlab.errors import CxrlabError
 from cxrlab.evaluation.external import evaluation_predictions, load_evaluation
-from cxrlab.fileio import markdown_escape
 from cxrlab.records import Evaluation
 from cxrlab.reporting.pairs import PairTest, mcnemar_html, mcnemar_table, pair_tests
 from cxrlab.reporting.plots import plot_external_gap
-from cxrlab.reporting.render import Figure, render
+from cxrlab.reporting.render import Figure, render, render_markdown
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (
     MISSING,
@@ -152,14 +151,18 @@ def external_columns(found: Sequence[ExternalSet], position: int) -> dict[str, s
 
 def external_markdown(runs: Sequence[ReportRun], found: Sequence[ExternalSet]) -> str:
     """The external-validation part of ``results.md``."""
-    parts = ["## External validation", "", EXPLANATION, ""]
-    for external in found:
-        parts += [f"### {markdown_escape(external.name)}", ""]
-        parts += [external_table(runs, external).markdown(), ""]
-        parts += [called_table(runs, external).markdown(), ""]
-        if external.tests:
-            parts += [mcnemar_table(external.tests).markdown(), ""]
-    return "\n".join(parts)
+    sets = [
+        (
+            external.name,
+            [
+                external_table(runs, external),
+                called_table(runs, external),
+                *([mcnemar_table(external.tests)] if external.tests else []),
+            ],
+        )
+        for external in found
+    ]
+    return render_markdown("external.md", explanation=EXPLANATION, sets=sets)
 
 
 EXPLANATION = (

@@ -8,46 +8,38 @@ robustness probes, calibration, and known limitations in plain words. It is writ
 run folder's own files (``config.json``, ``metrics.json``, ``robustness.json``, ``gradcam.json``,
 ``external/*/metrics.json``, and the audit beside the manifest the run used), so it is rewritten
 whenever one of them changes (``cxrlab train``, ``compare``, ``explain``, ``evaluate``).
+
+The card is the template ``templates/model_card.md`` (its known limitations ``limitation.md``,
+also what ``cxrlab serve`` shows); here the run's records become a typed :class:`Card`. What the
+card says about the data's sources comes from the run's own records only (the audit's shortcut
+and source checks, the sources in ``metrics.json``): where the run has no audit, it says so and
+claims nothing about its sources.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from cxrlab.artifacts import ExternalDir, RunDir
 from cxrlab.config import RunConfig
-from cxrlab.data.audit_records import AuditReport
-from cxrlab.diagnostics import Robustness
+from cxrlab.data.audit_records import AuditReport, ShortcutReport, SourceCheck
+from cxrlab.diagnostics import Robustness, probe_reading
 from cxrlab.evaluation.external import load_evaluation
-from cxrlab.evaluation.robustness import probe_reading
-from cxrlab.fileio import atomic_write_text, markdown_escape
-from cxrlab.records import Evaluation, Interval, OperatingResult, RunMetrics
-
-KAGGLE_CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
-KAGGLE_CONFOUND = (
-    " On the Kaggle COVID-19 / pneumonia set every NORMAL and PNEUMONIA film is a child from one "
-    "hospital and every COVID19 film an adult from elsewhere: 'adult film' alone predicts COVID19."
+from cxrlab.fileio import atomic_write_text
+from cxrlab.records import (
+    CalibrationEffect,
+    Evaluation,
+    OperatingResult,
+    RunMetrics,
+    RunOperatingPoint,
 )
+from cxrlab.reporting.render import render_markdown
+
 LARGE_GAP = 0.10  # a balanced-accuracy drop off the own test split: a failure to transfer
 CALIBRATION_HOLDS = 0.05  # an ECE above this on an external set: the calibration does not carry
-INTENDED_USE = (
-    "Research and teaching: comparing CNNs on chest X-rays and studying what they learn. **Not a "
-    "diagnostic device**: it has not been validated prospectively or on the population it would "
-    "be used on, and no clinical decision should rest on it."
-)
-NOT_EVALUATED = (
-    "**Not evaluated on any external set.** The test split comes from the same sources as the "
-    "training data, so it cannot show whether the model learned the disease or the source. "
-    "Run `cxrlab evaluate RUN DATA` on films from elsewhere before trusting it."
-)
-NOT_CALIBRATED = (
-    "- not calibrated (a run from before cxrlab calibrated: `cxrlab calibrate RUN --data DATA`)"
-)
-
-
-def _ci(interval: Interval | None) -> str:
-    """``0.951 [0.938, 0.962]`` (:class:`Interval`'s own form); a dash when missing."""
-    return "–" if interval is None else str(interval)
+SHORTCUT_FOUND = ("high", "moderate")  # shortcut-check levels that make the classes' sources a risk
 
 
 def _audit_of(config: RunConfig | None) -> AuditReport | None:
@@ -75,38 +67,283 @@ def _gap(ev: Evaluation) -> float | None:
     return ev.balanced_accuracy.value - ev.internal.balanced_accuracy if ev.internal else None
 
 
-def model_lines(metrics: RunMetrics) -> list[str]:
-    """The recipe, classes, size and how the checkpoint was chosen."""
-    classes = [markdown_escape(c) for c in metrics.classes]
-    epoch = f"epoch {metrics.best_epoch + 1} of {metrics.epochs_run}"
+@dataclass(frozen=True)
+class TrainingSource:
+    """A training source (of several): its films per class (classes it gave none of left out)
+    and, when it gave one class only, that class."""
+
+    name: str
+    counts: dict[str, int]
+    only: str | None
+
+
+@dataclass(frozen=True)
+class AuditFacts:
+    """What the audit beside the run's manifest says: its counts, the shortcut check and (a
+    training set of several sources) the source check."""
+
+    files: int
+    excluded: int
+    leakage_groups: int
+    shortcut: ShortcutReport | None
+    sources: SourceCheck | None
+
+    @property
+    def shortcut_found(self) -> bool:
+        """The format alone tells the classes apart (the shortcut check's level)."""
+        return self.shortcut is not None and self.shortcut.level in SHORTCUT_FOUND
+
+    @classmethod
+    def of(cls, audit: AuditReport) -> AuditFacts:
+        summary = audit.summary
+        return cls(
+            files=summary.files,
+            excluded=summary.status.get("excluded", 0),
+            leakage_groups=summary.leakage_groups,
+            shortcut=audit.shortcut,
+            sources=audit.sources,
+        )
+
+
+@dataclass(frozen=True)
+class Miscalled:
+    """Films of one class of an external set called another class."""
+
+    name: str  # the true class
+    n: int  # its films
+    called: dict[str, int]  # other class: films called it (none left out)
+
+
+@dataclass(frozen=True)
+class ExternalFacts:
+    """One external evaluation with its gap to the own test split (None without the internal
+    reference) and the films called another class."""
+
+    evaluation: Evaluation
+    gap: float | None
+    miscalled: list[Miscalled]
+
+    @property
+    def fails(self) -> bool:
+        """The model does not transfer: it loses more than :data:`LARGE_GAP` there."""
+        return self.gap is not None and self.gap < -LARGE_GAP
+
+    @classmethod
+    def of(cls, ev: Evaluation) -> ExternalFacts:
+        miscalled = [
+            Miscalled(name, result.n, wrong)
+            for name, result in ev.per_class.items()
+            if (wrong := {c: n for c, n in result.called.items() if c != name and n})
+        ]
+        return cls(ev, _gap(ev), miscalled)
+
+
+@dataclass(frozen=True)
+class CalibrationFacts:
+    """The temperature with the ECE it changed, on the run's splits and its external sets, and
+    the operating point's rates: on the test split, then on each external set that scored the
+    same point."""
+
+    temperature: float
+    effects: list[tuple[str, CalibrationEffect]]
+    external: list[Evaluation]  # those scored with and without the temperature
+    point: RunOperatingPoint | None
+    rates: list[tuple[str, OperatingResult | None]]
+
+
+def calibration_facts(metrics: RunMetrics, external: list[Evaluation]) -> CalibrationFacts | None:
+    """The card's calibration section (None for a run from before cxrlab calibrated)."""
+    calibration = metrics.calibration
+    if calibration is None:
+        return None
+    splits = (("validation", calibration.val), ("test split", calibration.test))
+    point = metrics.operating_point
+    rates = (
+        [
+            ("test split", point.test),
+            *(
+                (ev.name, ev.at_point)
+                for ev in external
+                if ev.point and ev.point.label == point.label
+            ),
+        ]
+        if point
+        else []
+    )
+    return CalibrationFacts(
+        temperature=calibration.temperature,
+        effects=[(name, effect) for name, effect in splits if effect is not None],
+        external=[ev for ev in external if ev.ece_uncalibrated is not None],
+        point=point,
+        rates=rates,
+    )
+
+
+@dataclass(frozen=True)
+class Limitation:
+    """A known limitation, one plain sentence (``limitation.md`` writes it by ``kind``)."""
+
+    kind: ClassVar[str]
+
+
+@dataclass(frozen=True)
+class SourceShortcut(Limitation):
+    """The audit's shortcut check found the classes told apart by the file format: how well
+    the format alone recalls each class, and (several sources) the classes that come from one
+    source only (the audit's source check)."""
+
+    kind: ClassVar[str] = "source_shortcut"
+    format_recall: dict[str, float]
+    one_source: dict[str, list[str]]  # source: the classes all of whose films come from it
+
+
+@dataclass(frozen=True)
+class SingleClassSource(Limitation):
+    """Every film of a training source is one class."""
+
+    kind: ClassVar[str] = "single_class_source"
+    source: str
+    cls: str
+
+
+@dataclass(frozen=True)
+class NoTransfer(Limitation):
+    """An external set on which the model loses more than :data:`LARGE_GAP`, with the class
+    most often called another there (None when every film is called its own class)."""
+
+    kind: ClassVar[str] = "no_transfer"
+    name: str
+    n: int
+    there: float
+    own: float
+    worst: Miscalled | None
+
+
+@dataclass(frozen=True)
+class Scope(Limitation):
+    """Frontal films as stored in the dataset; nothing else evaluated."""
+
+    kind: ClassVar[str] = "scope"
+
+
+@dataclass(frozen=True)
+class Uncalibrated(Limitation):
+    """The network's own probabilities (no calibration step)."""
+
+    kind: ClassVar[str] = "uncalibrated"
+
+
+@dataclass(frozen=True)
+class CalibrationOff(Limitation):
+    """External sets on which the calibrated ECE is above :data:`CALIBRATION_HOLDS`."""
+
+    kind: ClassVar[str] = "calibration_off"
+    eces: dict[str, float]  # external set: its ECE
+
+
+def _worst_confusion(ev: Evaluation) -> Miscalled | None:
+    """The class most often called another on an external set, with that one other class
+    (``of its 400 NORMAL films, 324 were called COVID19``); None when every film is called its
+    own class."""
+    wrong = [
+        (n, name, other)
+        for name, result in ev.per_class.items()
+        for other, n in result.called.items()
+        if other != name and n
+    ]
+    if not wrong:
+        return None
+    n, name, other = max(wrong)
+    return Miscalled(name, ev.per_class[name].n, {other: n})
+
+
+def _one_source(check: SourceCheck | None) -> dict[str, list[str]]:
+    """``{source: [classes]}``: the classes all of whose training films come from one source
+    (the audit's source check; empty for a training set of one source)."""
+    found: dict[str, list[str]] = {}
+    for cls, source in (check.single_source if check else {}).items():
+        found.setdefault(source, []).append(cls)
+    return found
+
+
+def limitations(
+    metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
+) -> list[Limitation]:
+    """Known limitations: sources, transfer, scope, calibration."""
+    found: list[Limitation] = []
+    if audit and AuditFacts.of(audit).shortcut_found:
+        found.append(SourceShortcut(audit.shortcut.per_class_recall, _one_source(audit.sources)))
+    found += [SingleClassSource(n, c) for n, c in metrics.single_class_sources().items()]
+    found += [
+        NoTransfer(
+            ev.name,
+            ev.n,
+            ev.balanced_accuracy.value,
+            ev.internal.balanced_accuracy,
+            _worst_confusion(ev),
+        )
+        for ev in external
+        if ExternalFacts.of(ev).fails
+    ]
+    found.append(Scope())
+    if metrics.calibration is None:
+        found.append(Uncalibrated())
+    elif off := {
+        ev.name: ev.ece
+        for ev in external
+        if ev.ece_uncalibrated is not None and ev.ece > CALIBRATION_HOLDS
+    }:
+        found.append(CalibrationOff(off))
+    return found
+
+
+def limitation_lines(
+    metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
+) -> list[str]:
+    """Known limitations, one plain sentence each (Markdown): sources, transfer, scope,
+    calibration."""
     return [
-        f"- recipe: {markdown_escape(metrics.description)}",
-        f"- classes: {', '.join(classes)}",
-        f"- parameters: {metrics.parameters} ({metrics.trainable_parameters} trained)",
-        (
-            f"- chosen on: validation macro-F1 {metrics.best_val_macro_f1:.3f} "
-            f"({epoch}); the test split was read once"
-        ),
+        render_markdown("limitation.md", item=item)
+        for item in limitations(metrics, audit, external)
     ]
 
 
-def source_lines(metrics: RunMetrics) -> list[str]:
-    """Each training source (of several) with its films per class, a warning for a source of
-    one class; nothing for a run on one source."""
-    if len(metrics.sources) < 2:
-        return []
-    single = metrics.single_class_sources()
-    lines = []
-    for name, row in metrics.source_totals().items():
-        counts = ", ".join(f"{markdown_escape(c)} {n}" for c, n in row.items() if n)
-        warning = (
-            f" — **only {markdown_escape(single[name])}: the model can learn this source's look "
-            f"as {markdown_escape(single[name])}**"
-            if name in single
-            else ""
+@dataclass(frozen=True)
+class Card:
+    """Everything ``model_card.md`` writes, from the run's records."""
+
+    metrics: RunMetrics
+    sources: list[TrainingSource]  # several sources only
+    audit: AuditFacts | None
+    external: list[ExternalFacts]
+    calibration: CalibrationFacts | None
+    robustness: Robustness | None
+    probe_reading: str
+    limitations: list[str]
+
+    @classmethod
+    def of(
+        cls,
+        metrics: RunMetrics,
+        audit: AuditReport | None,
+        external: list[Evaluation],
+        robustness: Robustness | None,
+    ) -> Card:
+        single = metrics.single_class_sources()
+        sources = [
+            TrainingSource(name, {c: n for c, n in row.items() if n}, single.get(name))
+            for name, row in metrics.source_totals().items()
+        ]
+        return cls(
+            metrics=metrics,
+            sources=sources if len(metrics.sources) >= 2 else [],
+            audit=AuditFacts.of(audit) if audit is not None else None,
+            external=[ExternalFacts.of(ev) for ev in external],
+            calibration=calibration_facts(metrics, external),
+            robustness=robustness,
+            probe_reading=probe_reading(robustness),
+            limitations=limitation_lines(metrics, audit, external),
         )
-        lines.append(f"- source {markdown_escape(name)}: {counts}{warning}")
-    return lines
 
 
 def sources_sentence(metrics: RunMetrics) -> str | None:
@@ -118,199 +355,6 @@ def sources_sentence(metrics: RunMetrics) -> str | None:
         for name, row in metrics.source_totals().items()
     ]
     return "Trained on films from: " + "; ".join(parts) + "."
-
-
-def training_data_lines(metrics: RunMetrics, audit: AuditReport | None) -> list[str]:
-    """Images per subset and per source, unreadable files, and what the audit knows of the
-    sources."""
-    sizes = ", ".join(f"{k} {v}" for k, v in metrics.sizes.items())
-    lines = [f"- images per subset: {sizes}", *source_lines(metrics)]
-    if metrics.skipped:
-        lines.append(f"- unreadable files left out: {len(metrics.skipped)}")
-    if audit is None:
-        return [*lines, "- audit: not known (the run used no audit manifest)"]
-    summary, shortcut = audit.summary, audit.shortcut
-    excluded = summary.status.get("excluded", 0)
-    lines.append(
-        f"- audit: {summary.files} files; {excluded} excluded (duplicates, leakage across splits, "
-        f"unreadable); {summary.leakage_groups} groups leaked across splits"
-    )
-    if shortcut:
-        lines.append(
-            f"- **shortcut check: {shortcut.level}**: a classifier that sees only the file format "
-            "(size, aspect, file size, intensity, border) reaches balanced accuracy "
-            f"{shortcut.cv_balanced_accuracy:.1%} (chance {shortcut.chance_balanced:.1%}); "
-            "the classes differ in source, not only in disease"
-        )
-    if audit.sources is not None:
-        check = audit.sources
-        told = (
-            "n/a" if check.format_predicts_source is None else f"{check.format_predicts_source:.1%}"
-        )
-        lines.append(
-            f"- **source check: {check.level}**: the file format tells the source with balanced "
-            f"accuracy {told} (chance {check.source_chance:.1%}); source and class: "
-            f"Cramér's V {check.cramers_v:.2f}"
-        )
-    return lines
-
-
-def per_source_lines(metrics: RunMetrics) -> list[str]:
-    """Each source's test films scored on their own (several sources only)."""
-    lines = []
-    for name, scores in metrics.per_source.items():
-        recalls = "; ".join(
-            f"recall {markdown_escape(c)} {_ci(r.recall)}" for c, r in scores.per_class.items()
-        )
-        lines.append(
-            f"- source {markdown_escape(name)}: {scores.n} films "
-            f"({', '.join(map(markdown_escape, scores.present))}); balanced accuracy "
-            f"{_ci(scores.balanced_accuracy)}; {recalls}"
-        )
-    return lines
-
-
-def test_split_lines(metrics: RunMetrics) -> list[str]:
-    """The test split's headline numbers with their intervals, each class's recall, and each
-    source's test films on their own."""
-    test, intervals = metrics.test, metrics.intervals
-    if test is None:
-        return ["- not tested (the dataset has no test split)"]
-    return [
-        (
-            f"- {test.n} films; accuracy {_ci(intervals.get('accuracy'))}; "
-            f"macro-F1 {_ci(intervals.get('macro_f1'))}; "
-            f"balanced accuracy {test.balanced_accuracy:.3f}; "
-            f"macro AUC {test.macro_auc:.3f}"
-        ),
-        *(
-            f"- recall {markdown_escape(c)}: {_ci(intervals.get(f'recall_{c}'))}"
-            for c in metrics.classes
-        ),
-        *per_source_lines(metrics),
-    ]
-
-
-def external_lines(external: list[Evaluation]) -> list[str]:
-    """Per external set: balanced accuracy and its gap, each class's recall, how its films are
-    called, and whether the model transfers."""
-    if not external:
-        return [NOT_EVALUATED]
-    lines = []
-    for ev in external:
-        gap = _gap(ev)
-        recalls = "; ".join(
-            f"{markdown_escape(name)} recall {_ci(result.recall)}"
-            + (f" (own test {ev.internal.recall[name]:.3f})" if ev.internal else "")
-            for name, result in ev.per_class.items()
-        )
-        present = ", ".join(markdown_escape(c) for c in ev.present)
-        own = (
-            ""
-            if gap is None
-            else (f", own test split {ev.internal.balanced_accuracy:.3f}, gap {gap:+.3f}")
-        )
-        lines.append(
-            f"- **{markdown_escape(ev.name)}** ({ev.n} films, classes {present}): "
-            f"balanced accuracy {_ci(ev.balanced_accuracy)}{own}; {recalls}; ECE {ev.ece:.3f}"
-        )
-        for name, result in ev.per_class.items():
-            wrong = {c: n for c, n in result.called.items() if c != name and n}
-            if wrong:
-                lines.append(
-                    f"  - of {result.n} {markdown_escape(name)} films, "
-                    + ", ".join(f"{n} called {markdown_escape(c)}" for c, n in wrong.items())
-                )
-        if gap is not None and gap < -LARGE_GAP:
-            lines.append(
-                f"  - **the model does not transfer to {markdown_escape(ev.name)}**: it loses "
-                f"{-gap:.2f} of balanced accuracy there"
-            )
-    return lines
-
-
-def robustness_lines(robustness: Robustness | None) -> list[str]:
-    """Accuracy on each variant of the test films and what the lung probes say."""
-    if robustness is None:
-        return ["- not computed (`cxrlab explain RUN --data DATA`)"]
-    lines = [
-        f"- {markdown_escape(name)}: accuracy {v.accuracy:.3f} "
-        f"({-v.accuracy_drop:+.3f} against its own preprocessing)"
-        for name, v in robustness.variants.items()
-    ]
-    found = robustness.lung_fields
-    where = (
-        ""
-        if found is None
-        else f" (lung fields found on {found.segmented:.0%} of the films, a template elsewhere)"
-    )
-    lines.append(f"- **{probe_reading(robustness)}**{where}")
-    return lines
-
-
-def _worst_confusion(ev: Evaluation) -> str:
-    """``; of its 400 NORMAL films, 324 were called COVID19``: the class most often called
-    another, on an external set (empty when every film is called its own class)."""
-    wrong = [
-        (n, name, other)
-        for name, result in ev.per_class.items()
-        for other, n in result.called.items()
-        if other != name and n
-    ]
-    if not wrong:
-        return ""
-    n, name, other = max(wrong)
-    total = ev.per_class[name].n
-    return (
-        f"; of its {total} {markdown_escape(name)} films, {n} were called {markdown_escape(other)}"
-    )
-
-
-def limitation_lines(
-    metrics: RunMetrics, audit: AuditReport | None, external: list[Evaluation]
-) -> list[str]:
-    """Known limitations, one plain sentence each: sources, transfer, scope, calibration."""
-    limitations = []
-    if audit and audit.shortcut and audit.shortcut.level in ("high", "moderate"):
-        limitations.append(
-            "The classes of the training data come from different sources (the audit's shortcut "
-            "check), so the model can score well on its own test split by recognising the source."
-            + (KAGGLE_CONFOUND if metrics.classes == KAGGLE_CLASSES else "")
-        )
-    for name, cls in metrics.single_class_sources().items():
-        limitations.append(
-            f"Every film of the training source {markdown_escape(name)} is {markdown_escape(cls)}:"
-            f" the model can call a film {markdown_escape(cls)} because it looks like "
-            f"{markdown_escape(name)}'s films (framing, scanner, processing), not because of "
-            "the disease."
-        )
-    for ev in external:
-        if ev.internal and _gap(ev) < -LARGE_GAP:
-            limitations.append(
-                f"Measured on {markdown_escape(ev.name)} ({ev.n} films from elsewhere): its "
-                "accuracy does not carry over to films from other hospitals (balanced accuracy "
-                f"{ev.balanced_accuracy.value:.2f} there, {ev.internal.balanced_accuracy:.2f} on "
-                f"its own test split{_worst_confusion(ev)})."
-            )
-    limitations.append(
-        "Trained and tested on frontal films as stored in its dataset; other views, devices, ages "
-        "and populations are out of scope until evaluated."
-    )
-    if metrics.calibration is None:
-        limitations.append(
-            "Probabilities are those of the network (no calibration step): read them as scores, "
-            "not as risks."
-        )
-    elif off := [
-        ev for ev in external if ev.ece_uncalibrated is not None and ev.ece > CALIBRATION_HOLDS
-    ]:
-        eces = ", ".join(f"ECE {ev.ece:.2f} on {markdown_escape(ev.name)}" for ev in off)
-        limitations.append(
-            "Probabilities were calibrated on the training hospital's validation films; on films "
-            f"from elsewhere they are not calibrated ({eces}): read them as scores there, not "
-            "as risks."
-        )
-    return limitations
 
 
 def _card_sources(run_dir: Path) -> tuple[RunMetrics, AuditReport | None, list[Evaluation]]:
@@ -336,98 +380,10 @@ def known_limitations(run_dir: Path) -> list[str]:
 
 def model_card(run_dir: Path) -> str:
     """The card's Markdown for the finished run in ``run_dir``."""
-    files = RunDir(run_dir)
     metrics, audit, external = _card_sources(run_dir)
-    lines = [
-        f"# Model card: {markdown_escape(metrics.run)}",
-        "",
-        "## Intended use",
-        "",
-        INTENDED_USE,
-        "",
-        "## Model",
-        "",
-        *model_lines(metrics),
-        "",
-        "## Training data",
-        "",
-        *training_data_lines(metrics, audit),
-        "",
-        "## Test split (same sources as the training data)",
-        "",
-        *test_split_lines(metrics),
-        "",
-        "## Off its own test split",
-        "",
-        *external_lines(external),
-        "",
-        "## Calibration and operating point",
-        "",
-        *calibration_lines(metrics, external),
-        "",
-        "## Robustness probes (test split)",
-        "",
-        *robustness_lines(Robustness.load_optional(files.robustness)),
-        "",
-        "## Known limitations",
-        "",
-        *(f"- {item}" for item in limitation_lines(metrics, audit, external)),
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def calibration_lines(metrics: RunMetrics, external: list[Evaluation]) -> list[str]:
-    """The card's calibration section: T with ECE before and after; the operating point's rates."""
-    calibration = metrics.calibration
-    if calibration is None:
-        return [NOT_CALIBRATED]
-    splits = (("validation", calibration.val), ("test split", calibration.test))
-    effects = [(name, effect) for name, effect in splits if effect is not None]
-    temperature = calibration.temperature
-    confidence = "over-confident" if temperature > 1 else "under-confident"
-    lines = [
-        (
-            f"- temperature {temperature:.3f}, fitted on the validation split (divides the "
-            f"logits; the network was {confidence}); `predict`, `evaluate` and the ONNX export "
-            "apply it"
-        ),
-        *(
-            f"- ECE on the {name}: {e.ece_before:.3f} before, {e.ece_after:.3f} after"
-            for name, e in effects
-        ),
-        *(
-            f"- ECE on {markdown_escape(ev.name)}: {ev.ece_uncalibrated:.3f} before, "
-            f"{ev.ece:.3f} after"
-            for ev in external
-            if ev.ece_uncalibrated is not None
-        ),
-    ]
-    point = metrics.operating_point
-    if point:
-        label = markdown_escape(point.label)
-
-        def rates(where: str, result: OperatingResult | None) -> str:
-            if result is None:
-                return f"  - {where}: not scored"
-            return (
-                f"  - {where}: sensitivity {_ci(result.sensitivity)}, "
-                f"specificity {_ci(result.specificity)}"
-            )
-
-        lines += [
-            (
-                f"- operating point {label} recall ≥ {point.target_recall:g}: call {label} "
-                f"when p({label}) ≥ {point.threshold:.3f} (chosen on validation: recall "
-                f"{point.val_recall:.3f}, specificity {point.val_specificity:.3f})"
-            ),
-            rates("test split", point.test),
-            *(
-                rates(markdown_escape(ev.name), ev.at_point)
-                for ev in external
-                if ev.point and ev.point.label == point.label
-            ),
-        ]
-    return lines
+    robustness = Robustness.load_optional(RunDir(run_dir).robustness)
+    card = Card.of(metrics, audit, external, robustness)
+    return render_markdown("model_card.md", card=card) + "\n"
 
 
 def write_model_card(run_dir: Path) -> Path:

@@ -34,11 +34,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from markupsafe import Markup
 
 from cxrlab import __version__
-from cxrlab.fileio import atomic_write_text, markdown_escape
+from cxrlab.fileio import atomic_write_text
 from cxrlab.reporting.calibration import (
     calibration_columns,
     calibration_html,
@@ -72,7 +71,7 @@ from cxrlab.reporting.plots import (
     plot_metric_bars,
     plot_roc_curves,
 )
-from cxrlab.reporting.render import Figure, render
+from cxrlab.reporting.render import Figure, render, render_markdown
 from cxrlab.reporting.robustness import (
     robustness_fields,
     robustness_html,
@@ -144,33 +143,35 @@ def results_markdown(
     pairs: Table | None,
     robustness: Table | None = None,
     gradcam: Table | None = None,
+    sections: Sequence[str] = (),
 ) -> str:
-    """``results.md``: the comparison table, (two runs or more) the McNemar table, and the
-    robustness and Grad-CAM tables when given."""
-    parts = [
-        f"# {markdown_escape(title)}",
-        "",
-        PROTOCOL,
-        "",
-        "## Comparison on the test split",
-        "",
-        COMPARISON_NOTE,
-        "",
-        comparison.markdown(),
-        "",
-    ]
-    if pairs is not None:
-        parts += ["## McNemar's test, every pair of runs", "", MCNEMAR_NOTE, ""]
-        parts += [pairs.markdown(), ""]
-    if robustness is not None:
-        parts += ["## Robustness", "", ROBUSTNESS_NOTE, "", robustness.markdown(), ""]
-    if gradcam is not None:
-        parts += ["## Explainability (Grad-CAM)", "", GRADCAM_NOTE, "", gradcam.markdown(), ""]
-    return "\n".join(parts)
+    """``results.md``: the comparison table, (two runs or more) the McNemar table, the
+    robustness and Grad-CAM tables when given, then ``sections`` (Markdown already rendered:
+    per source, external validation, calibration)."""
+    return (
+        render_markdown(
+            "results.md",
+            title=title,
+            protocol=PROTOCOL,
+            comparison_note=COMPARISON_NOTE,
+            comparison=comparison,
+            mcnemar_note=MCNEMAR_NOTE,
+            pairs=pairs,
+            robustness_note=ROBUSTNESS_NOTE,
+            robustness=robustness,
+            gradcam_note=GRADCAM_NOTE,
+            gradcam=gradcam,
+            sections=sections,
+        )
+        + "\n"
+    )
 
 
 def machine_info() -> str:
-    """Platform, CPU count, torch version and GPU of the machine writing the report."""
+    """Platform, CPU count, torch version and GPU of the machine writing the report (torch is
+    imported here only: the commands that write a report have loaded it already)."""
+    import torch
+
     parts = [platform.platform(), f"{os.cpu_count() or '?'} CPUs", f"torch {torch.__version__}"]
     if torch.cuda.is_available():
         parts.append(f"GPU {torch.cuda.get_device_name(0)}")
@@ -233,12 +234,14 @@ def write_report(
     robustness, gradcam = robustness_table(runs), gradcam_table(runs)
     write_csv(out_dir / "robustness.csv", robustness_fields(runs), robustness_rows(runs))
     write_csv(out_dir / "gradcam.csv", gradcam_fields(runs), gradcam_rows(runs))
-    markdown = results_markdown(title, comparison, pairs if tests else None, robustness, gradcam)
-    if has_sources(runs):
-        markdown += "\n" + sources_markdown(runs)
-    if externals:
-        markdown += "\n" + external_markdown(runs, externals)
-    markdown += "\n" + calibration_markdown(runs, externals)
+    sections = [
+        *([sources_markdown(runs)] if has_sources(runs) else []),
+        *([external_markdown(runs, externals)] if externals else []),
+        calibration_markdown(runs, externals),
+    ]
+    markdown = results_markdown(
+        title, comparison, pairs if tests else None, robustness, gradcam, sections
+    )
     atomic_write_text(out_dir / "results.md", markdown)
 
     analysis = Path(analysis_dir) if analysis_dir else None

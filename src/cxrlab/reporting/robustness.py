@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from markupsafe import Markup
 
 from cxrlab.artifacts import ROBUSTNESS_JSON
-from cxrlab.diagnostics import VariantResult
-from cxrlab.evaluation.robustness import PROBES, VARIANTS, probe_reading
+from cxrlab.diagnostics import PROBES, VARIANTS, VariantResult, probe_reading
 from cxrlab.reporting.render import render
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import (

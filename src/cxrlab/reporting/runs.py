@@ -21,7 +21,7 @@ from cxrlab.artifacts import RunDir
 from cxrlab.config import RunConfig
 from cxrlab.diagnostics import GradcamSummary, Robustness
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.predict import read_predictions
+from cxrlab.evaluation.predictions_csv import read_predictions
 from cxrlab.records import ClassificationMetrics, HistoryRow, Interval, RunMetrics, read_history
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from markupsafe import Markup
 
-from cxrlab.reporting.render import render
+from cxrlab.reporting.render import render, render_markdown
 from cxrlab.reporting.runs import ReportRun
 from cxrlab.reporting.tables import MISSING, Cell, Table, interval_cell, interval_fields
 
@@ -67,7 +67,8 @@ def per_source_columns(run: ReportRun) -> dict[str, str]:
 
 
 def sources_markdown(runs: Sequence[ReportRun]) -> str:
-    return "\n".join(["## Per source", "", SOURCES_NOTE, "", per_source_table(runs).markdown(), ""])
+    """The per-source part of ``results.md``."""
+    return render_markdown("sources.md", note=SOURCES_NOTE, table=per_source_table(runs))
 
 
 def sources_html(runs: Sequence[ReportRun]) -> Markup:

@@ -24,7 +24,7 @@ from cxrlab.evaluation.calibration import (
 )
 from cxrlab.evaluation.external import score
 from cxrlab.evaluation.metrics import classification_metrics, headline_intervals
-from cxrlab.evaluation.predict import write_predictions
+from cxrlab.evaluation.predictions_csv import write_predictions
 from cxrlab.models.checkpoint import save_checkpoint
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import (
