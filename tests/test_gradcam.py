@@ -22,6 +22,7 @@ from cxrlab.evaluation.gradcam import (
     gradcam,
     gradcam_summary,
 )
+from cxrlab.lungs import segmenter_label
 from cxrlab.lungs.heuristic import lung_field_mask, lung_masks, otsu_threshold, template_mask
 from cxrlab.models import create_model
 
@@ -40,6 +41,7 @@ SUMMARY_KEYS = [
     "lung_share_wrong",
     "segmented",
     "n_zero_maps",
+    "segmenter",
 ]
 
 
@@ -300,6 +302,7 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
     assert summary.lung_enrichment == pytest.approx(summary.lung_share / summary.lung_area)
     assert set(summary.lung_share_by_class) == set(CLASSES)
     assert 0.0 <= summary.segmented <= 1.0
+    assert summary.segmenter == segmenter_label()  # the learned segmenter, shipped
     assert summary.n_zero_maps < 12
     assert summary.lung_share_correct is not None or summary.lung_share_wrong is not None
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,6 +32,7 @@ from cxrlab.evaluation.robustness import (
     load_variant_images,
     robustness_eval,
 )
+from cxrlab.lungs import segmenter_label
 
 SIZE = 33  # odd: one pixel is the exact centre of rotation
 CLASSES = ["tall", "wide"]
@@ -389,6 +390,7 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
             "segmented": pytest.approx(4 / 6),
             "n_segmented": 4,
             "segmented_by_class": {"tall": 0.5, "wide": 1.0},
+            "segmenter": segmenter_label(),
         }
     # Reading the lungs: hidden -> every film mid-grey there -> one class -> chance; only -> intact.
     hidden, only = lungs.variants["lungs-hidden"], lungs.variants["lungs-only"]
