@@ -87,7 +87,8 @@ def _probe_cells(run: ReportRun) -> list[Cell]:
     if found is None:
         return [*cells, Cell(NOT_COMPUTED)]
     by_class = ", ".join(f"{c} {fmt_percent(v)}" for c, v in found.segmented_by_class.items())
-    return [*cells, Cell(fmt_percent(found.segmented), f"({by_class})" if by_class else "")]
+    note = f"({by_class}; {found.segmenter})" if by_class else f"({found.segmenter})"
+    return [*cells, Cell(fmt_percent(found.segmented), note)]
 
 
 def _row(run: ReportRun, names: Sequence[str]) -> list[Cell]:
