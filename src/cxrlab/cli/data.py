@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.panel import Panel
@@ -24,6 +24,9 @@ from cxrlab.cli.app import (
     open_sources,
     shown,
 )
+
+if TYPE_CHECKING:
+    from cxrlab.data.audit import AuditResult
 
 
 @app.command()
@@ -74,7 +77,7 @@ def demo_data(
     console.print(f"Demo dataset in {shown(root)}")
 
 
-def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, imported lazily)
+def print_audit(result: AuditResult, out: Path) -> None:
     s = result.summary
     table = Table(title=f"Audit of {shown(result.root)}", show_header=True)
     table.add_column("check")

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -63,8 +63,13 @@ from cxrlab.cli.app import (
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import read_text
 
+if TYPE_CHECKING:
+    from cxrlab.config import RunConfig
+    from cxrlab.records import OperatingResult, RunMetrics
+    from cxrlab.training.run import RunResult
 
-def print_result(result) -> None:  # noqa: ANN001 (RunResult)
+
+def print_result(result: RunResult) -> None:
     m = result.metrics
     test = m.test
     if test is None:
@@ -98,7 +103,7 @@ def print_result(result) -> None:  # noqa: ANN001 (RunResult)
     )
 
 
-def print_calibration(metrics) -> None:  # noqa: ANN001 (RunMetrics)
+def print_calibration(metrics: RunMetrics) -> None:
     """The temperature with ECE before and after, and the operating point's rates, of a run."""
     calibration, point = metrics.calibration, metrics.operating_point
     if calibration:
@@ -123,7 +128,7 @@ def print_calibration(metrics) -> None:  # noqa: ANN001 (RunMetrics)
             print_point_result("test split", point.test)
 
 
-def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingResult, imported lazily)
+def print_point_result(where: str, result: OperatingResult) -> None:
     """Sensitivity and specificity at the operating point on one set."""
     rate = lambda interval: str(interval) if interval is not None else "n/a"  # noqa: E731
     console.print(
@@ -133,7 +138,9 @@ def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingRe
     )
 
 
-def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
+def resumed_config(
+    run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]
+) -> RunConfig:
     """The stored config of the run in ``run_dir``; options given that contradict it are one
     error."""
     from cxrlab.artifacts import RunDir
