@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.panel import Panel
@@ -27,6 +27,7 @@ from cxrlab.cli.app import (
 
 if TYPE_CHECKING:
     from cxrlab.data.audit import AuditResult
+    from cxrlab.records import Resize
 
 
 @app.command()
@@ -266,7 +267,7 @@ def cache(
     )
     built = build_cache(
         index,
-        CacheSpec(image_size, resize),
+        CacheSpec(image_size, cast("Resize", resize)),
         cache_root=cache_dir,
         workers=workers,
         progress=not no_progress,

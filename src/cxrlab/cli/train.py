@@ -71,6 +71,7 @@ if TYPE_CHECKING:
 
 def print_result(result: RunResult) -> None:
     m = result.metrics
+    assert m is not None  # only the process that tested the run prints it
     test = m.test
     if test is None:
         console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
@@ -198,9 +199,11 @@ def stopped_by_signal(data: Path, run_dir: Path) -> Iterator[None]:
             kept = f"{last} keeps the last finished epoch; go on with: {again}"
         else:
             kept = "no epoch had finished, so nothing was kept; run the same command again"
-        name = signal.Signals(signum).name
-        err_console.print(f"interrupted ({name}): {shown(kept)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(STOP_SIGNALS[signum]) from None
+        stop = signal.Signals(signum)
+        err_console.print(
+            f"interrupted ({stop.name}): {shown(kept)}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(STOP_SIGNALS[stop]) from None
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -339,6 +342,7 @@ def train(
         )
     if worker:
         return
+    assert result.metrics is not None  # this process (not a DDP worker) tested the run
     print_result(result)
     if result.metrics.test is not None and not no_diagnose:
         diagnose_runs([run_dir], data, progress=not no_progress)
@@ -483,7 +487,8 @@ def compare(
     given = run_options(locals(), leave_out=frozenset({"mode", "weights", "manifest"}))
     sources = source_fields(add_source)
     shared, tuned = split_overrides(given)
-    file_shared, file_tuned = {}, {}
+    file_shared: dict[str, object] = {}
+    file_tuned: dict[str, object] = {}
     if config_file is not None:  # preset < file < what was typed on the command line
         file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
         shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
@@ -559,5 +564,6 @@ def calibrate(
             progress=not no_progress,
         )
         console.print(f"Run {shown(run_dir)}:")
+        assert result.metrics is not None  # calibrate_run tests the run here
         print_calibration(result.metrics)
         write_card(run_dir)

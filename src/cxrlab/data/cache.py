@@ -332,6 +332,7 @@ def _write_generation(
         if source is None:
             todo.append(i)
             continue
+        assert old_images is not None  # a row to reuse comes from an old generation
         images[i] = old_images[source]
         if path in old_meta["errors"]:
             errors[path] = old_meta["errors"][path]

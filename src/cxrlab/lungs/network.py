@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ def load_encoder_weights(network: nn.Module, path: Path) -> None:
     except Exception as exc:  # any unreadable file is the user's to fix
         raise CxrlabError(f"--encoder-weights: {path}: cannot be read ({exc})") from exc
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    encoder = network.encoder  # type: ignore[attr-defined]
+    encoder = cast(nn.Module, network.encoder)
     expected = set(encoder.state_dict())
     if set(state) != expected:
         raise CxrlabError(

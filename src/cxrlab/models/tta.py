@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -65,7 +66,7 @@ class TestTimeAugmentation(nn.Module):
 
     @property
     def classes(self) -> list[str]:
-        return list(self.model.classes)
+        return list(cast("list[str]", self.model.classes))
 
 
 def with_tta(model: nn.Module, tta: bool) -> nn.Module:
