@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import Server, demo_film, multipart, random_model  # noqa: E402
+from serve_latency import Server, demo_film, multipart, random_model
 
 
 def hostile_films(folder: Path) -> dict[str, Path]:

@@ -36,14 +36,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import (  # noqa: E402
+from compare_real import (
     DEFAULT_EXTERNAL,
     cxrlab,
     machine,
     real_data_parser,
     shared_missing,
 )
-from proposed_v1_real import headline, load  # noqa: E402
+from proposed_v1_real import headline, load
 
 MODELS = ("mobilenet_v2", "proposed")
 EXTERNAL = "adult"

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import cxrlab, machine, real_data_parser, shared_missing  # noqa: E402
+from compare_real import cxrlab, machine, real_data_parser, shared_missing
 
-from cxrlab.artifacts import RunDir  # noqa: E402
-from cxrlab.diagnostics import GradcamSummary, Robustness  # noqa: E402
-from cxrlab.records import ClassificationMetrics, RunMetrics  # noqa: E402
+from cxrlab.artifacts import RunDir
+from cxrlab.diagnostics import GradcamSummary, Robustness
+from cxrlab.records import ClassificationMetrics, RunMetrics
 
 HEADLINE = (
     ("accuracy", "accuracy"),

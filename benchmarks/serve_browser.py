@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import Server  # noqa: E402
+from serve_latency import Server
 
 
 def main() -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from serve_latency import Server, multipart, post  # noqa: E402
+from serve_latency import Server, multipart, post
 
 
 def main() -> int:

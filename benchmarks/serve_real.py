@@ -22,6 +22,7 @@ message) when the data is absent.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import subprocess
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import (  # noqa: E402
+from compare_real import (
     DEFAULT_EXTERNAL,
     cxrlab,
     machine,
@@ -40,10 +41,10 @@ from compare_real import (  # noqa: E402
     shared_missing,
 )
 
-from cxrlab.artifacts import RunDir  # noqa: E402
+from cxrlab.artifacts import RunDir
 
 
-def ensure_model(args) -> Path:  # noqa: ANN001 (argparse.Namespace)
+def ensure_model(args: argparse.Namespace) -> Path:
     """The run folder to serve: ``--model``, or the frozen MobileNetV2 trained (or reused) here."""
     if args.model is not None:
         return args.model

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import (  # noqa: E402
+from compare_real import (
     DEFAULT_EXTERNAL,
     SHARED,
     cxrlab,
@@ -126,7 +126,7 @@ def grid(
     return configs
 
 
-def train(config: Config, args, sources: dict[str, Path]) -> Path:  # noqa: ANN001
+def train(config: Config, args, sources: dict[str, Path]) -> Path:
     run_dir = args.out / "runs" / config.name
     if not (run_dir / "metrics.json").is_file():
         preset = "frozen" if config.mode == "frozen" else (

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_real import machine, real_data_parser, shared_missing  # noqa: E402
+from compare_real import machine, real_data_parser, shared_missing
 
 MODELS = ("alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0")
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
@@ -118,7 +118,7 @@ def train_step_fn(
     device: torch.device,
     images: Callable[[], tuple[torch.Tensor, torch.Tensor]],
     amp: bool = False,
-) -> Callable[[], int]:  # noqa: ANN001
+) -> Callable[[], int]:
     """One optimisation step as cxrlab's training step computes it (loss, groups, BatchNorm
     frozen)."""
     from cxrlab.training.module import (
@@ -157,7 +157,7 @@ def model_only(
     channels_last: bool = False,
     amp: bool = False,
     compile: bool = False,
-) -> dict[str, float]:  # noqa: ANN001
+) -> dict[str, float]:
     """(a) training and inference images/s of the model alone on one synthetic batch in memory."""
     model = make_model(name, device, channels_last)
     x = torch.rand(config.batch_size, 1, config.image_size, config.image_size, device=device)
@@ -191,12 +191,12 @@ class BatchTimer:
         timer = self
 
         class _Callback(Callback):
-            def on_train_batch_start(self, _trainer, _module, batch, index: int) -> None:  # noqa: ANN001
+            def on_train_batch_start(self, _trainer, _module, batch, index: int) -> None:
                 if index == warmup:
                     synchronize(device)
                     timer.started, timer.images = time.perf_counter(), 0
 
-            def on_train_batch_end(self, _trainer, _module, _outputs, batch, index: int) -> None:  # noqa: ANN001
+            def on_train_batch_end(self, _trainer, _module, _outputs, batch, index: int) -> None:
                 if index >= warmup:
                     timer.images += len(batch[1])
                     synchronize(device)
@@ -218,7 +218,7 @@ def cxrlab_fit(
     *,
     batches: int | None,
     warmup: int,
-) -> tuple[float, float, float]:  # noqa: ANN001
+) -> tuple[float, float, float]:
     """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the
     whole fit, peak MiB)."""
     from cxrlab.data.datasets import CachedImageDataset
@@ -254,7 +254,7 @@ def cxrlab_fit(
 
 def naive_loader(
     config, train_dir: Path, excluded: set[str], device: torch.device
-) -> torch.utils.data.DataLoader:  # noqa: ANN001
+) -> torch.utils.data.DataLoader:
     """torchvision ImageFolder: PIL decode, resize and augment every image, every epoch."""
     from torchvision import datasets, transforms
 
@@ -286,7 +286,7 @@ def naive_loader(
     )
 
 
-def cxrlab_loader(config, prepared) -> torch.utils.data.DataLoader:  # noqa: ANN001
+def cxrlab_loader(config, prepared) -> torch.utils.data.DataLoader:
     """The training loader of a cxrlab run: cached films, with the X-ray augmentations unless
     they run batched on the device (``augment_on="device"``)."""
     from cxrlab.data.datasets import CachedImageDataset
@@ -307,7 +307,7 @@ def naive_fit(
     excluded: set[str],
     device: torch.device,
     args: argparse.Namespace,
-) -> tuple[float, float]:  # noqa: ANN001
+) -> tuple[float, float]:
     """(c) the naive loader feeding the same training step, in a plain loop."""
     batches = iter(naive_loader(config, train_dir, excluded, device))
 
@@ -335,7 +335,7 @@ def table(title: str, header: list[str], rows: list[list[str]]) -> None:
     sys.stdout.flush()
 
 
-def naive_source(args: argparse.Namespace, prepared) -> tuple[Path, set[str]]:  # noqa: ANN001
+def naive_source(args: argparse.Namespace, prepared) -> tuple[Path, set[str]]:
     """The train folder the naive loader reads, and the file names the audit excludes."""
     from cxrlab.data.datasets import excluded_paths
 
@@ -343,7 +343,7 @@ def naive_source(args: argparse.Namespace, prepared) -> tuple[Path, set[str]]:  
     return prepared.index.split("train")[0].path.parent.parent, excluded  # <train>/<CLASS>/<file>
 
 
-def throughput_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+def throughput_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:
     train_dir, excluded = naive_source(args, prepared)
     batches = args.warmup + args.steps
     rng = np.random.default_rng(0)
@@ -389,7 +389,7 @@ def throughput_section(args: argparse.Namespace, config, prepared, device: torch
     )
 
 
-def loaders_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+def loaders_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:
     """Images/s of each loader alone (no model): what is left when the model step is nearly free."""
     train_dir, excluded = naive_source(args, prepared)
     rows = []
@@ -426,7 +426,7 @@ def loaders_section(args: argparse.Namespace, config, prepared, device: torch.de
     print(f"cxrlab / naive loader: {float(rows[0][1]) / float(rows[1][1]):.1f}x")
 
 
-def options_section(args: argparse.Namespace, config, device: torch.device) -> None:  # noqa: ANN001
+def options_section(args: argparse.Namespace, config, device: torch.device) -> None:
     variants = [("channels-last", dict(channels_last=True))]
     if device.type == "cuda":
         variants.append(("bf16 autocast", dict(amp=True)))
@@ -472,7 +472,7 @@ def calibrate_batchnorm(model: torch.nn.Module, films: torch.Tensor) -> torch.nn
     return model
 
 
-def onnx_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+def onnx_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:
     from cxrlab.data.datasets import CachedImageDataset
     from cxrlab.models.checkpoint import save_checkpoint
     from cxrlab.models.export import compare_eager_onnx, export_onnx
@@ -516,7 +516,7 @@ def onnx_section(args: argparse.Namespace, config, prepared, device: torch.devic
     )
 
 
-def scaling_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:  # noqa: ANN001
+def scaling_section(args: argparse.Namespace, config, prepared, device: torch.device) -> None:
     base = np.random.default_rng(1).permutation(prepared.rows["train"])[: args.scale_images]
     rows, first = [], None
     for factor in (1, 2, 4):

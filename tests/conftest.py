@@ -79,7 +79,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return root, base / "cache"
 
 
-def train_tiny(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object):  # noqa: ANN001, ANN201
+def train_tiny(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object):
     """``train_run`` on ``tiny_data`` without progress bars, in one process."""
     from cxrlab.training.run import train_run
 
@@ -93,7 +93,7 @@ def killed_at(epoch: int, batch: int = 0) -> Iterator[None]:
     (both from 0), as a kill there would stop it."""
     from cxrlab.training import trainer as run_module
 
-    def killed(self, trainer, module, data, index) -> None:  # noqa: ANN001
+    def killed(self, trainer, module, data, index) -> None:
         if trainer.current_epoch == epoch and index == batch:
             raise RuntimeError("killed")
 
@@ -110,7 +110,7 @@ def film_and_lungs(seed: int, class_name: str, size: int) -> tuple[np.ndarray, n
     """A synthetic film and the generator's own lung fields (its local ``lungs``), both square."""
     captured: dict[str, np.ndarray] = {}
 
-    def profile(frame, event, arg):  # noqa: ANN001
+    def profile(frame, event, arg):
         if event == "return" and frame.f_code is synth_cxr.__code__:
             captured["lungs"] = np.array(frame.f_locals["lungs"])
 

@@ -266,7 +266,7 @@ def test_ctrl_c_or_sigterm_in_train_says_what_was_kept(
 
     from cxrlab.training import trainer as run_module
 
-    def interrupt(self, trainer, module, batch, index) -> None:  # noqa: ANN001
+    def interrupt(self, trainer, module, batch, index) -> None:
         if trainer.current_epoch == epoch and index == 0:
             os.kill(os.getpid(), getattr(signal, sig))
 

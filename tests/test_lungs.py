@@ -202,7 +202,7 @@ def test_a_segmenter_on_any_size_gives_masks_of_that_size() -> None:
     assert [m.shape for m in masks] == [(50, 70), (90, 40)] and ok.dtype == bool
 
 
-def load_meta(size: int):  # noqa: ANN201
+def load_meta(size: int):
     from cxrlab.lungs.network import SegmenterMeta
 
     return SegmenterMeta(input_size=size)

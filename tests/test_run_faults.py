@@ -65,7 +65,7 @@ SMALL = [
 
 
 def _fail_at_first_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(self, batch, index):  # noqa: ANN001
+    def broken(self, batch, index):
         raise RuntimeError("out of memory (injected)")
 
     monkeypatch.setattr(module_module.ClassifierModule, "training_step", broken)
@@ -235,7 +235,7 @@ def _interrupted_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
 
 
 class Payload:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (print, ("pickle payload ran",))
 
 

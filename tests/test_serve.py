@@ -47,7 +47,7 @@ def client(served: ServedModel) -> TestClient:
     return local_client(create_app(served))
 
 
-def post(client: TestClient, *films: tuple[str, bytes], gradcam: bool = False):  # noqa: ANN201
+def post(client: TestClient, *films: tuple[str, bytes], gradcam: bool = False):
     parts = [("file", (name, data, "application/octet-stream")) for name, data in films]
     return client.post(f"/api/predict?gradcam={str(gradcam).lower()}", files=parts)
 

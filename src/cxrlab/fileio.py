@@ -32,7 +32,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from cxrlab.errors import CxrlabError
 
@@ -253,7 +253,7 @@ def csv_text(cell: str) -> str:
 class _NeutralWriter:
     """A :func:`csv.writer` whose cells go through :func:`csv_cell`."""
 
-    def __init__(self, handle: IO[str], **options: object) -> None:
+    def __init__(self, handle: IO[str], **options: Any) -> None:
         self._writer = csv.writer(handle, **options)
 
     def writerow(self, row: Iterable[object]) -> object:
@@ -288,14 +288,12 @@ class _NeutralDictReader(csv.DictReader):
         return {key: csv_text(v) if isinstance(v, str) else v for key, v in row.items()}
 
 
-def csv_writer(handle: IO[str], **options: object) -> _NeutralWriter:
+def csv_writer(handle: IO[str], **options: Any) -> _NeutralWriter:
     """:func:`csv.writer` for a file cxrlab writes: every cell through :func:`csv_cell`."""
     return _NeutralWriter(handle, **options)
 
 
-def csv_dict_writer(
-    handle: IO[str], fieldnames: Sequence[str], **options: object
-) -> csv.DictWriter:
+def csv_dict_writer(handle: IO[str], fieldnames: Sequence[str], **options: Any) -> csv.DictWriter:
     """:class:`csv.DictWriter` for a file cxrlab writes: every cell through :func:`csv_cell`."""
     return _NeutralDictWriter(handle, fieldnames=fieldnames, **options)
 

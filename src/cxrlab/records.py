@@ -41,8 +41,8 @@ T = TypeVar("T")
 # (squash) or padded with black (pad); cut to its lung box first (lungs) or not (none).
 Resize = Literal["squash", "pad"]
 Crop = Literal["none", "lungs"]
-RESIZE_MODES: tuple[str, ...] = get_args(Resize)
-CROPS: tuple[str, ...] = get_args(Crop)
+RESIZE_MODES: tuple[Resize, ...] = get_args(Resize)
+CROPS: tuple[Crop, ...] = get_args(Crop)
 
 
 class JsonRecord:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,6 +14,9 @@ from rich.markup import escape
 from cxrlab import __version__
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import display_name
+
+if TYPE_CHECKING:
+    from cxrlab.data.discover import DatasetIndex
 
 app = typer.Typer(
     name="cxrlab",
@@ -290,7 +293,7 @@ def source_fields(add_source: list[str] | None) -> dict[str, object]:
     return {"sources": {name: str(folder) for name, folder in parsed.items()}} if parsed else {}
 
 
-def open_sources(data: Path, add_source: list[str] | None, source_name: str | None):  # noqa: ANN201 (DatasetIndex)
+def open_sources(data: Path, add_source: list[str] | None, source_name: str | None) -> DatasetIndex:
     """DATA and its ``--add-source`` folders as one indexed set (every folder checked now)."""
     from cxrlab.data.discover import discover_sources, parse_sources
 

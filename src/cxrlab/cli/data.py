@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, cast
 
 import typer
 from rich.panel import Panel
@@ -24,6 +24,10 @@ from cxrlab.cli.app import (
     open_sources,
     shown,
 )
+
+if TYPE_CHECKING:
+    from cxrlab.data.audit import AuditResult
+    from cxrlab.records import Resize
 
 
 @app.command()
@@ -74,7 +78,7 @@ def demo_data(
     console.print(f"Demo dataset in {shown(root)}")
 
 
-def print_audit(result, out: Path) -> None:  # noqa: ANN001 (AuditResult, imported lazily)
+def print_audit(result: AuditResult, out: Path) -> None:
     s = result.summary
     table = Table(title=f"Audit of {shown(result.root)}", show_header=True)
     table.add_column("check")
@@ -263,7 +267,7 @@ def cache(
     )
     built = build_cache(
         index,
-        CacheSpec(image_size, resize),
+        CacheSpec(image_size, cast("Resize", resize)),
         cache_root=cache_dir,
         workers=workers,
         progress=not no_progress,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -12,6 +12,9 @@ from rich.table import Table
 from cxrlab.cli.app import BatchOpt, NoProgressOpt, app, console, err_console, shown
 from cxrlab.cli.train import print_point_result, write_card
 from cxrlab.errors import CxrlabError
+
+if TYPE_CHECKING:
+    from cxrlab.records import Evaluation
 
 
 @app.command()
@@ -103,7 +106,7 @@ def predict(
     console.print(f"Probabilities written to {shown(out)}")
 
 
-def print_evaluation(evaluation, out: Path) -> None:  # noqa: ANN001 (Evaluation, imported lazily)
+def print_evaluation(evaluation: Evaluation, out: Path) -> None:
     """The external result beside the run's own test split, per present class."""
     ev, internal = evaluation, evaluation.internal
     absent = f"; absent: {', '.join(ev.absent)}" if ev.absent else ""

@@ -214,6 +214,7 @@ def ood(
     from cxrlab.evaluation.ood import load_stats_for
 
     predictor = load_predictor(model_file, device)
+    assert predictor.model is not None  # model.pt: a PyTorch model
     stats, why = load_stats_for(predictor.model, model_file)
     if stats is None:
         raise CxrlabError(why)

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -63,9 +63,15 @@ from cxrlab.cli.app import (
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import read_text
 
+if TYPE_CHECKING:
+    from cxrlab.config import RunConfig
+    from cxrlab.records import OperatingResult, RunMetrics
+    from cxrlab.training.run import RunResult
 
-def print_result(result) -> None:  # noqa: ANN001 (RunResult)
+
+def print_result(result: RunResult) -> None:
     m = result.metrics
+    assert m is not None  # only the process that tested the run prints it
     test = m.test
     if test is None:
         console.print(f"Run {shown(result.run_dir)}: no test split, nothing tested")
@@ -98,7 +104,7 @@ def print_result(result) -> None:  # noqa: ANN001 (RunResult)
     )
 
 
-def print_calibration(metrics) -> None:  # noqa: ANN001 (RunMetrics)
+def print_calibration(metrics: RunMetrics) -> None:
     """The temperature with ECE before and after, and the operating point's rates, of a run."""
     calibration, point = metrics.calibration, metrics.operating_point
     if calibration:
@@ -123,7 +129,7 @@ def print_calibration(metrics) -> None:  # noqa: ANN001 (RunMetrics)
             print_point_result("test split", point.test)
 
 
-def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingResult, imported lazily)
+def print_point_result(where: str, result: OperatingResult) -> None:
     """Sensitivity and specificity at the operating point on one set."""
     rate = lambda interval: str(interval) if interval is not None else "n/a"  # noqa: E731
     console.print(
@@ -133,7 +139,9 @@ def print_point_result(where: str, result) -> None:  # noqa: ANN001 (OperatingRe
     )
 
 
-def resumed_config(run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]):  # noqa: ANN201 (RunConfig)
+def resumed_config(
+    run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]
+) -> RunConfig:
     """The stored config of the run in ``run_dir``; options given that contradict it are one
     error."""
     from cxrlab.artifacts import RunDir
@@ -191,9 +199,11 @@ def stopped_by_signal(data: Path, run_dir: Path) -> Iterator[None]:
             kept = f"{last} keeps the last finished epoch; go on with: {again}"
         else:
             kept = "no epoch had finished, so nothing was kept; run the same command again"
-        name = signal.Signals(signum).name
-        err_console.print(f"interrupted ({name}): {shown(kept)}", highlight=False, soft_wrap=True)
-        raise typer.Exit(STOP_SIGNALS[signum]) from None
+        stop = signal.Signals(signum)
+        err_console.print(
+            f"interrupted ({stop.name}): {shown(kept)}", highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(STOP_SIGNALS[stop]) from None
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
@@ -332,6 +342,7 @@ def train(
         )
     if worker:
         return
+    assert result.metrics is not None  # this process (not a DDP worker) tested the run
     print_result(result)
     if result.metrics.test is not None and not no_diagnose:
         diagnose_runs([run_dir], data, progress=not no_progress)
@@ -476,7 +487,8 @@ def compare(
     given = run_options(locals(), leave_out=frozenset({"mode", "weights", "manifest"}))
     sources = source_fields(add_source)
     shared, tuned = split_overrides(given)
-    file_shared, file_tuned = {}, {}
+    file_shared: dict[str, object] = {}
+    file_tuned: dict[str, object] = {}
     if config_file is not None:  # preset < file < what was typed on the command line
         file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
         shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
@@ -552,5 +564,6 @@ def calibrate(
             progress=not no_progress,
         )
         console.print(f"Run {shown(run_dir)}:")
+        assert result.metrics is not None  # calibrate_run tests the run here
         print_calibration(result.metrics)
         write_card(run_dir)

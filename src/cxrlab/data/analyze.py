@@ -68,7 +68,7 @@ def _median(values: Sequence[float]) -> float | None:
     return float(np.median(array)) if array.size else None
 
 
-def _finite(value: float) -> float | None:
+def _finite(value: float | np.floating) -> float | None:
     """``value`` as a plain float; None where it is not finite (JSON has no NaN)."""
     value = float(value)
     return value if math.isfinite(value) else None

@@ -332,6 +332,8 @@ def plot_mean_images(
             high = low + 1.0
         overall = np.mean(np.stack(list(means.values())), axis=0)
         spread = max(float(np.abs(m - overall).max()) for m in means.values()) or 1.0
+    else:  # every class is drawn as an empty panel: nothing uses these
+        low, high, overall, spread = 0.0, 1.0, np.zeros(()), 1.0
     image = diff_image = None
     for col, (c, recs) in enumerate(ok_by_class.items()):
         ax = axes[0, col]

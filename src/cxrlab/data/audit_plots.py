@@ -8,12 +8,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from cxrlab.data.audit_records import DuplicateGroup, ShortcutReport  # noqa: E402
-from cxrlab.data.reader import read_grayscale  # noqa: E402
-from cxrlab.errors import ImageReadError  # noqa: E402
-from cxrlab.plotting import figure_text  # noqa: E402
+from cxrlab.data.audit_records import DuplicateGroup, ShortcutReport
+from cxrlab.data.reader import read_grayscale
+from cxrlab.errors import ImageReadError
+from cxrlab.plotting import figure_text
 
 MAX_GROUPS_SHOWN = 8
 

@@ -39,10 +39,11 @@ import multiprocessing
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -331,6 +332,7 @@ def _write_generation(
         if source is None:
             todo.append(i)
             continue
+        assert old_images is not None  # a row to reuse comes from an old generation
         images[i] = old_images[source]
         if path in old_meta["errors"]:
             errors[path] = old_meta["errors"][path]
@@ -340,7 +342,7 @@ def _write_generation(
         # a crop runs the lung segmenter (torch) in the workers: fresh processes with one thread
         # each, never forks of a parent whose torch threads may be running
         cropping = spec.crop != "none"
-        pool_options = (
+        pool_options: dict[str, Any] = (
             dict(mp_context=multiprocessing.get_context("spawn"), initializer=_one_thread)
             if cropping
             else {}
@@ -387,7 +389,11 @@ def _remove_stale(folder: Path, keep: str) -> None:
 
 
 def _store(
-    images: np.ndarray, todo: list[int], results, paths: list[str], errors: dict[str, str]
+    images: np.ndarray,
+    todo: list[int],
+    results: Iterable[np.ndarray | str],
+    paths: list[str],
+    errors: dict[str, str],
 ) -> None:
     for i, result in zip(todo, results):
         if isinstance(result, str):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,7 @@ class CachedImageDataset(Dataset):
     def __init__(
         self,
         cache: ImageCache,
-        rows: np.ndarray,
+        rows: np.ndarray | Sequence[int],
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         self.cache = cache

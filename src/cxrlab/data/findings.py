@@ -52,8 +52,8 @@ def _finding_imbalance(summary: DatasetSummary) -> str | None:
             f"{_join(empty)} {'has' if len(empty) == 1 else 'have'} no files in {split}: "
             f"a model trained on this split cannot learn {'it' if len(empty) == 1 else 'them'}."
         )
-    smallest = min(table, key=table.get)
-    largest = max(table, key=table.get)
+    smallest = min(table, key=table.__getitem__)
+    largest = max(table, key=table.__getitem__)
     ratio = table[largest] / table[smallest]
     if ratio >= IMBALANCE_RATIO:
         return (
@@ -115,7 +115,7 @@ def _finding_shape(
         )
     # 3) Aspect ratio or resolution differs.
     aspects = {c: s.median_aspect or math.nan for c, s in stats.items()}
-    lo, hi = min(aspects, key=aspects.get), max(aspects, key=aspects.get)
+    lo, hi = min(aspects, key=aspects.__getitem__), max(aspects, key=aspects.__getitem__)
     if aspects[hi] / aspects[lo] >= ASPECT_RATIO_GAP:
         return (
             f"Median aspect ratio (width/height) differs by class: {hi} {aspects[hi]:.2f} vs "
@@ -129,7 +129,7 @@ def _finding_shape(
             "information."
         )
     pixels = {c: (s.width.median or 0.0) * (s.height.median or 0.0) for c, s in stats.items()}
-    lo, hi = min(pixels, key=pixels.get), max(pixels, key=pixels.get)
+    lo, hi = min(pixels, key=pixels.__getitem__), max(pixels, key=pixels.__getitem__)
     if pixels[hi] / pixels[lo] >= RESOLUTION_GAP:
         return (
             f"Resolution differs by class (median {stats[hi].median_size} for {hi} vs "
@@ -191,7 +191,7 @@ def _finding_border(summary: DatasetSummary) -> str | None:
     }
     if len(borders) < 2:
         return None
-    lo, hi = min(borders, key=borders.get), max(borders, key=borders.get)
+    lo, hi = min(borders, key=borders.__getitem__), max(borders, key=borders.__getitem__)
     if borders[hi] - borders[lo] < BORDER_GAP:
         return None
     return (

@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -180,9 +180,10 @@ def _read_dicom(path: object, source: Path | BinaryIO, max_pixels: int) -> Decod
     inflate to at most :data:`DICOM_BYTES_PER_PIXEL` bytes per pixel of the limit."""
     import pydicom
     from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut, pixel_array
+    from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
+    from pydicom.pixels.utils import pixel_array
 
-    def read(**options: object) -> pydicom.FileDataset:
+    def read(**options: Any) -> pydicom.FileDataset:
         if not isinstance(source, Path):
             source.seek(0)
         return pydicom.dcmread(source, **options)

@@ -122,8 +122,9 @@ def scan_file(sample: Sample, key: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     record.mean, record.std = mean, float(np.sqrt(counts @ (levels - mean) ** 2 / counts.sum()))
     record.border_fraction = border_fraction(pixels)
     record.pixel_hash = pixel_hash(pixels)
-    record.histogram = counts.reshape(HIST_BINS, -1).sum(axis=1).astype(np.float32)
-    record.histogram /= record.histogram.sum()
+    histogram = counts.reshape(HIST_BINS, -1).sum(axis=1).astype(np.float32)
+    histogram /= histogram.sum()
+    record.histogram = histogram
     record.thumbs = {size: thumbnail(pixels, size) for size in THUMB_SIZES}
     return record
 

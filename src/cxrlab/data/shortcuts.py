@@ -124,7 +124,7 @@ def shortcut_check(
         test_acc = float(accuracy_score(test_labels, test_pred))
         test_bal = float(balanced_accuracy_score(test_labels, test_pred))
     level = _level(balanced, chance)
-    best = max(single, key=single.get)
+    best = max(single, key=single.__getitem__)
     return ShortcutReport(
         n_train=len(train),
         folds=folds,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from sklearn.metrics import balanced_accuracy_score
@@ -59,7 +60,7 @@ def cramers_v(a: np.ndarray, b: np.ndarray) -> float:
     """Cramér's V of two categorical arrays (0: independent, 1: one determines the other)."""
     from scipy.stats.contingency import association, crosstab
 
-    table = crosstab(a, b).count
+    table = cast(np.ndarray, crosstab(a, b).count)
     if min(table.shape) < 2:
         return 0.0
     return float(association(table, method="cramer"))

@@ -98,10 +98,14 @@ class EpochSeededSampler(WeightedRandomSampler):
     def __init__(self, weights: torch.Tensor, num_samples: int, seed: int) -> None:
         self.seed = seed
         super().__init__(
-            weights, num_samples, replacement=True, generator=torch.Generator().manual_seed(seed)
+            weights,  # pyright: ignore[reportArgumentType]  # torch types it Sequence[float]; a tensor is what it keeps
+            num_samples,
+            replacement=True,
+            generator=torch.Generator().manual_seed(seed),
         )
 
     def set_epoch(self, epoch: int) -> None:
+        assert self.generator is not None  # given in __init__
         self.generator.manual_seed(self.seed + 1_000_003 * epoch)
 
 

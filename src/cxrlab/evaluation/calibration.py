@@ -16,6 +16,8 @@ training hospital's films need not keep its promise, and the report shows whethe
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
@@ -140,7 +142,8 @@ def operating_result(
         (point.decide(probs, classes) == k).astype(np.int64),
     )
 
-    def rate(of: int):  # recall of 1 (sensitivity) or of 0 (specificity), NaN when absent
+    # recall of 1 (sensitivity) or of 0 (specificity), NaN when absent
+    def rate(of: int) -> Callable[[np.ndarray, np.ndarray], float]:
         return lambda t, d: float((d[t == of] == of).mean()) if (t == of).any() else float("nan")
 
     return OperatingResult(

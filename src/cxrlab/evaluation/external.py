@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def balanced_accuracy_over(labels: list[int]) -> Callable[[np.ndarray, np.ndarra
 
 def score(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000, seed: int = 0
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The subset-aware metrics of :class:`Evaluation` for labels ``y_true`` and probabilities
     ``probs``."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)

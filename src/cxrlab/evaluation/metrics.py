@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from scipy.stats import binomtest, chi2
@@ -27,7 +28,13 @@ from cxrlab.records import ClassificationMetrics, ClassScores, Interval
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
     """Unweighted mean of the per-class F1 over all ``n_classes`` (an absent class counts 0)."""
     return float(
-        f1_score(y_true, y_pred, labels=list(range(n_classes)), average="macro", zero_division=0)
+        f1_score(
+            y_true,
+            y_pred,
+            labels=list(range(n_classes)),
+            average="macro",
+            zero_division=0,  # pyright: ignore[reportArgumentType]  # typed from its default "warn"
+        )
     )
 
 
@@ -73,8 +80,14 @@ def classification_metrics(
     probs = np.asarray(probs, dtype=np.float64)
     labels = list(range(len(classes)))
     y_pred = probs.argmax(axis=1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
+    precision, recall, f1, support = cast(
+        "tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]",
+        precision_recall_fscore_support(
+            y_true,
+            y_pred,
+            labels=labels,
+            zero_division=0,  # pyright: ignore[reportArgumentType]  # typed from its default "warn"
+        ),
     )
     aucs = roc_auc_ovr(y_true, probs)
     return ClassificationMetrics(

@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -117,7 +118,7 @@ class OodStats:
         estimate = LedoitWolf().fit(train)
         stats = cls(
             estimate.location_,
-            estimate.precision_.astype(np.float32),
+            cast(np.ndarray, estimate.precision_).astype(np.float32),
             0.0,
             float(quantile),
             len(train),

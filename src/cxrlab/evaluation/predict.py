@@ -6,6 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ def predict_logits(
 
 
 def predict_probs(
-    model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: object
+    model: nn.Module, dataset: Dataset, *, temperature: float = 1.0, **options: Any
 ) -> np.ndarray:
     """Probabilities ``softmax(logits / temperature)`` ``(n, classes)`` for every item of
     ``dataset``."""

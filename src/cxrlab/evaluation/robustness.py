@@ -94,7 +94,11 @@ class Variant:
 def _rotate(degrees: float) -> Callable[[torch.Tensor], torch.Tensor]:
     def rotate(images: torch.Tensor) -> torch.Tensor:
         return TF.rotate(
-            images, degrees, interpolation=InterpolationMode.BILINEAR, expand=False, fill=0.0
+            images,
+            degrees,
+            interpolation=InterpolationMode.BILINEAR,
+            expand=False,
+            fill=0.0,  # pyright: ignore[reportArgumentType]  # a number fills every channel; the stub allows a list only
         )
 
     return rotate
@@ -158,7 +162,9 @@ def load_variant_images(
     """
     size = spec.image_size
     n = len(paths)
-    out = {mode: np.zeros((n, size, size), dtype=np.uint8) for mode in RESIZE_MODES}
+    out: dict[str, np.ndarray] = {
+        mode: np.zeros((n, size, size), dtype=np.uint8) for mode in RESIZE_MODES
+    }
     readable = np.zeros(n, dtype=bool)
     specs = {mode: CacheSpec(size, mode, spec.crop) for mode in RESIZE_MODES}
     for i, path in enumerate(

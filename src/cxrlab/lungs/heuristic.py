@@ -72,6 +72,8 @@ summary should report that share next to any lung statistic.
 
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
@@ -150,7 +152,7 @@ def body_interior(smooth: np.ndarray) -> np.ndarray:
     border), eroded by the chest wall (:data:`WALL_FRACTION`; the image border too)."""
     low = float(np.percentile(smooth, 1))
     air = smooth < low + AIR_STEP * (otsu_threshold(smooth) - low)
-    labels, _ = ndimage.label(air)
+    labels, _ = cast("tuple[np.ndarray, int]", ndimage.label(air))
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     body = ndimage.binary_fill_holes(~np.isin(labels, edge[edge > 0]))
     wall = max(1, int(round(WALL_FRACTION * min(smooth.shape))))
@@ -209,7 +211,7 @@ def _segment(work: np.ndarray) -> np.ndarray | None:
     for step in THRESHOLD_STEPS:
         dark = (smooth < low + step * (otsu - low)) & interior
         dark = ndimage.binary_opening(dark, structure=opening)
-        labels, count = ndimage.label(dark)
+        labels, count = cast("tuple[np.ndarray, int]", ndimage.label(dark))
         if not count:
             continue
         sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -230,6 +232,7 @@ def _segment(work: np.ndarray) -> np.ndarray | None:
     for lung in lungs:
         if lung is None or _contrast(smooth, lung, interior, values) < MIN_CONTRAST:
             return None
+    assert lungs[0] is not None and lungs[1] is not None  # (returned above otherwise)
     mask = lungs[0] | lungs[1]
     return mask if COVERAGE[0] <= mask.mean() <= COVERAGE[1] else None
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -77,10 +78,10 @@ def load_encoder_weights(network: nn.Module, path: Path) -> None:
     the classifier's keys are dropped. A file of another network is a one-line error."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+    except Exception as exc:  # any unreadable file is the user's to fix
         raise CxrlabError(f"--encoder-weights: {path}: cannot be read ({exc})") from exc
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-    encoder = network.encoder  # type: ignore[attr-defined]
+    encoder = cast(nn.Module, network.encoder)
     expected = set(encoder.state_dict())
     if set(state) != expected:
         raise CxrlabError(
@@ -111,7 +112,7 @@ def load_segmenter(path: Path = SHIPPED) -> tuple[nn.Module, SegmenterMeta]:
         meta = parse(SegmenterMeta, saved["meta"], path)
     except CxrlabError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise CxrlabError(f"{path}: not a cxrlab lung segmenter weights file ({exc})") from exc
     if meta.encoder != ENCODER or tuple(meta.decoder_channels) != DECODER_CHANNELS:
         raise CxrlabError(

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -61,7 +62,7 @@ WHOLE = Box(0.0, 0.0, 1.0, 1.0)
 
 def clean_mask(mask: np.ndarray) -> np.ndarray:
     """The two largest pieces of ``mask`` of at least :data:`MIN_PIECE` of it, holes filled."""
-    labels, count = ndimage.label(mask)
+    labels, count = cast("tuple[np.ndarray, int]", ndimage.label(mask))
     if not count:
         return np.zeros(mask.shape, dtype=bool)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -75,7 +76,7 @@ def clean_mask(mask: np.ndarray) -> np.ndarray:
 
 def plausible(mask: np.ndarray) -> bool:
     """The stated check of the module docstring, on a cleaned mask."""
-    labels, count = ndimage.label(mask)
+    labels, count = cast("tuple[np.ndarray, int]", ndimage.label(mask))
     if count != 2 or not COVERAGE[0] <= mask.mean() <= COVERAGE[1]:
         return False
     width = mask.shape[1]
@@ -111,7 +112,7 @@ class LungSegmenter:
     def label(self) -> str:
         return self.meta.label
 
-    def inputs(self, films: Sequence[np.ndarray]) -> torch.Tensor:
+    def inputs(self, films: Sequence[np.ndarray] | np.ndarray) -> torch.Tensor:
         """Films as the network's input batch ``(N, 3, S, S)``."""
         size = self.meta.input_size
         squares = [
@@ -122,7 +123,7 @@ class LungSegmenter:
         return (batch.expand(-1, 3, -1, -1) - self._mean) / self._std
 
     @torch.inference_mode()
-    def probabilities(self, films: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def probabilities(self, films: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
         """Each film's lung probability map at the network's input size, ``float32 (S, S)``."""
         out: list[np.ndarray] = []
         for start in range(0, len(films), BATCH):

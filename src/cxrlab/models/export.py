@@ -133,6 +133,7 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
                 dynamic_shapes={"images": {0: torch.export.Dim("batch")}},
                 **names,
             )
+            assert program is not None  # the dynamo exporter returns its program
             return program.model_proto.SerializeToString()
     except Exception as dynamo_error:
         buffer = io.BytesIO()
@@ -141,7 +142,7 @@ def _to_onnx(wrapper: nn.Module, example: torch.Tensor, opset: int | None) -> by
                 torch.onnx.export(
                     wrapper,
                     (example,),
-                    buffer,
+                    buffer,  # pyright: ignore[reportArgumentType]  # the legacy exporter writes to a file object too
                     dynamo=False,
                     verbose=False,
                     dynamic_axes={"images": {0: "batch"}, "probabilities": {0: "batch"}},

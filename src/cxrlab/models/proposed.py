@@ -26,6 +26,8 @@ equalisation and a two-scale GeM head, trained with an EMA of the weights (prese
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -81,8 +83,8 @@ class EqualizedMultiScaleNet(nn.Module):
         )  # the stride-16 block output is linear (can be negative)
         self.pool32 = GeM()
         self.dropout = nn.Dropout(dropout)
-        width16 = self.stage16[-1].out_channels
-        width32 = self.stage32[-1].out_channels
+        width16 = cast(int, self.stage16[-1].out_channels)
+        width32 = cast(int, self.stage32[-1].out_channels)
         self.head = nn.Linear(width16 + width32, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

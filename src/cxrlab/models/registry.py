@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import torch
 import torchvision
@@ -49,6 +50,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 class CxrClassifier(nn.Module):
     """Grayscale film in, class logits out, around any ImageNet network."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -124,7 +128,7 @@ def replace_head(network: nn.Module, head_name: str, num_classes: int) -> None:
     old = network.get_submodule(head_name)
     parent_name, _, child = head_name.rpartition(".")
     parent = network.get_submodule(parent_name) if parent_name else network
-    setattr(parent, child, nn.Linear(old.in_features, num_classes))
+    setattr(parent, child, nn.Linear(cast(int, old.in_features), num_classes))
 
 
 def _torchvision(
@@ -134,7 +138,7 @@ def _torchvision(
     if weights is not None:
         load_state_dict_file(network, weights, name)
     elif pretrained:
-        enum = torchvision.models.get_model_weights(name).DEFAULT
+        enum = torchvision.models.get_model_weights(name).DEFAULT  # pyright: ignore[reportAttributeAccessIssue]  # every weights enum has DEFAULT; WeightsEnum does not declare it
         network.load_state_dict(load_imagenet_state_dict(enum, name))
     head = last_linear(network)
     replace_head(network, head, len(classes))
@@ -150,9 +154,11 @@ def _cxrlab(name: str, pretrained: bool, weights: Path | None, classes: list[str
     base = _torchvision(backbone, pretrained, weights, classes)
     transform = HistogramEqualization() if equalize else None
     if head == "two-stage":  # the backbone's own pooling and dropout, a two-decision head
-        base.network.set_submodule(base.head_name, TwoStageHead(base.head.in_features, classes))
+        base.network.set_submodule(
+            base.head_name, TwoStageHead(cast(int, base.head.in_features), classes)
+        )
         return CxrClassifier(base.network, base.head_name, name, classes, input_transform=transform)
-    network = EqualizedMultiScaleNet(base.network.features, len(classes))
+    network = EqualizedMultiScaleNet(cast(nn.Sequential, base.network.features), len(classes))
     return CxrClassifier(network, "head", name, classes, input_transform=transform)
 
 
@@ -174,7 +180,7 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
         ) from exc
     if weights is not None:
         load_state_dict_file(network, weights, name)
-    network.reset_classifier(len(classes))
+    network.reset_classifier(len(classes))  # pyright: ignore[reportCallIssue]  # a timm model method; create_model is typed nn.Module
     head = last_linear(network)
     cfg = getattr(network, "pretrained_cfg", {}) or {}
     mean, std = tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD))

@@ -8,6 +8,8 @@ probabilities, so ``softmax(output)`` is the mean probability over views.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -33,7 +35,9 @@ def affine_view(images: torch.Tensor, degrees: float, zoom: float) -> torch.Tens
 
 
 def tta_log_probs(
-    forward, images: torch.Tensor, views: tuple[tuple[float, float], ...] = TTA_VIEWS
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    views: tuple[tuple[float, float], ...] = TTA_VIEWS,
 ) -> torch.Tensor:
     """Log of the mean softmax of ``forward`` over ``views`` of ``images``."""
     probs = torch.stack(
@@ -62,7 +66,7 @@ class TestTimeAugmentation(nn.Module):
 
     @property
     def classes(self) -> list[str]:
-        return list(self.model.classes)
+        return list(cast("list[str]", self.model.classes))
 
 
 def with_tta(model: nn.Module, tta: bool) -> nn.Module:

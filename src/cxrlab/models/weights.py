@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import torch
@@ -30,7 +31,7 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
         ) from exc
 
 
-def safe_load(path: Path, what: str) -> object:
+def safe_load(path: Path, what: str) -> Any:
     """``torch.load(weights_only=True)`` on CPU; a missing or foreign file is a one-line error."""
     if not path.is_file():
         raise CxrlabError(f"{what}: {path} does not exist")

@@ -63,6 +63,7 @@ def calibrate_run(
             for name in ("val", "test")
             if name in prepared.rows and len(prepared.rows[name])
         }
+        assert result.metrics is not None  # RunResult.load read metrics.json
         metrics = calibrate_and_test(
             run_dir, model, config, prepared, logits, result.metrics, tta=tta
         )

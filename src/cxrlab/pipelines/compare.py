@@ -173,10 +173,10 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None and audit:
         say("Auditing the data (duplicates, leakage, unreadable files) ...")
-        result = run_audit(index, out / "audit", AuditConfig(workers=workers), progress=progress)
+        audited = run_audit(index, out / "audit", AuditConfig(workers=workers), progress=progress)
         manifest = out / "audit" / "manifest.csv"
-        records = result.records
-        excluded = result.summary.status["excluded"]
+        records = audited.records
+        excluded = audited.summary.status["excluded"]
         say(f"Audit: {excluded} file(s) excluded from training (see {out / 'audit' / 'audit.md'})")
     else:
         records = scan_dataset(index, workers=workers, progress=progress)
@@ -211,6 +211,7 @@ def run_comparison(
             progress=progress,
             say=say,
         )
+        assert result.metrics is not None  # trained (or loaded) and tested in this process
         if not is_calibrated(
             result.metrics, config.target_recall
         ):  # a run made before cxrlab calibrated, or a new operating point
@@ -223,6 +224,7 @@ def run_comparison(
                 workers=workers,
                 progress=progress,
             )
+        assert result.metrics is not None  # calibrate_run tests it again
         test = result.metrics.test
         if test is not None:
             say(f"    test accuracy {test.accuracy:.3f}, macro-F1 {test.macro_f1:.3f} ({run_dir})")

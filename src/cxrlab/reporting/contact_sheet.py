@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -23,7 +24,7 @@ CAPTION = 12  # pixels under each tile
 
 def outline(mask: np.ndarray) -> np.ndarray:
     """The pixels of ``mask`` on its edge (bool, same shape), two pixels wide."""
-    return mask & ~ndimage.binary_erosion(mask, iterations=2, border_value=0)
+    return mask & ~cast(np.ndarray, ndimage.binary_erosion(mask, iterations=2, border_value=0))
 
 
 def contact_sheet(

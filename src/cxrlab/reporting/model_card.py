@@ -272,6 +272,7 @@ def limitations(
     """Known limitations: sources, transfer, scope, calibration."""
     found: list[Limitation] = []
     if audit and AuditFacts.of(audit).shortcut_found:
+        assert audit.shortcut is not None  # the shortcut found
         found.append(SourceShortcut(audit.shortcut.per_class_recall, _one_source(audit.sources)))
     found += [SingleClassSource(n, c) for n, c in metrics.single_class_sources().items()]
     found += [
@@ -283,7 +284,7 @@ def limitations(
             _worst_confusion(ev),
         )
         for ev in external
-        if ExternalFacts.of(ev).fails
+        if ev.internal and ExternalFacts.of(ev).fails  # (a gap, so an internal reference)
     ]
     found.append(Scope())
     if metrics.calibration is None:

@@ -71,7 +71,7 @@ def pair_tests(runs: Sequence[Scored]) -> list[PairTest]:
     """Every pair of runs, with Holm-adjusted p-values over the pairs that were tested."""
     tests = [pair_test(a, b) for a, b in itertools.combinations(runs, 2)]
     tested = [t for t in tests if t.result is not None]
-    for t, p in zip(tested, holm([t.result.p_value for t in tested])):
+    for t, p in zip(tested, holm([t.result.p_value for t in tested if t.result is not None])):
         t.p_holm = p
     return tests
 

@@ -100,6 +100,7 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
     figure = new_figure(side * n_cols + 0.6, side * n_rows + 0.4)
     axes = np.asarray(figure.subplots(n_rows, n_cols, squeeze=False)).ravel()
     fontsize = 10 if k <= 4 else 8 if k <= 8 else 6
+    image = None
     for ax, run in zip(axes, runs):
         counts = np.asarray(run.test.confusion_matrix, dtype=np.int64)
         totals = counts.sum(axis=1, keepdims=True)
@@ -126,6 +127,7 @@ def plot_confusion_matrices(runs: Sequence[ReportRun], path: Path) -> Path:
         ax.set_title(f"{figure_text(run.label)}\naccuracy {run.test.accuracy:.3f}", fontsize=10)
     for ax in axes[len(runs) :]:
         ax.set_visible(False)
+    assert image is not None  # runs is not empty (runs[0] above)
     figure.colorbar(image, ax=list(axes[: len(runs)]), shrink=0.7, label="share of the true class")
     figure.suptitle("Test confusion matrices (count and % of the true class)", fontsize=12)
     return save_figure(figure, path)

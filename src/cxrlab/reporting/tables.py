@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import SupportsFloat, SupportsInt
 
 import numpy as np
 from markupsafe import Markup
@@ -24,12 +25,12 @@ MISSING = "–"
 NOT_COMPUTED = "not computed"  # a run without robustness or Grad-CAM results
 
 
-def number(value: object) -> float:
+def number(value: SupportsFloat | None) -> float:
     """``value`` as a float; NaN when missing (None)."""
     return float(value) if value is not None else math.nan
 
 
-def fmt(value: object, digits: int = 3) -> str:
+def fmt(value: SupportsFloat | None, digits: int = 3) -> str:
     """A number with ``digits`` decimals; a dash when missing or NaN."""
     if value is None or not math.isfinite(float(value)):
         return MISSING
@@ -43,7 +44,7 @@ def fmt_p(p: float | None) -> str:
     return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
-def fmt_count(n: object) -> str:
+def fmt_count(n: SupportsInt | None) -> str:
     """A parameter count, three significant digits: ``11.2 M``, ``3.84 k``, ``512``."""
     if n is None:
         return MISSING
@@ -51,7 +52,7 @@ def fmt_count(n: object) -> str:
     return f"{n / 1e6:.3g} M" if n >= 1e6 else f"{n / 1e3:.3g} k" if n >= 1e3 else str(n)
 
 
-def fmt_change(value: object) -> str:
+def fmt_change(value: SupportsFloat | None) -> str:
     """A signed change with a true minus sign: ``+0.012``, ``−0.015``, ``0.000``; a dash when
     missing."""
     change = number(value)
@@ -62,13 +63,13 @@ def fmt_change(value: object) -> str:
     return f"{change:+.3f}".replace("-", "−")
 
 
-def fmt_percent(value: object) -> str:
+def fmt_percent(value: SupportsFloat | None) -> str:
     """A share as a whole percentage: ``81%``; a dash when missing."""
     share = number(value)
     return f"{100 * share:.0f}%" if math.isfinite(share) else MISSING
 
 
-def csv_number(value: object) -> str:
+def csv_number(value: SupportsFloat | None) -> str:
     """Six significant digits; empty when missing or NaN."""
     found = number(value)
     return f"{found:.6g}" if math.isfinite(found) else ""
@@ -106,10 +107,10 @@ def interval_cell(interval: Interval | None) -> Cell:
 
 def best(values: Sequence[float], higher_is_better: bool) -> np.ndarray:
     """Which values are the best (ties included); none when all finite values are equal."""
-    values = np.asarray(values, dtype=np.float64)
-    finite = values[np.isfinite(values)]
+    array = np.asarray(values, dtype=np.float64)
+    finite = array[np.isfinite(array)]
     if finite.size == 0 or np.allclose(finite, finite[0], rtol=1e-9, atol=1e-12):
-        return np.zeros(values.shape, dtype=bool)
+        return np.zeros(array.shape, dtype=bool)
     top = finite.max() if higher_is_better else finite.min()
     return np.isfinite(values) & np.isclose(values, top, rtol=1e-9, atol=1e-12)
 

@@ -26,6 +26,7 @@ import socket
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Query, Request
@@ -77,7 +78,7 @@ LOCAL_NAMES = ("127.0.0.1", "localhost", "::1")  # the names of this machine, al
 WILDCARDS = frozenset({"0.0.0.0", "::"})  # --host values that listen on every network
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})  # requests that change nothing
 ANY_HOST = "*"  # --allowed-host '*': the Host check is off (the Origin check stays)
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "A Host this server does not answer on."},
     403: {"model": ErrorDetail, "description": "A POST from another site's page (Origin)."},
     413: {"model": ErrorDetail, "description": "Request body over --max-upload-mb."},
@@ -200,7 +201,7 @@ def create_app(
     async def predict(
         request: Request,
         gradcam: bool = Query(False, description="Add a Grad-CAM overlay of each decision."),
-    ) -> PredictResponse:
+    ) -> PredictResponse | JSONResponse:
         """Probabilities, decisions, the OOD check and (optionally) Grad-CAM for each ``file``
         part; the first film that cannot be read fails the request, naming it."""
         try:

@@ -16,19 +16,25 @@ class OperatingPointInfo(BaseModel):
 
 class GradcamInfo(BaseModel):
     available: bool
-    layer: str | None = Field(None, description="The layer whose activations are explained.")
-    reason: str | None = Field(None, description="Why Grad-CAM is unavailable, when it is.")
+    layer: str | None = Field(
+        default=None, description="The layer whose activations are explained."
+    )
+    reason: str | None = Field(default=None, description="Why Grad-CAM is unavailable, when it is.")
 
 
 class OodInfo(BaseModel):
     available: bool
-    method: str | None = Field(None, description="The score and its threshold, in words.")
+    method: str | None = Field(default=None, description="The score and its threshold, in words.")
     threshold: float | None = None
-    quantile: float | None = Field(None, description="Of the validation films' scores.")
+    quantile: float | None = Field(default=None, description="Of the validation films' scores.")
     n_train: int | None = None
     n_val: int | None = None
-    val_flag_rate: float | None = Field(None, description="Share of validation films flagged.")
-    reason: str | None = Field(None, description="Why the check is unavailable, when it is.")
+    val_flag_rate: float | None = Field(
+        default=None, description="Share of validation films flagged."
+    )
+    reason: str | None = Field(
+        default=None, description="Why the check is unavailable, when it is."
+    )
 
 
 class ModelInfo(BaseModel):

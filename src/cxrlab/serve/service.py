@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from cxrlab.data.cache import decode_square
 from cxrlab.data.reader import DecodedImage
@@ -208,11 +210,12 @@ class ServedModel:
         small = len(films) < ONE_THREAD_BELOW and (p.device is None or p.device.type == "cpu")
         scored = self.ood is not None and p.model is not None
         with self._lock, cpu_threads(1 if small else None):
-            with head_inputs(p.model) if scored else nullcontext([]) as captured:
+            with head_inputs(cast(nn.Module, p.model)) if scored else nullcontext([]) as captured:
                 probs = np.asarray(p.batch_probs(images), dtype=np.float64)
             decisions = probs.argmax(axis=1)
             scores = None
             if scored:  # the features of the pass that gave the probabilities, read once
+                assert self.ood is not None and p.model is not None  # what scored says
                 features = torch.cat(captured).numpy().astype(np.float64)
                 if len(features) != len(images):  # test-time augmentation: several views each
                     features = head_features(p.model, images)  # the score wants the single view

@@ -11,9 +11,13 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+if TYPE_CHECKING:
+    from python_multipart.multipart import MultipartCallbacks
 
 FIELD = "file"  # the name of every film's part
 MAX_FILES = 100  # per request
@@ -59,7 +63,7 @@ class _Collector:
         self.header_value = b""
         self.disposition = b""
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> MultipartCallbacks:
         return {
             "on_part_begin": self.on_part_begin,
             "on_header_field": lambda d, s, e: self._add("header_name", d[s:e]),
@@ -110,7 +114,7 @@ async def read_uploads(
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise UploadError(415, f"upload: send multipart/form-data with one '{FIELD}' part per film")
     limit = f"the upload limit of {max_bytes / 1e6:g} MB (--max-upload-mb)"
-    declared = int(content_length) if (content_length or "").isdigit() else None
+    declared = int(content_length) if content_length and content_length.isdigit() else None
     collector = _Collector()
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
     received = 0

@@ -36,7 +36,11 @@ def xray_augmentation(
     """Random affine (rotation, shift, scale) then brightness/contrast jitter."""
     return v2.Compose(
         [
-            v2.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale),
+            v2.RandomAffine(
+                degrees=degrees,  # pyright: ignore[reportArgumentType]  # a float is a number
+                translate=(translate, translate),
+                scale=scale,
+            ),
             v2.ColorJitter(brightness=jitter, contrast=jitter),  # clamps to 0..1
         ]
     )

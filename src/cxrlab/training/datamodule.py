@@ -13,6 +13,9 @@ the torchmetrics epoch metrics are summed across processes, so validation is exa
 
 from __future__ import annotations
 
+from collections.abc import Sized
+from typing import Any, cast
+
 import lightning as L
 import numpy as np
 import torch
@@ -52,7 +55,7 @@ class CxrDataModule(L.LightningDataModule):
         evenly is checked before any process starts, in ``run.check_runnable``)."""
         return self.config.batch_size // self.world_size
 
-    def _loader(self, dataset: Dataset, **kwargs: object) -> DataLoader:
+    def _loader(self, dataset: Dataset, **kwargs: Any) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(
             dataset,
@@ -69,11 +72,14 @@ class CxrDataModule(L.LightningDataModule):
             sampler = balanced_sampler(self.train_labels, self.config.seed, sources)
             return self._loader(self.train_set, sampler=sampler)
         return self._loader(
-            self.train_set, shuffle=True, drop_last=len(self.train_set) > self.config.batch_size
+            self.train_set,
+            shuffle=True,
+            drop_last=len(cast("Sized", self.train_set)) > self.config.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
         if self.world_size > 1:
+            assert self.trainer is not None  # the trainer asks for its loaders
             sampler = UnrepeatedDistributedSampler(
                 self.val_set,
                 num_replicas=self.world_size,

@@ -53,7 +53,11 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _augment(recipe: SegmenterRecipe) -> v2.Transform:
-    return v2.RandomAffine(degrees=10, translate=(0.08, 0.08), scale=(0.7, 1.15))
+    return v2.RandomAffine(
+        degrees=10,  # pyright: ignore[reportArgumentType]  # an int is a number
+        translate=(0.08, 0.08),
+        scale=(0.7, 1.15),
+    )
 
 
 def _intensity(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -68,7 +72,11 @@ def _intensity(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     batch = (batch - mean) * contrast + mean
     blur = torch.rand(n, generator=generator) < 0.2
     if blur.any():
-        batch[blur] = v2.functional.gaussian_blur(batch[blur], kernel_size=5, sigma=1.2)
+        batch[blur] = v2.functional.gaussian_blur(
+            batch[blur],
+            kernel_size=5,  # pyright: ignore[reportArgumentType]  # one size for both sides
+            sigma=1.2,  # pyright: ignore[reportArgumentType]  # likewise
+        )
     noisy = torch.rand(n, generator=generator) < 0.2
     if noisy.any():
         batch[noisy] += 0.03 * torch.randn(batch[noisy].shape, generator=generator)

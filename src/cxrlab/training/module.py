@@ -13,20 +13,25 @@ import math
 import random
 import time
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import numpy as np
 import torch
-from timm.utils import ModelEmaV3
+from timm.utils.model_ema import ModelEmaV3
 from torch import nn
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric, Metric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from cxrlab.config import RunConfig
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import HistoryRow
 from cxrlab.training.augment import device_augmentation
+
+if TYPE_CHECKING:
+    from lightning.pytorch.core.optimizer import LightningOptimizer
+    from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 
 def warmup_cosine(
@@ -84,7 +89,9 @@ def parameter_groups(
 def rng_states() -> dict[str, object]:
     """Every random generator a run draws from (Python, numpy, torch, CUDA), in a form that
     ``torch.load(weights_only=True)`` reads back (tensors, tuples and numbers only)."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    kind, keys, position, has_gauss, gauss = cast(
+        "tuple[str, np.ndarray, int, int, float]", np.random.get_state()
+    )
     return {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
@@ -93,7 +100,7 @@ def rng_states() -> dict[str, object]:
     }
 
 
-def set_rng_states(states: dict[str, object]) -> None:
+def set_rng_states(states: dict[str, Any]) -> None:
     """Restore what :func:`rng_states` saved."""
     version, internal, gauss_next = states["python"]
     random.setstate((version, tuple(internal), gauss_next))
@@ -113,6 +120,8 @@ def freeze_batchnorm_statistics(net: nn.Module) -> None:
 
 class ClassifierModule(L.LightningModule):
     """Cross-entropy training with validation macro-F1 as the selection metric."""
+
+    class_weights: torch.Tensor  # a buffer
 
     def __init__(
         self,
@@ -149,14 +158,14 @@ class ClassifierModule(L.LightningModule):
         self.batch_augment = device_augmentation(config)
 
     def on_after_batch_transfer(
-        self, batch: tuple[torch.Tensor, torch.Tensor], _loader_index: int
+        self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.batch_augment is not None and self.trainer.training:
             return self.batch_augment(batch[0]), batch[1]
         return batch
 
     @property
-    def val_metrics(self) -> tuple[nn.Module, ...]:
+    def val_metrics(self) -> tuple[Metric, ...]:
         """The epoch metrics that validation fills (reset after every validation)."""
         return (self.val_loss, self.val_acc, self.val_f1, self.val_count)
 
@@ -173,7 +182,7 @@ class ClassifierModule(L.LightningModule):
         self.train()  # Lightning keeps each submodule's mode as found; this applies freeze_bn
         self._epoch_started = time.perf_counter()
 
-    def on_train_batch_end(self, *_args: object) -> None:
+    def on_train_batch_end(self, outputs: object, batch: object, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update(self.net, step=self.global_step)
 
@@ -216,7 +225,7 @@ class ClassifierModule(L.LightningModule):
             return
         row = HistoryRow(
             epoch=self.current_epoch,
-            lr=float(self.optimizers().param_groups[0]["lr"]),
+            lr=float(self._optimizer().param_groups[0]["lr"]),
             train_loss=float(self.train_loss.compute())
             if self.train_loss.update_called
             else math.nan,
@@ -236,7 +245,13 @@ class ClassifierModule(L.LightningModule):
         )
         self.log("val_macro_f1", row.val_macro_f1, prog_bar=True)
 
-    def configure_optimizers(self) -> dict:
+    def _optimizer(self) -> LightningOptimizer:
+        """The one optimizer of the run (:meth:`configure_optimizers`)."""
+        optimizer = self.optimizers()
+        assert not isinstance(optimizer, list)  # configure_optimizers gives one
+        return optimizer
+
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         c = self.config
         groups = parameter_groups(self.net, c.lr, c.lr * c.backbone_lr_scale, c.weight_decay)
         if c.optimizer == "sgd":

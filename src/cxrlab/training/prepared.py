@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from cxrlab.config import RunConfig
 from cxrlab.data.cache import CacheSpec, ImageCache, build_cache
@@ -162,7 +164,8 @@ def subset_logits(
     features; otherwise ``model`` may be wrapped, e.g. for test-time augmentation)."""
     if feats is not None:
         with torch.no_grad():
-            return model.head(torch.from_numpy(feats[name])).double().numpy()
+            head = cast(nn.Module, model.head)
+            return head(torch.from_numpy(feats[name])).double().numpy()
     dataset = CachedImageDataset(prepared.cache, prepared.rows[name])
     return predict_logits(
         model,

@@ -19,9 +19,10 @@ from __future__ import annotations
 import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import numpy as np
@@ -367,7 +368,7 @@ def _fit(
         logger=make_loggers(config, run_dir),
         progress=progress,
         root=run_dir,
-        log_every_n_steps=min(10, max(1, len(train_set) // config.batch_size)),
+        log_every_n_steps=min(10, max(1, len(cast("Sized", train_set)) // config.batch_size)),
     )
     last = files.last_checkpoint
     trainer.fit(

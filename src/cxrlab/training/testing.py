@@ -100,7 +100,7 @@ def calibrate_and_test(
             calibration, test=calibration_effect(logits["test"], y_true, temperature)
         ),
         operating_point=replace(run_point, test=operating_result(point, y_true, probs, classes))
-        if point
+        if point and run_point
         else None,
         test=classification_metrics(y_true, probs, classes),
         intervals=headline_intervals(y_true, probs, classes),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -29,9 +30,12 @@ class HistoryWriter(Callback):
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def on_train_epoch_end(self, trainer: L.Trainer, module: ClassifierModule) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero:
-            write_history(self.path, [HistoryRow.from_dict(row) for row in module.history])
+            write_history(
+                self.path,
+                [HistoryRow.from_dict(row) for row in cast(ClassifierModule, pl_module).history],
+            )
 
 
 def make_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
@@ -112,11 +116,11 @@ def build_trainer(
     logger: list[Logger] | bool,
     progress: bool,
     root: Path,
-    **overrides: object,
+    **overrides: Any,
 ) -> L.Trainer:
     """The Lightning Trainer of a run (``overrides``: extra Trainer arguments, e.g. for
     benchmarks)."""
-    settings: dict[str, object] = dict(
+    settings: dict[str, Any] = dict(
         max_epochs=config.epochs,
         accelerator="cpu"
         if device.type == "cpu" and config.accelerator == "auto"
