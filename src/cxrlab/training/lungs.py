@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -108,17 +112,17 @@ def train_segmenter(
     masks: np.ndarray,
     recipe: SegmenterRecipe,
     *,
-    encoder_weights: object = None,
+    encoder_weights: Path | None = None,
     command: str = "",
     progress: bool = True,
-    log: callable = print,  # type: ignore[valid-type]
+    log: Callable[[str], object] = print,
 ) -> tuple[torch.nn.Module, SegmenterMeta]:
     """Train on the "train" films, select on "val", measure on "test"; the network and its card."""
     torch.manual_seed(recipe.seed)
     generator = torch.Generator().manual_seed(recipe.seed)
     network = build_network()
     if encoder_weights is not None:
-        load_encoder_weights(network, encoder_weights)  # type: ignore[arg-type]
+        load_encoder_weights(network, encoder_weights)
     split = np.array([item.split for item in items])
     train = np.flatnonzero(split == "train")
     val = np.flatnonzero(split == "val")
@@ -135,11 +139,11 @@ def train_segmenter(
     meta = SegmenterMeta(input_size=recipe.input_size, seed=recipe.seed, epochs=recipe.epochs)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    best, best_state, best_epoch = -1.0, None, -1
+    best, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), -1
     for epoch in range(recipe.epochs):
         started = time.perf_counter()
         network.train()
-        freeze_batchnorm_statistics(network.encoder)  # type: ignore[arg-type]
+        freeze_batchnorm_statistics(cast(nn.Module, network.encoder))
         order = train[torch.randperm(len(train), generator=generator).numpy()]
         losses = []
         batches = range(0, len(order), recipe.batch_size)
@@ -185,7 +189,7 @@ def train_segmenter(
         )
         if score > best:
             best, best_state, best_epoch = score, copy.deepcopy(network.state_dict()), epoch + 1
-    network.load_state_dict(best_state)  # type: ignore[arg-type]
+    network.load_state_dict(best_state)
     network.eval()
     log(f"kept epoch {best_epoch} (val Dice {best:.4f})")
     segmenter = LungSegmenter(network, meta)
