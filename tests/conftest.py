@@ -56,6 +56,23 @@ def kaggle_tree(tmp_path: Path) -> Path:
     return root
 
 
+# Tests left out of the fast default run (pyproject.toml's addopts); `uv run pytest -q -m ""` runs
+# everything, as .ci/run does. Marked here by file; a real-data test also by its decorator.
+MARKED_FILES = {
+    "test_serve_browser.py": "browser",
+    "test_run_faults.py": "faults",
+    "test_hostile.py": "faults",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        marker = MARKED_FILES.get(item.path.name)
+        if marker is not None:
+            item.add_marker(getattr(pytest.mark, marker))
+
+
 def requires_real_data() -> Path:
     if not REAL_DATA.is_dir():
         pytest.skip(f"real dataset not found at {REAL_DATA} (place ../shared/data beside the repo)")

@@ -77,6 +77,7 @@ def test_bad_roots(tmp_path: Path, kind: str) -> None:
         discover(root)
 
 
+@pytest.mark.real_data
 def test_real_dataset_layout() -> None:
     root = requires_real_data()
     index = discover(root)

@@ -115,6 +115,7 @@ def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "plain.pt")
 
 
+@pytest.mark.real_data
 def test_shared_pretrained_mobilenet_loads() -> None:
     if not SHARED_WEIGHTS.is_file():
         pytest.skip(f"pretrained weights not found at {SHARED_WEIGHTS}")
