@@ -168,14 +168,15 @@ def test_audit_json_is_a_typed_record_read_strictly(messy_tree: Path, tmp_path: 
 
 
 def test_model_card_reads_the_audit_beside_the_manifest(messy_tree: Path, tmp_path: Path) -> None:
+    from cxrlab.config import RunConfig
     from cxrlab.reporting.model_card import _audit_of
 
     out = tmp_path / "audit"
     run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
     for manifest in (out, out / "manifest.csv"):
-        assert _audit_of({"manifest": str(manifest)}) == AuditReport.load(out / "audit.json")
-    assert _audit_of({"manifest": None}) is None
-    assert _audit_of({"manifest": str(tmp_path / "elsewhere" / "manifest.csv")}) is None
+        assert _audit_of(RunConfig(manifest=str(manifest))) == AuditReport.load(out / "audit.json")
+    assert _audit_of(RunConfig(manifest=None)) is None
+    assert _audit_of(RunConfig(manifest=str(tmp_path / "elsewhere" / "manifest.csv"))) is None
     (out / "audit.json").write_text('{"root": "x"}')
     with pytest.raises(CxrlabError, match=r"audit\.json: classes: missing key"):
-        _audit_of({"manifest": str(out)})
+        _audit_of(RunConfig(manifest=str(out)))
