@@ -188,7 +188,7 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
     NORMAL and PNEUMONIA films only), so for it this is a free check on adult films; the
     baseline trained on them, so its share is only a reference.
     """
-    from cxrlab.data.cache import build_cache
+    from cxrlab.data.cache import CacheSpec, build_cache
     from cxrlab.data.datasets import CachedImageDataset, rows_for
     from cxrlab.data.discover import discover
     from cxrlab.data.split import load_split
@@ -208,7 +208,7 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
         for seed in seeds:
             run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
             model, meta = load_model(run / "model.pt")
-            cache = build_cache(index, meta.cache_spec(), progress=False)
+            cache = build_cache(index, CacheSpec.of_model(meta), progress=False)
             covid = [
                 item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"
             ]

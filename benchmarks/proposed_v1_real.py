@@ -231,7 +231,7 @@ def pooled_mcnemar(runs: dict[str, list[Path]]) -> list[str]:
 def validation_tta(runs: list[Path], data: Path) -> list[str]:
     """Validation macro-F1 and COVID19 recall of each run's kept checkpoint with and without TTA
     (the split that may decide whether TTA stays in the recipe)."""
-    from cxrlab.data.cache import build_cache
+    from cxrlab.data.cache import CacheSpec, build_cache
     from cxrlab.data.datasets import CachedImageDataset, rows_for
     from cxrlab.data.discover import discover
     from cxrlab.data.split import load_split
@@ -249,7 +249,7 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
     ]
     for run in runs:
         model, meta = load_model(run / "model.pt")
-        cache = build_cache(discover(data), meta.cache_spec(), progress=False)
+        cache = build_cache(discover(data), CacheSpec.of_model(meta), progress=False)
         rows = rows_for(cache, load_split(run / "split.csv")["val"])
         for tta in (False, True):
             m = classification_metrics(

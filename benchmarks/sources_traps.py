@@ -102,6 +102,7 @@ def framing(runs: list[Path], out: Path, external: Path, sources: dict[str, Path
 
 
 def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list[str]:
+    from cxrlab.data.cache import CacheSpec
     from cxrlab.data.discover import discover_sources
     from cxrlab.evaluation.robustness import robustness_eval
     from cxrlab.models.checkpoint import load_model
@@ -115,7 +116,7 @@ def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list
     index = discover_sources(data, sources, source_name="kaggle")
     for run_dir in runs:
         model, meta = load_model(run_dir / "model.pt")
-        spec = meta.cache_spec()
+        spec = CacheSpec.of_model(meta)
         classes = list(model.classes)
         for source in ("kaggle", *sources):
             films = _test_films(run_dir, source)

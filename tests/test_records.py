@@ -94,9 +94,9 @@ def test_model_meta_of_an_old_checkpoint_takes_the_documented_defaults() -> None
     assert meta == ModelMeta("resnet18", tuple(CLASSES), image_size=64)
     assert (meta.resize, meta.crop, meta.tta, meta.config) == ("squash", "none", False, None)
     assert (meta.temperature, meta.operating_point) == (1.0, None)
-    assert meta.cache_spec() == CacheSpec(64, "squash", "none")
+    assert CacheSpec.of_model(meta) == CacheSpec(64, "squash", "none")
     nothing = ModelMeta.from_extra({}, "older.pt", arch="resnet18", classes=CLASSES)
-    assert nothing.cache_spec() == CacheSpec(224, "squash", "none")  # the 224 px fallback
+    assert CacheSpec.of_model(nothing) == CacheSpec(224, "squash", "none")  # the 224 px fallback
     nulls = {"temperature": None, "operating_point": None}  # stored as null: not calibrated
     assert ModelMeta.from_extra(nulls, "x.pt", arch="resnet18", classes=CLASSES) == nothing
 
@@ -137,7 +137,7 @@ def test_model_meta_round_trips_through_a_checkpoint(tmp_path: Path) -> None:
     assert (payload["arch"], payload["classes"]) == ("resnet18", CLASSES)
     loaded, read = load_model(path, arch="resnet18", classes=CLASSES)
     assert read == meta and RunConfig(**read.config) == config
-    assert read.cache_spec() == CacheSpec(48, "pad", "lungs")
+    assert CacheSpec.of_model(read) == CacheSpec(48, "pad", "lungs")
     # a checkpoint written before the extra held a key: the defaults, once
     legacy = {k: v for k, v in payload.items() if k != "extra"} | {"extra": {"image_size": 48}}
     torch.save(legacy, tmp_path / "legacy.pt")

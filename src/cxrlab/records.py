@@ -406,13 +406,6 @@ class ModelMeta:
         given = {k: v for k, v in dict(extra).items() if v is not None}
         return parse(cls, {"arch": arch, "classes": list(classes), **given}, where)
 
-    def cache_spec(self) -> Any:
-        """The preprocessing the model was trained with, as a
-        :class:`cxrlab.data.cache.CacheSpec` (defaults: see the class)."""
-        from cxrlab.data.cache import CacheSpec
-
-        return CacheSpec(self.image_size, self.resize, self.crop)
-
 
 @dataclass(frozen=True)
 class HistoryRow:

@@ -53,7 +53,7 @@ from cxrlab.data.reader import DecodedImage, ImageSource, decode_image
 from cxrlab.errors import CxrlabError, ImageReadError
 from cxrlab.fileio import atomic_write_text, locked, read_text, reserve_space
 from cxrlab.progress import track
-from cxrlab.records import CROPS, RESIZE_MODES, Crop, Resize
+from cxrlab.records import CROPS, RESIZE_MODES, Crop, ModelMeta, Resize
 
 CACHE_VERSION = 2  # 2: generation arrays images-<gen>.npy named by index.json, .lock
 INDEX, LOCK = "index.json", ".lock"
@@ -75,6 +75,12 @@ class CacheSpec:
             raise CxrlabError(f"--crop: '{self.crop}' is not one of {', '.join(CROPS)}")
         if not 16 <= self.image_size <= 2048:
             raise CxrlabError(f"--image-size: {self.image_size} is outside 16..2048")
+
+    @classmethod
+    def of_model(cls, meta: ModelMeta) -> CacheSpec:
+        """The preprocessing a model was trained with, as its checkpoint (or ONNX metadata)
+        carries it (the defaults of an older one: see :class:`~cxrlab.records.ModelMeta`)."""
+        return cls(meta.image_size, meta.resize, meta.crop)
 
 
 def default_cache_root() -> Path:

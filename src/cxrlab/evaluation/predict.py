@@ -160,7 +160,7 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
         return Predictor(
             onnx_model.arch,
             onnx_model.classes,
-            onnx_meta.cache_spec(),
+            CacheSpec.of_model(onnx_meta),
             onnx_model.predict,
             "ONNX Runtime",
             onnx_model.notes,
@@ -185,7 +185,7 @@ def load_predictor(model_path: Path, device: str = "auto") -> Predictor:
     return Predictor(
         model.arch,
         list(model.classes),
-        meta.cache_spec(),
+        CacheSpec.of_model(meta),
         batch_probs,
         temperature=temperature,
         point=meta.operating_point,

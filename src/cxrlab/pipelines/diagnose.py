@@ -105,7 +105,7 @@ def diagnose_run(
         )
     classes = list(model.classes)
     labels = np.array([classes.index(name) for _, name in test], dtype=np.int64)
-    spec = meta.cache_spec()
+    spec = CacheSpec.of_model(meta)
     key = (tuple(map(str, paths)), CacheSpec(spec.image_size, crop=spec.crop))
     if key not in _DECODED:
         _DECODED.clear()  # keep one decoded test set in memory

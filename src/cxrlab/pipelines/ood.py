@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cxrlab.artifacts import RunDir
+from cxrlab.data.cache import CacheSpec
 from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
@@ -42,7 +43,7 @@ def fit_run_ood(
         )
     model, meta = load_model(files.model)
     config = RunConfig.load(files.config)
-    spec = meta.cache_spec()
+    spec = CacheSpec.of_model(meta)
     config = config.updated(image_size=spec.image_size, resize=spec.resize)
     prepared = prepare_run_data(
         data,
