@@ -29,6 +29,7 @@ import torch
 
 from cxrlab.data.cache import CacheSpec, load_square
 from cxrlab.lungs import default_segmenter, heuristic
+from cxrlab.lungs.segment import dice
 from cxrlab.reporting.contact_sheet import contact_sheet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,10 +48,6 @@ def class_films(folder: Path) -> dict[str, list[Path]]:
         c.name: sorted(f for f in c.iterdir() if f.suffix.lower() in SUFFIXES)
         for c in sorted(p for p in folder.iterdir() if p.is_dir())
     }
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
 
 
 def latency(films: list[np.ndarray]) -> float:

@@ -58,13 +58,14 @@ class MaskSet:
     films: list[MaskedFilm]
     left_out: dict[str, int]
 
-    def counts(self) -> dict[str, dict[str, int]]:
-        """Films per source and split."""
-        out: dict[str, dict[str, int]] = {}
-        for film in self.films:
-            out.setdefault(film.source, {}).setdefault(film.split, 0)
-            out[film.source][film.split] += 1
-        return out
+
+def film_counts(films: list[MaskedFilm]) -> dict[str, dict[str, int]]:
+    """Films per source and split."""
+    out: dict[str, dict[str, int]] = {}
+    for film in films:
+        out.setdefault(film.source, {}).setdefault(film.split, 0)
+        out[film.source][film.split] += 1
+    return out
 
 
 def _masks_zip(path: Path) -> zipfile.ZipFile:

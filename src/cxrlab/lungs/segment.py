@@ -99,14 +99,26 @@ def lung_box(mask: np.ndarray) -> Box:
     return Box(max(0.0, top - dy), max(0.0, left - dx), min(1.0, bottom + dy), min(1.0, right + dx))
 
 
+def normalised(batch: torch.Tensor) -> torch.Tensor:
+    """Grey films ``(N, 1, S, S)`` in 0..1 as the network reads them: three equal channels,
+    ImageNet mean and standard deviation (training and inference alike)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (batch.expand(-1, 3, -1, -1) - mean) / std
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two bool masks (1 when both are empty)."""
+    total = float(a.sum() + b.sum())
+    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
 class LungSegmenter:
     """A loaded segmenter: :meth:`masks` of films, :meth:`box` of one film."""
 
     def __init__(self, network: nn.Module, meta: SegmenterMeta) -> None:
         self.network = network.eval().float().cpu()
         self.meta = meta
-        self._mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        self._std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     @property
     def label(self) -> str:
@@ -119,8 +131,7 @@ class LungSegmenter:
             np.asarray(Image.fromarray(f).resize((size, size), Image.Resampling.BILINEAR))
             for f in films
         ]
-        batch = torch.from_numpy(np.stack(squares)).float().div_(255.0)[:, None]
-        return (batch.expand(-1, 3, -1, -1) - self._mean) / self._std
+        return normalised(torch.from_numpy(np.stack(squares)).float().div_(255.0)[:, None])
 
     @torch.inference_mode()
     def probabilities(self, films: Sequence[np.ndarray] | np.ndarray) -> list[np.ndarray]:
@@ -164,11 +175,14 @@ class LungSegmenter:
             return np.stack(masks) if masks else np.zeros(films.shape, dtype=bool), ok
         return masks, ok
 
-    def box(self, film: np.ndarray) -> tuple[Box, bool]:
-        """The crop box of one film, found on its mask at the network's input size, and whether
-        the mask was plausible (if not, :data:`WHOLE`)."""
+    def box(self, film: np.ndarray, probability: np.ndarray | None = None) -> tuple[Box, bool]:
+        """The crop box of one film, found on its mask at the network's input size (from its
+        ``probability`` map when already computed), and whether the mask was plausible (if
+        not, :data:`WHOLE`)."""
         size = self.meta.input_size
-        mask = clean_mask(self.probabilities([film])[0] >= self.meta.threshold)
+        if probability is None:
+            probability = self.probabilities([film])[0]
+        mask = clean_mask(probability >= self.meta.threshold)
         if mask.shape != (size, size) or not plausible(mask):
             return WHOLE, False
         return lung_box(mask), True

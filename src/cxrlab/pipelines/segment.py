@@ -5,8 +5,9 @@ stays bounded by one film: decode it (:func:`cxrlab.data.reader.decode_image`, a
 command does), segment it (:mod:`cxrlab.lungs`), write ``OUT/<stem>.png`` (0/255, the film's
 own size; a stem met twice gets ``-2``, ``-3``...) and a row of ``OUT/masks.csv``: the film,
 its mask, whether the mask is a plausible two-lung mask, the lungs' share of the film and the
-crop box in fractions. ``OUT/contact_sheet.png`` shows at most :data:`SHEET_FILMS` films (evenly
-spaced through the list) with their outlines. A file that cannot be read is listed and skipped.
+box ``--crop lungs`` cuts from it, in fractions (the whole film where it would not crop).
+``OUT/contact_sheet.png`` shows at most :data:`SHEET_FILMS` films (evenly spaced through the
+list) with their outlines. A file that cannot be read is listed and skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from cxrlab.data.reader import decode_image
 from cxrlab.errors import ImageReadError
 from cxrlab.fileio import csv_writer
 from cxrlab.lungs import default_segmenter
-from cxrlab.lungs.segment import WHOLE, lung_box
+from cxrlab.lungs.segment import plausible
 from cxrlab.progress import track
 from cxrlab.reporting.contact_sheet import contact_sheet
 
@@ -77,12 +78,14 @@ def segment_files(files: list[Path], out: Path, *, progress: bool = True) -> Seg
             except ImageReadError as exc:
                 result.errors[str(path)] = str(exc)
                 continue
-            (mask,), (found,) = segmenter.masks([film])
+            probability = segmenter.probabilities([film])[0]  # once, for the mask and the box
+            mask = segmenter.mask(film, probability)
+            found = plausible(mask)
             name = _mask_name(path.stem, taken)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
             result.masks[str(path)] = out / name
             result.found += int(found)
-            box = lung_box(mask) if found else WHOLE
+            box, _ = segmenter.box(film, probability)  # the box --crop lungs cuts
             writer.writerow(
                 [
                     str(path),

@@ -29,9 +29,9 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from cxrlab.data.lung_masks import MaskedFilm
+from cxrlab.data.lung_masks import MaskedFilm, film_counts
 from cxrlab.lungs.network import SegmenterMeta, SourceDice, build_network, load_encoder_weights
-from cxrlab.lungs.segment import LungSegmenter
+from cxrlab.lungs.segment import LungSegmenter, dice, normalised
 from cxrlab.progress import track
 from cxrlab.training.module import freeze_batchnorm_statistics
 
@@ -50,13 +50,7 @@ class SegmenterRecipe:
     seed: int = 0
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice overlap of two bool masks (1 when both are empty)."""
-    total = float(a.sum() + b.sum())
-    return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
-
-
-def _augment(recipe: SegmenterRecipe) -> v2.Transform:
+def _augment() -> v2.Transform:
     return v2.RandomAffine(
         degrees=10,  # pyright: ignore[reportArgumentType]  # an int is a number
         translate=(0.08, 0.08),
@@ -128,7 +122,7 @@ def train_segmenter(
     val = np.flatnonzero(split == "val")
     images = torch.from_numpy(films).float().div_(255.0)[:, None]
     targets = torch.from_numpy(masks)[:, None]
-    augment = _augment(recipe)
+    augment = _augment()
     optimiser = torch.optim.AdamW(
         network.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay
     )
@@ -137,8 +131,6 @@ def train_segmenter(
         optimiser, max_lr=recipe.lr, total_steps=steps, pct_start=0.1
     )
     meta = SegmenterMeta(input_size=recipe.input_size, seed=recipe.seed, epochs=recipe.epochs)
-    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     best, best_state, best_epoch = -1.0, copy.deepcopy(network.state_dict()), -1
     for epoch in range(recipe.epochs):
         started = time.perf_counter()
@@ -172,7 +164,7 @@ def train_segmenter(
                 if target.shape[-1] != recipe.input_size
                 else target
             )
-            logits = network((batch.expand(-1, 3, -1, -1) - mean) / std)
+            logits = network(normalised(batch))
             loss = F.binary_cross_entropy_with_logits(logits, target) + _soft_dice_loss(
                 logits, target
             )
@@ -194,10 +186,7 @@ def train_segmenter(
     log(f"kept epoch {best_epoch} (val Dice {best:.4f})")
     segmenter = LungSegmenter(network, meta)
     test: dict[str, SourceDice] = {}
-    counts: dict[str, dict[str, int]] = {}
-    for item in items:
-        counts.setdefault(item.source, {}).setdefault(item.split, 0)
-        counts[item.source][item.split] += 1
+    counts = film_counts(items)
     for source in sorted(counts):
         held = np.flatnonzero((split == "test") & (np.array([i.source for i in items]) == source))
         if len(held):
