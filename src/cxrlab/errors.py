@@ -6,6 +6,9 @@ every message names the file or the option at fault.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+
 
 class CxrlabError(Exception):
     """A user-facing error: bad input, a missing folder, a wrong option."""
@@ -19,3 +22,30 @@ class ImageReadError(CxrlabError):
         self.kind = kind
         self.detail = detail
         super().__init__(f"{self.path}: {kind.replace('_', ' ')}: {detail}")
+
+
+_NAME = re.compile(r"\{([a-z][a-z0-9_]*)\}")
+
+
+class ConfigError(CxrlabError):
+    """A bad value of a run's setting, named by its field (``epochs``, ``run_dir``), not by a
+    command-line option: the library speaks in fields, and the CLI alone maps them to options
+    (``cxrlab.cli.options``).
+
+    ``message`` may name other settings as ``{field}`` (``"resume it ({resume})"``); a renderer
+    writes each name as its reader knows it: the field itself here, the option in the CLI.
+    ``origin`` says where the value came from when a resolver knows it (``typed``, ``file``,
+    ``preset``, ``stored``).
+    """
+
+    def __init__(self, field: str, message: str, *, origin: str | None = None) -> None:
+        self.field, self.message, self.origin = field, message, origin
+        super().__init__(self.render(lambda name: name))
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        """The one-line message with every setting written by ``name_of``."""
+        return f"{name_of(self.field)}: " + _NAME.sub(lambda m: name_of(m.group(1)), self.message)
+
+    def came_from(self, origin: str) -> ConfigError:
+        """This error, knowing where its value came from."""
+        return ConfigError(self.field, self.message, origin=origin)
