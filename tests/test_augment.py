@@ -79,5 +79,5 @@ def test_training_with_device_augmentation_and_channels_last(tmp_path: Path) -> 
         root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
     )
     assert result.metrics.test.n == 6
-    with pytest.raises(CxrlabError, match="--augment-on"):
+    with pytest.raises(CxrlabError, match="augment_on"):
         RunConfig(augment_on="gpu")

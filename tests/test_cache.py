@@ -77,9 +77,9 @@ def test_pad_keeps_aspect_ratio() -> None:
 
 
 def test_bad_spec_names_the_option() -> None:
-    with pytest.raises(CxrlabError, match="--resize"):
+    with pytest.raises(CxrlabError, match="^resize"):
         CacheSpec(64, "crop")
-    with pytest.raises(CxrlabError, match="--image-size"):
+    with pytest.raises(CxrlabError, match="^image_size"):
         CacheSpec(4)
 
 

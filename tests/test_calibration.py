@@ -109,7 +109,7 @@ def test_target_recall_is_checked_with_one_line_errors() -> None:
             parse_target_recall(bad)
     with pytest.raises(CxrlabError, match="TB is not one of the model's classes"):
         parse_target_recall("TB=0.9", ["COVID19", "NORMAL"])
-    with pytest.raises(CxrlabError, match="--target-recall"):
+    with pytest.raises(CxrlabError, match="^target_recall"):
         preset("smoke", target_recall="COVID19:0.9")
 
 

@@ -5,8 +5,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+import typer
 
-from cxrlab.cli import expand_multi_values, run
+from cxrlab.cli import app, run
 from cxrlab.errors import CxrlabError
 
 
@@ -144,22 +145,42 @@ def test_quick_start_demo(tmp_path: Path) -> None:
     assert 'id="robustness"' in report and 'id="gradcam"' in report and "not computed" not in report
 
 
-def test_multi_value_options_are_expanded() -> None:
-    argv = ["compare", "D", "--models", "a", "b", "--mode", "both", "--seeds", "0", "1"]
-    assert expand_multi_values(argv) == [
-        "compare",
-        "D",
-        "--models",
-        "a",
-        "--models",
-        "b",
-        "--mode",
+def test_compare_takes_several_values_after_one_flag(demo_root: Path) -> None:
+    """compare's repeatable --models/--seeds/--weights/--external take several values after one
+    flag; the other options, and train's --weights, take one (DATA after them stays DATA)."""
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    args = ["D", "--models", "a", "b", "--mode", "both", "--seeds", "0", "1"]
+    ctx = commands["compare"].make_context("compare", [*args, "--add-source", "x=y"])
+    assert (ctx.params["models"], ctx.params["seeds"]) == (["a", "b"], [0, 1])
+    assert (ctx.params["mode"], ctx.params["add_source"], ctx.params["data"]) == (
         "both",
-        "--seeds",
-        "0",
-        "--seeds",
-        "1",
-    ]
+        ["x=y"],
+        Path("D"),
+    )
+    ctx = commands["train"].make_context("train", ["--weights", "w.pt", str(demo_root)])
+    assert (ctx.params["weights"], ctx.params["data"]) == (Path("w.pt"), demo_root)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [  # a setting the library names by its field, written as the option that set it
+        (["compare", "{data}", "--models", "timm:resnet_banana"], "--models timm:resnet_banana:"),
+        (["train", "{data}", "--model", "timm:resnet_banana"], "--model timm:resnet_banana:"),
+        (
+            ["train", "{data}", "--model", "alexnet", "--image-size", "32"],
+            "--image-size 32: alexnet needs at least 63 px (e.g. --image-size 63)",
+        ),
+        (["train", "{data}", "--lr", "0"], "--lr: must be positive"),
+        (["train", "{data}", "--add-source", "a"], "--add-source a: write NAME=DIR"),
+        (["train", "{data}", "--target-recall", "X"], "e.g. --target-recall COVID19=0.95"),
+    ],
+)
+def test_library_errors_name_the_option(
+    demo_root: Path, capsys: pytest.CaptureFixture[str], args: list[str], line: str
+) -> None:
+    assert run([a.format(data=demo_root) for a in args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert line in err and len(err.splitlines()) == 1, err
 
 
 def test_train_then_predict(
@@ -264,7 +285,7 @@ def test_train_from_a_recipe_file(
 ) -> None:
     """--config: the file's fields over the preset's, options typed over both; the run's saved
     config.json is itself a recipe file; an unknown field is one line naming the file."""
-    from cxrlab.config import recipe_file
+    from cxrlab.config import RecipeFile
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
@@ -277,13 +298,16 @@ def test_train_from_a_recipe_file(
     saved = json.loads((run_dir / "config.json").read_text())
     assert (saved["model"], saved["epochs"], saved["image_size"]) == ("mobilenet_v2", 1, 32)
     assert (saved["pretrained"], saved["lr"], saved["batch_size"]) == (False, 0.003, 16)  # smoke
-    assert recipe_file(run_dir / "config.json") == saved
+    assert RecipeFile.read(run_dir / "config.json").fields == saved
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 1\nmixup: 0.2\n")
     capsys.readouterr()
     assert run(["train", str(demo_root), "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "bad.yaml: unknown field(s) mixup" in err and len(err.splitlines()) == 1
+    bad.write_text("epochs: 0\n")  # a bad value is named where it came from: the file
+    assert run(["train", str(demo_root), "--config", str(bad)]) == 2
+    assert f"--config {bad}: epochs: must be at least 1" in capsys.readouterr().err
     assert run(["train", str(demo_root), "--config", str(recipe), "--resume", "--out", "x"]) == 2
     assert "--config" in capsys.readouterr().err
 
@@ -291,11 +315,17 @@ def test_train_from_a_recipe_file(
 def test_compare_recipe_file_splits_shared_and_fine_tuned_fields(
     demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from cxrlab.pipelines.compare import split_recipe
+    from cxrlab.config import RecipeFile
+    from cxrlab.pipelines.compare import plan_runs
 
-    shared, tuned = split_recipe({"image_size": 32, "num_workers": 2, "lr": 0.01}, "r.yaml")
-    assert (shared, tuned) == ({"image_size": 32, "num_workers": 2}, {"lr": 0.01})
     recipe = tmp_path / "r.yaml"
+    recipe.write_text("image_size: 64\nnum_workers: 2\nlr: 0.01\n")
+    frozen, tuned = plan_runs(
+        ["resnet18"], "both", file=RecipeFile.read(recipe), typed={"lr": 0.02}, head_epochs=3
+    )[0]
+    assert (frozen.mode, frozen.image_size, frozen.num_workers) == ("frozen", 64, 2)
+    assert (frozen.lr, frozen.epochs) == (1e-3, 3)  # the frozen recipe's, and --head-epochs
+    assert (tuned.image_size, tuned.num_workers, tuned.lr) == (64, 2, 0.02)  # typed over file
     recipe.write_text("model: alexnet\nlr: 0.01\n")
     assert run(["compare", str(demo_root), "--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()

@@ -139,11 +139,11 @@ def test_global_batch_must_split_evenly_over_processes() -> None:
         world_size, global_rank = 4, 0
 
     with pytest.raises(
-        CxrlabError, match="--batch-size 30: not divisible by the 4 training processes"
+        CxrlabError, match="batch_size 30: not divisible by the 4 training processes"
     ):
         check_runnable(RunConfig(batch_size=30, devices="2", num_nodes=2, accelerator="cpu"))
     check_runnable(RunConfig(batch_size=32, devices="4", accelerator="cpu"))
-    with pytest.raises(CxrlabError, match="--devices two"):
+    with pytest.raises(CxrlabError, match="devices two"):
         check_runnable(RunConfig(devices="two", accelerator="cpu"))
     module = CxrDataModule([], [], np.zeros(0), RunConfig(batch_size=32))
     module.trainer = Trainer()
@@ -153,5 +153,5 @@ def test_global_batch_must_split_evenly_over_processes() -> None:
 def test_compare_refuses_several_devices(tmp_path: Path) -> None:
     from cxrlab.pipelines.compare import run_comparison
 
-    with pytest.raises(CxrlabError, match="--devices 2"):
+    with pytest.raises(CxrlabError, match="devices 2"):
         run_comparison(tmp_path, [RunConfig(devices="2")], tmp_path / "out", progress=False)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torchvision
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.models import create_model, list_models
 from cxrlab.models.checkpoint import load_checkpoint, save_checkpoint
 from cxrlab.models.registry import check_model
@@ -77,7 +77,7 @@ def test_offline_download_is_one_line_naming_the_fix(torch_home: Path) -> None:
         create_model("resnet18", CLASSES, pretrained=True)
     message = str(info.value)
     assert (
-        "resnet18-f37072fd.pth" in message and str(torch_home) in message and "--weights" in message
+        "resnet18-f37072fd.pth" in message and str(torch_home) in message and "(weights)" in message
     )
     assert "\n" not in message
 
@@ -95,8 +95,9 @@ def test_weights_come_from_the_torch_hub_cache(torch_home: Path) -> None:
 def test_unknown_model_is_named_with_the_option() -> None:
     with pytest.raises(CxrlabError, match="no such model in cxrlab or timm"):
         create_model("resnet_banana", CLASSES, pretrained=False)
-    with pytest.raises(CxrlabError, match="^--models timm:resnet_banana: no such model"):
-        check_model("timm:resnet_banana", 224, option="--models")
+    with pytest.raises(ConfigError, match="^model timm:resnet_banana: no such model") as caught:
+        check_model("timm:resnet_banana", 224)
+    assert caught.value.field == "model"  # the CLI writes it as the option that set it
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path: Path) -> None:

@@ -154,7 +154,7 @@ def test_compare_gives_each_proposed_design_its_recipe_and_pairs_seeds() -> None
         weights={},
         pretrained=True,
         seeds=[0, 1],
-        finetune_overrides={"epochs": 7},
+        typed={"epochs": 7},
     )
     assert [(c.seed, c.model) for c in configs] == [
         (s, m) for s in (0, 1) for m in models
@@ -166,7 +166,7 @@ def test_compare_gives_each_proposed_design_its_recipe_and_pairs_seeds() -> None
     # the second design is trained exactly as the baseline: the comparison measures its head
     assert by_model["proposed"].updated(model="mobilenet_v2") == by_model["mobilenet_v2"]
     assert by_model["proposed_v1"].epochs == by_model["mobilenet_v2"].epochs == 7  # the same budget
-    with pytest.raises(Exception, match="ema-decay"):
+    with pytest.raises(Exception, match="ema_decay"):
         preset("proposed_v1", ema_decay=1.0)
 
 

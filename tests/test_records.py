@@ -41,15 +41,15 @@ def test_the_record_modules_import_neither_torch_nor_lightning() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("mode", "half", "--mode: 'half' is not one of frozen, finetune"),
-        ("optimizer", "adam", "--optimizer: 'adam' is not one of adamw, sgd"),
-        ("balance", "x", "--balance: 'x' is not one of weights, sampler, source, none"),
-        ("resize", "crop", "--resize: 'crop' is not one of squash, pad"),
-        ("crop", "heart", "--crop: 'heart' is not one of none, lungs"),
-        ("augment_on", "gpu", "--augment-on: 'gpu' is not loader or device"),
-        ("logger", "wandb", "--logger: 'wandb' is not csv, tensorboard or mlflow"),
-        ("accelerator", "tpu", "--accelerator: 'tpu' is not one of auto, cpu, gpu, cuda, mps"),
-        ("precision", "8", "--precision: '8' is not one of auto, 32-true, 32, 16-mixed"),
+        ("mode", "half", "mode: 'half' is not one of frozen, finetune"),
+        ("optimizer", "adam", "optimizer: 'adam' is not one of adamw, sgd"),
+        ("balance", "x", "balance: 'x' is not one of weights, sampler, source, none"),
+        ("resize", "crop", "resize: 'crop' is not one of squash, pad"),
+        ("crop", "heart", "crop: 'heart' is not one of none, lungs"),
+        ("augment_on", "gpu", "augment_on: 'gpu' is not loader or device"),
+        ("logger", "wandb", "logger: 'wandb' is not csv, tensorboard or mlflow"),
+        ("accelerator", "tpu", "accelerator: 'tpu' is not one of auto, cpu, gpu, cuda, mps"),
+        ("precision", "8", "precision: '8' is not one of auto, 32-true, 32, 16-mixed"),
     ],
 )
 def test_run_config_refuses_a_value_outside_its_literal(

@@ -155,7 +155,7 @@ def test_resumed_run_equals_the_uninterrupted_run(
 def test_too_small_images_are_refused_before_any_work(
     tiny_data: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(CxrlabError, match="--image-size 32: alexnet needs at least 63 px"):
+    with pytest.raises(CxrlabError, match="image_size 32: alexnet needs at least 63 px"):
         check_model("alexnet", 32)
     check_model("alexnet", 63)
     check_model("resnet18", 16)

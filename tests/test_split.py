@@ -35,7 +35,7 @@ def test_split_is_reproducible_and_seed_dependent() -> None:
 
 @pytest.mark.parametrize(("labels", "fraction"), [([0, 0, 1, 1, 2], 0.4), ([0, 1] * 10, 1.5)])
 def test_split_refuses_impossible_requests(labels: list[int], fraction: float) -> None:
-    with pytest.raises(CxrlabError, match="--val-fraction"):
+    with pytest.raises(CxrlabError, match="val_fraction"):
         stratified_split(np.array(labels), fraction)
 
 

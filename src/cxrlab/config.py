@@ -1,8 +1,15 @@
 """One config object per run, saved with the run as ``config.json``; presets name whole recipes.
 
-A preset (``frozen``, ``finetune``, ``scratch``, ``smoke``) fills every field of a recipe;
-options given on the command line override single fields. ``RunConfig.describe()`` is what
-the README and the report quote, so a number can always be traced to its recipe.
+A preset (``frozen``, ``finetune``, ``scratch``, ``smoke``, ...) fills every field of a recipe.
+:func:`resolve` is the one precedence of a run's settings: defaults < preset < recipe file
+(:class:`RecipeFile`) < typed values, or, when a run is resumed, its stored ``config.json``
+(what contradicts it is one error); the :class:`Resolved` config says where each value came
+from. ``RunConfig.describe()`` is what the README and the report quote, so a number can always
+be traced to its recipe.
+
+This module speaks in fields, never in command-line options: a bad value is a
+:class:`~cxrlab.errors.ConfigError` naming its field (and where it came from), which the CLI
+writes as the option that set it (:mod:`cxrlab.cli.options`).
 
 :meth:`RunConfig.load` is the one reader of ``config.json`` (training, resume, compare, the
 report, the model card): strict, an error naming the file. This module (outside
@@ -13,12 +20,13 @@ without the training stack.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Literal, get_args
 
 from cxrlab.artifacts import read_json
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.fileio import atomic_write_text, read_text
 from cxrlab.records import CROPS, RESIZE_MODES, Crop, Resize, parse_target_recall
 
@@ -102,63 +110,59 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         checks = [
-            (self.mode in MODES, "--mode", f"'{self.mode}' is not one of {', '.join(MODES)}"),
+            (self.mode in MODES, "mode", f"'{self.mode}' is not one of {', '.join(MODES)}"),
             (
                 self.optimizer in OPTIMIZERS,
-                "--optimizer",
+                "optimizer",
                 f"'{self.optimizer}' is not one of {', '.join(OPTIMIZERS)}",
             ),
             (
                 self.balance in BALANCE,
-                "--balance",
+                "balance",
                 f"'{self.balance}' is not one of {', '.join(BALANCE)}",
             ),
             (
                 self.resize in RESIZE_MODES,
-                "--resize",
+                "resize",
                 f"'{self.resize}' is not one of {', '.join(RESIZE_MODES)}",
             ),
-            (self.crop in CROPS, "--crop", f"'{self.crop}' is not one of {', '.join(CROPS)}"),
-            (self.epochs >= 1, "--epochs", "must be at least 1"),
-            (self.batch_size >= 1, "--batch-size", "must be at least 1"),
-            (self.lr > 0, "--lr", "must be positive"),
-            (0 <= self.ema_decay < 1, "--ema-decay", "must be in [0, 1) (0 turns EMA off)"),
-            (0 < self.val_fraction < 1, "--val-fraction", "must be between 0 and 1"),
-            (
-                0 < self.source_test_fraction < 1,
-                "--source-test-fraction",
-                "must be between 0 and 1",
-            ),
+            (self.crop in CROPS, "crop", f"'{self.crop}' is not one of {', '.join(CROPS)}"),
+            (self.epochs >= 1, "epochs", "must be at least 1"),
+            (self.batch_size >= 1, "batch_size", "must be at least 1"),
+            (self.lr > 0, "lr", "must be positive"),
+            (0 <= self.ema_decay < 1, "ema_decay", "must be in [0, 1) (0 turns EMA off)"),
+            (0 < self.val_fraction < 1, "val_fraction", "must be between 0 and 1"),
+            (0 < self.source_test_fraction < 1, "source_test_fraction", "must be between 0 and 1"),
             (
                 0 <= self.source_train_fraction <= 1,
-                "--source-train-fraction",
+                "source_train_fraction",
                 "must be between 0 and 1",
             ),
-            (self.num_nodes >= 1, "--num-nodes", "must be at least 1"),
+            (self.num_nodes >= 1, "num_nodes", "must be at least 1"),
             (
                 self.augment_on in AUGMENT_ON,
-                "--augment-on",
+                "augment_on",
                 f"'{self.augment_on}' is not loader or device",
             ),
             (
                 self.logger in LOGGERS,
-                "--logger",
+                "logger",
                 f"'{self.logger}' is not csv, tensorboard or mlflow",
             ),
             (
                 self.accelerator in ACCELERATORS,
-                "--accelerator",
+                "accelerator",
                 f"'{self.accelerator}' is not one of {', '.join(ACCELERATORS)}",
             ),
             (
                 self.precision in PRECISIONS,
-                "--precision",
+                "precision",
                 f"'{self.precision}' is not one of {', '.join(PRECISIONS)}",
             ),
         ]
-        for ok, option, message in checks:
+        for ok, name, message in checks:
             if not ok:
-                raise CxrlabError(f"{option}: {message}")
+                raise ConfigError(name, message)
         if self.target_recall is not None:
             parse_target_recall(
                 self.target_recall
@@ -166,7 +170,7 @@ class RunConfig:
 
     def updated(self, **changes: object) -> RunConfig:
         """A copy with ``changes`` applied (``None`` values are ignored)."""
-        unknown = set(changes) - {f.name for f in fields(self)}
+        unknown = set(changes) - FIELDS
         if unknown:
             raise CxrlabError(f"unknown config field(s): {', '.join(sorted(unknown))}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -214,7 +218,7 @@ class RunConfig:
         if not path.is_file():
             raise CxrlabError(f"{path}: no run config here (is this a cxrlab run folder?)")
         data = read_json(path)
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        unknown = sorted(set(data) - FIELDS)
         if unknown:  # a field this version does not know would be silently dropped: refuse
             raise CxrlabError(
                 f"{path}: unknown field(s) {', '.join(unknown)} (written by another cxrlab "
@@ -222,6 +226,8 @@ class RunConfig:
             )
         return cls(**data)  # a field missing from an older run takes today's default
 
+
+FIELDS = frozenset(f.name for f in fields(RunConfig))
 
 # Where and how a run executes, not what it computes: free to differ between the runs of one
 # comparison (compare reuses a finished run whatever they were). The rest of RunConfig is the
@@ -231,48 +237,6 @@ RUNTIME_FIELDS = frozenset(
 )
 # Of those, what may change when a run is resumed (the others change how batches are split).
 EXECUTION_ONLY = frozenset({"num_workers", "logger"})
-
-
-def recipe_file(path: Path) -> dict[str, object]:
-    """The fields set by a recipe file (``--config``): YAML or JSON, so a run's own
-    ``config.json`` works; an unreadable file or an unknown field is an error naming it."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(read_text(path)) or {}
-    except OSError as exc:
-        raise CxrlabError(f"--config {path}: cannot be read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise CxrlabError(
-            f"--config {path}: not YAML or JSON ({str(exc).splitlines()[0]})"
-        ) from None
-    if not isinstance(data, dict):
-        raise CxrlabError(f"--config {path}: expected field: value lines (a mapping)")
-    unknown = sorted(set(map(str, data)) - {f.name for f in fields(RunConfig)})
-    if unknown:
-        raise CxrlabError(
-            f"--config {path}: unknown field(s) {', '.join(unknown)} "
-            f"(the fields are RunConfig's: {', '.join(f.name for f in fields(RunConfig))})"
-        )
-    return data
-
-
-def option_name(field_name: str) -> str:
-    """The command-line option that sets a config field."""
-    return "--no-pretrained" if field_name == "pretrained" else "--" + field_name.replace("_", "-")
-
-
-def resume_conflicts(stored: RunConfig, requested: dict[str, tuple[str, object]]) -> list[str]:
-    """Options given with ``--resume`` that contradict the stored run, as
-    ``'--opt value (the run has x)'``.
-
-    ``requested`` maps a config field to (the option that asked for it, the value asked for).
-    """
-    return [
-        f"{option} (the run has {field_name} {getattr(stored, field_name)})"
-        for field_name, (option, value) in requested.items()
-        if field_name not in EXECUTION_ONLY and getattr(stored, field_name) != value
-    ]
 
 
 # the fine-tuning recipe, shared by the baseline and the proposed model (see PRESETS)
@@ -324,6 +288,137 @@ PRESETS: dict[str, dict[str, object]] = {
 
 def preset(name: str, **overrides: object) -> RunConfig:
     """The named recipe with ``overrides`` applied."""
+    return resolve(name, typed=overrides).config
+
+
+# Where a field's value came from, in the order they override each other.
+Origin = Literal["default", "preset", "file", "typed", "stored"]
+
+
+@dataclass(frozen=True)
+class RecipeFile:
+    """The fields a recipe file sets: YAML or JSON, so a run's own ``config.json`` works."""
+
+    path: Path
+    fields: Mapping[str, object]
+
+    @classmethod
+    def read(cls, path: Path) -> RecipeFile:
+        """The file's fields; an unreadable file or an unknown field is an error naming it."""
+        import yaml
+
+        try:
+            data = yaml.safe_load(read_text(path)) or {}
+        except OSError as exc:
+            raise ConfigError(
+                "config_file", f"cannot be read ({exc.strerror})", value=path
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                "config_file", f"not YAML or JSON ({str(exc).splitlines()[0]})", value=path
+            ) from None
+        if not isinstance(data, dict):
+            raise ConfigError("config_file", "expected field: value lines (a mapping)", value=path)
+        unknown = sorted(set(map(str, data)) - FIELDS)
+        if unknown:
+            raise ConfigError(
+                "config_file",
+                f"unknown field(s) {', '.join(unknown)} "
+                f"(the fields are RunConfig's: {', '.join(f.name for f in fields(RunConfig))})",
+                value=path,
+            )
+        return cls(Path(path), data)
+
+    def only(self, names: Collection[str]) -> RecipeFile:
+        """The same file, reduced to the fields in ``names``."""
+        return RecipeFile(self.path, {k: v for k, v in self.fields.items() if k in names})
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A run's config and, field by field, where its value came from."""
+
+    config: RunConfig
+    origins: Mapping[str, Origin]
+
+    def given(self, origin: Origin) -> dict[str, object]:
+        """The fields whose value came from ``origin``, with their values."""
+        return {k: getattr(self.config, k) for k, o in self.origins.items() if o == origin}
+
+
+def resolve(
+    preset_name: str | None = None,
+    *,
+    file: RecipeFile | None = None,
+    typed: Mapping[str, object] | None = None,
+    stored: Path | None = None,
+) -> Resolved:
+    """The one precedence of a run's settings: defaults < preset < recipe file < typed values.
+
+    Resuming (``stored``: the run's ``config.json``), the run keeps its stored config: a recipe
+    file is refused, and a preset or typed value that contradicts the stored recipe is an error
+    listing each (a value that only changes how the run executes, ``EXECUTION_ONLY``, is not).
+    ``preset_name`` None means none was asked for: ``finetune`` for a new run. ``None`` values
+    are not set. An invalid value is a :class:`ConfigError` saying where it came from.
+    """
+    typed = {k: v for k, v in (typed or {}).items() if v is not None}
+    if stored is not None:
+        return _resumed(stored, preset_name, file, typed)
+    name = preset_name or "finetune"
     if name not in PRESETS:
-        raise CxrlabError(f"--preset: '{name}' is not one of {', '.join(PRESETS)}")
-    return RunConfig().updated(**PRESETS[name]).updated(**overrides)
+        raise ConfigError("preset", f"'{name}' is not one of {', '.join(PRESETS)}")
+    origins: dict[str, Origin] = dict.fromkeys(FIELDS, "default")
+    values: dict[str, object] = {}
+    layers: list[tuple[Origin, Mapping[str, object]]] = [
+        ("preset", PRESETS[name]),
+        ("file", file.fields if file else {}),
+        ("typed", typed),
+    ]
+    for origin, layer in layers:
+        for key, value in layer.items():
+            if value is not None:
+                values[key], origins[key] = value, origin
+    try:
+        config = RunConfig().updated(**values)
+    except ConfigError as exc:
+        origin = origins.get(exc.field, "typed")
+        where = {"file": str(file.path) if file else None, "preset": name}.get(origin)
+        raise exc.came_from(origin, where) from None
+    return Resolved(config, origins)
+
+
+def _resumed(
+    stored_file: Path,
+    preset_name: str | None,
+    file: RecipeFile | None,
+    typed: Mapping[str, object],
+) -> Resolved:
+    """The stored config of a resumed run; what contradicts it is one error."""
+    if file is not None:
+        raise ConfigError(
+            "config_file", "a resumed run keeps its own config.json; leave {config_file} out"
+        )
+    if not stored_file.is_file():
+        raise ConfigError("resume", f"{stored_file.parent} holds no run to resume (no config.json)")
+    stored = RunConfig.load(stored_file)
+    requested: dict[str, tuple[str, object]] = {}  # field -> (what asked for it, the value)
+    if preset_name is not None:
+        if preset_name not in PRESETS:
+            raise ConfigError("preset", f"'{preset_name}' is not one of {', '.join(PRESETS)}")
+        requested |= {k: (f"{{preset}} {preset_name}", v) for k, v in PRESETS[preset_name].items()}
+    requested |= {
+        k: (f"{{{k}}}" if k == "pretrained" else f"{{{k}}} {v}", v)  # --no-pretrained: a flag
+        for k, v in typed.items()
+    }
+    conflicts = [
+        f"{asked} (the run has {k} {getattr(stored, k)})"
+        for k, (asked, value) in requested.items()
+        if k not in EXECUTION_ONLY and getattr(stored, k) != value
+    ]
+    if conflicts:
+        raise ConfigError(
+            "resume",
+            f"{'; '.join(conflicts)}: a resumed run keeps its recipe; "
+            "leave these out, or train into another {run_dir}",
+        )
+    return Resolved(stored, dict.fromkeys(FIELDS, "stored"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -14,10 +14,10 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name in ("gpu", "cuda") or name.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise CxrlabError(
-                f"--device {name}: no CUDA GPU is available here; use --device cpu or auto"
+            raise ConfigError(
+                "device", "no CUDA GPU is available here; use {device} cpu or auto", value=name
             )
         return torch.device("cuda" if name == "gpu" else name)
     if name != "cpu":
-        raise CxrlabError(f"--device {name}: not one of auto, cpu, cuda")
+        raise ConfigError("device", "not one of auto, cpu, cuda", value=name)
     return torch.device(name)

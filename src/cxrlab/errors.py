@@ -34,18 +34,29 @@ class ConfigError(CxrlabError):
 
     ``message`` may name other settings as ``{field}`` (``"resume it ({resume})"``); a renderer
     writes each name as its reader knows it: the field itself here, the option in the CLI.
-    ``origin`` says where the value came from when a resolver knows it (``typed``, ``file``,
-    ``preset``, ``stored``).
+    ``value``, when given, is written after the name (``image_size 32: ...``). ``origin`` says
+    where the value came from when a resolver knows it (``typed``, ``file``, ``preset``,
+    ``stored``), and ``where`` names that file or preset.
     """
 
-    def __init__(self, field: str, message: str, *, origin: str | None = None) -> None:
-        self.field, self.message, self.origin = field, message, origin
+    def __init__(
+        self,
+        field: str,
+        message: str,
+        *,
+        value: object = None,
+        origin: str | None = None,
+        where: str | None = None,
+    ) -> None:
+        self.field, self.message, self.value = field, message, value
+        self.origin, self.where = origin, where
         super().__init__(self.render(lambda name: name))
 
     def render(self, name_of: Callable[[str], str]) -> str:
         """The one-line message with every setting written by ``name_of``."""
-        return f"{name_of(self.field)}: " + _NAME.sub(lambda m: name_of(m.group(1)), self.message)
+        head = name_of(self.field) + ("" if self.value is None else f" {self.value}")
+        return f"{head}: " + _NAME.sub(lambda m: name_of(m.group(1)), self.message)
 
-    def came_from(self, origin: str) -> ConfigError:
+    def came_from(self, origin: str, where: str | None = None) -> ConfigError:
         """This error, knowing where its value came from."""
-        return ConfigError(self.field, self.message, origin=origin)
+        return ConfigError(self.field, self.message, value=self.value, origin=origin, where=where)

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 
 ENCODING = "utf-8"
 TEXT_ERRORS = "surrogateescape"  # undecodable file-name bytes round-trip (PEP 383)
@@ -67,11 +67,11 @@ def disk_full(folder: Path) -> bool:
         return False
 
 
-def check_writable(path: str | Path, what: str) -> None:
-    """Refuse, in one line naming ``what`` (an option), a folder where no file can be written or
-    whose file system is full: ``path`` (a folder, or one to be created: its nearest existing
-    parent is tried). Called before the work, so that a read-only or full disk is not found
-    after it."""
+def check_writable(path: str | Path, setting: str, value: object = None) -> None:
+    """Refuse, in one line naming ``setting`` (and its ``value``), a folder where no file can be
+    written or whose file system is full: ``path`` (a folder, or one to be created: its nearest
+    existing parent is tried). Called before the work, so that a read-only or full disk is not
+    found after it."""
     folder = Path(path)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -82,9 +82,11 @@ def check_writable(path: str | Path, what: str) -> None:
             pass
     except OSError as exc:
         why = DISK_ERRORS.get(exc.errno or 0, exc.strerror or str(exc))
-        raise CxrlabError(f"{what}: cannot write in {folder} ({why.lower()})") from None
+        raise ConfigError(
+            setting, f"cannot write in {folder} ({why.lower()})", value=value
+        ) from None
     if disk_full(folder):
-        raise CxrlabError(f"{what}: no space left on device: {folder}")
+        raise ConfigError(setting, f"no space left on device: {folder}", value=value)
 
 
 def reserve_space(path: Path) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cxrlab.data.discover import SPLIT_ALIASES
 from cxrlab.data.reader import IMAGE_EXTENSIONS
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError
 from cxrlab.fileio import check_writable
 
 PREDICTION_HEADERS = (
@@ -85,7 +85,7 @@ def dataset_folders(images: Iterable[Path]) -> set[Path]:
 
 
 def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = False) -> None:
-    """Raise a one-line :class:`CxrlabError` naming ``--out`` unless ``out`` may be written.
+    """Raise a one-line error naming the ``out`` setting unless ``out`` may be written.
 
     ``kind``: a key of :data:`KINDS` (what the command writes); ``inputs``: the files and folders
     the command reads (model, images, folders given).
@@ -94,46 +94,49 @@ def check_output(out: Path, *, kind: str, inputs: Iterable[Path], force: bool = 
     inputs = [Path(path) for path in inputs]
     files = [path for path in inputs if path.is_file()]
     images = [path for path in files if is_image_name(path)]
-    where = f"--out {out}"
     if out.is_dir():
-        raise CxrlabError(f"{where}: is a folder; give a file name")
+        raise ConfigError("out", "is a folder; give a file name", value=out)
     for path in files:
         if out.exists() and os.path.samefile(out, path):
-            raise CxrlabError(
-                f"{where}: is an input {'image' if path in images else 'file'}; choose another file"
-            )
+            what = "image" if path in images else "file"
+            raise ConfigError("out", f"is an input {what}; choose another file", value=out)
     if is_image_name(out) or is_image_name(out.resolve()):
-        raise CxrlabError(f"{where}: has an image extension; choose another file")
+        raise ConfigError("out", "has an image extension; choose another file", value=out)
     protected = [(path, "input folder") for path in inputs if path.is_dir()]
     protected += [(path, "dataset folder") for path in sorted(dataset_folders(images))]
     for folder, what in protected:
         if out.resolve().is_relative_to(folder.resolve()):
-            raise CxrlabError(f"{where}: is inside the {what} {folder}; choose a file outside it")
+            raise ConfigError(
+                "out", f"is inside the {what} {folder}; choose a file outside it", value=out
+            )
     description, is_previous = KINDS[kind]
     if out.exists() and not force and not is_previous(out):
-        raise CxrlabError(f"{where}: exists and is not {description}; pass --force to overwrite")
-    check_writable(out.parent, where)
+        raise ConfigError(
+            "out", f"exists and is not {description}; pass {{force}} to overwrite", value=out
+        )
+    check_writable(out.parent, "out", out)
 
 
-def check_output_folder(out: Path, data: Path | Sequence[Path], *, option: str = "--out") -> None:
+def check_output_folder(out: Path, data: Path | Sequence[Path], *, setting: str = "out") -> None:
     """Refuse an output folder that is a dataset folder ``data`` (one, or every source of a
     training set) or lies inside one: cxrlab writes nothing among the films it reads; and one
     where nothing can be written (read-only, or a full disk), before any work."""
     for folder in [data] if isinstance(data, (str, Path)) else data:
         if Path(out).resolve().is_relative_to(Path(folder).resolve()):
-            raise CxrlabError(
-                f"{option} {out}: is inside the dataset folder {folder}; choose a folder outside it"
+            raise ConfigError(
+                setting,
+                f"is inside the dataset folder {folder}; choose a folder outside it",
+                value=out,
             )
-    check_writable(out, f"{option} {out}")
+    check_writable(out, setting, out)
 
 
 def check_cache_folder(cache_dir: Path | None, data: Path | Sequence[Path]) -> None:
-    """:func:`check_output_folder` for ``--cache-dir``; without one, whether the default cache
+    """:func:`check_output_folder` for the cache folder; without one, whether the default cache
     (``$CXRLAB_CACHE`` or ``~/.cache/cxrlab``) can be written."""
     from cxrlab.data.cache import default_cache_root
 
     if cache_dir is not None:
-        check_output_folder(cache_dir, data, option="--cache-dir")
+        check_output_folder(cache_dir, data, setting="cache_root")
     else:
-        root = default_cache_root()
-        check_writable(root, f"the cache folder {root} ($CXRLAB_CACHE, or --cache-dir)")
+        check_writable(default_cache_root(), "cache_root", "(default: $CXRLAB_CACHE or ~/.cache)")

@@ -31,7 +31,7 @@ import numpy as np
 from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from cxrlab.artifacts import read_json
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.fileio import atomic_open, csv_dict_reader, csv_dict_writer, open_text
 
 STRICT = ConfigDict(extra="forbid")  # an unknown key is an error, not dropped
@@ -146,9 +146,7 @@ def target_name(label: str, recall: float) -> str:
     return f"{label}={recall:g}"
 
 
-def parse_target_recall(
-    text: str, classes: list[str] | None = None, *, option: str = "--target-recall"
-) -> tuple[str, float]:
+def parse_target_recall(text: str, classes: list[str] | None = None) -> tuple[str, float]:
     """``"COVID19=0.95"`` into ``("COVID19", 0.95)``; the class must be one of ``classes`` when
     given."""
     name, sep, value = str(text).rpartition("=")
@@ -157,12 +155,16 @@ def parse_target_recall(
     except ValueError:
         recall = float("nan")
     if not sep or not name or not 0.0 < recall <= 1.0:
-        raise CxrlabError(
-            f"{option} {text}: write CLASS=RECALL with RECALL in (0, 1], e.g. {option} COVID19=0.95"
+        raise ConfigError(
+            "target_recall",
+            "write CLASS=RECALL with RECALL in (0, 1], e.g. {target_recall} COVID19=0.95",
+            value=text,
         )
     if classes is not None and name not in classes:
-        raise CxrlabError(
-            f"{option} {text}: {name} is not one of the model's classes ({', '.join(classes)})"
+        raise ConfigError(
+            "target_recall",
+            f"{name} is not one of the model's classes ({', '.join(classes)})",
+            value=text,
         )
     return name, recall
 

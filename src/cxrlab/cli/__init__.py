@@ -1,7 +1,8 @@
 """The ``cxrlab`` command line: a thin layer over the library.
 
-Every command prints a one-line ``error: ...`` naming the file or option at fault and exits
-with status 2 on bad input; ``cxrlab --debug COMMAND`` shows the traceback instead.
+Every command prints a one-line ``error: ...`` naming the file or option at fault (a setting
+the library names by its field is written as the option that set it: ``cxrlab.cli.options``)
+and exits with status 2 on bad input; ``cxrlab --debug COMMAND`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,30 +13,13 @@ import sys
 # them so): data, then training, then models.
 from cxrlab.cli import data, lungs, predict, serve, train  # noqa: F401
 from cxrlab.cli.app import app, err_console, shown
-from cxrlab.errors import CxrlabError
-
-MULTI_VALUE_OPTIONS = ("--models", "--seeds", "--weights", "--external")
-
-
-def expand_multi_values(argv: list[str]) -> list[str]:
-    """``--models a b c`` -> ``--models a --models b --models c`` (click takes one value per
-    flag)."""
-    out: list[str] = []
-    current: str | None = None
-    for token in argv:
-        if token.startswith("-"):
-            current = token if token in MULTI_VALUE_OPTIONS else None
-            out.append(token)
-        elif current is not None and out[-1] != current:
-            out += [current, token]
-        else:
-            out.append(token)
-    return out
+from cxrlab.cli.options import error_line, invoked_command
+from cxrlab.errors import ConfigError, CxrlabError
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit status; errors become one line on stderr."""
-    argv = expand_multi_values(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
         app(args=argv, prog_name="cxrlab")  # standalone: usage errors print and raise SystemExit
@@ -44,7 +28,12 @@ def run(argv: list[str] | None = None) -> int:
     except CxrlabError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {shown(exc)}", highlight=False, soft_wrap=True)
+        line = (
+            error_line(exc, invoked_command(app, argv))
+            if isinstance(exc, ConfigError)
+            else str(exc)
+        )
+        err_console.print(f"[bold red]error:[/] {shown(line)}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

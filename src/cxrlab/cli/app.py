@@ -3,7 +3,6 @@ and the helpers every command uses."""
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -285,14 +284,6 @@ SourceTrainFractionOpt = Annotated[
 ]
 
 
-def source_fields(add_source: list[str] | None) -> dict[str, object]:
-    """The ``sources`` config field from ``--add-source NAME=DIR`` items (nothing when none)."""
-    from cxrlab.data.discover import parse_sources
-
-    parsed = parse_sources(add_source or [])
-    return {"sources": {name: str(folder) for name, folder in parsed.items()}} if parsed else {}
-
-
 def open_sources(data: Path, add_source: list[str] | None, source_name: str | None) -> DatasetIndex:
     """DATA and its ``--add-source`` folders as one indexed set (every folder checked now)."""
     from cxrlab.data.discover import discover_sources, parse_sources
@@ -304,22 +295,6 @@ CacheDirOpt = Annotated[
     Path | None,
     typer.Option("--cache-dir", help="Cache root \\[default: $CXRLAB_CACHE or ~/.cache/cxrlab]."),
 ]
-
-
-def run_options(
-    parameters: dict[str, object], *, leave_out: frozenset[str] = frozenset()
-) -> dict[str, object]:
-    """Config overrides from a command's parameters (its ``locals()``): each parameter named
-    like a :class:`~cxrlab.config.RunConfig` field is that field's option, so an option
-    is declared once, as a parameter; ``None`` keeps the preset's value; paths become text."""
-    from cxrlab.config import RunConfig
-
-    names = {f.name for f in fields(RunConfig)} - leave_out
-    return {
-        k: str(v) if isinstance(v, Path) else v
-        for k, v in parameters.items()
-        if k in names and v is not None
-    }
 
 
 def parse_weights(items: list[str], models: list[str]) -> dict[str, str]:
@@ -342,18 +317,9 @@ def parse_external(items: list[str]) -> dict[str, Path]:
     from cxrlab.data.discover import parse_named_folders
 
     parsed = parse_named_folders(
-        items, "--external", "adult=../shared/data/external-dev", form="NAME=PATH"
+        items, "external", "adult=../shared/data/external-dev", form="NAME=PATH"
     )
     for name, folder in parsed.items():
         if not folder.is_dir():
             raise CxrlabError(f"--external {name}={folder}: {folder} is not a folder")
     return parsed
-
-
-def given_options(ctx: typer.Context, names: dict[str, object]) -> dict[str, object]:
-    """Of ``names`` (parameter -> value), those typed on the command line (not defaults)."""
-    return {
-        k: v
-        for k, v in names.items()
-        if getattr(ctx.get_parameter_source(k), "name", None) == "COMMANDLINE"
-    }

@@ -263,7 +263,7 @@ def cache(
     started = time.perf_counter()
     index = open_sources(data, add_source, source_name)
     check_output_folder(
-        cache_dir or default_cache_root(), list(index.source_roots.values()), option="--cache-dir"
+        cache_dir or default_cache_root(), list(index.source_roots.values()), setting="cache_root"
     )
     built = build_cache(
         index,

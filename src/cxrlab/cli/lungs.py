@@ -96,7 +96,7 @@ def lungs_train(
 
     if encoder_weights is not None and not encoder_weights.is_file():
         raise CxrlabError(f"--encoder-weights: {encoder_weights}: no such file")
-    check_writable(out.parent, f"--out {out}")
+    check_writable(out.parent, "out", out)
     mask_set = collect_masks(kaggle, adult_extra, adult_extra_masks, txv_masks, split_seed=seed)
     items, films, masks = load_pairs(mask_set, DICE_SIZE, progress=not no_progress)
     for reason, count in mask_set.left_out.items():

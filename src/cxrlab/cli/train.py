@@ -53,18 +53,15 @@ from cxrlab.cli.app import (
     console,
     default_out,
     err_console,
-    given_options,
     parse_external,
     parse_weights,
-    run_options,
     shown,
-    source_fields,
 )
+from cxrlab.cli.options import is_typed, several_values, typed_fields
 from cxrlab.errors import CxrlabError
 from cxrlab.fileio import read_text
 
 if TYPE_CHECKING:
-    from cxrlab.config import RunConfig
     from cxrlab.records import OperatingResult, RunMetrics
     from cxrlab.training.run import RunResult
 
@@ -137,33 +134,6 @@ def print_point_result(where: str, result: OperatingResult) -> None:
         f"specificity {rate(result.specificity)} "
         f"({result.called} of {result.n} called it)"
     )
-
-
-def resumed_config(
-    run_dir: Path, ctx: typer.Context, preset_name: str, options: dict[str, object]
-) -> RunConfig:
-    """The stored config of the run in ``run_dir``; options given that contradict it are one
-    error."""
-    from cxrlab.artifacts import RunDir
-    from cxrlab.config import PRESETS, RunConfig, option_name, resume_conflicts
-
-    if not RunDir(run_dir).config.is_file():
-        raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
-    stored = RunConfig.load(RunDir(run_dir).config)
-    requested: dict[str, tuple[str, object]] = {}
-    if given_options(ctx, {"preset_name": preset_name}):
-        requested |= {k: (f"--preset {preset_name}", v) for k, v in PRESETS[preset_name].items()}
-    requested |= {
-        k: (f"{option_name(k)} {v}" if k != "pretrained" else option_name(k), v)
-        for k, v in options.items()
-    }
-    conflicts = resume_conflicts(stored, requested)
-    if conflicts:
-        raise CxrlabError(
-            f"--resume: {'; '.join(conflicts)}: a resumed run keeps its recipe; "
-            "leave these out, or train into another --out"
-        )
-    return stored
 
 
 STOP_SIGNALS = {signal.SIGINT: 130, signal.SIGTERM: 143}  # exit status 128 + the signal
@@ -285,38 +255,23 @@ def train(
     Several devices (--devices N, --num-nodes M) train with DDP; --batch-size stays the """
         """global batch."""
     )
-    from cxrlab.config import preset, recipe_file
+    from cxrlab.artifacts import RunDir
+    from cxrlab.config import RecipeFile, resolve
     from cxrlab.outputs import check_cache_folder, check_output_folder
     from cxrlab.training.run import train_run
     from cxrlab.training.trainer import check_runnable, launched_rank
 
     if weights is not None and not weights.expanduser().is_file():
         raise CxrlabError(f"--weights: {weights}: file not found")
-    sources = source_fields(add_source)
-    options = run_options(locals()) | ({"pretrained": False} if no_pretrained else {}) | sources
     worker = launched_rank() != 0  # a DDP process Lightning started: rank 0 reports
-    if resume and config_file is not None:
-        raise CxrlabError("--config: a resumed run keeps its own config.json; leave --config out")
-    if config_file is not None:  # preset < file < what was typed on the command line
-        typed = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
-        options = (
-            recipe_file(config_file)
-            | typed
-            | ({"pretrained": False} if no_pretrained else {})
-            | sources
-        )
-    if resume:
-        if out is None:
-            raise CxrlabError("--resume: name the run folder with --out")
-        given = given_options(ctx, {k: v for k, v in options.items() if k != "pretrained"})
-        config = resumed_config(
-            out,
-            ctx,
-            preset_name,
-            given | ({"pretrained": False} if no_pretrained else {}) | sources,
-        )
-    else:
-        config = preset(preset_name, **options)
+    if resume and out is None:
+        raise CxrlabError("--resume: name the run folder with --out")
+    config = resolve(  # preset < --config file < typed; or the stored run's own config
+        preset_name if is_typed(ctx, "preset_name") or not resume else None,
+        file=RecipeFile.read(config_file) if config_file is not None else None,
+        typed=typed_fields(ctx),
+        stored=RunDir(out).config if resume and out is not None else None,
+    ).config
     run_dir = out or default_out(data, config.run_name)
     inputs = [data, *map(Path, config.sources.values())]
     check_output_folder(run_dir, inputs)
@@ -401,7 +356,7 @@ def explain(
     diagnose_runs(runs, data, progress=not no_progress, device=device)
 
 
-@app.command()
+@app.command(cls=several_values("models", "seeds", "weights", "external"))
 def compare(
     ctx: typer.Context,
     data: DataArg,
@@ -477,30 +432,22 @@ def compare(
     no_progress: NoProgressOpt = False,
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
-    from cxrlab.config import recipe_file
+    from cxrlab.config import RecipeFile
     from cxrlab.outputs import check_cache_folder, check_output_folder
-    from cxrlab.pipelines.compare import plan_runs, run_comparison, split_overrides, split_recipe
+    from cxrlab.pipelines.compare import plan_runs, run_comparison
 
     models = [name for item in models for name in item.split()]
-    # --mode, --weights and --manifest mean something else here (modes to run, one file per
-    # model, the audit's manifest for every run)
-    given = run_options(locals(), leave_out=frozenset({"mode", "weights", "manifest"}))
-    sources = source_fields(add_source)
-    shared, tuned = split_overrides(given)
-    file_shared: dict[str, object] = {}
-    file_tuned: dict[str, object] = {}
-    if config_file is not None:  # preset < file < what was typed on the command line
-        file_shared, file_tuned = split_recipe(recipe_file(config_file), str(config_file))
-        shared, tuned = given_options(ctx, shared), given_options(ctx, tuned)
-    shared |= sources
     configs, notes = plan_runs(
         models,
         mode,
         weights=parse_weights(weights or [], models),
         pretrained=not no_pretrained,
         seeds=seeds or [0],
-        finetune_overrides=file_shared | file_tuned | shared | tuned,
-        frozen_overrides=file_shared | shared | ({"epochs": head_epochs} if head_epochs else {}),
+        file=RecipeFile.read(config_file) if config_file is not None else None,
+        # --mode, --weights, --manifest and --no-pretrained mean something else here (modes to
+        # run, one file per model, the audit's manifest for every run, models without weights)
+        typed=typed_fields(ctx, leave_out=frozenset({"mode", "weights", "manifest", "pretrained"})),
+        head_epochs=head_epochs,
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")

@@ -50,7 +50,7 @@ from PIL import Image
 
 from cxrlab.data.discover import DatasetIndex
 from cxrlab.data.reader import DecodedImage, ImageSource, decode_image
-from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.errors import ConfigError, ImageReadError
 from cxrlab.fileio import atomic_write_text, locked, read_text, reserve_space
 from cxrlab.progress import track
 from cxrlab.records import CROPS, RESIZE_MODES, Crop, ModelMeta, Resize
@@ -70,11 +70,11 @@ class CacheSpec:
 
     def __post_init__(self) -> None:
         if self.resize not in RESIZE_MODES:
-            raise CxrlabError(f"--resize: '{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
+            raise ConfigError("resize", f"'{self.resize}' is not one of {', '.join(RESIZE_MODES)}")
         if self.crop not in CROPS:
-            raise CxrlabError(f"--crop: '{self.crop}' is not one of {', '.join(CROPS)}")
+            raise ConfigError("crop", f"'{self.crop}' is not one of {', '.join(CROPS)}")
         if not 16 <= self.image_size <= 2048:
-            raise CxrlabError(f"--image-size: {self.image_size} is outside 16..2048")
+            raise ConfigError("image_size", f"{self.image_size} is outside 16..2048")
 
     @classmethod
     def of_model(cls, meta: ModelMeta) -> CacheSpec:
@@ -245,9 +245,9 @@ def build_cache(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CxrlabError(
-            f"{folder}: cannot create the cache folder ({exc.strerror}); "
-            "choose a writable --cache-dir"
+        raise ConfigError(
+            "cache_root",
+            f"{folder}: cannot create the cache folder ({exc.strerror}); choose a writable one",
         ) from None
     with locked(folder / LOCK):
         meta = _read_index(folder)

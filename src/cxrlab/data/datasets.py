@@ -97,11 +97,11 @@ def _carve(
     part: str,
 ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """``items`` split into (rest, a stratified seeded ``fraction``) for one source's ``part``."""
-    option = {"val": "--val-fraction", "test": "--source-test-fraction"}.get(
-        part, "--source-train-fraction"
+    setting = {"val": "val_fraction", "test": "source_test_fraction"}.get(
+        part, "source_train_fraction"
     )
     labels = np.array([classes.index(c) for _, c in items])
-    rest, held = stratified_split(labels, fraction, seed, option=option, what=f"{source}'s")
+    rest, held = stratified_split(labels, fraction, seed, setting=setting, what=f"{source}'s")
     return [items[i] for i in rest], [items[i] for i in held]
 
 

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 
 SPLIT_ALIASES = {
     "train": "train",
@@ -235,35 +235,37 @@ def discover(root: str | Path, *, min_classes: int = 2, source: str | None = Non
 
 
 def parse_named_folders(
-    items: list[str], option: str, example: str, form: str = "NAME=DIR"
+    items: list[str], setting: str, example: str, form: str = "NAME=DIR"
 ) -> dict[str, Path]:
-    """``NAME=DIR`` items of a repeatable option into ``{name: folder}``, each name given once
-    (``example``: a right item, shown with ``form`` when one is malformed)."""
+    """``NAME=DIR`` items of a repeatable ``setting`` into ``{name: folder}``, each name given
+    once (``example``: a right item, shown with ``form`` when one is malformed)."""
     parsed: dict[str, Path] = {}
     for item in items:
         name, sep, folder = item.partition("=")
         if not sep or not name or not folder:
-            raise CxrlabError(f"{option} {item}: write {form}, e.g. {option} {example}")
+            raise ConfigError(setting, f"write {form}, e.g. {{{setting}}} {example}", value=item)
         if name in parsed:
-            raise CxrlabError(f"{option} {item}: the name {name} is given twice")
+            raise ConfigError(setting, f"the name {name} is given twice", value=item)
         parsed[name] = Path(folder).expanduser()
     return parsed
 
 
-def parse_sources(items: list[str], option: str = "--add-source") -> dict[str, Path]:
-    """``--add-source NAME=DIR`` items into ``{name: folder}``: each name a plain word, given
-    once (the folders are checked when they are discovered)."""
-    parsed = parse_named_folders(items, option, "adult=../shared/data/adult-extra")
+def parse_sources(items: list[str]) -> dict[str, Path]:
+    """``NAME=DIR`` items of the ``sources`` setting into ``{name: folder}``: each name a plain
+    word, given once (the folders are checked when they are discovered)."""
+    parsed = parse_named_folders(items, "sources", "adult=../shared/data/adult-extra")
     for name in parsed:
-        check_source_name(name, option)
+        check_source_name(name, "sources")
     return parsed
 
 
-def check_source_name(name: str, option: str) -> None:
+def check_source_name(name: str, setting: str) -> None:
     if not SOURCE_NAME.fullmatch(name):
-        raise CxrlabError(
-            f"{option} {name}: a source name is letters, digits, '_', '.' or '-' "
-            "(at most 64, not starting with a sign)"
+        raise ConfigError(
+            setting,
+            "a source name is letters, digits, '_', '.' or '-' (at most 64, not starting with a "
+            "sign)",
+            value=name,
         )
 
 
@@ -282,14 +284,19 @@ def discover_sources(
         return main
     name = source_name or main.root.name
     if source_name is None and not SOURCE_NAME.fullmatch(name):
-        raise CxrlabError(f"{main.root}: name the main data's source with --source-name NAME")
-    check_source_name(name, "--source-name")
+        raise ConfigError(
+            "source_name",
+            f"the folder name of {main.root} is no source name; give one with {{source_name}} NAME",
+        )
+    check_source_name(name, "source_name")
     main.samples = [Sample(s.path, s.split, s.label, name) for s in main.samples]
     roots: dict[str, Path] = {name: main.root}
     for extra_name, folder in (added or {}).items():
-        option = f"--add-source {extra_name}={folder}"
+        item = f"{extra_name}={folder}"
         if extra_name in roots:
-            raise CxrlabError(f"{option}: the name {extra_name} is already a source's name")
+            raise ConfigError(
+                "sources", f"the name {extra_name} is already a source's name", value=item
+            )
         index = discover(folder, min_classes=1, source=extra_name)
         for other, root in roots.items():
             if (
@@ -297,12 +304,16 @@ def discover_sources(
                 or index.root.is_relative_to(root)
                 or root.is_relative_to(index.root)
             ):
-                raise CxrlabError(f"{option}: {index.root} overlaps the folder of {other}")
+                raise ConfigError(
+                    "sources", f"{index.root} overlaps the folder of {other}", value=item
+                )
         unknown = [c for c in index.classes if c not in main.classes]
         if unknown:
-            raise CxrlabError(
-                f"{option}: class folder {', '.join(unknown)} is not one of the main data's "
-                f"classes ({', '.join(main.classes)})"
+            raise ConfigError(
+                "sources",
+                f"class folder {', '.join(unknown)} is not one of the main data's classes "
+                f"({', '.join(main.classes)})",
+                value=item,
             )
         remap = [main.classes.index(c) for c in index.classes]
         main.samples.extend(

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image
 
 from cxrlab.data.reader import decode_image
-from cxrlab.errors import CxrlabError, ImageReadError
+from cxrlab.errors import ConfigError, CxrlabError, ImageReadError
 from cxrlab.progress import track
 
 MASKS_MEMBER = "torchxrayvision/data/semantic_masks_v7labs_lungs.zip"
@@ -73,7 +73,7 @@ def _masks_zip(path: Path) -> zipfile.ZipFile:
     try:
         outer = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:
-        raise CxrlabError(f"--txv-masks: {path}: not a zip or wheel ({exc})") from exc
+        raise ConfigError("txv_masks", f"{path}: not a zip or wheel ({exc})") from exc
     if MASKS_MEMBER in outer.namelist():
         return zipfile.ZipFile(io.BytesIO(outer.read(MASKS_MEMBER)))
     return outer
@@ -99,16 +99,16 @@ def collect_masks(
     split_seed: int = 0,
 ) -> MaskSet:
     """Every film with a mask of both sources, split (see the module docstring)."""
-    for option, folder in (
-        ("--kaggle", kaggle),
-        ("--adult-extra", adult_extra),
-        ("--adult-extra-masks", adult_extra_masks),
+    for setting, folder in (
+        ("kaggle", kaggle),
+        ("adult_extra", adult_extra),
+        ("adult_extra_masks", adult_extra_masks),
     ):
         if not folder.is_dir():
-            raise CxrlabError(f"{option}: {folder} is not a folder")
+            raise ConfigError(setting, f"{folder} is not a folder")
     manifest = kaggle / "MANIFEST.csv"
     if not manifest.is_file():
-        raise CxrlabError(f"--kaggle: {manifest} not found (it names each COVID19 film's source)")
+        raise ConfigError("kaggle", f"{manifest} not found (it names each COVID19 film's source)")
     rng = np.random.default_rng(split_seed)
     members = {Path(n).name: n for n in _masks_zip(txv_masks).namelist() if not n.endswith("/")}
     ieee: list[MaskedFilm] = []
@@ -134,7 +134,9 @@ def collect_masks(
     rest = [f for i, f in enumerate(openist) if i not in held]
     films = ieee + _split_rest(rest, rng) + test
     if not films:
-        raise CxrlabError("no film with a lung mask found: check --kaggle, --adult-extra and masks")
+        raise ConfigError(
+            "kaggle", "no film with a lung mask found: check {kaggle}, {adult_extra} and masks"
+        )
     return MaskSet(films, {})
 
 

@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import train_test_split
 from torch.utils.data import WeightedRandomSampler
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
 
 
@@ -24,14 +24,15 @@ def stratified_split(
     val_fraction: float = 0.15,
     seed: int = 0,
     *,
-    option: str = "--val-fraction",
+    setting: str = "val_fraction",
     what: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions (into ``labels``) of the train and validation parts, stratified and seeded
-    (``option`` and ``what``, e.g. a source's name, say whose split an error is about)."""
+    (``setting``, the fraction's field, and ``what``, e.g. a source's name, say whose split an
+    error is about)."""
     labels = np.asarray(labels)
     if not 0.0 < val_fraction < 1.0:
-        raise CxrlabError(f"{option}: {val_fraction} must be between 0 and 1")
+        raise ConfigError(setting, f"{val_fraction} must be between 0 and 1")
     counts = np.bincount(labels) if len(labels) else np.zeros(1, np.int64)
     present = counts[counts > 0]
     n_val = int(round(val_fraction * len(labels)))
@@ -41,13 +42,14 @@ def stratified_split(
         or n_val < len(present)
         or len(labels) - n_val < len(present)
     ):
-        part = {"--val-fraction": "validation", "--source-test-fraction": "test"}.get(
-            option, "training"
+        part = {"val_fraction": "validation", "source_test_fraction": "test"}.get(
+            setting, "training"
         )
-        raise CxrlabError(
-            f"{option}: cannot carve a stratified {val_fraction:.0%} {part} split from "
+        raise ConfigError(
+            setting,
+            f"cannot carve a stratified {val_fraction:.0%} {part} split from "
             f"{len(labels)} {what + ' ' if what else ''}images with class counts "
-            f"{counts.tolist()} (need >= 2 per class)"
+            f"{counts.tolist()} (need >= 2 per class)",
         )
     positions = np.arange(len(labels))
     train, val = train_test_split(

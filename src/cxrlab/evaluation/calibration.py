@@ -22,7 +22,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.evaluation.metrics import bootstrap_ci, expected_calibration_error
 from cxrlab.records import (
     CalibrationEffect,
@@ -105,8 +105,10 @@ def choose_operating_point(
     k = classes.index(label)
     positive = np.asarray(y_true) == k
     if not positive.any():
-        raise CxrlabError(
-            f"--target-recall {label}={target_recall:g}: the validation split has no {label} films"
+        raise ConfigError(
+            "target_recall",
+            f"the validation split has no {label} films",
+            value=f"{label}={target_recall:g}",
         )
     scores = np.sort(probs[positive, k])[::-1]
     needed = int(

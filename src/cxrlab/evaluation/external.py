@@ -33,7 +33,7 @@ import numpy as np
 
 from cxrlab.artifacts import VAL_PREDICTIONS, ExternalDir, RunDir
 from cxrlab.data.discover import DatasetIndex, discover
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.evaluation.calibration import (
     choose_operating_point,
     operating_result,
@@ -135,8 +135,10 @@ def external_films(
     index = discover(data, min_classes=1)
     split = split or ("test" if "test" in index.splits else index.splits[0])
     if split not in index.splits:
-        raise CxrlabError(
-            f"--split {split}: {index.root} has no such split (have: {', '.join(index.splits)})"
+        raise ConfigError(
+            "split",
+            f"{index.root} has no such split (have: {', '.join(index.splits)})",
+            value=split,
         )
     unknown = sorted({index.classes[s.label] for s in index.split(split)} - set(classes))
     if unknown:
@@ -175,12 +177,14 @@ def validation_point(
     label, recall = parse_target_recall(target_recall, classes)
     found = run_dir / VAL_PREDICTIONS if run_dir is not None else None
     if found is None or not found.is_file():
-        raise CxrlabError(
-            f"--target-recall {target_recall}: the threshold is chosen on the run's validation "
+        raise ConfigError(
+            "target_recall",
+            "the threshold is chosen on the run's validation "
             f"split, and {model} has no "
             f"{VAL_PREDICTIONS} beside it (give the run folder; "
             "for a run made before cxrlab calibrated: "
-            "cxrlab calibrate RUN --data DATA)"
+            "cxrlab calibrate RUN --data DATA)",
+            value=target_recall,
         )
     _, y_val, probs = read_predictions(found, classes)
     return choose_operating_point(probs, y_val, classes, label, recall)

@@ -22,7 +22,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.records import STRICT, JsonRecord, parse
 
 ENCODER = "mobilenet_v2"
@@ -79,15 +79,16 @@ def load_encoder_weights(network: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any unreadable file is the user's to fix
-        raise CxrlabError(f"--encoder-weights: {path}: cannot be read ({exc})") from exc
+        raise ConfigError("encoder_weights", f"{path}: cannot be read ({exc})") from exc
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
     encoder = cast(nn.Module, network.encoder)
     expected = set(encoder.state_dict())
     if set(state) != expected:
-        raise CxrlabError(
-            f"--encoder-weights: {path} is not a torchvision mobilenet_v2 state dict "
+        raise ConfigError(
+            "encoder_weights",
+            f"{path} is not a torchvision mobilenet_v2 state dict "
             f"({len(expected - set(state))} encoder keys missing, {len(set(state) - expected)} "
-            "unexpected)"
+            "unexpected)",
         )
     encoder.load_state_dict(state)
 

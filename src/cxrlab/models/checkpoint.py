@@ -62,7 +62,8 @@ def load_model(
     payload = safe_load(path, "checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CxrlabError(
-            f"{path}: not a cxrlab model checkpoint (use --weights for plain state dicts)"
+            f"{path}: not a cxrlab model checkpoint (a plain state dict is a model's starting "
+            "weights, given to cxrlab train --weights)"
         )
     if arch is not None and payload["arch"] != arch:
         raise CxrlabError(f"{path}: checkpoint is a {payload['arch']}, not a {arch}")

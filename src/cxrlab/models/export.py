@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from cxrlab import __version__
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import ModelMeta
@@ -81,8 +81,8 @@ def _session(source: str | bytes, *, threads: int | None = None, device: str = "
         if "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
         elif device in ("gpu", "cuda"):
-            raise CxrlabError(
-                f"--device {device}: this onnxruntime has no CUDA provider (use --device cpu)"
+            raise ConfigError(
+                "device", "this onnxruntime has no CUDA provider (use {device} cpu)", value=device
             )
     return ort.InferenceSession(source, options, providers=providers)
 
@@ -253,7 +253,7 @@ def export_onnx(checkpoint: Path, out: Path | None = None, *, opset: int | None 
     out = Path(out) if out is not None else checkpoint.with_suffix(".onnx")
     model, meta = load_model(checkpoint)
     if out.resolve() == checkpoint.resolve():
-        raise CxrlabError(f"--out: {out} is the checkpoint itself; choose another file")
+        raise ConfigError("out", f"{out} is the checkpoint itself; choose another file")
     return export_model(model, out, meta, opset=opset, source=str(checkpoint))
 
 

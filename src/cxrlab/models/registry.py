@@ -26,7 +26,7 @@ import torch
 import torchvision
 from torch import nn
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.models.weights import load_imagenet_state_dict, load_state_dict_file
 
 TORCHVISION_MODELS = (
@@ -176,7 +176,7 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
         raise CxrlabError(
             f"cannot fetch timm ImageNet weights for '{name}' "
             f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
-            f"pass --weights PATH with a local state dict, or --no-pretrained"
+            "give a local state dict ({weights}), or start from random weights ({pretrained})"
         ) from exc
     if weights is not None:
         load_state_dict_file(network, weights, name)
@@ -228,7 +228,7 @@ def _accepts(network: nn.Module, image_size: int) -> bool:
     return True
 
 
-def check_model(name: str, image_size: int, *, option: str = "--model") -> None:
+def check_model(name: str, image_size: int) -> None:
     """Refuse, before any work, a model name that does not exist or an image size the network
     cannot take (AlexNet needs at least 63 px; some timm models take one size only).
 
@@ -239,7 +239,7 @@ def check_model(name: str, image_size: int, *, option: str = "--model") -> None:
         with torch.device("meta"):
             network = create_model(name, 3, pretrained=False).network.eval()
     except CxrlabError as exc:
-        raise CxrlabError(f"{option} {name}: {exc}") from exc
+        raise ConfigError("model", str(exc), value=name) from exc
     if _accepts(network, image_size):
         return
     smallest = next((s for s in PROBE_SIZES if s > image_size and _accepts(network, s)), None)
@@ -253,5 +253,5 @@ def check_model(name: str, image_size: int, *, option: str = "--model") -> None:
         if smallest and smallest > image_size
         else f"does not take {image_size} px images"
     )
-    hint = f" (e.g. --image-size {smallest})" if smallest else ""
-    raise CxrlabError(f"--image-size {image_size}: {name} {what}{hint}")
+    hint = f" (e.g. {{image_size}} {smallest})" if smallest else ""
+    raise ConfigError("image_size", f"{name} {what}{hint}", value=image_size)

@@ -10,7 +10,7 @@ from urllib.error import URLError
 import torch
 from torch import nn
 
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 
 
 def hub_checkpoint_dir() -> Path:
@@ -24,10 +24,11 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
     try:
         return weights_enum.get_state_dict(progress=True, check_hash=False)
     except (URLError, OSError, RuntimeError) as exc:
-        raise CxrlabError(
+        raise ConfigError(
+            "weights",
             f"cannot download ImageNet weights for {name} ({type(exc).__name__}: offline?); "
             f"copy {filename} into {hub_checkpoint_dir()}/, "
-            "or pass --weights PATH, or --no-pretrained"
+            "or give a local state dict ({weights}), or start from random weights ({pretrained})",
         ) from exc
 
 
@@ -47,14 +48,14 @@ def safe_load(path: Path, what: str) -> Any:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a file (``weights_only=True``); accepts ``{"state_dict": ...}``
     wrappers."""
-    payload = safe_load(path, "--weights")
+    payload = safe_load(path, "weights")
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(payload, dict) and isinstance(payload.get(key), dict):
             payload = payload[key]
     if not isinstance(payload, dict) or not all(
         isinstance(v, torch.Tensor) for v in payload.values()
     ):
-        raise CxrlabError(f"--weights: {path} holds no state dict of tensors")
+        raise ConfigError("weights", f"{path} holds no state dict of tensors")
     return payload
 
 
@@ -77,5 +78,5 @@ def load_state_dict_file(network: nn.Module, path: Path, name: str) -> None:
                 f"{len(wrong_shape)} shape mismatches "
                 f"(e.g. {k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)})"
             )
-        raise CxrlabError(f"--weights: {path} does not fit {name}: {'; '.join(parts)}")
+        raise ConfigError("weights", f"{path} does not fit {name}: {'; '.join(parts)}")
     network.load_state_dict(state)

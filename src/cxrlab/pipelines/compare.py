@@ -13,16 +13,16 @@ run folder holding a different recipe is refused rather than overwritten.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 from cxrlab.artifacts import RunDir
-from cxrlab.config import PRESETS, RUNTIME_FIELDS, RunConfig, preset
+from cxrlab.config import PRESETS, RUNTIME_FIELDS, RecipeFile, RunConfig, resolve
 from cxrlab.data.analyze import analyze_dataset
 from cxrlab.data.audit import AuditConfig, run_audit
 from cxrlab.data.discover import discover_sources
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError
 from cxrlab.evaluation.external import evaluate_model, external_films, is_current
 from cxrlab.pipelines.calibrate import calibrate_run
 from cxrlab.pipelines.diagnose import diagnose_run, has_diagnostics
@@ -32,7 +32,7 @@ from cxrlab.training.testing import is_calibrated
 from cxrlab.training.trainer import check_runnable
 
 COMPARE_MODES = ("frozen", "finetune", "both")
-# Set per run by the comparison itself (--models, --mode, --weights, --no-pretrained, --seeds).
+# Set per run by the comparison itself (its models, modes, weights files, pretrained and seeds).
 PER_RUN_FIELDS = frozenset({"model", "mode", "weights", "pretrained", "seed"})
 # Fields of the data and the machine, the same for frozen and fine-tuned runs.
 SHARED_FIELDS = (
@@ -57,25 +57,6 @@ SHARED_FIELDS = (
 )
 
 
-def split_recipe(fields: dict[str, object], source: str) -> tuple[dict, dict]:
-    """A recipe file's fields as ``(shared, fine-tuned)`` overrides of a comparison: the data and
-    machine fields go to every run, the rest to the fine-tuned runs (frozen runs keep the
-    ``frozen`` recipe: a fine-tuning recipe's epochs or learning rate mean nothing there)."""
-    per_run = sorted(PER_RUN_FIELDS & set(fields))
-    if per_run:
-        raise CxrlabError(
-            f"--config {source}: {', '.join(per_run)} is set per run by compare "
-            "(--models, --mode, --weights, --no-pretrained, --seeds); leave it out of the file"
-        )
-    return split_overrides(fields)
-
-
-def split_overrides(fields: dict[str, object]) -> tuple[dict, dict]:
-    """``(shared, fine-tuned)``: the data and machine fields, and the rest."""
-    shared = {k: v for k, v in fields.items() if k in SHARED_FIELDS}
-    return shared, {k: v for k, v in fields.items() if k not in SHARED_FIELDS}
-
-
 def plan_runs(
     models: Sequence[str],
     mode: str,
@@ -83,26 +64,44 @@ def plan_runs(
     weights: dict[str, str] | None = None,
     pretrained: bool = True,
     seeds: Sequence[int] = (0,),
-    finetune_overrides: dict[str, object] | None = None,
-    frozen_overrides: dict[str, object] | None = None,
+    file: RecipeFile | None = None,
+    typed: Mapping[str, object] | None = None,
+    head_epochs: int | None = None,
 ) -> tuple[list[RunConfig], list[str]]:
-    """Configs to run, and notes on requested runs that were skipped."""
+    """Configs to run, and notes on requested runs that were skipped.
+
+    Each run resolves as any run does (:func:`~cxrlab.config.resolve`: its preset < ``file`` <
+    ``typed``), but a frozen run takes only the data and machine fields (``SHARED_FIELDS``) of
+    the file and of ``typed``: a fine-tuning recipe's epochs or learning rate mean nothing to a
+    linear head, whose epochs are ``head_epochs``.
+    """
     if mode not in COMPARE_MODES:
-        raise CxrlabError(f"--mode: '{mode}' is not one of {', '.join(COMPARE_MODES)}")
+        raise ConfigError("mode", f"'{mode}' is not one of {', '.join(COMPARE_MODES)}")
     if not models:
-        raise CxrlabError("--models: name at least one model")
+        raise ConfigError("model", "name at least one model")
+    per_run = sorted(PER_RUN_FIELDS & set(file.fields)) if file else []
+    if per_run:
+        raise ConfigError(
+            "config_file",
+            f"{', '.join(per_run)} is set per run by compare ({{model}}, {{mode}}, {{weights}}, "
+            "{pretrained}, {seed}); leave it out of the file",
+            value=file.path if file else None,
+        )
+    typed = dict(typed or {})
     weights = weights or {}
     unknown = set(weights) - set(models)
     if unknown:
-        raise CxrlabError(f"--weights: {', '.join(sorted(unknown))} is not among --models")
+        raise ConfigError("weights", f"{', '.join(sorted(unknown))} is not among {{model}}")
     modes = ("frozen", "finetune") if mode == "both" else (mode,)
+    frozen_typed = {k: v for k, v in typed.items() if k in SHARED_FIELDS}
+    frozen_typed |= {"epochs": head_epochs} if head_epochs else {}
     configs, notes = [], []
     # seed by seed, every model within a seed: a comparison cut short still holds paired runs
     for seed in seeds:
         for model in models:
             local = weights.get(model)
             has_imagenet = local is not None or pretrained
-            source = dict(model=model, weights=local, pretrained=has_imagenet)
+            source = dict(model=model, weights=local, pretrained=has_imagenet, seed=seed)
             for run_mode in modes:
                 if run_mode == "frozen" and not has_imagenet:
                     if seed == seeds[0]:
@@ -111,22 +110,20 @@ def plan_runs(
                             "(no ImageNet weights: a frozen random backbone is meaningless)"
                         )
                     continue
-                recipe = (
-                    "frozen"
-                    if run_mode == "frozen"
-                    else ("finetune" if has_imagenet else "scratch")
-                )
-                if (
-                    run_mode == "finetune" and model in PRESETS
-                ):  # a model with a recipe of its own (proposed)
-                    recipe = model
-                overrides = frozen_overrides if run_mode == "frozen" else finetune_overrides
-                configs.append(preset(recipe, **source, seed=seed).updated(**(overrides or {})))
+                if run_mode == "frozen":
+                    recipe, layer = "frozen", file.only(SHARED_FIELDS) if file else None
+                else:  # a model with a recipe of its own (proposed) trains by it
+                    recipe = (
+                        model if model in PRESETS else "finetune" if has_imagenet else "scratch"
+                    )
+                    layer = file
+                run_typed = frozen_typed if run_mode == "frozen" else typed
+                configs.append(resolve(recipe, file=layer, typed=source | run_typed).config)
     names = [c.run_name for c in configs]
     if len(set(names)) != len(names):
-        raise CxrlabError("--models: the same model is named twice")
+        raise ConfigError("model", "the same model is named twice")
     for config in configs:  # every model and size checked before the first run starts
-        check_runnable(config, model_option="--models")
+        check_runnable(config)
     return configs, notes
 
 
@@ -160,9 +157,11 @@ def run_comparison(
 
     for config in configs:
         if str(config.devices) not in ("auto", "1") or config.num_nodes > 1:
-            raise CxrlabError(
-                f"--devices {config.devices}: compare trains in one process; "
-                "for DDP train each model with cxrlab train --devices N"
+            raise ConfigError(
+                "devices",
+                "compare trains in one process; for DDP train each model by itself "
+                "(cxrlab train) with several devices",
+                value=config.devices,
             )
     first = configs[0] if configs else RunConfig()
     index = discover_sources(data, first.sources, source_name=first.source_name)
@@ -191,9 +190,10 @@ def run_comparison(
             run_dir
         )  # a folder left by a run that failed before its first epoch is replaced
         if resume and not _same_recipe(RunConfig.load(saved), config):
-            raise CxrlabError(
-                f"{run_dir}: holds a run with another recipe; "
-                "use another --out or delete that folder"
+            raise ConfigError(
+                "run_dir",
+                "holds a run with another recipe; choose another folder or delete that one",
+                value=run_dir,
             )
         state = (
             "reusing finished"

@@ -84,7 +84,8 @@ def load_run(run_dir: Path) -> ReportRun:
     files = RunDir(run_dir)
     if not files.is_finished:
         raise CxrlabError(
-            f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
+            f"{run_dir}: no metrics.json (the run has not finished; resume it with "
+            f"cxrlab train DATA --out {run_dir} --resume)"
         )
     metrics, recipe = RunMetrics.load(files.metrics), RunConfig.load(files.config)
     predictions = files.test_predictions

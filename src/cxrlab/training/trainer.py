@@ -16,7 +16,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from cxrlab.artifacts import RunDir
 from cxrlab.config import RunConfig
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import check_model
 from cxrlab.records import HistoryRow, write_history
@@ -63,9 +63,10 @@ def make_loggers(config: RunConfig, run_dir: Path) -> list[Logger]:
                 )
             )
     except ImportError as exc:  # Lightning raises ModuleNotFoundError when the backend is missing
-        raise CxrlabError(
-            f"--logger {config.logger}: the {config.logger} package is not installed "
-            f"(pip install {config.logger})"
+        raise ConfigError(
+            "logger",
+            f"the {config.logger} package is not installed (pip install {config.logger})",
+            value=config.logger,
         ) from exc
     return loggers
 
@@ -157,29 +158,32 @@ def launched_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", 0)) + int(os.environ.get("NODE_RANK", 0))
 
 
-def check_runnable(config: RunConfig, *, model_option: str = "--model") -> None:
+def check_runnable(config: RunConfig) -> None:
     """Refuse, before any caching or training, what cannot run here: an unknown model, images too
     small for it, a GPU that is not there, a global batch that the processes cannot share."""
-    check_model(config.model, config.image_size, option=model_option)
+    check_model(config.model, config.image_size)
     if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise CxrlabError(
-            f"--accelerator {config.accelerator}: no CUDA GPU is available here; "
-            "use --accelerator cpu or auto"
+        raise ConfigError(
+            "accelerator",
+            "no CUDA GPU is available here; use {accelerator} cpu or auto",
+            value=config.accelerator,
         )
     from lightning.pytorch.strategies import StrategyRegistry
 
     if config.strategy != "auto" and config.strategy not in StrategyRegistry:
-        raise CxrlabError(
-            f"--strategy {config.strategy}: not a Lightning strategy "
-            "(e.g. auto, ddp, ddp_spawn, fsdp)"
+        raise ConfigError(
+            "strategy",
+            "not a Lightning strategy (e.g. auto, ddp, ddp_spawn, fsdp)",
+            value=config.strategy,
         )
     processes = planned_processes(config)
     if config.batch_size % processes:
-        raise CxrlabError(
-            f"--batch-size {config.batch_size}: "
+        raise ConfigError(
+            "batch_size",
             f"not divisible by the {processes} training processes "
-            f"(--devices {config.devices} x --num-nodes {config.num_nodes}); "
-            "the batch is split evenly over them"
+            f"({{devices}} {config.devices} x {{num_nodes}} {config.num_nodes}); "
+            "the batch is split evenly over them",
+            value=config.batch_size,
         )
 
 
@@ -195,9 +199,9 @@ def planned_processes(config: RunConfig) -> int:
         try:
             count = int(devices)
         except ValueError:
-            raise CxrlabError(
-                f"--devices {config.devices}: not a number, a list like 0,1, or auto"
+            raise ConfigError(
+                "devices", "not a number, a list like 0,1, or auto", value=config.devices
             ) from None
         if count < 1:
-            raise CxrlabError(f"--devices {config.devices}: must be at least 1 (or auto)")
+            raise ConfigError("devices", "must be at least 1 (or auto)", value=config.devices)
     return count * config.num_nodes
