@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import TINY, modules_loaded_by, train_tiny
 
-from cxrlab.config import RunConfig, preset
+from cxrlab.config import RecipeFile, RunConfig, preset, resolve
 from cxrlab.data.cache import CacheSpec
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.models.checkpoint import CHECKPOINT_FORMAT, load_model, save_checkpoint
 from cxrlab.models.registry import create_model
 from cxrlab.records import (
@@ -185,3 +185,46 @@ def test_history_row_columns_are_the_header_training_writes(
     meta = load_model(result.run_dir / "model.pt")[1]
     assert RunConfig(**meta.config) == RunConfig.load(result.run_dir / "config.json")
     assert meta.temperature == result.metrics.calibration.temperature
+
+
+def test_resolve_layers_settings_and_says_where_each_came_from(tmp_path: Path) -> None:
+    """defaults < preset < recipe file < typed, checked once (a typed value mends a bad file
+    value); a bad value names its field and where it came from; a resumed run keeps its
+    stored config, and what contradicts it is one error."""
+    recipe = tmp_path / "r.yaml"
+    resolved = resolve(
+        "smoke", file=RecipeFile(recipe, {"epochs": 3, "lr": 0.01}), typed={"lr": 0.02}
+    )
+    config, origins = resolved.config, resolved.origins
+    assert (config.epochs, config.lr, config.image_size, config.seed) == (3, 0.02, 64, 0)
+    assert [origins[k] for k in ("epochs", "lr", "image_size", "seed")] == [
+        "file",
+        "typed",
+        "preset",
+        "default",
+    ]
+    assert resolved.given("typed") == {"lr": 0.02}
+    bad = RecipeFile(recipe, {"epochs": 0})
+    with pytest.raises(ConfigError) as caught:
+        resolve("smoke", file=bad)
+    assert (caught.value.field, caught.value.origin, caught.value.where) == (
+        "epochs",
+        "file",
+        str(recipe),
+    )
+    assert resolve("smoke", file=bad, typed={"epochs": 2}).config.epochs == 2
+    with pytest.raises(ConfigError, match="^preset: 'fast' is not one of"):
+        resolve("fast")
+
+    stored = tmp_path / "config.json"
+    RunConfig(epochs=4).save(stored)
+    resumed = resolve(typed={"num_workers": 3}, stored=stored)  # execution only: no conflict
+    assert resumed.config == RunConfig(epochs=4) and set(resumed.origins.values()) == {"stored"}
+    with pytest.raises(
+        ConfigError, match=r"^resume: preset frozen \(the run has mode finetune\); epochs 5 \("
+    ):
+        resolve("frozen", typed={"epochs": 5}, stored=stored)
+    with pytest.raises(ConfigError, match="^config_file: a resumed run keeps its own"):
+        resolve(file=bad, stored=stored)
+    with pytest.raises(ConfigError, match="holds no run to resume"):
+        resolve(stored=tmp_path / "nothing" / "config.json")
