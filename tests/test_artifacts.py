@@ -72,3 +72,10 @@ def test_reporting_imports_neither_torch_nor_lightning() -> None:
     found = modules_loaded_by(*modules, "cxrlab.evaluation.predictions_csv")
     assert set(modules) <= set(found)
     assert [m for m in found if m.split(".")[0] in ("torch", "lightning", "torchvision")] == []
+
+
+def test_reading_a_run_folder_loads_no_statistics_stack() -> None:
+    """Reading a run (its config, records, history and predictions) needs no scipy or
+    scikit-learn: only scoring does."""
+    found = modules_loaded_by("cxrlab.reporting.runs")
+    assert [m for m in found if m.split(".")[0] in ("scipy", "sklearn", "torch")] == []

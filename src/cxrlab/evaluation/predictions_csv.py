@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cxrlab.evaluation.calibration import OperatingPoint
 from cxrlab.fileio import atomic_open, csv_dict_reader, csv_writer, open_text
+from cxrlab.records import OperatingPoint
 
 
 def write_predictions(
