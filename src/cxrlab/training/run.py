@@ -29,11 +29,9 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
 
 from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
 from cxrlab.config import RunConfig
-from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
@@ -49,9 +47,8 @@ from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
 from cxrlab.records import HistoryRow, RunMetrics, parse_target_recall
-from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.datamodule import CxrDataModule
-from cxrlab.training.frozen import cached_features
+from cxrlab.training.modes import training_mode
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.prepared import PreparedData, prepare_data, subset_logits
 from cxrlab.training.testing import calibrate_and_test
@@ -279,44 +276,6 @@ class Fitted:
     timings: dict[str, float]
 
 
-def _training_sets(
-    model: CxrClassifier,
-    config: RunConfig,
-    prepared: PreparedData,
-    device: torch.device,
-    timings: dict[str, float],
-    progress: bool,
-) -> tuple[torch.nn.Module, Dataset, Dataset, dict[str, np.ndarray] | None]:
-    """``(net, train set, val set, features)``: frozen mode trains the head on the backbone's
-    features (computed once, memoised); finetune trains the whole model on augmented films."""
-    if config.mode != "frozen":
-        net: torch.nn.Module = model
-        if config.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        train_set = CachedImageDataset(
-            prepared.cache, prepared.rows["train"], transform=loader_augmentation(config)
-        )
-        return net, train_set, CachedImageDataset(prepared.cache, prepared.rows["val"]), None
-    for p in model.backbone_parameters():
-        p.requires_grad_(False)
-    started = time.perf_counter()
-    origin = config.weights or ("imagenet" if config.pretrained else f"scratch-seed{config.seed}")
-    key = f"{config.model}|{origin}"
-    feats = {
-        name: cached_features(
-            model, prepared.cache, prepared.rows[name], key, device=device, progress=progress
-        )
-        for name in ("train", "val", "test")
-        if name in prepared.rows
-    }
-    timings["features_s"] = time.perf_counter() - started
-
-    def subset(name: str) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(feats[name]), torch.from_numpy(prepared.labels(name)))
-
-    return model.head, subset("train"), subset("val"), feats
-
-
 def _fit(
     config: RunConfig, run_dir: Path, prepared: PreparedData, *, resume: bool, progress: bool
 ) -> Fitted:
@@ -335,14 +294,12 @@ def _fit(
         else None
     )
     device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
-    timings: dict[str, float] = {}
-    net, train_set, val_set, feats = _training_sets(
-        model, config, prepared, device, timings, progress
-    )
+    sets = training_mode(config).training_sets(model, prepared, device, progress=progress)
+    net, train_set, feats, timings = sets.net, sets.train, sets.features, sets.timings
     module = ClassifierModule(net, config, len(classes), weights)
     datamodule = CxrDataModule(
         train_set,
-        val_set,
+        sets.val,
         prepared.labels("train"),
         config,
         train_sources=prepared.source_ids("train") if config.balance == "source" else None,
@@ -414,7 +371,7 @@ def _test(
     best_epoch = int(np.nanargmax([row.val_macro_f1 for row in history])) if history else -1
     timings["train_s"] = float(sum(row.epoch_time_s for row in history))
     model.eval()
-    tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
+    tta = training_mode(config).tta
     tested = with_tta(model, tta)
 
     def logits_of(
