@@ -219,36 +219,33 @@ def cxrlab_fit(
     batches: int | None,
     warmup: int,
 ) -> tuple[float, float, float]:
-    """(b) cxrlab's training path over cache ``rows``: (images/s after warm-up, seconds of the
-    whole fit, peak MiB)."""
-    from cxrlab.data.datasets import CachedImageDataset
-    from cxrlab.training.augment import loader_augmentation
-    from cxrlab.training.datamodule import CxrDataModule
-    from cxrlab.training.module import ClassifierModule
-    from cxrlab.training.trainer import build_trainer, quiet_lightning
+    """(b) cxrlab's training path over cache ``rows``: the run's own fit step in its two halves
+    (:func:`~cxrlab.training.run.build_learner`, then :func:`~cxrlab.training.run.fit_learner`
+    for one epoch of at most ``batches`` batches, without validation or checkpoints). Returns
+    (images/s after warm-up, seconds of the fit, peak MiB during the fit)."""
+    from dataclasses import replace
 
-    quiet_lightning()
-    model = make_model(name, device, config.channels_last)
-    train_set = CachedImageDataset(prepared.cache, rows, transform=loader_augmentation(config))
-    module = ClassifierModule(model, config, len(CLASSES))
-    data = CxrDataModule(train_set, train_set, prepared.cache.labels[rows], config)
+    from cxrlab.training.run import RunContext, build_learner, fit_learner
+
+    recipe = config.updated(model=name, pretrained=False, epochs=1)
+    subset = replace(prepared, rows={"train": rows, "val": rows})  # val: never read (limit 0)
     timer = BatchTimer(warmup, device)
-    with tempfile.TemporaryDirectory() as root, PeakMemory(device) as memory:
-        trainer = build_trainer(
-            config.updated(epochs=1),
-            device,
-            callbacks=[timer.callback],
-            logger=False,
-            progress=False,
-            root=Path(root),
-            limit_train_batches=batches if batches else 1.0,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-        )
-        started = time.perf_counter()
-        trainer.fit(module, datamodule=data)
-        synchronize(device)
-        seconds = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as root:
+        ctx = RunContext(prepared.index.root, recipe, Path(root), progress=False)
+        learner = build_learner(ctx, subset)
+        with PeakMemory(device) as memory:
+            started = time.perf_counter()
+            fit_learner(
+                ctx,
+                learner,
+                callbacks=[timer.callback],
+                logger=False,
+                limit_train_batches=batches if batches else 1.0,
+                limit_val_batches=0,
+                enable_checkpointing=False,
+            )
+            synchronize(device)
+            seconds = time.perf_counter() - started
     return timer.images_per_s, seconds, memory.peak_mb
 
 

@@ -8,7 +8,8 @@ film is anatomically wrong, and the side markers would read backwards).
 Two implementations of the same distribution: :func:`xray_augmentation`, per image in the
 data loader (torchvision v2), and :class:`BatchXrayAugmentation`, one batched ``grid_sample``
 on the training device after the batch is moved there (``RunConfig.augment_on="device"``),
-which takes the work off the loader processes when loading is the bound.
+which takes the work off the loader processes when loading is the bound. Which of them a run
+uses is its training mode's choice (:mod:`cxrlab.training.modes`).
 """
 
 from __future__ import annotations
@@ -49,13 +50,6 @@ def xray_augmentation(
 def loader_augmentation(config: RunConfig) -> v2.Compose | None:
     """The per-image augmentation a run's training loader applies (None: none, or on the device)."""
     return xray_augmentation() if config.augment and config.augment_on == "loader" else None
-
-
-def device_augmentation(config: RunConfig) -> BatchXrayAugmentation | None:
-    """The batched augmentation a run applies on its device (fine-tuning with
-    ``augment_on="device"``)."""
-    on_device = config.augment and config.augment_on == "device" and config.mode == "finetune"
-    return BatchXrayAugmentation() if on_device else None
 
 
 class BatchXrayAugmentation(nn.Module):

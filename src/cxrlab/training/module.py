@@ -5,6 +5,8 @@ backbone and head in two parameter groups, the backbone at ``lr * backbone_lr_sc
 just the new linear head (frozen mode, fed with cached backbone features). Epoch metrics are
 torchmetrics objects, so they are exact under DDP too; each epoch's row is kept in
 ``history`` and travels inside Lightning checkpoints, so a resumed run keeps its curves.
+Whether BatchNorm statistics stay as loaded, and whether batches are augmented on the device,
+is the run's training mode's choice (:mod:`cxrlab.training.modes`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from cxrlab.config import RunConfig
 from cxrlab.models.registry import CxrClassifier
 from cxrlab.records import HistoryRow
-from cxrlab.training.augment import device_augmentation
+from cxrlab.training.modes import training_mode
 
 if TYPE_CHECKING:
     from lightning.pytorch.core.optimizer import LightningOptimizer
@@ -155,7 +157,9 @@ class ClassifierModule(L.LightningModule):
         if self.ema is not None:
             self.ema.requires_grad_(False)
         self._epoch_started = time.perf_counter()
-        self.batch_augment = device_augmentation(config)
+        mode = training_mode(config)
+        self.freeze_bn = mode.freezes_batchnorm
+        self.batch_augment = mode.batch_augmentation()
 
     def on_after_batch_transfer(
         self, batch: tuple[torch.Tensor, torch.Tensor], dataloader_idx: int
@@ -174,7 +178,7 @@ class ClassifierModule(L.LightningModule):
 
     def train(self, mode: bool = True) -> ClassifierModule:
         super().train(mode)
-        if mode and self.config.mode == "finetune" and self.config.freeze_bn:
+        if mode and self.freeze_bn:
             freeze_batchnorm_statistics(self.net)
         return self
 

@@ -7,6 +7,12 @@ predictions and ``metrics.json``, written last.
 Protocol: the model is chosen on validation macro-F1 (carved from train); the test split is
 read once, after training, with the chosen checkpoint.
 
+:func:`train_run` owns the run folder (its lock, ``--resume``, the clean-up of a run that
+failed before its first epoch) and composes the steps, each a function of a
+:class:`RunContext`: :func:`prepare` → :func:`fit` → :func:`select` → :func:`test` →
+:func:`write`. What differs between frozen and fine-tuned runs is the run's
+:class:`~cxrlab.training.modes.TrainingMode`.
+
 Several devices or nodes (``devices``, ``num_nodes``, ``strategy`` in the config) train with
 Lightning's DDP: Lightning starts one process per device by re-running the same command. The
 first process (rank 0) writes the run folder; the others reuse its split and write nothing.
@@ -22,36 +28,30 @@ import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import Logger
 from torch import nn
-from torch.utils.data import Dataset, TensorDataset
 
 from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
 from cxrlab.config import RunConfig
-from cxrlab.data.datasets import CachedImageDataset
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
 from cxrlab.errors import CxrlabError
-from cxrlab.evaluation.calibration import (
-    softmax,
-)
+from cxrlab.evaluation.calibration import softmax
 from cxrlab.evaluation.metrics import classification_metrics
-from cxrlab.evaluation.predict import (
-    inference_speed,
-)
+from cxrlab.evaluation.predict import inference_speed
 from cxrlab.fileio import atomic_write_text, locked
 from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
 from cxrlab.records import HistoryRow, RunMetrics, parse_target_recall
-from cxrlab.training.augment import loader_augmentation
 from cxrlab.training.datamodule import CxrDataModule
-from cxrlab.training.frozen import cached_features
+from cxrlab.training.modes import TrainingMode, training_mode
 from cxrlab.training.module import ClassifierModule
 from cxrlab.training.prepared import PreparedData, prepare_data, subset_logits
 from cxrlab.training.testing import calibrate_and_test
@@ -82,6 +82,35 @@ class RunResult:
                 f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
             )
         return cls(run_dir, RunConfig.load(files.config), RunMetrics.load(files.metrics))
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of one run reads: its data, recipe and folder, and how it reports."""
+
+    data: Path
+    config: RunConfig
+    run_dir: Path
+    resume: bool = False  # continue from checkpoints/last.ckpt, with the saved split
+    worker: bool = False  # a DDP process of rank > 0: it trains beside rank 0 and writes nothing
+    cache_root: Path | None = None  # where the decode-once image cache lives (None: the default)
+    workers: int = 2  # processes that decode images into the cache
+    progress: bool = True  # progress bars
+    say: Callable[[str], None] = print  # where notes for the user go
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", Path(self.data))
+        object.__setattr__(self, "run_dir", Path(self.run_dir))
+
+    @property
+    def files(self) -> RunDir:
+        """The run folder's files."""
+        return RunDir(self.run_dir)
+
+    @property
+    def mode(self) -> TrainingMode:
+        """How this run trains (frozen backbone or fine-tuning)."""
+        return training_mode(self.config)
 
 
 def is_finished(run_dir: Path) -> bool:
@@ -131,7 +160,7 @@ def train_run(
     config_file, last = RunDir(run_dir).config, RunDir(run_dir).last_checkpoint
     if launched_rank() != 0:  # a DDP process started by Lightning: rank 0 owns the run folder
         config = RunConfig.load(config_file) if resume else config
-        return _fit_and_test(
+        worker = RunContext(
             data,
             config,
             run_dir,
@@ -142,6 +171,7 @@ def train_run(
             progress=False,
             say=say,
         )
+        return _steps(worker)
     if resume:
         if not config_file.is_file():
             raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
@@ -173,18 +203,18 @@ def train_run(
         elif config_file.is_file():
             discard_unstarted(run_dir)
             say(f"note: {run_dir} held a run that failed before its first epoch; it is replaced")
+        ctx = RunContext(
+            data,
+            config,
+            run_dir,
+            resume=resume,
+            cache_root=cache_root,
+            workers=workers,
+            progress=progress,
+            say=say,
+        )
         try:
-            return _fit_and_test(
-                data,
-                config,
-                run_dir,
-                resume=resume,
-                worker=False,
-                cache_root=cache_root,
-                workers=workers,
-                progress=progress,
-                say=say,
-            )
+            return _steps(ctx)
         except BaseException:
             if not last.is_file():  # failed before its first epoch: leave nothing
                 discard_unstarted(run_dir)
@@ -193,136 +223,96 @@ def train_run(
             raise
 
 
-def _fit_and_test(
-    data: Path,
-    config: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool,
-    worker: bool,
-    cache_root: Path | None,
-    workers: int,
-    progress: bool,
-    say: Callable[[str], None],
-) -> RunResult:
+def _steps(ctx: RunContext) -> RunResult:
     """The run in five steps: prepare → fit → select → test → write."""
-    prepared = _prepare(
-        data,
-        config,
-        run_dir,
-        resume=resume,
-        worker=worker,
-        cache_root=cache_root,
-        workers=workers,
-        progress=progress,
-        say=say,
-    )
-    fitted = _fit(config, run_dir, prepared, resume=resume, progress=progress)
+    prepared = prepare(ctx)
+    fitted = fit(ctx, prepared)
     if not fitted.trainer.is_global_zero:  # a DDP worker: rank 0 selects, tests and writes
-        return RunResult(run_dir, config, None)
-    history = _select(fitted, run_dir)
-    metrics = _test(fitted, config, run_dir, prepared, history, progress=progress)
-    atomic_write_text(RunDir(run_dir).metrics, metrics.to_json())  # last
-    return RunResult(run_dir, config, metrics)
+        return RunResult(ctx.run_dir, ctx.config, None)
+    history = select(ctx, fitted)
+    return write(ctx, test(ctx, fitted, prepared, history))
 
 
-def _prepare(
-    data: Path,
-    config: RunConfig,
-    run_dir: Path,
-    *,
-    resume: bool,
-    worker: bool,
-    cache_root: Path | None,
-    workers: int,
-    progress: bool,
-    say: Callable[[str], None],
-) -> PreparedData:
+def prepare(ctx: RunContext) -> PreparedData:
     """Cache and split the data (a resumed run or a DDP worker reuses the saved split); a new
     run saves its config and split; unreadable files are reported."""
-    files = RunDir(run_dir)
+    files = ctx.files
     prepared = prepare_data(
-        data,
-        config,
-        split_file=files.split if resume or worker else None,
-        cache_root=cache_root,
-        workers=workers,
-        progress=progress,
+        ctx.data,
+        ctx.config,
+        split_file=files.split if ctx.resume or ctx.worker else None,
+        cache_root=ctx.cache_root,
+        workers=ctx.workers,
+        progress=ctx.progress,
     )
-    if not worker:
+    if not ctx.worker:
         for reason in list(prepared.skipped.values())[:10]:
-            say(f"skipped {reason}")
+            ctx.say(f"skipped {reason}")
         if len(prepared.skipped) > 10:
-            say(
+            ctx.say(
                 f"skipped {len(prepared.skipped) - 10} more unreadable file(s) "
                 "(listed in metrics.json)"
             )
-    if not worker and not resume:
-        config.save(files.config)
+    if not ctx.worker and not ctx.resume:
+        ctx.config.save(files.config)
         save_split(files.split, prepared.subsets, prepared.index.source_of)
-    if config.target_recall:  # its class is checked before any training
-        parse_target_recall(config.target_recall, prepared.classes)
+    if ctx.config.target_recall:  # its class is checked before any training
+        parse_target_recall(ctx.config.target_recall, prepared.classes)
     return prepared
 
 
 @dataclass
-class Fitted:
-    """What :func:`_fit` leaves for selection and testing."""
+class Learner:
+    """What :func:`fit` trains: the classifier, the part of it that learns (its ``net``) as a
+    LightningModule, and the data it learns from as a LightningDataModule."""
 
     model: CxrClassifier  # the whole classifier (tested and saved)
-    net: torch.nn.Module  # what was trained: the model, or its head in frozen mode
+    net: nn.Module  # what trains: the model, or its head in frozen mode
     module: ClassifierModule
-    trainer: L.Trainer
-    best_path: str  # the best checkpoint the callback saw ("" when none)
+    datamodule: CxrDataModule
     device: torch.device
-    feats: dict[str, np.ndarray] | None  # frozen mode: the backbone's features of each subset
+    features: dict[str, np.ndarray] | None  # frozen mode: the backbone's features of each subset
     timings: dict[str, float]
 
 
-def _training_sets(
-    model: CxrClassifier,
-    config: RunConfig,
-    prepared: PreparedData,
-    device: torch.device,
-    timings: dict[str, float],
-    progress: bool,
-) -> tuple[torch.nn.Module, Dataset, Dataset, dict[str, np.ndarray] | None]:
-    """``(net, train set, val set, features)``: frozen mode trains the head on the backbone's
-    features (computed once, memoised); finetune trains the whole model on augmented films."""
-    if config.mode != "frozen":
-        net: torch.nn.Module = model
-        if config.channels_last:
-            net = net.to(memory_format=torch.channels_last)
-        train_set = CachedImageDataset(
-            prepared.cache, prepared.rows["train"], transform=loader_augmentation(config)
-        )
-        return net, train_set, CachedImageDataset(prepared.cache, prepared.rows["val"]), None
-    for p in model.backbone_parameters():
-        p.requires_grad_(False)
-    started = time.perf_counter()
-    origin = config.weights or ("imagenet" if config.pretrained else f"scratch-seed{config.seed}")
-    key = f"{config.model}|{origin}"
-    feats = {
-        name: cached_features(
-            model, prepared.cache, prepared.rows[name], key, device=device, progress=progress
-        )
-        for name in ("train", "val", "test")
-        if name in prepared.rows
-    }
-    timings["features_s"] = time.perf_counter() - started
+@dataclass
+class Fitted:
+    """What :func:`fit` leaves for selection and testing."""
 
-    def subset(name: str) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(feats[name]), torch.from_numpy(prepared.labels(name)))
-
-    return model.head, subset("train"), subset("val"), feats
+    learner: Learner
+    trainer: L.Trainer
+    best_path: str  # the best checkpoint the callback saw ("" when none)
 
 
-def _fit(
-    config: RunConfig, run_dir: Path, prepared: PreparedData, *, resume: bool, progress: bool
-) -> Fitted:
+def fit(ctx: RunContext, prepared: PreparedData) -> Fitted:
     """Build the model and fit it with Lightning (resuming from ``last.ckpt`` when asked);
     checkpoints, early stopping and ``history.csv`` are written every epoch."""
-    files = RunDir(run_dir)
+    learner = build_learner(ctx, prepared)
+    files = ctx.files
+    best = ModelCheckpoint(
+        dirpath=files.checkpoints, filename="best", monitor="val_macro_f1", mode="max"
+    )
+    latest = ModelCheckpoint(
+        dirpath=files.checkpoints, filename="last", enable_version_counter=False
+    )  # every epoch
+    callbacks: list[Callback] = [
+        best,
+        latest,
+        EarlyStopping(monitor="val_macro_f1", mode="max", patience=ctx.config.patience),
+        HistoryWriter(files.history),
+    ]
+    if ctx.progress:
+        callbacks.append(RichProgressBar())
+    trainer = fit_learner(
+        ctx, learner, callbacks=callbacks, logger=make_loggers(ctx.config, ctx.run_dir)
+    )
+    return Fitted(learner, trainer, best.best_model_path)
+
+
+def build_learner(ctx: RunContext, prepared: PreparedData) -> Learner:
+    """The first half of :func:`fit`: seed every generator, create the model and ready it and
+    its data as the run's mode says (frozen mode computes the backbone's features here)."""
+    config = ctx.config
     quiet_lightning()
     L.seed_everything(config.seed, workers=True, verbose=False)
     classes = prepared.classes
@@ -335,90 +325,86 @@ def _fit(
         else None
     )
     device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
-    timings: dict[str, float] = {}
-    net, train_set, val_set, feats = _training_sets(
-        model, config, prepared, device, timings, progress
-    )
-    module = ClassifierModule(net, config, len(classes), weights)
+    sets = ctx.mode.training_sets(model, prepared, device, progress=ctx.progress)
+    module = ClassifierModule(sets.net, config, len(classes), weights)
     datamodule = CxrDataModule(
-        train_set,
-        val_set,
+        sets.train,
+        sets.val,
         prepared.labels("train"),
         config,
         train_sources=prepared.source_ids("train") if config.balance == "source" else None,
     )
-    best = ModelCheckpoint(
-        dirpath=files.checkpoints, filename="best", monitor="val_macro_f1", mode="max"
-    )
-    latest = ModelCheckpoint(
-        dirpath=files.checkpoints, filename="last", enable_version_counter=False
-    )  # every epoch
-    callbacks: list[Callback] = [
-        best,
-        latest,
-        EarlyStopping(monitor="val_macro_f1", mode="max", patience=config.patience),
-        HistoryWriter(files.history),
-    ]
-    if progress:
-        callbacks.append(RichProgressBar())
+    return Learner(model, sets.net, module, datamodule, device, sets.features, sets.timings)
+
+
+def fit_learner(
+    ctx: RunContext,
+    learner: Learner,
+    *,
+    callbacks: list[Callback],
+    logger: list[Logger] | bool,
+    **trainer_args: Any,
+) -> L.Trainer:
+    """The second half of :func:`fit`: fit ``learner`` with the run's Lightning Trainer, rooted
+    in ``ctx.run_dir`` (``trainer_args``: extra Trainer arguments, e.g. a benchmark's batch
+    limits), continuing from ``last.ckpt`` when ``ctx.resume``; return the Trainer."""
+    config = ctx.config
+    batches = len(cast("Sized", learner.datamodule.train_set)) // config.batch_size
     trainer = build_trainer(
         config,
-        device,
+        learner.device,
         callbacks=callbacks,
-        logger=make_loggers(config, run_dir),
-        progress=progress,
-        root=run_dir,
-        log_every_n_steps=min(10, max(1, len(cast("Sized", train_set)) // config.batch_size)),
+        logger=logger,
+        progress=ctx.progress,
+        root=ctx.run_dir,
+        **({"log_every_n_steps": min(10, max(1, batches))} | trainer_args),
     )
-    last = files.last_checkpoint
+    last = ctx.files.last_checkpoint
     trainer.fit(
-        module,
-        datamodule=datamodule,
-        ckpt_path=last if resume and last.is_file() else None,
+        learner.module,
+        datamodule=learner.datamodule,
+        ckpt_path=last if ctx.resume and last.is_file() else None,
         weights_only=True,
     )
-    return Fitted(model, net, module, trainer, best.best_model_path, device, feats, timings)
+    return trainer
 
 
-def _select(fitted: Fitted, run_dir: Path) -> list[HistoryRow]:
+def select(ctx: RunContext, fitted: Fitted) -> list[HistoryRow]:
     """Load the epoch with the best validation macro-F1 (its EMA weights when the recipe keeps
     an EMA) into the model; return the epoch history."""
-    files = RunDir(run_dir)
+    files = ctx.files
     last = files.last_checkpoint
+    module = fitted.learner.module
     # the callback's best, or (a resumed run whose folder was moved: the remembered path is gone)
     # its copy here
     candidates = [Path(fitted.best_path)] if fitted.best_path else []
     best = next((p for p in [*candidates, files.checkpoints / "best.ckpt"] if p.is_file()), last)
-    fitted.module.load_state_dict(safe_load(best, "Lightning checkpoint")["state_dict"])
-    if fitted.module.ema is not None:
-        fitted.net.load_state_dict(fitted.module.ema.module.state_dict())
+    module.load_state_dict(safe_load(best, "Lightning checkpoint")["state_dict"])
+    if module.ema is not None:
+        fitted.learner.net.load_state_dict(module.ema.module.state_dict())
     # (ddp_spawn trains in child processes: then the history comes back through the last checkpoint)
-    history = fitted.module.history or safe_load(last, "Lightning checkpoint").get(
-        "cxrlab_history", []
-    )
+    history = module.history or safe_load(last, "Lightning checkpoint").get("cxrlab_history", [])
     return [HistoryRow.from_dict(row) for row in history]
 
 
-def _test(
-    fitted: Fitted,
-    config: RunConfig,
-    run_dir: Path,
-    prepared: PreparedData,
-    history: list[HistoryRow],
-    *,
-    progress: bool,
+def test(
+    ctx: RunContext, fitted: Fitted, prepared: PreparedData, history: list[HistoryRow]
 ) -> RunMetrics:
     """Calibrate on validation, test the chosen model once (and once more without test-time
-    augmentation, for the ablation), measure its speed; return ``metrics.json``'s content."""
-    model, device, feats, timings = fitted.model, fitted.device, fitted.feats, fitted.timings
+    augmentation, for the ablation), measure its speed; write ``model.pt`` and the predictions
+    files; return ``metrics.json``'s content."""
+    config, learner = ctx.config, fitted.learner
+    model, device, timings = learner.model, learner.device, learner.timings
     best_epoch = int(np.nanargmax([row.val_macro_f1 for row in history])) if history else -1
     timings["train_s"] = float(sum(row.epoch_time_s for row in history))
     model.eval()
-    tta = config.tta and config.mode == "finetune"  # frozen mode tests features: no views
+    tta = ctx.mode.tta
     tested = with_tta(model, tta)
 
     def logits_of(
-        subset: str, features: dict[str, np.ndarray] | None = feats, net: nn.Module = tested
+        subset: str,
+        features: dict[str, np.ndarray] | None = learner.features,
+        net: nn.Module = tested,
     ) -> np.ndarray:
         return subset_logits(
             net,
@@ -427,7 +413,7 @@ def _test(
             feats=features,
             device=device,
             batch_size=max(64, config.batch_size),
-            progress=progress,
+            progress=ctx.progress,
         )
 
     logits = {"val": logits_of("val")}
@@ -444,7 +430,7 @@ def _test(
         epochs_run=len(history),
         best_val_macro_f1=float(history[best_epoch].val_macro_f1) if history else math.nan,
         parameters=count_parameters(model),
-        trainable_parameters=count_parameters(fitted.net, trainable_only=True),
+        trainable_parameters=count_parameters(learner.net, trainable_only=True),
         timings=timings,
         training_processes=fitted.trainer.world_size,
         skipped=prepared.skipped,
@@ -452,10 +438,16 @@ def _test(
         inference_device=device.type,
         sources=prepared.source_counts(),
     )
-    metrics = calibrate_and_test(run_dir, model, config, prepared, logits, metrics, tta=tta)
+    metrics = calibrate_and_test(ctx.run_dir, model, config, prepared, logits, metrics, tta=tta)
     if tta and "test" in logits:  # the same checkpoint without test-time augmentation
         plain = logits_of("test", None, model)
         metrics.test_without_tta = classification_metrics(
             prepared.labels("test"), softmax(plain, metrics.temperature), prepared.classes
         )
     return metrics
+
+
+def write(ctx: RunContext, metrics: RunMetrics) -> RunResult:
+    """Write ``metrics.json``, atomically and last: a folder holding it is a finished run."""
+    atomic_write_text(ctx.files.metrics, metrics.to_json())
+    return RunResult(ctx.run_dir, ctx.config, metrics)
