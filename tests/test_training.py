@@ -188,7 +188,7 @@ def test_finetune_batchnorm_statistics_frozen_or_trained(
 def test_existing_run_needs_resume(tiny_data: tuple[Path, Path], tmp_path: Path) -> None:
     config = preset("scratch", model="resnet18", epochs=1, **TINY)
     _train(tiny_data, tmp_path / "run", config)
-    with pytest.raises(CxrlabError, match="--resume"):
+    with pytest.raises(CxrlabError, match="a run already exists here; pass resume"):
         _train(tiny_data, tmp_path / "run", config)
     again = _train(tiny_data, tmp_path / "run", config, resume=True)  # finished: returned as is
     assert again.metrics.epochs_run == 1

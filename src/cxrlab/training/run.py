@@ -41,7 +41,7 @@ from cxrlab.artifacts import CONFIG_JSON, HISTORY_CSV, SPLIT_CSV, RunDir
 from cxrlab.config import RunConfig
 from cxrlab.data.split import class_weights, save_split
 from cxrlab.device import pick_device
-from cxrlab.errors import CxrlabError
+from cxrlab.errors import ConfigError, CxrlabError
 from cxrlab.evaluation.calibration import softmax
 from cxrlab.evaluation.metrics import classification_metrics
 from cxrlab.evaluation.predict import inference_speed
@@ -79,7 +79,8 @@ class RunResult:
         files = RunDir(run_dir)
         if not files.is_finished:
             raise CxrlabError(
-                f"{run_dir}: no metrics.json (the run has not finished; resume it with --resume)"
+                f"{run_dir}: no metrics.json (the run has not finished; resume it with "
+                f"cxrlab train DATA --out {run_dir} --resume)"
             )
         return cls(run_dir, RunConfig.load(files.config), RunMetrics.load(files.metrics))
 
@@ -174,7 +175,7 @@ def train_run(
         return _steps(worker)
     if resume:
         if not config_file.is_file():
-            raise CxrlabError(f"--resume: {run_dir} holds no run to resume (no config.json)")
+            raise ConfigError("resume", f"{run_dir} holds no run to resume (no config.json)")
         config = RunConfig.load(config_file)
         if is_finished(run_dir):
             return RunResult.load(run_dir)
@@ -183,22 +184,25 @@ def train_run(
     run_dir.mkdir(parents=True, exist_ok=True)
     busy = (
         f"{run_dir}: another cxrlab process is training into this folder; "
-        "wait for it, or choose another --out"
+        "wait for it, or train into another folder"
     )
     with locked(run_dir, busy=busy):
         if resume:
             if not last.is_file():
-                raise CxrlabError(
-                    f"--resume: the run in {run_dir} never finished an epoch, "
-                    "so there is nothing to resume; start it again without --resume"
+                raise ConfigError(
+                    "resume",
+                    f"the run in {run_dir} never finished an epoch, "
+                    "so there is nothing to resume; start it again without {resume}",
                 )
-            safe_load(
-                last, "--resume"
-            )  # a damaged checkpoint is named here, not deep inside Lightning
+            try:  # a damaged checkpoint is named here, not deep inside Lightning
+                safe_load(last, "the last checkpoint")
+            except CxrlabError as exc:
+                raise ConfigError("resume", str(exc)) from None
         elif is_resumable(run_dir):
-            raise CxrlabError(
-                f"{run_dir}: a run already exists here; "
-                "pass --resume to continue it, or another --out"
+            raise ConfigError(
+                "run_dir",
+                "a run already exists here; pass {resume} to continue it, or choose another folder",
+                value=run_dir,
             )
         elif config_file.is_file():
             discard_unstarted(run_dir)
