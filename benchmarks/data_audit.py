@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cxrlab.data.audit_records import AuditReport
+from cxrlab.progress import progress_bars
 
 DEFAULT_DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
@@ -46,7 +47,7 @@ def detector_check(data: Path, seed: int = 0, n_copies: int = 200) -> dict[str, 
     from cxrlab.data.scan import ImageRecord, pixel_hash, scan_dataset, thumbnail
 
     index = discover(data)
-    records = scan_dataset(index, progress=False)
+    records = scan_dataset(index)
     rng = np.random.default_rng(seed)
     chosen = rng.choice(len(records), n_copies, replace=False)
     copies = []
@@ -158,4 +159,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        sys.exit(main())

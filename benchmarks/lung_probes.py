@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cxrlab.lungs import ENV, HEURISTIC, segmenter_label
 from cxrlab.pipelines import diagnose
+from cxrlab.progress import progress_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 KAGGLE = ROOT.parent / "shared" / "data" / "chest-xray-covid19-pneumonia"
@@ -53,7 +54,7 @@ def main() -> int:
             for images in diagnose._DECODED.values():  # the films stay, the masks go
                 for key in [k for k in images if k.startswith(("lungs-", "segmented-"))]:
                     del images[key]
-            result = diagnose.diagnose_run(folder, args.data, progress=False)
+            result = diagnose.diagnose_run(folder, args.data)
             robustness, gradcam = result.robustness, result.gradcam
             hidden = robustness.variants["lungs-hidden"].balanced_accuracy
             only = robustness.variants["lungs-only"].balanced_accuracy
@@ -70,4 +71,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        raise SystemExit(main())

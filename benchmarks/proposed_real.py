@@ -45,6 +45,8 @@ from compare_real import (
 )
 from proposed_v1_real import headline, load
 
+from cxrlab.progress import progress_bars
+
 MODELS = ("mobilenet_v2", "proposed")
 EXTERNAL = "adult"
 
@@ -208,7 +210,7 @@ def abnormal_on_unseen_covid(out: Path, data: Path, seeds: list[int]) -> list[st
         for seed in seeds:
             run = out / "runs" / f"{m}-finetune-imagenet-s{seed}"
             model, meta = load_model(run / "model.pt")
-            cache = build_cache(index, CacheSpec.of_model(meta), progress=False)
+            cache = build_cache(index, CacheSpec.of_model(meta))
             covid = [
                 item for item in load_split(run / "split.csv")["train"] if item[1] == "COVID19"
             ]
@@ -398,4 +400,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        sys.exit(main())

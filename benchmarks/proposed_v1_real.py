@@ -34,6 +34,7 @@ from compare_real import cxrlab, machine, real_data_parser, shared_missing
 
 from cxrlab.artifacts import RunDir
 from cxrlab.diagnostics import GradcamSummary, Robustness
+from cxrlab.progress import progress_bars
 from cxrlab.records import ClassificationMetrics, RunMetrics
 
 HEADLINE = (
@@ -249,7 +250,7 @@ def validation_tta(runs: list[Path], data: Path) -> list[str]:
     ]
     for run in runs:
         model, meta = load_model(run / "model.pt")
-        cache = build_cache(discover(data), CacheSpec.of_model(meta), progress=False)
+        cache = build_cache(discover(data), CacheSpec.of_model(meta))
         rows = rows_for(cache, load_split(run / "split.csv")["val"])
         for tta in (False, True):
             m = classification_metrics(
@@ -312,4 +313,5 @@ def ablation_table(baseline: Path, ema: Path, gem: Path, full: Path) -> list[str
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        sys.exit(main())

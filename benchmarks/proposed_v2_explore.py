@@ -56,6 +56,7 @@ from cxrlab.evaluation.external import score
 from cxrlab.evaluation.metrics import classification_metrics, macro_f1, mcnemar
 from cxrlab.lungs.heuristic import lung_masks, template_mask
 from cxrlab.models.registry import create_model
+from cxrlab.progress import progress_bars
 from cxrlab.training.frozen import extract_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,7 +124,7 @@ def external_rows():
 
 def kaggle_128(paths):
     index = discover(DATA)
-    cache = build_cache(index, CacheSpec(SIZE, "squash"), workers=1, progress=False)
+    cache = build_cache(index, CacheSpec(SIZE, "squash"), workers=1)
     row = {p: i for i, p in enumerate(cache.paths)}
     missing = [p for p in paths if p not in row]
     assert not missing, missing[:3]
@@ -225,7 +226,7 @@ def backbone():
 def features(images: np.ndarray) -> np.ndarray:
     x = torch.from_numpy(images[:, None].astype(np.float32) / 255.0)
     ds = torch.utils.data.TensorDataset(x, torch.zeros(len(x)))
-    return extract_features(backbone(), ds, batch_size=64, progress=False)
+    return extract_features(backbone(), ds, batch_size=64)
 
 
 # ---------------------------------------------------------------- heads
@@ -620,4 +621,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with progress_bars(False):  # the log keeps the numbers only
+        main()

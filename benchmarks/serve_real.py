@@ -42,6 +42,7 @@ from compare_real import (
 )
 
 from cxrlab.artifacts import RunDir
+from cxrlab.progress import progress_bars
 
 
 def ensure_model(args: argparse.Namespace) -> Path:
@@ -91,7 +92,7 @@ def flag_rates(run: Path, data: Path, external: Path | None) -> list[list[str]]:
             sets[f"external-dev {folder.name}"] = expand_image_paths([folder])
     rows = []
     for name, films in sets.items():
-        scored = score_files(predictor.model, predictor.spec, stats, films, progress=False)
+        scored = score_files(predictor.model, predictor.spec, stats, films)
         wrong = np.array([not right[path] for path in scored.paths], dtype=bool)
         flagged = scored.flagged
         rows.append(
@@ -167,4 +168,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        sys.exit(main())

@@ -91,7 +91,7 @@ def framing(runs: list[Path], out: Path, external: Path, sources: dict[str, Path
 
                 ev = load_evaluation(target)
             else:
-                ev, _ = evaluate_model(run_dir, folder, name=f"trap-{name}", progress=False)
+                ev, _ = evaluate_model(run_dir, folder, name=f"trap-{name}")
             recall[name] = ev.per_class["NORMAL"].recall.value
         lines.append(
             f"| {run_dir.name} | {recall['extdev-normal']:.3f} | "
@@ -122,7 +122,7 @@ def lungs_hidden(runs: list[Path], data: Path, sources: dict[str, Path]) -> list
             films = _test_films(run_dir, source)
             paths = [index.path_of(p) for p, _ in films]
             labels = np.array([classes.index(c) for _, c in films])
-            found = robustness_eval(model, paths, labels, classes, spec, progress=False)
+            found = robustness_eval(model, paths, labels, classes, spec)
             plain, hidden = found.variants[spec.resize], found.variants["lungs-hidden"]
             held = [c for k, c in enumerate(classes) if (labels == k).any()]
             cells = ", ".join(f"{c} {plain.recall[c]:.3f} → {hidden.recall[c]:.3f}" for c in held)

@@ -47,6 +47,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_real import machine, real_data_parser, shared_missing
 
+from cxrlab.progress import progress_bars
+
 MODELS = ("alexnet", "resnet18", "resnet50", "mobilenet_v2", "efficientnet_b0")
 CLASSES = ["COVID19", "NORMAL", "PNEUMONIA"]
 
@@ -231,7 +233,7 @@ def cxrlab_fit(
     subset = replace(prepared, rows={"train": rows, "val": rows})  # val: never read (limit 0)
     timer = BatchTimer(warmup, device)
     with tempfile.TemporaryDirectory() as root:
-        ctx = RunContext(prepared.index.root, recipe, Path(root), progress=False)
+        ctx = RunContext(prepared.index.root, recipe, Path(root))
         learner = build_learner(ctx, subset)
         with PeakMemory(device) as memory:
             started = time.perf_counter()
@@ -555,7 +557,7 @@ def frozen_section(args: argparse.Namespace, device: torch.device) -> None:
                 image_size=args.frozen_image_size,
                 manifest=str(args.manifest) if args.manifest else None,
             )
-            result = train_run(args.data, config, Path(folder) / name, workers=2, progress=False)
+            result = train_run(args.data, config, Path(folder) / name, workers=2)
             t = result.metrics.timings
             source = "ImageNet" if weights else "random"
             rows.append(
@@ -649,9 +651,7 @@ def main() -> int:
         manifest=str(args.manifest) if args.manifest else None,
     )
     with timed("decode-once cache (built on first use, then reused)"):
-        prepared = prepare_data(
-            args.data, config, workers=min(8, os.cpu_count() or 1), progress=False
-        )
+        prepared = prepare_data(args.data, config, workers=min(8, os.cpu_count() or 1))
     if "throughput" in args.sections:
         throughput_section(args, config, prepared, device)
     if "loaders" in args.sections:
@@ -676,4 +676,5 @@ def timed(what: str) -> Iterator[None]:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with progress_bars(False):  # the log keeps the numbers only
+        sys.exit(main())

@@ -101,7 +101,7 @@ def train_tiny(tiny_data: tuple[Path, Path], out: Path, config, **kwargs: object
     from cxrlab.training.run import train_run
 
     root, cache = tiny_data
-    return train_run(root, config, out, cache_root=cache, workers=1, progress=False, **kwargs)
+    return train_run(root, config, out, cache_root=cache, workers=1, **kwargs)
 
 
 @contextmanager

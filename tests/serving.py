@@ -19,7 +19,7 @@ def served_run(tiny_data: tuple[Path, Path], out: Path) -> Path:
 
     config = preset("scratch", model="resnet18", epochs=1, target_recall="COVID19=0.9", **TINY)
     train_tiny(tiny_data, out, config)
-    fit_run_ood(out, tiny_data[0], cache_root=tiny_data[1], workers=1, progress=False, say=print)
+    fit_run_ood(out, tiny_data[0], cache_root=tiny_data[1], workers=1, say=print)
     return out
 
 

@@ -57,7 +57,7 @@ def make_dataset(
 
 def run_analysis(root: Path, out: Path, **kwargs: object) -> DatasetSummary:
     index = discover(root)
-    records = scan_dataset(index, workers=1, progress=False)
+    records = scan_dataset(index, workers=1)
     return analyze_dataset(index, records, out, **kwargs)
 
 
@@ -187,7 +187,7 @@ def test_samples_are_seeded_and_capped(
     out, summary = main_case
     assert len(summary.samples) == 6  # 3 per class
     index = discover(out.parent)
-    records = scan_dataset(index, workers=1, progress=False)
+    records = scan_dataset(index, workers=1)
     again = analyze_dataset(index, records, tmp_path / "again", samples_per_class=3, seed=1)
     assert again.samples == summary.samples
     more = analyze_dataset(index, records, tmp_path / "more", samples_per_class=50, seed=1)

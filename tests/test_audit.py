@@ -32,7 +32,7 @@ def reencoded_resized(pixels: np.ndarray, scale: float, quality: int = 70) -> np
 
 def audit_tree(root: Path, **config: object):
     index = discover(root)
-    records = scan_dataset(index, workers=1, progress=False)
+    records = scan_dataset(index, workers=1)
     return audit_records(index, records, AuditConfig(folds=2, **config))
 
 
@@ -120,7 +120,7 @@ def test_near_duplicates_found_and_similar_films_not_flagged() -> None:
 def test_manifest_and_report_files(messy_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit"
     before = sorted(p.name for p in messy_tree.rglob("*"))
-    run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
+    run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1))
     assert sorted(p.name for p in messy_tree.rglob("*")) == before  # nothing touched
     for name in ("manifest.csv", "audit.json", "audit.md", "duplicates.png", "shortcuts.png"):
         assert (out / name).stat().st_size > 0
@@ -142,7 +142,7 @@ def test_missing_manifest_is_named(tmp_path: Path) -> None:
 
 def test_audit_json_is_a_typed_record_read_strictly(messy_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "audit"
-    result = run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
+    result = run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1))
     path = out / "audit.json"
     data = json.loads(path.read_text())
     loaded = AuditReport.load(path)
@@ -172,7 +172,7 @@ def test_model_card_reads_the_audit_beside_the_manifest(messy_tree: Path, tmp_pa
     from cxrlab.reporting.model_card import _audit_of
 
     out = tmp_path / "audit"
-    run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1), progress=False)
+    run_audit(discover(messy_tree), out, AuditConfig(folds=2, workers=1))
     for manifest in (out, out / "manifest.csv"):
         assert _audit_of(RunConfig(manifest=str(manifest))) == AuditReport.load(out / "audit.json")
     assert _audit_of(RunConfig(manifest=None)) is None

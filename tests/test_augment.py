@@ -75,9 +75,7 @@ def test_training_with_device_augmentation_and_channels_last(tmp_path: Path) -> 
         augment_on="device",
         channels_last=True,
     )
-    result = train_run(
-        root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
-    )
+    result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1)
     assert result.metrics.test.n == 6
     with pytest.raises(CxrlabError, match="augment_on"):
         RunConfig(augment_on="gpu")

@@ -19,9 +19,7 @@ from cxrlab.errors import CxrlabError
 
 
 def build(root: Path, cache_root: Path, size: int = 32, resize: str = "squash"):
-    return build_cache(
-        discover(root), CacheSpec(size, resize), cache_root=cache_root, workers=1, progress=False
-    )
+    return build_cache(discover(root), CacheSpec(size, resize), cache_root=cache_root, workers=1)
 
 
 def test_build_then_reuse(kaggle_tree: Path, tmp_path: Path) -> None:
@@ -159,6 +157,7 @@ import sys, time
 from pathlib import Path
 import cxrlab.data.cache as cache
 from cxrlab.data.discover import discover
+from cxrlab.progress import progress_bars
 
 decode = cache.load_square
 cache.load_square = lambda *args: (time.sleep(0.02), decode(*args))[1]  # slow decodes: \
@@ -166,8 +165,9 @@ the builds overlap
 index = discover(Path(sys.argv[1]))
 print("ready", flush=True)
 sys.stdin.readline()
-print(cache.build_cache(index, cache.CacheSpec(32), cache_root=Path(sys.argv[2]), workers=1, \
-progress=False).rebuilt)
+with progress_bars(False):
+    print(cache.build_cache(index, cache.CacheSpec(32), cache_root=Path(sys.argv[2]), workers=1)\
+.rebuilt)
 """
 
 

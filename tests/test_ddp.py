@@ -89,7 +89,6 @@ def test_two_gloo_processes_match_one_and_count_each_image_once(tmp_path: Path) 
         tmp_path / "single",
         cache_root=tmp_path / "cache",
         workers=1,
-        progress=False,
     )
     done = run_cli_ddp(data, tmp_path / "ddp", tmp_path / "cache")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -154,4 +153,4 @@ def test_compare_refuses_several_devices(tmp_path: Path) -> None:
     from cxrlab.pipelines.compare import run_comparison
 
     with pytest.raises(CxrlabError, match="devices 2"):
-        run_comparison(tmp_path, [RunConfig(devices="2")], tmp_path / "out", progress=False)
+        run_comparison(tmp_path, [RunConfig(devices="2")], tmp_path / "out")

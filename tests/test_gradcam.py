@@ -288,7 +288,6 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
         CLASSES,
         out_png=out,
         batch_size=5,
-        progress=False,
         title="mobilenet_v2 $test",
     )
 
@@ -308,9 +307,7 @@ def test_gradcam_summary_keys_values_and_figure(tmp_path: Path) -> None:
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert model.training and no_hooks(model)
 
-    earlier = gradcam_summary(
-        model, images[:4], labels[:4], CLASSES, layer="network.features.13", progress=False
-    )
+    earlier = gradcam_summary(model, images[:4], labels[:4], CLASSES, layer="network.features.13")
     assert earlier.layer == "network.features.13" and earlier.n_images == 4
 
     # gradcam.json as the diagnose pipeline writes it reads back as the same record, strictly

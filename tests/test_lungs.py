@@ -66,7 +66,6 @@ def test_segmenter_learns_synthetic_lungs() -> None:
         films,
         masks,
         SegmenterRecipe(input_size=64, epochs=12, batch_size=4, lr=3e-3),
-        progress=False,
         log=lambda _: None,
     )
     held = meta.test["synthetic"]
@@ -139,7 +138,7 @@ def test_crop_is_the_same_in_training_predict_and_onnx(
     train_tiny(tiny_data, out, preset("scratch", model="resnet18", epochs=1, crop="lungs", **TINY))
     spec = CacheSpec(TINY["image_size"], "squash", "lungs")
     index = discover(root)
-    cache = build_cache(index, spec, cache_root=cache_root, workers=1, progress=False)
+    cache = build_cache(index, spec, cache_root=cache_root, workers=1)
     predictor = load_predictor(out / "model.pt")
     onnx_predictor = load_predictor(export_onnx(out / "model.pt"))
     assert predictor.spec == onnx_predictor.spec == spec

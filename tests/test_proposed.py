@@ -126,9 +126,7 @@ def test_ema_is_what_is_validated_and_kept(tmp_path: Path) -> None:
         ema_decay=0.9,
         tta=True,
     )
-    result = train_run(
-        root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
-    )
+    result = train_run(root, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1)
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=False)[
         "state_dict"
     ]
@@ -246,9 +244,7 @@ def test_two_stage_model_is_in_the_zoo_trains_frozen_and_exports(tmp_path: Path)
         val_fraction=0.25,
         batch_size=8,
     )
-    result = train_run(
-        data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1, progress=False
-    )
+    result = train_run(data, config, tmp_path / "run", cache_root=tmp_path / "cache", workers=1)
     assert (
         result.metrics.test.n == 9
         and load_checkpoint(tmp_path / "run" / "model.pt").arch == "proposed"

@@ -142,7 +142,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     dirs = {}
     for name, config in configs.items():
         dirs[name] = tmp / "runs" / name
-        train_run(data, config, dirs[name], cache_root=tmp / "c", progress=False)
+        train_run(data, config, dirs[name], cache_root=tmp / "c")
     # Same run name as "a", different test image list: the label gets the folder name and
     # McNemar's test skips every pair with it.
     copy = tmp / "runs" / COPY_FOLDER
@@ -155,7 +155,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     config_b = json.loads((dirs["b"] / "config.json").read_text())  # newer fields, both off
     (dirs["b"] / "config.json").write_text(json.dumps(config_b | {"ema_decay": 0.0, "tta": False}))
     index = discover(data)
-    analyze_dataset(index, scan_dataset(index, workers=1, progress=False), tmp / "analysis")
+    analyze_dataset(index, scan_dataset(index, workers=1), tmp / "analysis")
     dirs["analysis"] = tmp / "analysis"
     return dirs
 

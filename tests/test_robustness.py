@@ -96,7 +96,7 @@ def test_variants_are_named_and_described() -> None:
 
 def test_images_are_decoded_both_ways(films: tuple[list[Path], np.ndarray]) -> None:
     paths, _ = films
-    images = load_variant_images(paths, CacheSpec(SIZE, "pad"), progress=False)
+    images = load_variant_images(paths, CacheSpec(SIZE, "pad"))
     assert images["squash"].shape == images["pad"].shape == (6, SIZE, SIZE)
     assert images["squash"].dtype == np.uint8 and images["readable"].all()
     for mode in ("squash", "pad"):
@@ -107,7 +107,7 @@ def test_images_are_decoded_both_ways(films: tuple[list[Path], np.ndarray]) -> N
 def test_shortcut_model_shows_a_drop(films: tuple[list[Path], np.ndarray]) -> None:
     paths, labels = films
     result = robustness_eval(
-        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), batch_size=4, progress=False
+        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), batch_size=4
     )
     json.dumps(asdict(result))  # JSON-ready
     assert result.reference == "pad" and result.image_size == SIZE
@@ -121,9 +121,7 @@ def test_shortcut_model_shows_a_drop(films: tuple[list[Path], np.ndarray]) -> No
     assert variants["darken"].description == VARIANTS["darken"]
 
     # The same model trained on squashed films: squash is the reference, pad looks "better".
-    squash = robustness_eval(
-        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
-    )
+    squash = robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "squash"))
     assert squash.variants["squash"].accuracy_drop == 0.0
     assert squash.variants["pad"].accuracy_drop == -0.5
 
@@ -132,9 +130,7 @@ def test_robustness_json_is_a_typed_record_read_strictly(
     films: tuple[list[Path], np.ndarray], tmp_path: Path
 ) -> None:
     paths, labels = films
-    result = robustness_eval(
-        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False
-    )
+    result = robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"))
     saved = tmp_path / "robustness.json"
     saved.write_text(result.to_json())  # as the diagnose pipeline writes it
     data = json.loads(saved.read_text())
@@ -191,7 +187,7 @@ def test_robustness_json_is_a_typed_record_read_strictly(
 def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarray]) -> None:
     paths, labels = films
     model = BarDetector()
-    images = load_variant_images(paths, CacheSpec(SIZE, "squash"), progress=False)
+    images = load_variant_images(paths, CacheSpec(SIZE, "squash"))
     robustness_eval(
         model,
         paths,
@@ -199,7 +195,6 @@ def test_variants_feed_the_transformed_images(films: tuple[list[Path], np.ndarra
         CLASSES,
         CacheSpec(SIZE, "squash"),
         batch_size=64,
-        progress=False,
         images=images,
     )
     squash, pad, plus, minus, dark, hidden, only = (batch[:, 0].numpy() for batch in model.seen)
@@ -246,20 +241,16 @@ def test_unreadable_file_is_skipped_and_counted(
     broken.write_bytes(b"not an image at all")
     paths = [*paths[:2], broken, *paths[2:]]
     labels = np.array([*labels[:2], 1, *labels[2:]])  # a wrong label would cost accuracy if kept
-    result = robustness_eval(
-        BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"), progress=False
-    )
+    result = robustness_eval(BarDetector(), paths, labels, CLASSES, CacheSpec(SIZE, "pad"))
     assert result.unreadable == 1 and result.n_images == 6
     assert result.variants["pad"].accuracy == 1.0
     with pytest.raises(CxrlabError, match="could be decoded"):
-        robustness_eval(
-            BarDetector(), [broken], np.array([0]), CLASSES, CacheSpec(SIZE, "pad"), progress=False
-        )
+        robustness_eval(BarDetector(), [broken], np.array([0]), CLASSES, CacheSpec(SIZE, "pad"))
 
 
 def test_given_images_are_checked(films: tuple[list[Path], np.ndarray]) -> None:
     paths, labels = films
-    images = load_variant_images(paths, CacheSpec(SIZE, "pad"), progress=False)
+    images = load_variant_images(paths, CacheSpec(SIZE, "pad"))
     with pytest.raises(CxrlabError, match="shape"):
         robustness_eval(
             BarDetector(),
@@ -268,7 +259,6 @@ def test_given_images_are_checked(films: tuple[list[Path], np.ndarray]) -> None:
             CLASSES,
             CacheSpec(48, "pad"),
             images=images,
-            progress=False,
         )
     with pytest.raises(CxrlabError, match="labels"):
         robustness_eval(
@@ -278,7 +268,6 @@ def test_given_images_are_checked(films: tuple[list[Path], np.ndarray]) -> None:
             CLASSES,
             CacheSpec(SIZE, "pad"),
             images=images,
-            progress=False,
         )
 
 
@@ -287,9 +276,7 @@ def test_real_network_runs_every_variant(films: tuple[list[Path], np.ndarray]) -
 
     paths, labels = films
     model = create_model("mobilenet_v2", CLASSES, pretrained=False)
-    result = robustness_eval(
-        model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"), progress=False
-    )
+    result = robustness_eval(model, paths, labels, CLASSES, CacheSpec(SIZE, "squash"))
     for values in result.variants.values():
         assert 0.0 <= values.accuracy <= 1.0 and 0.0 <= values.macro_f1 <= 1.0
         assert set(values.recall) == set(CLASSES)
@@ -339,7 +326,7 @@ def known_lungs(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     films (templated there); returns the list of arrays it was asked to segment."""
     asked: list[np.ndarray] = []
 
-    def fake(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def fake(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         asked.append(np.array(images))
         ok = np.ones(len(images), dtype=bool)
         ok[:2] = False
@@ -354,7 +341,7 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
     region_films: tuple[list[Path], np.ndarray], known_lungs: list[np.ndarray], mode: str
 ) -> None:
     paths, labels = region_films
-    images = load_variant_images(paths, CacheSpec(SIZE, mode), progress=False)
+    images = load_variant_images(paths, CacheSpec(SIZE, mode))
     lungs = robustness_eval(
         RegionReader(inside=True),
         paths,
@@ -362,7 +349,6 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
         CLASSES,
         CacheSpec(SIZE, mode),
         images=images,
-        progress=False,
     )
     outside = robustness_eval(
         RegionReader(inside=False),
@@ -371,7 +357,6 @@ def test_probes_tell_a_lung_reader_from_an_outside_reader(
         CLASSES,
         CacheSpec(SIZE, mode),
         images=images,
-        progress=False,
     )
     json.dumps(asdict(lungs), allow_nan=False)
 
@@ -485,9 +470,7 @@ def test_a_lesion_reader_falls_to_chance_with_the_lungs_hidden(tmp_path: Path) -
     for i, pixels in enumerate(test):
         paths.append(tmp_path / f"film{i}.png")
         Image.fromarray(pixels).save(paths[-1])
-    result = robustness_eval(
-        model, paths, labels, classes, CacheSpec(size, "squash"), progress=False
-    )
+    result = robustness_eval(model, paths, labels, classes, CacheSpec(size, "squash"))
 
     chance = result.chance.balanced_accuracy
     assert chance == pytest.approx(1 / 3) and result.lung_fields.segmented > 0.8

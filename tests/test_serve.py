@@ -99,7 +99,7 @@ def test_each_format_is_answered_as_predict_answers_its_file(
     assert (fmt == "rgba") == any("transparency" in w for w in result["warnings"])
     on_disk = tmp_path / name
     on_disk.write_bytes(data)  # the same bytes as a file: `predict` gives the same numbers
-    expected = predict_files(served.predictor, [on_disk], progress=False)
+    expected = predict_files(served.predictor, [on_disk])
     assert list(probs.values()) == pytest.approx(expected.probs[0].tolist(), abs=1e-6)
     assert result["operating_decision"] == expected.decisions[0]
 
@@ -204,7 +204,7 @@ def test_fitted_statistics_agree_with_the_served_features(
     with open(run_dir / "split.csv") as handle:
         val = [tiny_data[0] / r["path"] for r in csv.DictReader(handle) if r["subset"] == "val"]
     p = served.predictor
-    scores = score_files(p.model, p.spec, served.ood, val, progress=False)
+    scores = score_files(p.model, p.spec, served.ood, val)
     assert len(scores.scores) == served.ood.n_val == 6
     assert scores.flag_rate == pytest.approx(served.ood.val_flag_rate)
     assert scores.summary() == f"flagged {scores.flagged.sum()} of 6 ({scores.flag_rate:.1%})"
@@ -357,7 +357,7 @@ def test_onnx_backend_has_neither_gradcam_nor_ood(
     film = dataset_films(tiny_data)[0]
     (result,) = post(client, (film.name, film.read_bytes()), gradcam=True).json()["results"]
     assert result["gradcam_png"] is None and result["ood"] is None
-    torch_result = predict_files(run_dir / "model.pt", [film], device="cpu", progress=False)
+    torch_result = predict_files(run_dir / "model.pt", [film], device="cpu")
     assert list(result["probabilities"].values()) == pytest.approx(
         torch_result.probs[0].tolist(), abs=1e-4
     )

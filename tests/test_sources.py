@@ -125,9 +125,7 @@ def test_audit_across_sources(sources: tuple[Path, Path], tmp_path: Path) -> Non
     leaked = main / "Data" / "test" / "NORMAL" / "NORMAL(8).jpg"
     shutil.copy(leaked, extra / "NORMAL" / "copy-of-a-test-film.jpg")
     index = discover_sources(main, {"teaching": extra})
-    result = run_audit(
-        index, tmp_path / "audit", AuditConfig(workers=1, min_size=16), progress=False
-    )
+    result = run_audit(index, tmp_path / "audit", AuditConfig(workers=1, min_size=16))
     report = AuditReport.load(tmp_path / "audit" / "audit.json")
     assert report.sources is not None
     assert report.sources.single_class == {"teaching": "NORMAL"}

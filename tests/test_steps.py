@@ -41,9 +41,7 @@ def test_the_steps_by_hand_are_train_run(
     tiny_data: tuple[Path, Path], tmp_path: Path, config: RunConfig
 ) -> None:
     root, cache = tiny_data
-    ctx = steps.RunContext(
-        root, config, tmp_path / "by_hand", cache_root=cache, workers=1, progress=False
-    )
+    ctx = steps.RunContext(root, config, tmp_path / "by_hand", cache_root=cache, workers=1)
     ctx.run_dir.mkdir()
     prepared = steps.prepare(ctx)
     # Frozen mode: computing the backbone's features draws from torch's generator (its loader's
@@ -76,7 +74,7 @@ def test_fit_in_two_halves_takes_trainer_arguments(
     Trainer without validation, checkpoints or loggers."""
     root, cache = tiny_data
     config = preset("scratch", model="resnet18", epochs=1, **TINY)
-    ctx = steps.RunContext(root, config, tmp_path, cache_root=cache, workers=1, progress=False)
+    ctx = steps.RunContext(root, config, tmp_path, cache_root=cache, workers=1)
     learner = steps.build_learner(ctx, steps.prepare(ctx))
     trainer = steps.fit_learner(
         ctx,

@@ -13,8 +13,9 @@ import sys
 # them so): data, then training, then models.
 from cxrlab.cli import data, lungs, predict, serve, train  # noqa: F401
 from cxrlab.cli.app import app, err_console, shown
-from cxrlab.cli.options import error_line, invoked_command
+from cxrlab.cli.options import error_line, hides_progress, invoked_command
 from cxrlab.errors import ConfigError, CxrlabError
+from cxrlab.progress import progress_bars
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -22,7 +23,8 @@ def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="cxrlab")  # standalone: usage errors print and raise SystemExit
+        with progress_bars(not hides_progress(app, argv)):
+            app(args=argv, prog_name="cxrlab")  # standalone: usage errors print and SystemExit
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     except CxrlabError as exc:

@@ -195,7 +195,7 @@ def audit(
     out = out or default_out(data, "audit")
     check_output_folder(out, list(index.source_roots.values()))
     config = AuditConfig(min_size=min_size, near_threshold=near_threshold, workers=workers)
-    result = run_audit(index, out, config, progress=not no_progress)
+    result = run_audit(index, out, config)
     print_audit(result, out)
     console.print(f"audit took {time.perf_counter() - started:.1f} s")
 
@@ -224,7 +224,7 @@ def analyze(
     index = open_sources(data, add_source, source_name)
     out = out or default_out(data, "analysis")
     check_output_folder(out, list(index.source_roots.values()))
-    records = scan_dataset(index, workers=workers, progress=not no_progress)
+    records = scan_dataset(index, workers=workers)
     summary = analyze_dataset(index, records, out, samples_per_class=samples_per_class, seed=seed)
     console.print(summary_table(summary))
     for finding in summary.findings:
@@ -270,7 +270,6 @@ def cache(
         CacheSpec(image_size, cast("Resize", resize)),
         cache_root=cache_dir,
         workers=workers,
-        progress=not no_progress,
     )
     console.print(
         f"Cache {shown(built.folder)}: {len(built.paths)} images at {image_size}px ({resize}); "

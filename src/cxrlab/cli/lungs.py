@@ -41,7 +41,7 @@ def segment(
     for item in images:  # a film named on the command line must be read: checked before writing
         if item.is_file():
             decode_image(item)
-    result = segment_files(files, out, progress=not no_progress)
+    result = segment_files(files, out)
     for error in result.errors.values():
         err_console.print(f"skipped {shown(error)}", highlight=False, soft_wrap=True)
     n = len(result.masks)
@@ -98,7 +98,7 @@ def lungs_train(
         raise CxrlabError(f"--encoder-weights: {encoder_weights}: no such file")
     check_writable(out.parent, "out", out)
     mask_set = collect_masks(kaggle, adult_extra, adult_extra_masks, txv_masks, split_seed=seed)
-    items, films, masks = load_pairs(mask_set, DICE_SIZE, progress=not no_progress)
+    items, films, masks = load_pairs(mask_set, DICE_SIZE)
     for reason, count in mask_set.left_out.items():
         console.print(f"left out {count} mask(s): {reason}")
     command = "cxrlab " + shlex.join(sys.argv[1:]) if sys.argv[1:] else "cxrlab lungs train"
@@ -109,7 +109,6 @@ def lungs_train(
         SegmenterRecipe(input_size=image_size, epochs=epochs, seed=seed),
         encoder_weights=encoder_weights,
         command=command,
-        progress=not no_progress,
         log=console.print,
     )
     save_segmenter(network, meta, out)

@@ -105,6 +105,13 @@ def several_values(*params: str) -> type[TyperCommand]:
     return SeveralValues
 
 
+def hides_progress(app: typer.Typer, argv: list[str]) -> bool:
+    """Whether ``argv`` gives its command's ``--no-progress``: progress bars are the process's
+    setting (:func:`cxrlab.progress.progress_bars`), not a parameter of the library."""
+    command = invoked_command(app, argv)
+    return command is not None and flag_of(command, "no_progress") in argv
+
+
 def invoked_command(app: typer.Typer, argv: list[str]) -> TyperCommand | None:
     """The command ``argv`` runs (``lungs train`` included), or None when it names none."""
     command = typer.main.get_command(app)

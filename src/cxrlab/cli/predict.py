@@ -64,9 +64,7 @@ def predict(
 
     files = expand_image_paths(images)
     check_output(out, kind="predictions", inputs=[checkpoint, *images, *files], force=force)
-    result = predict_files(
-        checkpoint, files, batch_size=batch_size or 32, device=device, progress=not no_progress
-    )
+    result = predict_files(checkpoint, files, batch_size=batch_size or 32, device=device)
     for item in images:  # a film named on the command line must be read: one line, nothing written
         if str(item) in result.errors:
             raise CxrlabError(result.errors[str(item)])
@@ -223,7 +221,6 @@ def evaluate(
         out=out,
         batch_size=batch_size or 32,
         device=device,
-        progress=not no_progress,
         target_recall=target_recall,
     )
     print_evaluation(evaluation, written)

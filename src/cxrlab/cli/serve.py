@@ -28,7 +28,7 @@ OodDataOpt = Annotated[
 
 
 def fit_ood(
-    run_dir: Path, data: Path, *, cache_dir: Path | None, workers: int, device: str, progress: bool
+    run_dir: Path, data: Path, *, cache_dir: Path | None, workers: int, device: str
 ) -> None:
     """Fit and write ``RUN/ood.npz``, saying what is done and what came out."""
     from cxrlab.pipelines.ood import fit_run_ood
@@ -44,7 +44,6 @@ def fit_ood(
         cache_root=cache_dir,
         workers=workers,
         device=device,
-        progress=progress,
         say=lambda line: err_console.print(shown(line), highlight=False, soft_wrap=True),
     )
     console.print(f"OOD: {shown(stats.describe())}", soft_wrap=True)
@@ -116,9 +115,7 @@ def serve(
         if model_file.suffix.lower() == ".onnx":
             raise CxrlabError("--data: the OOD check needs the PyTorch model; serve RUN/model.pt")
         if not stats_path(model_file).is_file():
-            fit_ood(
-                run_dir, data, cache_dir=cache_dir, workers=workers, device=device, progress=True
-            )
+            fit_ood(run_dir, data, cache_dir=cache_dir, workers=workers, device=device)
     web = create_app(
         model_file,
         max_upload_mb=max_upload_mb,
@@ -199,7 +196,6 @@ def ood(
             cache_dir=cache_dir,
             workers=workers,
             device=device,
-            progress=not no_progress,
         )
     elif not stats_path(model_file).is_file():
         raise CxrlabError(
@@ -225,6 +221,5 @@ def ood(
             stats,
             expand_image_paths([folder]),
             batch_size=batch_size,
-            progress=not no_progress,
         )
         console.print(f"{shown(folder)}: {result.summary()}", soft_wrap=True)

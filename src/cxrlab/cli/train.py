@@ -292,7 +292,6 @@ def train(
             resume=resume,
             cache_root=cache_dir,
             workers=workers,
-            progress=not no_progress,
             say=say,
         )
     if worker:
@@ -300,19 +299,17 @@ def train(
     assert result.metrics is not None  # this process (not a DDP worker) tested the run
     print_result(result)
     if result.metrics.test is not None and not no_diagnose:
-        diagnose_runs([run_dir], data, progress=not no_progress)
+        diagnose_runs([run_dir], data)
     else:
         write_card(run_dir)
 
 
-def diagnose_runs(
-    run_dirs: list[Path], data: Path, *, progress: bool, device: str = "auto"
-) -> None:
+def diagnose_runs(run_dirs: list[Path], data: Path, *, device: str = "auto") -> None:
     from cxrlab.pipelines.diagnose import diagnose_run
 
     for run_dir in run_dirs:
         console.print(f"Robustness and Grad-CAM of {shown(run_dir.name)} on its test films ...")
-        found = diagnose_run(run_dir, data, device=device, progress=progress)
+        found = diagnose_run(run_dir, data, device=device)
         rob, cam = found.robustness, found.gradcam
         drops = ", ".join(f"{name} {v.accuracy:.3f}" for name, v in rob.variants.items())
         console.print(f"  accuracy by variant: {drops}")
@@ -353,7 +350,7 @@ def explain(
         """Robustness (squashed, padded, rotated, darkened test films) and Grad-CAM lung share """
         """of finished runs."""
     )
-    diagnose_runs(runs, data, progress=not no_progress, device=device)
+    diagnose_runs(runs, data, device=device)
 
 
 @app.command(cls=several_values("models", "seeds", "weights", "external"))
@@ -465,7 +462,6 @@ def compare(
         cache_root=cache_dir,
         workers=workers,
         external=externals,
-        progress=not no_progress,
         command="cxrlab " + " ".join(sys.argv[1:]),
         say=lambda line: console.print(shown(line)),
     )
@@ -508,7 +504,6 @@ def calibrate(
             cache_root=cache_dir,
             workers=workers,
             device=device,
-            progress=not no_progress,
         )
         console.print(f"Run {shown(run_dir)}:")
         assert result.metrics is not None  # calibrate_run tests the run here

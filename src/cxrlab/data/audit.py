@@ -491,12 +491,10 @@ def run_audit(
     index: DatasetIndex,
     out_dir: str | Path,
     config: AuditConfig | None = None,
-    *,
-    progress: bool = True,
 ) -> AuditResult:
     """Scan, judge and write the audit of ``index`` into ``out_dir``."""
     config = config or AuditConfig()
-    records = scan_dataset(index, workers=config.workers, progress=progress)
+    records = scan_dataset(index, workers=config.workers)
     result = audit_records(index, records, config)
     write_audit_files(result, Path(out_dir))
     return result

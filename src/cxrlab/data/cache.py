@@ -143,12 +143,11 @@ def read_squares(
     spec: CacheSpec,
     errors: dict[str, str],
     *,
-    progress: bool = True,
     description: str = "Reading",
 ) -> Iterator[tuple[Path, np.ndarray]]:
     """Each readable file with its square (:func:`load_square`), in order, as it is read; a file
     that cannot be decoded is skipped and its reason put in ``errors``."""
-    for path in track(files, total=len(files), description=description, enabled=progress):
+    for path in track(files, total=len(files), description=description):
         try:
             square = load_square(path, spec)
         except ImageReadError as exc:
@@ -235,7 +234,6 @@ def build_cache(
     *,
     cache_root: Path | None = None,
     workers: int = 2,
-    progress: bool = True,
 ) -> ImageCache:
     """Open the cache of ``index``, decoding only the files that are new or changed."""
     spec = spec or CacheSpec()
@@ -257,7 +255,7 @@ def build_cache(
         else:
             old = (meta, images) if images is not None else None
             meta, images, rebuilt = _write_generation(
-                folder, index, spec, paths, prints, old, workers, progress
+                folder, index, spec, paths, prints, old, workers
             )
         _remove_stale(folder, keep=meta["images"])
     errors = meta["errors"]
@@ -311,7 +309,6 @@ def _write_generation(
     prints: list[list[int]],
     old: tuple[dict, np.ndarray] | None,
     workers: int,
-    progress: bool,
 ) -> tuple[dict, np.ndarray, int]:
     """Write a new generation (rows of ``old`` reused where the fingerprint matches) and commit it
     by writing the index; return the new index, its array (read-only) and how many rows were
@@ -358,13 +355,10 @@ def _write_generation(
                 pool.map(_load_resized, jobs, chunksize=32),
                 total=len(jobs),
                 description=desc,
-                enabled=progress,
             )
             _store(images, todo, results, paths, errors)
     else:
-        results = track(
-            map(_load_resized, jobs), total=len(jobs), description=desc, enabled=progress
-        )
+        results = track(map(_load_resized, jobs), total=len(jobs), description=desc)
         _store(images, todo, results, paths, errors)
     images.flush()  # msync: on disk before the index names it
     del images

@@ -149,9 +149,7 @@ def _read_mask(where: str, zips: dict[str, zipfile.ZipFile]) -> Image.Image:
     return Image.open(where)
 
 
-def load_pairs(
-    mask_set: MaskSet, size: int, *, progress: bool = True
-) -> tuple[list[MaskedFilm], np.ndarray, np.ndarray]:
+def load_pairs(mask_set: MaskSet, size: int) -> tuple[list[MaskedFilm], np.ndarray, np.ndarray]:
     """Films squashed to ``size`` (``uint8 (N, S, S)``) with their masks (bool), in order; a
     pair left out (unreadable, empty mask, another aspect ratio) is counted in ``left_out``."""
     kept: list[MaskedFilm] = []
@@ -162,7 +160,6 @@ def load_pairs(
         mask_set.films,
         total=len(mask_set.films),
         description="Reading films and masks",
-        enabled=progress,
     ):
         try:
             pixels = decode_image(item.film).pixels

@@ -138,17 +138,16 @@ def scan_dataset(
     *,
     workers: int = 2,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    progress: bool = True,
     description: str = "Scanning images",
 ) -> list[ImageRecord]:
     """Scan every file of ``index`` (in order) with a progress bar and ``workers`` processes."""
     jobs = [(sample, index.key(sample), max_pixels) for sample in index.samples]
     if workers <= 1 or len(jobs) < 64:
         results = map(_scan_one, jobs)
-        return list(track(results, total=len(jobs), description=description, enabled=progress))
+        return list(track(results, total=len(jobs), description=description))
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = pool.map(_scan_one, jobs, chunksize=64)
-        return list(track(results, total=len(jobs), description=description, enabled=progress))
+        return list(track(results, total=len(jobs), description=description))
 
 
 def most_common_size(sizes: Counter[tuple[int, int]]) -> tuple[tuple[int, int], int]:

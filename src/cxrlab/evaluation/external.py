@@ -205,7 +205,6 @@ def evaluate_model(
     out: Path | None = None,
     batch_size: int = 32,
     device: str = "auto",
-    progress: bool = True,
     target_recall: str | None = None,
 ) -> tuple[Evaluation, Path]:
     """Score ``model`` on the labelled folder ``data``; write ``predictions.csv`` and
@@ -228,9 +227,7 @@ def evaluate_model(
     name = name or default_name(data, split, index)
     out = Path(out) if out is not None else RunDir(model_file.parent).external(name).root
     check_output_folder(out, data)
-    found = predict_files(
-        predictor, [path for path, _ in films], batch_size=batch_size, progress=progress
-    )
+    found = predict_files(predictor, [path for path, _ in films], batch_size=batch_size)
     label_of = {path: label for path, label in films}
     y_true = np.array([label_of[path] for path in found.paths], dtype=np.int64)
     if not len(y_true):

@@ -267,7 +267,6 @@ def gradcam_summary(
     out_png: Path | None = None,
     batch_size: int = 32,
     device: str | torch.device = "cpu",
-    progress: bool = True,
     examples_per_cell: int = 2,
     seed: int = 0,
     title: str = "",
@@ -306,7 +305,7 @@ def gradcam_summary(
     with _explaining(model):
         if layer is None:
             layer = find_target_layer(model, size=size)
-        for start in track(starts, total=len(starts), description="Grad-CAM", enabled=progress):
+        for start in track(starts, total=len(starts), description="Grad-CAM"):
             stop = min(start + batch_size, n)
             batch = _to_tensor(images[start:stop], device, dtype)
             cams, logits = _gradcam(model, batch, None, layer)

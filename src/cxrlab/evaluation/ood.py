@@ -256,7 +256,6 @@ def score_files(
     files: list[Path],
     *,
     batch_size: int = 32,
-    progress: bool = True,
 ) -> OodScores:
     """Scores of image files read as ``predict`` reads them (unreadable files are reported)."""
     readable: list[Path] = []
@@ -270,9 +269,7 @@ def score_files(
             scores.append(stats.score(head_features(model, images)))
             batch.clear()
 
-    for path, square in read_squares(
-        files, spec, errors, progress=progress, description="OOD scores"
-    ):
+    for path, square in read_squares(files, spec, errors, description="OOD scores"):
         batch.append(square)
         readable.append(path)
         if len(batch) >= batch_size:

@@ -30,7 +30,6 @@ def predict_logits(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = False,
     description: str = "Predicting",
 ) -> np.ndarray:
     """The model's outputs (logits) ``(n, classes)`` for every item of ``dataset``, in order."""
@@ -38,7 +37,7 @@ def predict_logits(
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     out = [
         model(images.to(device)).float().cpu()
-        for images, _ in track(loader, total=len(loader), description=description, enabled=progress)
+        for images, _ in track(loader, total=len(loader), description=description)
     ]
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
 
@@ -200,7 +199,6 @@ def predict_files(
     *,
     batch_size: int = 32,
     device: str = "auto",
-    progress: bool = True,
 ) -> FilePredictions:
     """Run a cxrlab checkpoint (or its ``.onnx`` export, through ONNX Runtime; or a loaded
     :class:`Predictor`) on image files, preprocessed as in training (size and resize mode stored
@@ -210,7 +208,7 @@ def predict_files(
     )
     arch, classes, spec = predictor.arch, predictor.classes, predictor.spec
     errors: dict[str, str] = {}
-    pairs = list(read_squares(files, spec, errors, progress=progress))  # each decoded once
+    pairs = list(read_squares(files, spec, errors))  # each decoded once
     readable = [path for path, _ in pairs]
     squares = [square for _, square in pairs]  # uint8 S x S
     if not squares:
@@ -230,7 +228,7 @@ def predict_files(
     starts = range(0, len(images), batch_size)
     probs = [
         predictor.batch_probs(images[i : i + batch_size])
-        for i in track(starts, total=len(starts), description="Predicting", enabled=progress)
+        for i in track(starts, total=len(starts), description="Predicting")
     ]
     return FilePredictions(
         arch,

@@ -139,20 +139,16 @@ def apply_variant(
     return images.masked_fill(region.to(device=images.device, dtype=torch.bool), MID_GREY)
 
 
-def lung_fields(
-    images: dict[str, np.ndarray], mode: str, *, progress: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
+def lung_fields(images: dict[str, np.ndarray], mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Lung masks ``(N, S, S)`` and segmented flags ``(N,)`` of the ``mode`` squares of
     :func:`load_variant_images`' result; computed once, then kept in ``images``."""
     masks, segmented = f"lungs-{mode}", f"segmented-{mode}"
     if masks not in images:
-        images[masks], images[segmented] = lung_masks(images[mode], progress=progress)
+        images[masks], images[segmented] = lung_masks(images[mode])
     return images[masks], images[segmented]
 
 
-def load_variant_images(
-    paths: list[Path], spec: CacheSpec, *, progress: bool = True
-) -> dict[str, np.ndarray]:
+def load_variant_images(paths: list[Path], spec: CacheSpec) -> dict[str, np.ndarray]:
     """Decode each file once and make it square both ways, at ``spec.image_size``.
 
     Returns ``{"squash": uint8 (N, S, S), "pad": uint8 (N, S, S), "readable": bool (N,)}`` in
@@ -167,9 +163,7 @@ def load_variant_images(
     }
     readable = np.zeros(n, dtype=bool)
     specs = {mode: CacheSpec(size, mode, spec.crop) for mode in RESIZE_MODES}
-    for i, path in enumerate(
-        track(paths, total=n, description=f"Decoding {n} images at {size}px", enabled=progress)
-    ):
+    for i, path in enumerate(track(paths, total=n, description=f"Decoding {n} images at {size}px")):
         try:
             pixels = crop_film(decode_image(path, draft_size=draft_size(spec)).pixels, spec)
         except ImageReadError:
@@ -225,7 +219,6 @@ def robustness_eval(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = True,
     images: dict[str, np.ndarray] | None = None,
 ) -> Robustness:
     """Accuracy, balanced accuracy, macro-F1 and per-class recall of ``model`` on every
@@ -242,12 +235,12 @@ def robustness_eval(
     if len(labels) != len(paths):
         raise CxrlabError(f"robustness: {len(paths)} paths but {len(labels)} labels")
     if images is None:
-        images = load_variant_images(paths, spec, progress=progress)
+        images = load_variant_images(paths, spec)
     readable = _check_images(images, len(paths), spec.image_size)
     if not readable.any():
         raise CxrlabError("robustness: none of the test images could be decoded")
     y_true = labels[readable]
-    masks, segmented = lung_fields(images, spec.resize, progress=progress)
+    masks, segmented = lung_fields(images, spec.resize)
     masks, segmented = masks[readable], segmented[readable]
     results = {}
     for variant in VARIANT_LIST:
@@ -258,7 +251,6 @@ def robustness_eval(
             _VariantDataset(squares, variant, masks if variant.grey else None),
             batch_size=batch_size,
             device=device,
-            progress=progress,
             description=f"Robustness: {variant.name}",
         )
         results[variant.name] = classification_metrics(y_true, probs, classes)

@@ -86,7 +86,7 @@ def segmenter_label() -> str:
     return segmenter.label if segmenter is not None else HEURISTIC
 
 
-def lung_masks(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def lung_masks(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lung masks ``bool (N, H, W)`` of films ``uint8 (N, H, W)`` and whether each was found (a
     plausible two-lung mask for the learned segmenter; the heuristic's own verdict for it)."""
     images = np.asarray(images)
@@ -94,6 +94,6 @@ def lung_masks(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarra
         raise CxrlabError(f"lung_masks: expected images of shape (N, H, W), got {images.shape}")
     segmenter = _available(_choice())
     if segmenter is None:
-        return heuristic.lung_masks(images, progress=progress)
-    masks, ok = segmenter.masks(images, progress=progress)
+        return heuristic.lung_masks(images)
+    masks, ok = segmenter.masks(images)
     return np.asarray(masks, dtype=bool), ok

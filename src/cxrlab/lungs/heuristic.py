@@ -267,7 +267,7 @@ def _convex_hull(mask: np.ndarray) -> np.ndarray:
     return np.asarray(canvas, dtype=bool) | mask
 
 
-def lung_masks(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def lung_masks(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`lung_field_mask` of every image of ``images (N, S, S)``: masks (N, S, S), ok (N,)."""
     images = np.asarray(images)
     if images.ndim != 3:
@@ -275,7 +275,7 @@ def lung_masks(images: np.ndarray, *, progress: bool = False) -> tuple[np.ndarra
     masks = np.zeros(images.shape, dtype=bool)
     ok = np.zeros(len(images), dtype=bool)
     n = len(images)
-    described = track(images, total=n, description=f"Lung fields of {n} images", enabled=progress)
+    described = track(images, total=n, description=f"Lung fields of {n} images")
     for i, image in enumerate(described):
         masks[i], ok[i] = lung_field_mask(image)
     return masks, ok

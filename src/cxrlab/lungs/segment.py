@@ -157,16 +157,14 @@ class LungSegmenter:
         return clean_mask(probability >= self.meta.threshold)
 
     def masks(
-        self, films: Sequence[np.ndarray] | np.ndarray, *, progress: bool = False
+        self, films: Sequence[np.ndarray] | np.ndarray
     ) -> tuple[list[np.ndarray] | np.ndarray, np.ndarray]:
         """Each film's cleaned mask at its own size and whether it is :func:`plausible`; an
         ``(N, H, W)`` array in gives an ``(N, H, W)`` bool array out."""
         n = len(films)
         masks: list[np.ndarray] = []
         starts = range(0, n, BATCH)
-        for start in track(
-            starts, total=len(starts), description=f"Lung fields of {n} films", enabled=progress
-        ):
+        for start in track(starts, total=len(starts), description=f"Lung fields of {n} films"):
             chunk = films[start : start + BATCH]
             for film, probability in zip(chunk, self.probabilities(chunk)):
                 masks.append(self.mask(film, probability))

@@ -22,7 +22,7 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
     """The torchvision weights' state dict, from the hub cache or downloaded into it."""
     filename = os.path.basename(weights_enum.url)
     try:
-        return weights_enum.get_state_dict(progress=True, check_hash=False)
+        return weights_enum.get_state_dict(check_hash=False)
     except (URLError, OSError, RuntimeError) as exc:
         raise ConfigError(
             "weights",

@@ -22,7 +22,6 @@ def calibrate_run(
     cache_root: Path | None = None,
     workers: int = 2,
     device: str = "auto",
-    progress: bool = True,
 ) -> RunResult:
     """Calibrate a finished run (one made before calibration existed), or give it the operating
     point ``target_recall``: the temperature and the threshold are fitted on the run's own
@@ -45,7 +44,6 @@ def calibrate_run(
             model.classes,
             cache_root=cache_root,
             workers=workers,
-            progress=progress,
         )
         if config.target_recall:
             parse_target_recall(config.target_recall, prepared.classes)
@@ -58,7 +56,6 @@ def calibrate_run(
                 feats=None,
                 device=torch_device,
                 batch_size=64,
-                progress=progress,
             )
             for name in ("val", "test")
             if name in prepared.rows and len(prepared.rows[name])

@@ -144,7 +144,6 @@ def run_comparison(
     audit: bool = True,
     cache_root: Path | None = None,
     workers: int = 2,
-    progress: bool = True,
     command: str | None = None,
     diagnose: bool = True,
     external: dict[str, Path] | None = None,
@@ -172,13 +171,13 @@ def run_comparison(
     out.mkdir(parents=True, exist_ok=True)
     if manifest is None and audit:
         say("Auditing the data (duplicates, leakage, unreadable files) ...")
-        audited = run_audit(index, out / "audit", AuditConfig(workers=workers), progress=progress)
+        audited = run_audit(index, out / "audit", AuditConfig(workers=workers))
         manifest = out / "audit" / "manifest.csv"
         records = audited.records
         excluded = audited.summary.status["excluded"]
         say(f"Audit: {excluded} file(s) excluded from training (see {out / 'audit' / 'audit.md'})")
     else:
-        records = scan_dataset(index, workers=workers, progress=progress)
+        records = scan_dataset(index, workers=workers)
     analyze_dataset(index, records, out / "analysis")
 
     run_dirs = []
@@ -208,7 +207,6 @@ def run_comparison(
             resume=resume,
             cache_root=cache_root,
             workers=workers,
-            progress=progress,
             say=say,
         )
         assert result.metrics is not None  # trained (or loaded) and tested in this process
@@ -222,7 +220,6 @@ def run_comparison(
                 target_recall=config.target_recall,
                 cache_root=cache_root,
                 workers=workers,
-                progress=progress,
             )
         assert result.metrics is not None  # calibrate_run tests it again
         test = result.metrics.test
@@ -230,12 +227,12 @@ def run_comparison(
             say(f"    test accuracy {test.accuracy:.3f}, macro-F1 {test.macro_f1:.3f} ({run_dir})")
             if diagnose and not has_diagnostics(run_dir):
                 say("    robustness and Grad-CAM on the test films ...")
-                diagnose_run(run_dir, data, progress=progress)
+                diagnose_run(run_dir, data)
             for name, folder in (
                 external or {}
             ).items():  # scored once per finished model, never used to select
                 if not is_current(RunDir(run_dir).external(name).root, result.metrics):
-                    found, _ = evaluate_model(run_dir, folder, name=name, progress=progress)
+                    found, _ = evaluate_model(run_dir, folder, name=name)
                     say(
                         f"    on {name}: balanced accuracy {found.balanced_accuracy} "
                         f"over {', '.join(found.present)}"

@@ -78,7 +78,6 @@ def diagnose_run(
     data: Path,
     *,
     device: str = "auto",
-    progress: bool = True,
     gradcam_per_class: int | None = 100,
 ) -> Diagnostics:
     """Write the diagnostics of the finished run in ``run_dir``; ``data`` is its dataset root.
@@ -109,7 +108,7 @@ def diagnose_run(
     key = (tuple(map(str, paths)), CacheSpec(spec.image_size, crop=spec.crop))
     if key not in _DECODED:
         _DECODED.clear()  # keep one decoded test set in memory
-        _DECODED[key] = load_variant_images(paths, spec, progress=progress)
+        _DECODED[key] = load_variant_images(paths, spec)
     images = _DECODED[key]
     target = pick_device(device)
 
@@ -121,7 +120,6 @@ def diagnose_run(
         spec,
         images=images,
         device=target,
-        progress=progress,
     )
     atomic_write_text(files.robustness, robustness.to_json())
     sample = gradcam_sample(labels, images[READABLE], per_class=gradcam_per_class)
@@ -132,7 +130,6 @@ def diagnose_run(
         classes,
         out_png=files.gradcam_png,
         device=target,
-        progress=progress,
         title=f"Grad-CAM, {run_dir.name}: rows = true class; right, then wrong",
     )
     atomic_write_text(files.gradcam, gradcam.to_json())

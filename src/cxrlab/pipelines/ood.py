@@ -22,7 +22,6 @@ def fit_run_ood(
     cache_root: Path | None = None,
     workers: int = 2,
     device: str = "auto",
-    progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> OodStats:
     """Fit the statistics of the run in ``run_dir`` (its ``model.pt`` and ``split.csv``; ``data``:
@@ -52,7 +51,6 @@ def fit_run_ood(
         model.classes,
         cache_root=cache_root,
         workers=workers,
-        progress=progress,
     )
     for name, why in list(prepared.skipped.items())[:5]:
         say(f"skipped {name}: {why}")
@@ -62,7 +60,6 @@ def fit_run_ood(
             model,
             CachedImageDataset(prepared.cache, prepared.rows.get(name, [])),
             device=torch_device,
-            progress=progress,
         )
         for name in ("train", "val")
     }

@@ -59,7 +59,7 @@ def _mask_name(stem: str, taken: set[str]) -> str:
     return name
 
 
-def segment_files(files: list[Path], out: Path, *, progress: bool = True) -> SegmentResult:
+def segment_files(files: list[Path], out: Path) -> SegmentResult:
     """Segment ``files`` into ``out`` (see the module docstring)."""
     segmenter = default_segmenter()
     out.mkdir(parents=True, exist_ok=True)
@@ -70,9 +70,7 @@ def segment_files(files: list[Path], out: Path, *, progress: bool = True) -> Seg
     with result.table.open("w", newline="", encoding="utf-8") as handle:
         writer = csv_writer(handle)
         writer.writerow(COLUMNS)
-        for i, path in enumerate(
-            track(files, total=len(files), description="Segmenting", enabled=progress)
-        ):
+        for i, path in enumerate(track(files, total=len(files), description="Segmenting")):
             try:
                 film = decode_image(path).pixels
             except ImageReadError as exc:

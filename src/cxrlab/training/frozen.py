@@ -32,15 +32,12 @@ def extract_features(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = True,
 ) -> np.ndarray:
     """The inputs of ``model.head`` for every image of ``dataset``: ``float32 (n, d)``."""
     model = model.to(device).eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     with head_inputs(model) as captured:
-        for images, _ in track(
-            loader, total=len(loader), description=f"Features {model.arch}", enabled=progress
-        ):
+        for images, _ in track(loader, total=len(loader), description=f"Features {model.arch}"):
             model(images.to(device))
     return (
         torch.cat(captured).numpy().astype(np.float32) if captured else np.zeros((0, 0), np.float32)
@@ -55,7 +52,6 @@ def cached_features(
     *,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
-    progress: bool = True,
 ) -> np.ndarray:
     """:func:`extract_features` for cache ``rows``, memoised in the cache folder: the features of
     every decodable row of the cache are computed once per model and cache generation, so runs
@@ -71,7 +67,6 @@ def cached_features(
         CachedImageDataset(cache, usable),
         batch_size=batch_size,
         device=device,
-        progress=progress,
     )
     every = np.zeros((len(cache.paths), features.shape[1]), dtype=np.float32)
     every[usable] = features

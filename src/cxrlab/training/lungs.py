@@ -108,7 +108,6 @@ def train_segmenter(
     *,
     encoder_weights: Path | None = None,
     command: str = "",
-    progress: bool = True,
     log: Callable[[str], object] = print,
 ) -> tuple[torch.nn.Module, SegmenterMeta]:
     """Train on the "train" films, select on "val", measure on "test"; the network and its card."""
@@ -139,9 +138,7 @@ def train_segmenter(
         order = train[torch.randperm(len(train), generator=generator).numpy()]
         losses = []
         batches = range(0, len(order), recipe.batch_size)
-        for start in track(
-            batches, total=len(batches), description=f"Epoch {epoch + 1}", enabled=progress
-        ):
+        for start in track(batches, total=len(batches), description=f"Epoch {epoch + 1}"):
             pick = order[start : start + recipe.batch_size]
             pairs = [
                 augment(tv_tensors.Image(images[i]), tv_tensors.Mask(targets[i])) for i in pick

@@ -53,8 +53,6 @@ class TrainingMode(ABC):
         model: CxrClassifier,
         prepared: PreparedData,
         device: torch.device,
-        *,
-        progress: bool,
     ) -> TrainingSets:
         """Ready ``model`` for training (what learns, its memory format) and give the sets it
         trains and is validated on."""
@@ -82,8 +80,6 @@ class Frozen(TrainingMode):
         model: CxrClassifier,
         prepared: PreparedData,
         device: torch.device,
-        *,
-        progress: bool,
     ) -> TrainingSets:
         for p in model.backbone_parameters():
             p.requires_grad_(False)
@@ -94,9 +90,7 @@ class Frozen(TrainingMode):
         )
         key = f"{config.model}|{origin}"
         features = {
-            name: cached_features(
-                model, prepared.cache, prepared.rows[name], key, device=device, progress=progress
-            )
+            name: cached_features(model, prepared.cache, prepared.rows[name], key, device=device)
             for name in ("train", "val", "test")
             if name in prepared.rows
         }
@@ -129,8 +123,6 @@ class FineTune(TrainingMode):
         model: CxrClassifier,
         prepared: PreparedData,
         device: torch.device,
-        *,
-        progress: bool,
     ) -> TrainingSets:
         net: nn.Module = model
         if self.config.channels_last:

@@ -72,7 +72,6 @@ def prepare_data(
     split_file: Path | None = None,
     cache_root: Path | None = None,
     workers: int = 2,
-    progress: bool = True,
 ) -> PreparedData:
     """Discover, cache and split ``data``; reuse ``split_file`` when it exists.
 
@@ -86,7 +85,6 @@ def prepare_data(
         CacheSpec(config.image_size, config.resize, config.crop),
         cache_root=cache_root,
         workers=workers,
-        progress=progress,
     )
     if split_file is not None and split_file.is_file():
         subsets = load_split(split_file)
@@ -129,7 +127,6 @@ def prepare_run_data(
     *,
     cache_root: Path | None = None,
     workers: int = 2,
-    progress: bool = True,
 ) -> PreparedData:
     """A finished run's data again, for a step after training (calibrate, the OOD statistics):
     ``data`` cached at the run's size, split by the run's own ``split_file``; an error when its
@@ -140,7 +137,6 @@ def prepare_run_data(
         split_file=split_file,
         cache_root=cache_root,
         workers=workers,
-        progress=progress,
     )
     if prepared.classes != list(classes):
         raise CxrlabError(
@@ -158,7 +154,6 @@ def subset_logits(
     feats: dict[str, np.ndarray] | None,
     device: torch.device,
     batch_size: int,
-    progress: bool,
 ) -> np.ndarray:
     """The model's logits for the films of one subset (frozen mode: its head on the cached
     features; otherwise ``model`` may be wrapped, e.g. for test-time augmentation)."""
@@ -172,6 +167,5 @@ def subset_logits(
         dataset,
         batch_size=batch_size,
         device=device,
-        progress=progress,
         description=f"Predicting {name}",
     )

@@ -49,6 +49,7 @@ from cxrlab.fileio import atomic_write_text, locked
 from cxrlab.models.registry import CxrClassifier, create_model
 from cxrlab.models.tta import with_tta
 from cxrlab.models.weights import safe_load
+from cxrlab.progress import progress_bars, shown
 from cxrlab.records import HistoryRow, RunMetrics, parse_target_recall
 from cxrlab.training.datamodule import CxrDataModule
 from cxrlab.training.modes import TrainingMode, training_mode
@@ -96,7 +97,6 @@ class RunContext:
     worker: bool = False  # a DDP process of rank > 0: it trains beside rank 0 and writes nothing
     cache_root: Path | None = None  # where the decode-once image cache lives (None: the default)
     workers: int = 2  # processes that decode images into the cache
-    progress: bool = True  # progress bars
     say: Callable[[str], None] = print  # where notes for the user go
 
     def __post_init__(self) -> None:
@@ -146,7 +146,6 @@ def train_run(
     resume: bool = False,
     cache_root: Path | None = None,
     workers: int = 2,
-    progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> RunResult:
     """Train ``config`` on ``data`` into ``run_dir``, then test the chosen checkpoint once.
@@ -169,10 +168,10 @@ def train_run(
             worker=True,
             cache_root=cache_root,
             workers=workers,
-            progress=False,
             say=say,
         )
-        return _steps(worker)
+        with progress_bars(False):  # rank 0 shows the bars
+            return _steps(worker)
     if resume:
         if not config_file.is_file():
             raise ConfigError("resume", f"{run_dir} holds no run to resume (no config.json)")
@@ -214,7 +213,6 @@ def train_run(
             resume=resume,
             cache_root=cache_root,
             workers=workers,
-            progress=progress,
             say=say,
         )
         try:
@@ -247,7 +245,6 @@ def prepare(ctx: RunContext) -> PreparedData:
         split_file=files.split if ctx.resume or ctx.worker else None,
         cache_root=ctx.cache_root,
         workers=ctx.workers,
-        progress=ctx.progress,
     )
     if not ctx.worker:
         for reason in list(prepared.skipped.values())[:10]:
@@ -305,7 +302,7 @@ def fit(ctx: RunContext, prepared: PreparedData) -> Fitted:
         EarlyStopping(monitor="val_macro_f1", mode="max", patience=ctx.config.patience),
         HistoryWriter(files.history),
     ]
-    if ctx.progress:
+    if shown():
         callbacks.append(RichProgressBar())
     trainer = fit_learner(
         ctx, learner, callbacks=callbacks, logger=make_loggers(ctx.config, ctx.run_dir)
@@ -329,7 +326,7 @@ def build_learner(ctx: RunContext, prepared: PreparedData) -> Learner:
         else None
     )
     device = pick_device("cpu" if config.accelerator == "cpu" else "auto")
-    sets = ctx.mode.training_sets(model, prepared, device, progress=ctx.progress)
+    sets = ctx.mode.training_sets(model, prepared, device)
     module = ClassifierModule(sets.net, config, len(classes), weights)
     datamodule = CxrDataModule(
         sets.train,
@@ -359,7 +356,6 @@ def fit_learner(
         learner.device,
         callbacks=callbacks,
         logger=logger,
-        progress=ctx.progress,
         root=ctx.run_dir,
         **({"log_every_n_steps": min(10, max(1, batches))} | trainer_args),
     )
@@ -417,7 +413,6 @@ def test(
             feats=features,
             device=device,
             batch_size=max(64, config.batch_size),
-            progress=ctx.progress,
         )
 
     logits = {"val": logits_of("val")}

@@ -19,6 +19,7 @@ from cxrlab.config import RunConfig
 from cxrlab.errors import ConfigError
 from cxrlab.fileio import atomic_open
 from cxrlab.models.registry import check_model
+from cxrlab.progress import shown
 from cxrlab.records import HistoryRow, write_history
 from cxrlab.training.module import ClassifierModule
 
@@ -115,7 +116,6 @@ def build_trainer(
     *,
     callbacks: list[Callback],
     logger: list[Logger] | bool,
-    progress: bool,
     root: Path,
     **overrides: Any,
 ) -> L.Trainer:
@@ -136,7 +136,7 @@ def build_trainer(
         if device.type == "cpu"
         else "warn",  # some CUDA kernels have no deterministic version
         num_sanity_val_steps=0,
-        enable_progress_bar=progress,
+        enable_progress_bar=shown(),
         enable_model_summary=False,
         default_root_dir=root,
         plugins=[AtomicCheckpointIO()],
