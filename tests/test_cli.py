@@ -143,6 +143,18 @@ def test_quick_start_demo(tmp_path: Path) -> None:
     report = (tmp_path / "demo" / "compare" / "report.html").read_text()
     assert "alexnet-finetune-scratch-s0" in report and "resnet18-finetune-scratch-s0" in report
     assert 'id="robustness"' in report and 'id="gradcam"' in report and "not computed" not in report
+    for name in ("alexnet", "resnet18"):  # the recipe the demo promises: 64 px, 4 epochs
+        saved = json.loads(
+            (
+                tmp_path
+                / "demo"
+                / "compare"
+                / "runs"
+                / f"{name}-finetune-scratch-s0"
+                / "config.json"
+            ).read_text()
+        )
+        assert (saved["image_size"], saved["epochs"], saved["pretrained"]) == (64, 4, False)
 
 
 def test_compare_takes_several_values_after_one_flag(demo_root: Path) -> None:

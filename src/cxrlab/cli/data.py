@@ -333,7 +333,6 @@ def split(
 
 @app.command()
 def demo(
-    ctx: typer.Context,
     out: Annotated[Path, typer.Argument(help="Folder for the demo data and every output.")] = Path(
         "runs/demo"
     ),
@@ -341,22 +340,26 @@ def demo(
 ) -> None:
     """The quick start: synthetic data, its audit and analysis, then AlexNet vs ResNet-18 (from
     scratch, 64 px, 4 epochs) trained, tested and compared in one HTML report."""
-    from cxrlab.cli.train import compare  # the training commands, registered after these
+    from cxrlab.cli.train import compare_models  # the training commands, registered after these
 
     data = out / "data"
     demo_data(data)
     audit(data, out=out / "audit", no_progress=no_progress)
     analyze(data, out=out / "analysis", no_progress=no_progress)
-    compare(
-        ctx,  # compare reads it only for the options typed with --config (none here)
+    compare_models(
         data,
-        models=["alexnet", "resnet18"],
-        mode="finetune",
-        no_pretrained=True,
-        image_size=64,
-        epochs=4,
+        ["alexnet", "resnet18"],
+        "finetune",
+        weights=[],
+        pretrained=False,
+        seeds=[0],
         out=out / "compare",
+        file=None,
+        typed={"image_size": 64, "epochs": 4},
+        head_epochs=None,
         manifest=out / "audit",
+        audit=True,
+        external=[],
         cache_dir=out / "cache",
-        no_progress=no_progress,
+        workers=2,
     )

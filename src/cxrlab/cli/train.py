@@ -62,6 +62,7 @@ from cxrlab.errors import CxrlabError
 from cxrlab.fileio import read_text
 
 if TYPE_CHECKING:
+    from cxrlab.config import RecipeFile
     from cxrlab.records import OperatingResult, RunMetrics
     from cxrlab.training.run import RunResult
 
@@ -430,25 +431,64 @@ def compare(
 ) -> None:
     """Train and test several models under one protocol; write one HTML report with every plot."""
     from cxrlab.config import RecipeFile
-    from cxrlab.outputs import check_cache_folder, check_output_folder
-    from cxrlab.pipelines.compare import plan_runs, run_comparison
 
-    models = [name for item in models for name in item.split()]
-    configs, notes = plan_runs(
-        models,
+    compare_models(
+        data,
+        [name for item in models for name in item.split()],
         mode,
-        weights=parse_weights(weights or [], models),
+        weights=weights or [],
         pretrained=not no_pretrained,
         seeds=seeds or [0],
+        out=out,
         file=RecipeFile.read(config_file) if config_file is not None else None,
         # --mode, --weights, --manifest and --no-pretrained mean something else here (modes to
         # run, one file per model, the audit's manifest for every run, models without weights)
         typed=typed_fields(ctx, leave_out=frozenset({"mode", "weights", "manifest", "pretrained"})),
         head_epochs=head_epochs,
+        manifest=manifest,
+        audit=not no_audit,
+        external=external or [],
+        cache_dir=cache_dir,
+        workers=workers,
+    )
+
+
+def compare_models(
+    data: Path,
+    models: list[str],
+    mode: str,
+    *,
+    weights: list[str],
+    pretrained: bool,
+    seeds: list[int],
+    out: Path | None,
+    file: RecipeFile | None,
+    typed: dict[str, object],
+    head_epochs: int | None,
+    manifest: Path | None,
+    audit: bool,
+    external: list[str],
+    cache_dir: Path | None,
+    workers: int,
+) -> None:
+    """compare, its options parsed (``typed``: the config fields given, by field); the demo
+    runs it too."""
+    from cxrlab.outputs import check_cache_folder, check_output_folder
+    from cxrlab.pipelines.compare import plan_runs, run_comparison
+
+    configs, notes = plan_runs(
+        models,
+        mode,
+        weights=parse_weights(weights, models),
+        pretrained=pretrained,
+        seeds=seeds,
+        file=file,
+        typed=typed,
+        head_epochs=head_epochs,
     )
     for note in notes:
         console.print(f"[yellow]note:[/] {shown(note)}")
-    externals = parse_external(external or [])
+    externals = parse_external(external)
     out = out or default_out(data, "compare")
     inputs = [data, *map(Path, configs[0].sources.values())] if configs else [data]
     check_output_folder(out, inputs)
@@ -458,7 +498,7 @@ def compare(
         configs,
         out,
         manifest=manifest,
-        audit=not no_audit,
+        audit=audit,
         cache_root=cache_dir,
         workers=workers,
         external=externals,
