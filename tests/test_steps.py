@@ -44,10 +44,8 @@ def test_the_steps_by_hand_are_train_run(
     ctx = steps.RunContext(root, config, tmp_path / "by_hand", cache_root=cache, workers=1)
     ctx.run_dir.mkdir()
     prepared = steps.prepare(ctx)
-    # Frozen mode: computing the backbone's features draws from torch's generator (its loader's
-    # seed) where reading them from the cache does not; the first build computes them, so that
-    # both runs below read them.
-    steps.build_learner(ctx, prepared)
+    # frozen: train_run computes the backbone's features, the steps read them from the cache;
+    # the two train alike (computing them draws nothing from torch's generator)
     whole = train_tiny(tiny_data, tmp_path / "train_run", config)
     fitted = steps.fit(ctx, prepared)
     learner = fitted.learner

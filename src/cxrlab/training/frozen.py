@@ -35,7 +35,9 @@ def extract_features(
 ) -> np.ndarray:
     """The inputs of ``model.head`` for every image of ``dataset``: ``float32 (n, d)``."""
     model = model.to(device).eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    # a generator of its own: the loader's seed is drawn from it, not from torch's, so that a run
+    # that computes the features trains as one that reads them from the cache
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
     with head_inputs(model) as captured:
         for images, _ in track(loader, total=len(loader), description=f"Features {model.arch}"):
             model(images.to(device))
