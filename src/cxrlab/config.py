@@ -381,7 +381,7 @@ def resolve(
     try:
         config = RunConfig().updated(**values)
     except ConfigError as exc:
-        origin = origins.get(exc.field, "typed")
+        origin = origins.get(exc.field or "", "typed")
         where = {"file": str(file.path) if file else None, "preset": name}.get(origin)
         raise exc.came_from(origin, where) from None
     return Resolved(config, origins)

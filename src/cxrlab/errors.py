@@ -41,7 +41,7 @@ class ConfigError(CxrlabError):
 
     def __init__(
         self,
-        field: str,
+        field: str | None,
         message: str,
         *,
         value: object = None,
@@ -54,8 +54,11 @@ class ConfigError(CxrlabError):
 
     def render(self, name_of: Callable[[str], str]) -> str:
         """The one-line message with every setting written by ``name_of``."""
+        text = _NAME.sub(lambda m: name_of(m.group(1)), self.message)
+        if self.field is None:  # no one setting is at fault; the message names what to change
+            return text
         head = name_of(self.field) + ("" if self.value is None else f" {self.value}")
-        return f"{head}: " + _NAME.sub(lambda m: name_of(m.group(1)), self.message)
+        return f"{head}: {text}"
 
     def came_from(self, origin: str, where: str | None = None) -> ConfigError:
         """This error, knowing where its value came from."""

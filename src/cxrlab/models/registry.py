@@ -173,10 +173,11 @@ def _timm(name: str, pretrained: bool, weights: Path | None, classes: list[str])
     try:
         network = timm.create_model(name, pretrained=pretrained and weights is None)
     except Exception as exc:  # hub/network errors come in many types
-        raise CxrlabError(
+        raise ConfigError(
+            None,
             f"cannot fetch timm ImageNet weights for '{name}' "
             f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__}); "
-            "give a local state dict ({weights}), or start from random weights ({pretrained})"
+            "give a local state dict ({weights}), or start from random weights ({pretrained})",
         ) from exc
     if weights is not None:
         load_state_dict_file(network, weights, name)

@@ -25,7 +25,7 @@ def load_imagenet_state_dict(weights_enum, name: str) -> dict[str, torch.Tensor]
         return weights_enum.get_state_dict(check_hash=False)
     except (URLError, OSError, RuntimeError) as exc:
         raise ConfigError(
-            "weights",
+            None,
             f"cannot download ImageNet weights for {name} ({type(exc).__name__}: offline?); "
             f"copy {filename} into {hub_checkpoint_dir()}/, "
             "or give a local state dict ({weights}), or start from random weights ({pretrained})",
