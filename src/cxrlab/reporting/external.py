@@ -169,7 +169,7 @@ EXPLANATION = (
     "Each finished model scored once on films from other sources (never used to train or select). "
     "Balanced accuracy is the mean recall over the classes the set holds; 'own test' is the same "
     "number on the run's own test split, 'gap' the difference. A large negative gap means the "
-    "model learned something its own data rewards and other hospitals do not."
+    "model learned something its own data rewards and other sources do not."
 )
 GAP_CAPTION = (
     "Balanced accuracy over each set's classes: own test split against each external set (95% "
