@@ -153,6 +153,33 @@ def test_crop_is_the_same_in_training_predict_and_onnx(
         )
 
 
+def test_a_cropped_model_is_served_as_predict_answers(
+    tiny_data: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """cxrlab serve cuts the lung box as training and predict do: the page's numbers for a film
+    are predict's for the same file."""
+    from fastapi.testclient import TestClient
+
+    from cxrlab.evaluation.predict import predict_files
+    from cxrlab.serve.app import create_app
+    from cxrlab.serve.service import ServedModel
+
+    out = tmp_path / "run"
+    train_tiny(tiny_data, out, preset("scratch", model="resnet18", epochs=1, crop="lungs", **TINY))
+    served = ServedModel(out, device="cpu")
+    client = TestClient(create_app(served), base_url="http://127.0.0.1:8000")
+    assert client.get("/api/model").json()["crop"] == "lungs"
+    film = sorted(p for p in (tiny_data[0] / "Data" / "test").rglob("*") if p.is_file())[0]
+    uncropped = load_square(film, CacheSpec(TINY["image_size"]))
+    assert not np.array_equal(load_square(film, served.predictor.spec), uncropped)  # it crops
+    parts = [("file", (film.name, film.read_bytes(), "application/octet-stream"))]
+    response = client.post("/api/predict", files=parts)
+    assert response.status_code == 200, response.text
+    probs = list(response.json()["results"][0]["probabilities"].values())
+    expected = predict_files(served.predictor, [film]).probs[0].tolist()
+    assert probs == pytest.approx(expected, abs=1e-6)
+
+
 @needs_shipped
 def test_segment_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     films = tmp_path / "films"
