@@ -342,3 +342,23 @@ def test_compare_recipe_file_splits_shared_and_fine_tuned_fields(
     assert run(["compare", str(demo_root), "--config", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert "r.yaml: model is set per run by compare" in err and len(err.splitlines()) == 1
+
+
+def test_no_progress_is_read_from_the_command_run() -> None:
+    """Progress bars are the process's setting: hidden when the command run (a nested one
+    included) gets its --no-progress, and only then."""
+    from cxrlab.cli.options import hides_progress, invoked_command
+
+    cases = {
+        ("lungs", "train", "--no-progress"): ("train", True),
+        ("--debug", "train", "D", "--no-progress"): ("train", True),
+        ("train", "D"): ("train", False),
+        ("--help",): (None, False),
+        ("lungs",): (None, False),
+    }
+    for argv, (name, hidden) in cases.items():
+        command = invoked_command(app, list(argv))
+        assert (command.name if command else None, hides_progress(app, list(argv))) == (
+            name,
+            hidden,
+        ), argv
