@@ -11,15 +11,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 T = TypeVar("T")
 
 _shown = [True]  # the process's setting (a list: set in place, read by every thread)
@@ -45,6 +36,15 @@ def track(items: Iterable[T], *, total: int | None = None, description: str = ""
     if not shown():
         yield from items
         return
+    from rich.progress import (  # here: the command line imports this module, not the bars
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),

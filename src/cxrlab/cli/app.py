@@ -41,7 +41,8 @@ DataArg = Annotated[
 WorkersOpt = Annotated[int, typer.Option("--workers", min=1, help="Decoding processes.")]
 
 
-NoProgressOpt = Annotated[bool, typer.Option("--no-progress", help="Hide progress bars.")]
+NO_PROGRESS = "--no-progress"
+NoProgressOpt = Annotated[bool, typer.Option(NO_PROGRESS, help="Hide progress bars.")]
 
 
 def shown(value: object) -> str:

@@ -108,8 +108,12 @@ def several_values(*params: str) -> type[TyperCommand]:
 def hides_progress(app: typer.Typer, argv: list[str]) -> bool:
     """Whether ``argv`` gives its command's ``--no-progress``: progress bars are the process's
     setting (:func:`cxrlab.progress.progress_bars`), not a parameter of the library."""
+    from cxrlab.cli.app import NO_PROGRESS
+
+    if NO_PROGRESS not in argv:  # (no need to build the commands to know)
+        return False
     command = invoked_command(app, argv)
-    return command is not None and flag_of(command, "no_progress") in argv
+    return command is not None and flag_of(command, "no_progress") == NO_PROGRESS
 
 
 def invoked_command(app: typer.Typer, argv: list[str]) -> TyperCommand | None:
