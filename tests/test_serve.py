@@ -305,7 +305,7 @@ def test_one_name_per_film_as_the_person_named_it(
 def test_uploads_over_the_limit_are_413_naming_the_file(served: ServedModel) -> None:
     small = local_client(create_app(served, max_upload_mb=0.05))
     assert small.get("/api/model").json()["max_upload_mb"] == 0.05
-    limit = "over the upload limit of 0.05 MB (--max-upload-mb)"
+    limit = "over the upload limit of 0.05 MB (cxrlab serve --max-upload-mb)"
     for size in (60_000, 20_000_000):
         response = post(small, ("big film.png", bytes(size)))
         assert response.status_code == 413

@@ -157,6 +157,6 @@ def _explain(
     if single_class or single_source:
         lines.append(
             "Compare results per source (metrics.json per_source), balance by source "
-            "(--balance source), and check models on films from elsewhere."
+            "(cxrlab train --balance source), and check models on films from elsewhere."
         )
     return lines

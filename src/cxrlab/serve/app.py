@@ -81,7 +81,10 @@ ANY_HOST = "*"  # --allowed-host '*': the Host check is off (the Origin check st
 ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorDetail, "description": "A Host this server does not answer on."},
     403: {"model": ErrorDetail, "description": "A POST from another site's page (Origin)."},
-    413: {"model": ErrorDetail, "description": "Request body over --max-upload-mb."},
+    413: {
+        "model": ErrorDetail,
+        "description": "Request body over the server's limit (cxrlab serve --max-upload-mb).",
+    },
     415: {"model": ErrorDetail, "description": "Not multipart, or a file that is no image."},
     422: {"model": ErrorDetail, "description": "A film that cannot be decoded."},
 }

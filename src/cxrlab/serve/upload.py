@@ -113,7 +113,7 @@ async def read_uploads(
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise UploadError(415, f"upload: send multipart/form-data with one '{FIELD}' part per film")
-    limit = f"the upload limit of {max_bytes / 1e6:g} MB (--max-upload-mb)"
+    limit = f"the upload limit of {max_bytes / 1e6:g} MB (cxrlab serve --max-upload-mb)"
     declared = int(content_length) if content_length and content_length.isdigit() else None
     collector = _Collector()
     parser = MultipartParser(options[b"boundary"], collector.callbacks())
