@@ -139,6 +139,14 @@ class RunDir:
         """Training and testing are done (``metrics.json`` is written last)."""
         return self.metrics.is_file()
 
+    def check_finished(self) -> None:
+        """A one-line error unless the run has finished, saying how to finish it."""
+        if not self.is_finished:
+            raise CxrlabError(
+                f"{self.root}: no metrics.json (the run has not finished; resume it with "
+                f"cxrlab train DATA --out {self.root} --resume)"
+            )
+
 
 def read_json(path: Path) -> dict:
     """The JSON object in ``path``; an error naming the file when it is not one."""

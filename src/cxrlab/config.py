@@ -188,11 +188,7 @@ class RunConfig:
         return f"{self.model.replace(':', '-')}-{self.mode}-{source}-s{self.seed}"
 
     def describe(self) -> str:
-        source = (
-            f"weights {Path(self.weights).name}"
-            if self.weights
-            else ("ImageNet" if self.pretrained else "from scratch")
-        )
+        source = f"weights {self.weights_source}" if self.weights else self.weights_source
         extras = ([f"EMA {self.ema_decay:g}"] if self.ema_decay else []) + (
             ["TTA"] if self.tta else []
         )
@@ -365,12 +361,10 @@ def resolve(
     if stored is not None:
         return _resumed(stored, preset_name, file, typed)
     name = preset_name or "finetune"
-    if name not in PRESETS:
-        raise ConfigError("preset", f"'{name}' is not one of {', '.join(PRESETS)}")
     origins: dict[str, Origin] = dict.fromkeys(FIELDS, "default")
     values: dict[str, object] = {}
     layers: list[tuple[Origin, Mapping[str, object]]] = [
-        ("preset", PRESETS[name]),
+        ("preset", _preset(name)),
         ("file", file.fields if file else {}),
         ("typed", typed),
     ]
@@ -385,6 +379,13 @@ def resolve(
         where = {"file": str(file.path) if file else None, "preset": name}.get(origin)
         raise exc.came_from(origin, where) from None
     return Resolved(config, origins)
+
+
+def _preset(name: str) -> Mapping[str, object]:
+    """The fields the preset ``name`` sets; an unknown name is an error listing the presets."""
+    if name not in PRESETS:
+        raise ConfigError("preset", f"'{name}' is not one of {', '.join(PRESETS)}")
+    return PRESETS[name]
 
 
 def _resumed(
@@ -403,9 +404,7 @@ def _resumed(
     stored = RunConfig.load(stored_file)
     requested: dict[str, tuple[str, object]] = {}  # field -> (what asked for it, the value)
     if preset_name is not None:
-        if preset_name not in PRESETS:
-            raise ConfigError("preset", f"'{preset_name}' is not one of {', '.join(PRESETS)}")
-        requested |= {k: (f"{{preset}} {preset_name}", v) for k, v in PRESETS[preset_name].items()}
+        requested |= {k: (f"{{preset}} {preset_name}", v) for k, v in _preset(preset_name).items()}
     requested |= {
         k: (f"{{{k}}}" if k == "pretrained" else f"{{{k}}} {v}", v)  # --no-pretrained: a flag
         for k, v in typed.items()

@@ -79,13 +79,12 @@ def plan_runs(
         raise ConfigError("mode", f"'{mode}' is not one of {', '.join(COMPARE_MODES)}")
     if not models:
         raise ConfigError("model", "name at least one model")
-    per_run = sorted(PER_RUN_FIELDS & set(file.fields)) if file else []
-    if per_run:
+    if file and (per_run := sorted(PER_RUN_FIELDS & set(file.fields))):
         raise ConfigError(
             "config_file",
             f"{', '.join(per_run)} is set per run by compare ({{model}}, {{mode}}, {{weights}}, "
             "{pretrained}, {seed}); leave it out of the file",
-            value=file.path if file else None,
+            value=file.path,
         )
     typed = dict(typed or {})
     weights = weights or {}

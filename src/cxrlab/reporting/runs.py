@@ -82,11 +82,7 @@ def load_run(run_dir: Path) -> ReportRun:
     results are read when present (older runs lack them)."""
     run_dir = Path(run_dir)
     files = RunDir(run_dir)
-    if not files.is_finished:
-        raise CxrlabError(
-            f"{run_dir}: no metrics.json (the run has not finished; resume it with "
-            f"cxrlab train DATA --out {run_dir} --resume)"
-        )
+    files.check_finished()
     metrics, recipe = RunMetrics.load(files.metrics), RunConfig.load(files.config)
     predictions = files.test_predictions
     if metrics.test is None or not predictions.is_file():

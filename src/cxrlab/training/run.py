@@ -78,11 +78,7 @@ class RunResult:
     @classmethod
     def load(cls, run_dir: Path) -> RunResult:
         files = RunDir(run_dir)
-        if not files.is_finished:
-            raise CxrlabError(
-                f"{run_dir}: no metrics.json (the run has not finished; resume it with "
-                f"cxrlab train DATA --out {run_dir} --resume)"
-            )
+        files.check_finished()
         return cls(run_dir, RunConfig.load(files.config), RunMetrics.load(files.metrics))
 
 
