@@ -97,9 +97,11 @@ def test_finetune_run_writes_a_complete_run_folder(
         "metrics.json",
     ):
         assert (run / name).is_file(), name
-    assert (run / "checkpoints" / "last.ckpt").is_file() and (
-        run / "checkpoints" / "best.ckpt"
-    ).is_file()
+    # last.ckpt resumes (optimizer and all); best.ckpt keeps the chosen epoch's weights only
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    assert "optimizer_states" in last and "optimizer_states" not in best
+    assert best["state_dict"].keys() == last["state_dict"].keys()
     assert (run / "logs" / "csv" / "metrics.csv").is_file()
     history = read_history(run / "history.csv")
     assert [row.epoch for row in history] == [0, 1]

@@ -6,7 +6,7 @@ A run folder (``cxrlab train``; one per model, seed and mode under ``compare``):
     split.csv              the exact train/val/test files (path,class,subset)
     history.csv            one row per epoch: lr, train/val loss and accuracy, val macro-F1
     checkpoints/last.ckpt  Lightning state after the last finished epoch (for --resume)
-    checkpoints/best.ckpt  the epoch with the best validation macro-F1
+    checkpoints/best.ckpt  the weights of the epoch with the best validation macro-F1
     model.pt               the chosen model as a cxrlab checkpoint (predict, evaluate, export)
     val_predictions.csv    per validation film: true class, prediction, calibrated probabilities
     test_predictions.csv   the same per test film

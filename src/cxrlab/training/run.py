@@ -286,8 +286,12 @@ def fit(ctx: RunContext, prepared: PreparedData) -> Fitted:
     checkpoints, early stopping and ``history.csv`` are written every epoch."""
     learner = build_learner(ctx, prepared)
     files = ctx.files
-    best = ModelCheckpoint(
-        dirpath=files.checkpoints, filename="best", monitor="val_macro_f1", mode="max"
+    best = ModelCheckpoint(  # its weights only: select() reads no more, last.ckpt resumes
+        dirpath=files.checkpoints,
+        filename="best",
+        monitor="val_macro_f1",
+        mode="max",
+        save_weights_only=True,
     )
     latest = ModelCheckpoint(
         dirpath=files.checkpoints, filename="last", enable_version_counter=False
