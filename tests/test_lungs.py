@@ -19,7 +19,14 @@ from cxrlab.data.lung_masks import MaskedFilm
 from cxrlab.errors import CxrlabError
 from cxrlab.lungs import crop_to_lungs, default_segmenter
 from cxrlab.lungs.network import SHIPPED, build_network, load_segmenter, save_segmenter
-from cxrlab.lungs.segment import WHOLE, LungSegmenter, clean_mask, lung_box, plausible
+from cxrlab.lungs.segment import (
+    WHOLE,
+    LungSegmenter,
+    clean_mask,
+    lung_box,
+    plausible,
+    threshold_resized,
+)
 from cxrlab.training.lungs import SegmenterRecipe, train_segmenter
 
 
@@ -49,6 +56,36 @@ def test_the_check_and_the_box() -> None:
     assert box.top < rows[0] / 64 and box.bottom > (rows[-1] + 1) / 64  # widened by the margin
     assert box.left < cols[0] / 64 and box.right > (cols[-1] + 1) / 64
     assert 0 <= box.top and box.bottom <= 1 and 0 <= box.left and box.right <= 1
+
+
+def test_film_size_masks_in_strips_match_the_whole_film_resize() -> None:
+    """The probability map resized a strip at a time gives the mask that resizing it whole
+    (``F.interpolate``) gives, to float rounding at the threshold; the cleaning keeps the two
+    largest pieces with their holes filled, in 16 bits or (past 65535 pieces) in 32."""
+    smooth = Image.fromarray(np.random.default_rng(0).random((12, 12), dtype=np.float32))
+    probability = np.asarray(smooth.resize((48, 48), Image.Resampling.BICUBIC)).clip(0, 1)
+    for height, width in ((48, 48), (300, 250), (777, 1031)):
+        whole = torch.nn.functional.interpolate(
+            torch.from_numpy(probability)[None, None],
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+        )[0, 0].numpy()
+        strips = threshold_resized(probability, height, width, 0.5)
+        assert strips.shape == (height, width) and strips.dtype == bool
+        assert (strips != (whole >= 0.5)).mean() < 1e-4, (height, width)
+        assert strips.sum() > 0.1 * strips.size and (~strips).sum() > 0.1 * strips.size
+
+    ring = two_lungs(128)
+    ring[50:60, 30:45] = False  # a hole inside the left lung
+    ring[0:3, 0:3] = True  # a speck, dropped
+    cleaned = clean_mask(ring)
+    assert cleaned[50:60, 30:45].all() and not cleaned[0:3, 0:3].any()
+    assert (cleaned == two_lungs(128)).all()
+    specks = np.zeros((600, 600), dtype=bool)
+    specks[::2, ::2] = True  # 90000 one-pixel pieces: past 16 bits
+    specks[100:401, 50:251] = specks[100:401, 350:551] = True  # two lungs no speck touches
+    assert plausible(clean_mask(specks)) and clean_mask(specks).sum() == 2 * 301 * 201
 
 
 def test_segmenter_learns_synthetic_lungs() -> None:

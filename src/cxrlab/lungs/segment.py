@@ -4,6 +4,10 @@ A film (``uint8 (H, W)``, any size) is squashed to the segmenter's ``input_size`
 probability map is resized back (bilinear) and thresholded; :func:`clean_mask` then keeps the
 two largest pieces of at least :data:`MIN_PIECE` of the film, holes filled.
 
+**Memory.** A film's mask costs a few bytes per pixel whatever its size: the probability map is
+resized and thresholded :data:`STRIP` rows at a time (:func:`threshold_resized`), pieces are
+labelled in 16 bits where they fit, and holes are filled inside each piece's box.
+
 **The stated check** (:func:`plausible`): a mask is a plausible two-lung mask when, after
 cleaning, it has exactly two pieces, each covering at least :data:`MIN_LUNG` of the film, one
 centred in the film's left half and the other in its right half, together covering
@@ -26,7 +30,6 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from scipy import ndimage
 from torch import nn
@@ -39,6 +42,7 @@ MIN_LUNG = 0.02  # the check: each of the two lungs covers at least this share o
 COVERAGE = (0.08, 0.60)  # the check: both lungs together, share of the film
 CROP_MARGIN = 0.08  # the crop: box widened by this share of its height / width on each side
 BATCH = 16
+STRIP = 256  # rows of a film's probability map resized at once
 
 
 @dataclass(frozen=True)
@@ -60,32 +64,72 @@ class Box:
 WHOLE = Box(0.0, 0.0, 1.0, 1.0)
 
 
+def _bilinear(size: int, new_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resizing one axis from ``size`` to ``new_size`` samples (bilinear, half-pixel centres as
+    ``F.interpolate(..., align_corners=False)``): each new sample's two source indices and the
+    weight of the second."""
+    where = (np.arange(new_size) + 0.5) * (size / new_size) - 0.5
+    where = np.clip(where, 0.0, size - 1)
+    first = np.minimum(where.astype(np.int64), size - 1)
+    second = np.minimum(first + 1, size - 1)
+    return first, second, (where - first).astype(np.float32)
+
+
+def threshold_resized(probability: np.ndarray, height: int, width: int, at: float) -> np.ndarray:
+    """``probability`` resized (bilinear) to ``(height, width)`` and thresholded ``>= at``,
+    computed :data:`STRIP` rows at a time: the film-size result is the only film-size array."""
+    top, bottom, down = _bilinear(probability.shape[0], height)
+    left, right, across = _bilinear(probability.shape[1], width)
+    rows = probability[:, left] * (1 - across) + probability[:, right] * across  # (S, width)
+    mask = np.empty((height, width), dtype=bool)
+    for start in range(0, height, STRIP):
+        part = slice(start, start + STRIP)
+        weight = down[part, None]
+        mask[part] = rows[top[part]] * (1 - weight) + rows[bottom[part]] * weight >= at
+    return mask
+
+
+def _labelled(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """``ndimage.label(mask)``: the pieces numbered from 1, in 16 bits where they fit (2 bytes
+    per pixel), else in 32."""
+    try:
+        return cast("tuple[np.ndarray, int]", ndimage.label(mask, output=np.uint16))
+    except RuntimeError:  # more than 65535 pieces
+        return cast("tuple[np.ndarray, int]", ndimage.label(mask, output=np.int32))
+
+
 def clean_mask(mask: np.ndarray) -> np.ndarray:
     """The two largest pieces of ``mask`` of at least :data:`MIN_PIECE` of it, holes filled."""
-    labels, count = cast("tuple[np.ndarray, int]", ndimage.label(mask))
+    labels, count = _labelled(mask)
     if not count:
         return np.zeros(mask.shape, dtype=bool)
-    sizes = np.bincount(labels.ravel(), minlength=count + 1)
+    sizes = np.zeros(count + 1, dtype=np.int64)
+    for start in range(0, len(labels), STRIP):  # (bincount would copy the labels to int64)
+        sizes += np.bincount(labels[start : start + STRIP].ravel(), minlength=count + 1)
     sizes[0] = 0
     keep = [k for k in np.argsort(sizes)[::-1][:2] if sizes[k] >= MIN_PIECE * mask.size]
+    boxes = ndimage.find_objects(labels, max_label=max(keep, default=0))
     out = np.zeros(mask.shape, dtype=bool)
-    for k in keep:
-        out |= ndimage.binary_fill_holes(labels == k)
+    for k in keep:  # a hole of a piece lies inside the piece's box
+        box = boxes[k - 1]
+        assert box is not None  # (a kept piece has pixels)
+        out[box] |= ndimage.binary_fill_holes(labels[box] == k)
     return out
 
 
 def plausible(mask: np.ndarray) -> bool:
     """The stated check of the module docstring, on a cleaned mask."""
-    labels, count = cast("tuple[np.ndarray, int]", ndimage.label(mask))
+    labels, count = _labelled(mask)
     if count != 2 or not COVERAGE[0] <= mask.mean() <= COVERAGE[1]:
         return False
     width = mask.shape[1]
     centres = []
     for k in (1, 2):
-        piece = labels == k
-        if piece.mean() < MIN_LUNG:
+        columns = (labels == k).sum(axis=0)  # the piece's pixels in each column
+        pixels = int(columns.sum())
+        if pixels / mask.size < MIN_LUNG:
             return False
-        centres.append(float(np.argwhere(piece)[:, 1].mean()) + 0.5)
+        centres.append(int(columns @ np.arange(width)) / pixels + 0.5)
     return min(centres) < width / 2 < max(centres)
 
 
@@ -147,14 +191,7 @@ class LungSegmenter:
         if probability is None:
             probability = self.probabilities([film])[0]
         height, width = film.shape
-        if probability.shape != (height, width):
-            probability = F.interpolate(
-                torch.from_numpy(probability)[None, None],
-                size=(height, width),
-                mode="bilinear",
-                align_corners=False,
-            )[0, 0].numpy()
-        return clean_mask(probability >= self.meta.threshold)
+        return clean_mask(threshold_resized(probability, height, width, self.meta.threshold))
 
     def masks(
         self, films: Sequence[np.ndarray] | np.ndarray

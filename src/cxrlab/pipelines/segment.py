@@ -80,7 +80,8 @@ def segment_files(files: list[Path], out: Path) -> SegmentResult:
             mask = segmenter.mask(film, probability)
             found = plausible(mask)
             name = _mask_name(path.stem, taken)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / name)
+            as_image = Image.fromarray(mask.view(np.uint8) * np.uint8(255))  # (one byte a pixel)
+            as_image.save(out / name)
             result.masks[str(path)] = out / name
             result.found += int(found)
             box, _ = segmenter.box(film, probability)  # the box --crop lungs cuts
@@ -98,14 +99,7 @@ def segment_files(files: list[Path], out: Path) -> SegmentResult:
             )
             if i in picks:
                 thumb = np.asarray(Image.fromarray(film).resize((THUMB, THUMB)))
-                small = (
-                    np.asarray(
-                        Image.fromarray(mask.astype(np.uint8) * 255).resize(
-                            (THUMB, THUMB), Image.Resampling.NEAREST
-                        )
-                    )
-                    > 127
-                )
+                small = np.asarray(as_image.resize((THUMB, THUMB), Image.Resampling.NEAREST)) > 127
                 thumbs.append((thumb, small, bool(found), path.name))
     if thumbs:
         films, masks, found_flags, names = zip(*thumbs)
