@@ -17,6 +17,15 @@ from cxrlab.data.synthetic import synth_cxr
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest-xray-covid19-pneumonia"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cache_outside_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The decoded-image cache of every test (and of the commands tests start) in pytest's
+    temporary folder, never in the user's ``~/.cache/cxrlab``."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CXRLAB_CACHE", str(tmp_path_factory.mktemp("cxrlab-cache")))
+        yield
+
+
 def smooth_image(seed: int, size: tuple[int, int] = (80, 96)) -> np.ndarray:
     """A distinct smooth random ``uint8`` image (H, W): low-frequency noise, full contrast."""
     rng = np.random.default_rng(seed)
