@@ -80,6 +80,11 @@ def test_audit_analyze_cache_split(
 def test_missing_folder_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert run(["audit", str(tmp_path / "nowhere")]) == 2
     assert "nowhere: dataset folder does not exist" in one_line_error(capsys)
+    # train says so before its banner ("Training resnet18 ..."), and nothing else
+    assert run(["train", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 2
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.strip().endswith("nowhere: dataset folder does not exist")
+    assert len(said.err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
 
 
 def test_wrong_option_value_names_the_option(

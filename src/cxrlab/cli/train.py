@@ -258,6 +258,7 @@ def train(
     )
     from cxrlab.artifacts import RunDir
     from cxrlab.config import RecipeFile, resolve
+    from cxrlab.data.discover import dataset_folder
     from cxrlab.outputs import check_cache_folder, check_output_folder
     from cxrlab.training.run import train_run
     from cxrlab.training.trainer import check_runnable, launched_rank
@@ -277,8 +278,9 @@ def train(
     inputs = [data, *map(Path, config.sources.values())]
     check_output_folder(run_dir, inputs)
     check_cache_folder(cache_dir, inputs)
-    if not worker:
-        check_runnable(config)  # before the banner: an impossible run says so first
+    if not worker:  # before the banner: an impossible run says so first
+        dataset_folder(data)
+        check_runnable(config)
         console.print(("Resuming " if resume else "Training ") + shown(config.describe()))
     say = (
         (lambda line: None)

@@ -168,17 +168,22 @@ def _classes_of(split_dir: Path) -> list[Path]:
     return class_dirs
 
 
-def discover(root: str | Path, *, min_classes: int = 2, source: str | None = None) -> DatasetIndex:
-    """Index a dataset folder; raise a one-line :class:`CxrlabError` on any layout problem.
-
-    ``min_classes``: training needs two classes; a set to evaluate on may hold one. ``source``:
-    the name its films carry (default: the folder's name)."""
+def dataset_folder(root: str | Path) -> Path:
+    """``root`` resolved, or a one-line :class:`CxrlabError` when it is not an existing folder."""
     root = Path(root).expanduser()
     if not root.exists():
         raise CxrlabError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
         raise CxrlabError(f"{root}: not a folder")
-    root = root.resolve()
+    return root.resolve()
+
+
+def discover(root: str | Path, *, min_classes: int = 2, source: str | None = None) -> DatasetIndex:
+    """Index a dataset folder; raise a one-line :class:`CxrlabError` on any layout problem.
+
+    ``min_classes``: training needs two classes; a set to evaluate on may hold one. ``source``:
+    the name its films carry (default: the folder's name)."""
+    root = dataset_folder(root)
     base = root
     data_dir = next((d for d in _subdirs(root) if d.name.lower() == "data"), None)
     if data_dir is not None and _split_folders(data_dir):
