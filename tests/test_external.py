@@ -23,25 +23,25 @@ def test_subset_metrics_by_hand() -> None:
     probs = np.full((5, 3), 0.1)
     probs[np.arange(5), called] = 0.8
     result = score(y_true, probs, classes, n_boot=200)
-    assert result["present"] == ["A", "B"]
-    assert result["per_class"]["A"].recall.value == pytest.approx(2 / 3)
-    assert result["per_class"]["B"].recall.value == pytest.approx(1 / 2)
-    assert result["balanced_accuracy"].value == pytest.approx((2 / 3 + 1 / 2) / 2)
-    assert result["accuracy"].value == pytest.approx(3 / 5)
-    assert result["per_class"]["A"].precision.value == pytest.approx(
+    assert result.present == ["A", "B"]
+    assert result.per_class["A"].recall.value == pytest.approx(2 / 3)
+    assert result.per_class["B"].recall.value == pytest.approx(1 / 2)
+    assert result.balanced_accuracy.value == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert result.accuracy.value == pytest.approx(3 / 5)
+    assert result.per_class["A"].precision.value == pytest.approx(
         2 / 3
     )  # A called 3 times, right twice
-    assert result["per_class"]["B"].precision.value == pytest.approx(1.0)
-    assert result["per_class"]["A"].called == {
+    assert result.per_class["B"].precision.value == pytest.approx(1.0)
+    assert result.per_class["A"].called == {
         "A": 2,
         "B": 0,
         "C": 1,
     }  # how often A is called the absent C
-    assert result["macro_f1"] is None and result["macro_auc"] is None  # not defined without C
-    low, high = result["balanced_accuracy"].low, result["balanced_accuracy"].high
-    assert 0 <= low <= result["balanced_accuracy"].value <= high <= 1
+    assert result.macro_f1 is None and result.macro_auc is None  # not defined without C
+    low, high = result.balanced_accuracy.low, result.balanced_accuracy.high
+    assert 0 <= low <= result.balanced_accuracy.value <= high <= 1
     full = score(np.array([0, 1, 2]), np.eye(3), classes, n_boot=50)
-    assert full["macro_f1"] == pytest.approx(1.0) and full["macro_auc"] == pytest.approx(1.0)
+    assert full.macro_f1 == pytest.approx(1.0) and full.macro_auc == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")

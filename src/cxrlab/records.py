@@ -227,11 +227,12 @@ class ClassResult:
 @dataclass(frozen=True)
 class SetScores:
     """A model on one set of films that may hold only some of its classes (a source's test films,
-    ``evaluation.external.score``): balanced accuracy over the present classes, each present
-    class's recall and precision with 95% bootstrap intervals, and where its films went."""
+    an external set: ``evaluation.external.score``): balanced accuracy over the present classes,
+    each present class's recall and precision with 95% bootstrap intervals, and where its films
+    went."""
 
     __pydantic_config__ = STRICT
-    present: list[str]
+    present: list[str]  # the classes that have films in the set
     n: int
     accuracy: Interval
     balanced_accuracy: Interval  # over the present classes
@@ -312,10 +313,12 @@ class Internal:
     at_point: OperatingResult | None = None  # the same operating point on the test split
 
 
-@dataclass
-class Evaluation(JsonRecord):
+@dataclass(frozen=True)
+class Evaluation(SetScores, JsonRecord):
     """``RUN/external/<NAME>/metrics.json``: a model scored on one labelled set (``cxrlab
-    evaluate``); ``internal`` is the run's own test split, when known."""
+    evaluate``): its :class:`SetScores` (``ece`` of the calibrated probabilities, the model's
+    temperature) and where they come from; ``internal`` is the run's own test split, when
+    known."""
 
     __pydantic_config__ = STRICT
     name: str
@@ -323,14 +326,6 @@ class Evaluation(JsonRecord):
     split: str
     arch: str
     classes: list[str]  # the model's classes
-    present: list[str]  # the classes that have films in the set
-    n: int
-    accuracy: Interval
-    balanced_accuracy: Interval  # over the present classes
-    macro_f1: float | None  # defined only when every class is present
-    macro_auc: float | None
-    ece: float  # of the calibrated probabilities (the model's temperature)
-    per_class: dict[str, ClassResult]
     skipped: dict[str, str] = field(default_factory=dict)  # unreadable file: why
     internal: Internal | None = None
     temperature: float = 1.0  # the model's, applied to every probability here

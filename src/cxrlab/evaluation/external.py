@@ -27,7 +27,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -54,6 +53,7 @@ from cxrlab.records import (
     Internal,
     OperatingPoint,
     RunMetrics,
+    SetScores,
     parse_target_recall,
     target_name,
 )
@@ -81,9 +81,8 @@ def balanced_accuracy_over(labels: list[int]) -> Callable[[np.ndarray, np.ndarra
 
 def score(
     y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, n_boot: int = 2000, seed: int = 0
-) -> dict[str, Any]:
-    """The subset-aware metrics of :class:`Evaluation` for labels ``y_true`` and probabilities
-    ``probs``."""
+) -> SetScores:
+    """The subset-aware scores of labels ``y_true`` and probabilities ``probs``."""
     y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
     y_pred = probs.argmax(axis=1)
     present_labels = sorted(set(y_true.tolist()))
@@ -102,16 +101,16 @@ def score(
         )
         for k in present_labels
     }
-    return {
-        "present": [classes[k] for k in present_labels],
-        "n": int(len(y_true)),
-        "accuracy": ci(lambda t, p: float((t == p).mean())),
-        "balanced_accuracy": ci(balanced_accuracy_over(present_labels)),
-        "macro_f1": macro_f1(y_true, y_pred, len(classes)) if every_class else None,
-        "macro_auc": float(np.nanmean(list(aucs.values()))) if every_class else None,
-        "ece": expected_calibration_error(y_true, probs),
-        "per_class": per_class,
-    }
+    return SetScores(
+        present=[classes[k] for k in present_labels],
+        n=int(len(y_true)),
+        accuracy=ci(lambda t, p: float((t == p).mean())),
+        balanced_accuracy=ci(balanced_accuracy_over(present_labels)),
+        macro_f1=macro_f1(y_true, y_pred, len(classes)) if every_class else None,
+        macro_auc=float(np.nanmean(list(aucs.values()))) if every_class else None,
+        ece=expected_calibration_error(y_true, probs),
+        per_class=per_class,
+    )
 
 
 def resolve_model(model: Path) -> tuple[Path, Path | None]:
@@ -240,8 +239,8 @@ def evaluate_model(
         arch=predictor.arch,
         classes=list(predictor.classes),
         skipped={index.relative(Path(p)): why for p, why in found.errors.items()},
-        internal=internal_reference(run_dir, scored["present"], point),
-        **scored,
+        internal=internal_reference(run_dir, scored.present, point),
+        **vars(scored),  # the SetScores part
         temperature=predictor.temperature,
         ece_uncalibrated=expected_calibration_error(
             y_true, retemper(found.probs, 1.0 / predictor.temperature)

@@ -116,7 +116,7 @@ def scores_by_source(
     its films went)."""
     names = np.array(sources)
     return {
-        name: SetScores(**score(y_true[names == name], probs[names == name], classes))
+        name: score(y_true[names == name], probs[names == name], classes)
         for name in dict.fromkeys(sources)
     }
 
