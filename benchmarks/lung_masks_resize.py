@@ -22,21 +22,18 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxrlab.data.reader import decode_image
+from cxrlab.evaluation.predict import expand_image_paths
 from cxrlab.lungs import default_segmenter
 from cxrlab.lungs.segment import clean_mask, plausible
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 KAGGLE_TEST = DATA / "chest-xray-covid19-pneumonia" / "Data" / "test"
 ADULT_EXTRA = DATA / "adult-extra"
-SUFFIXES = {".jpg", ".jpeg", ".png"}
-
-
-def films_of(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)
 
 
 def films() -> list[tuple[str, np.ndarray]]:
-    kaggle, extra = films_of(KAGGLE_TEST), films_of(ADULT_EXTRA)
+    """The films of the module docstring, listed as ``cxrlab segment`` lists a folder."""
+    kaggle, extra = expand_image_paths([KAGGLE_TEST]), expand_image_paths([ADULT_EXTRA])
     out = [(str(p), decode_image(p).pixels) for p in kaggle[::6] + extra[::3]]
     rng = np.random.default_rng(1)
     for path in kaggle[::60][:20]:
